@@ -1,0 +1,27 @@
+"""The method: genetic encoding and stochastic synthesis of offspring networks.
+
+Pure functions over tensors: no Ray, no files, no configs. Everything else in evopop calls this.
+
+    arch = trace_architecture(model, example_input)      # layers + neuron wiring, once per network
+    parent = Genome.full(arch)                            # the ancestor: every synapse alive
+    child = synthesize(arch, synaptic_weights(model, arch), parent,
+                       Environment(c=0.4), seed=offspring_seed(run_seed, 2, "g1-0", 3))
+    counts = count(arch, child)                           # synapses, neurons, params, MACs
+"""
+from .architecture import Architecture, trace_architecture
+from .counting import Counts, LayerCount, count, efficiency
+from .death import kill_orphans
+from .environment import Environment, Schedule
+from .genome import Genome
+from .layers import SynapticLayer, find_synaptic_layers
+from .masking import MaskedParameters, genome_from_weights, parameter_masks
+from .probability import budget_scale, normalizers, synaptic_probability
+from .sampling import derive_seed, offspring_seed, sample_layer, synaptic_weights, synthesize
+
+__all__ = [
+    "Architecture", "trace_architecture", "Counts", "LayerCount", "count", "efficiency",
+    "kill_orphans", "Environment", "Schedule", "Genome", "SynapticLayer", "find_synaptic_layers",
+    "MaskedParameters", "genome_from_weights", "parameter_masks", "budget_scale", "normalizers",
+    "synaptic_probability", "derive_seed", "offspring_seed", "sample_layer", "synaptic_weights",
+    "synthesize",
+]  # fmt: skip

@@ -1,0 +1,304 @@
+"""Architecture H = (N, S) of a network: its synaptic layers and how their neurons are wired.
+
+`trace_architecture(model, example_input)` follows the data flow once with torch.fx, so that neuron
+death can cascade (a dead neuron's outgoing synapses die with it) and multiply-accumulates can be
+counted. It sees through:
+
+- synaptic layers: Linear, Conv1d/2d/3d (any groups), ConvTranspose1d/2d/3d;
+- channel-preserving operations: normalisation, activations, dropout, pooling, upsampling,
+  interpolation and spatial padding;
+- ``torch.cat`` along the channel dimension, elementwise ``+ - * /`` of aligned tensors
+  (residual and gated branches), and flattening ``(N, C, *S) -> (N, C*S)`` into a Linear.
+
+Anything else (reshapes that mix channels, attention, indexing, softmax over channels, custom leaf
+modules) is a barrier: the layers after it treat their inputs as always alive. That is safe: it
+only means fewer synapses die by cascade, never that a living one does. A model that cannot be
+traced at all (data-dependent control flow) falls back to "no cascade", with a warning.
+"""
+from __future__ import annotations
+
+import operator
+import warnings
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn.functional as F
+from torch import fx, nn
+from torch.fx.passes.shape_prop import ShapeProp
+
+from .layers import SYNAPTIC_TYPES, SynapticLayer, find_synaptic_layers
+from .wiring import ChannelMap, concatenate, union
+
+_PRESERVING_MODULES = (
+    nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d, nn.SyncBatchNorm,
+    nn.InstanceNorm1d, nn.InstanceNorm2d, nn.InstanceNorm3d, nn.GroupNorm,
+    nn.ReLU, nn.ReLU6, nn.LeakyReLU, nn.PReLU, nn.ELU, nn.SELU, nn.CELU, nn.GELU, nn.SiLU,
+    nn.Mish, nn.Sigmoid, nn.Tanh, nn.Hardswish, nn.Hardsigmoid, nn.Hardtanh, nn.Softplus,
+    nn.Dropout, nn.Dropout1d, nn.Dropout2d, nn.Dropout3d, nn.AlphaDropout, nn.Identity,
+    nn.MaxPool1d, nn.MaxPool2d, nn.MaxPool3d, nn.AvgPool1d, nn.AvgPool2d, nn.AvgPool3d,
+    nn.AdaptiveAvgPool1d, nn.AdaptiveAvgPool2d, nn.AdaptiveAvgPool3d,
+    nn.AdaptiveMaxPool1d, nn.AdaptiveMaxPool2d, nn.AdaptiveMaxPool3d,
+    nn.Upsample, nn.UpsamplingNearest2d, nn.UpsamplingBilinear2d,
+    nn.ZeroPad1d, nn.ZeroPad2d, nn.ZeroPad3d, nn.ConstantPad1d, nn.ConstantPad2d,
+    nn.ConstantPad3d, nn.ReflectionPad1d, nn.ReflectionPad2d, nn.ReplicationPad1d,
+    nn.ReplicationPad2d, nn.ReplicationPad3d,
+)  # fmt: skip
+# Modules whose per-channel parameters belong to the neurons that feed them: they die with them.
+_PER_CHANNEL_PARAM_MODULES = (
+    nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d, nn.SyncBatchNorm,
+    nn.InstanceNorm1d, nn.InstanceNorm2d, nn.InstanceNorm3d, nn.GroupNorm, nn.PReLU,
+)  # fmt: skip
+_PRESERVING_FUNCTIONS = {
+    F.relu, F.relu6, F.leaky_relu, F.elu, F.selu, F.celu, F.gelu, F.silu, F.mish, F.hardswish,
+    F.hardsigmoid, F.hardtanh, F.softplus, F.sigmoid, F.tanh, torch.relu, torch.sigmoid,
+    torch.tanh, F.dropout, F.dropout1d, F.dropout2d, F.dropout3d, F.max_pool1d, F.max_pool2d,
+    F.max_pool3d, F.avg_pool1d, F.avg_pool2d, F.avg_pool3d, F.adaptive_avg_pool1d,
+    F.adaptive_avg_pool2d, F.adaptive_avg_pool3d, F.adaptive_max_pool1d, F.adaptive_max_pool2d,
+    F.adaptive_max_pool3d, F.interpolate, F.upsample, F.pad, F.batch_norm, F.instance_norm,
+    torch.clone, torch.nn.functional.relu_,
+}  # fmt: skip
+_PRESERVING_METHODS = {
+    "relu", "relu_", "sigmoid", "tanh", "contiguous", "clone", "float", "to", "type_as",
+    "clamp", "clamp_min", "detach",
+}  # fmt: skip
+_ELEMENTWISE = {operator.add, operator.iadd, operator.sub, operator.mul, operator.imul,
+                operator.truediv, torch.add, torch.sub, torch.mul, torch.div}  # fmt: skip
+_ELEMENTWISE_METHODS = {"add", "add_", "sub", "mul", "mul_", "div"}
+_PRODUCTS = {operator.mul, operator.imul, torch.mul, operator.truediv, torch.div, "mul", "mul_", "div"}
+_RESHAPES_FUNCTIONS = {torch.flatten, torch.reshape}
+_RESHAPES_METHODS = {"flatten", "view", "reshape"}
+_CAT = {torch.cat, torch.concat}
+
+
+@dataclass(frozen=True)
+class Attachment:
+    """Per-channel parameters of a module fed by neurons: channel c dies when its inputs do."""
+
+    module: str
+    params: tuple[str, ...]  # full parameter names, e.g. ("features.1.weight", "features.1.bias")
+    inputs: ChannelMap
+
+
+@dataclass
+class Architecture:
+    """The synaptic layers of a network and the wiring between their neurons."""
+
+    layers: list[SynapticLayer]  # topological order
+    inputs: dict[str, list[ChannelMap]] = field(default_factory=dict)  # per call of the layer
+    attachments: list[Attachment] = field(default_factory=list)
+    macs_per_synapse: dict[str, int] = field(default_factory=dict)  # per sample
+    other_params: dict[str, int] = field(default_factory=dict)  # non-synaptic param -> numel
+    traced: bool = True
+    note: str = ""
+
+    def layer(self, name: str) -> SynapticLayer:
+        for layer in self.layers:
+            if layer.name == name:
+                return layer
+        raise KeyError(f"no synaptic layer named {name!r}")
+
+    @property
+    def names(self) -> list[str]:
+        return [layer.name for layer in self.layers]
+
+    @property
+    def synapses(self) -> int:
+        return sum(layer.numel for layer in self.layers)
+
+
+def trace_architecture(model: nn.Module, example_input: torch.Tensor) -> Architecture:
+    """Find the synaptic layers of ``model`` and, by tracing one forward pass, their wiring."""
+    layers = find_synaptic_layers(model)
+    weights = {f"{layer.name}.weight" for layer in layers}
+    other = {n: p.numel() for n, p in model.named_parameters() if n not in weights}
+    try:
+        graph = _shaped_graph(model, example_input)
+    except Exception as exc:  # tracing is best effort: cascade is an optimisation of the genome
+        note = f"could not trace {type(model).__name__} ({type(exc).__name__}: {exc}); neuron death will not cascade between layers"
+        warnings.warn(note, stacklevel=2)
+        return Architecture(layers, {}, [], {}, other, traced=False, note=note)
+    return _Tracer(model, layers, graph, other).run()
+
+
+def _shaped_graph(model: nn.Module, example_input: torch.Tensor) -> fx.GraphModule:
+    gm = fx.symbolic_trace(model)
+    was_training = [m.training for m in gm.modules()]
+    gm.eval()  # no running-stat updates, no dropout while shapes are read
+    try:
+        with torch.no_grad():
+            ShapeProp(gm).propagate(example_input)
+    finally:
+        for m, mode in zip(gm.modules(), was_training):
+            m.training = mode
+    return gm
+
+
+class _Tracer:
+    def __init__(self, model, layers, gm: fx.GraphModule, other_params):
+        self.modules = dict(gm.named_modules())
+        self.by_name = {layer.name: layer for layer in layers}
+        self.layers = layers
+        self.gm = gm
+        self.other_params = other_params
+        self.maps: dict[fx.Node, ChannelMap | None] = {}
+        self.inputs: dict[str, list[ChannelMap]] = {}
+        self.order: list[str] = []
+        self.attachments: list[Attachment] = []
+        self.macs: dict[str, int] = {}
+
+    def run(self) -> Architecture:
+        for node in self.gm.graph.nodes:
+            self.maps[node] = self._visit(node)
+        unused = [layer for layer in self.layers if layer.name not in self.order]
+        ordered = [self.by_name[name] for name in self.order] + unused
+        return Architecture(ordered, self.inputs, self.attachments, self.macs, self.other_params)
+
+    # -- helpers ---------------------------------------------------------------------------
+    @staticmethod
+    def _shape(node) -> tuple[int, ...] | None:
+        meta = node.meta.get("tensor_meta") if isinstance(node, fx.Node) else None
+        return tuple(meta.shape) if meta is not None and hasattr(meta, "shape") else None
+
+    def _barrier(self, node) -> ChannelMap | None:
+        shape = self._shape(node)
+        if shape is None or len(shape) < 2:
+            return None
+        return ChannelMap.always_alive(1, shape[1])
+
+    def _input_map(self, node) -> ChannelMap | None:
+        return self.maps.get(node) if isinstance(node, fx.Node) else None
+
+    # -- dispatch ---------------------------------------------------------------------------
+    def _visit(self, node: fx.Node) -> ChannelMap | None:
+        if node.op == "placeholder":
+            return self._barrier(node)
+        if node.op == "get_attr":
+            shape = self._shape(node)
+            return ChannelMap(1, shape[1], []) if shape and len(shape) >= 2 else None
+        if node.op == "call_module":
+            return self._module(node, self.modules[node.target])
+        if node.op in ("call_function", "call_method"):
+            return self._function(node)
+        return None
+
+    def _module(self, node, module) -> ChannelMap | None:
+        src = self._input_map(node.args[0]) if node.args else None
+        out_shape = self._shape(node)
+        if isinstance(module, SYNAPTIC_TYPES):
+            return self._synaptic(node, module, src, out_shape)
+        if isinstance(module, nn.Flatten):
+            return self._reshape(src, self._shape(node.args[0]), out_shape, node)
+        if isinstance(module, _PRESERVING_MODULES) and self._keeps_channels(src, out_shape):
+            if isinstance(module, _PER_CHANNEL_PARAM_MODULES):
+                self._attach(node.target, module, src)
+            return src
+        return self._barrier(node)
+
+    def _function(self, node) -> ChannelMap | None:
+        target = node.target
+        out_shape = self._shape(node)
+        first = self._input_map(node.args[0]) if node.args else None
+        if target in _CAT:
+            return self._cat(node, out_shape)
+        if target in _ELEMENTWISE or target in _ELEMENTWISE_METHODS:
+            return self._elementwise(node, out_shape, product=target in _PRODUCTS)
+        if target in _RESHAPES_FUNCTIONS or target in _RESHAPES_METHODS:
+            return self._reshape(first, self._shape(node.args[0]), out_shape, node)
+        if target in _PRESERVING_FUNCTIONS or target in _PRESERVING_METHODS:
+            if self._keeps_channels(first, out_shape):
+                return first
+        if target in ("size", "dim") or target is getattr:
+            return None
+        return self._barrier(node)
+
+    @staticmethod
+    def _keeps_channels(src: ChannelMap | None, out_shape) -> bool:
+        return (
+            src is not None
+            and out_shape is not None
+            and len(out_shape) > src.dim
+            and out_shape[src.dim] == src.size
+        )
+
+    # -- node kinds -------------------------------------------------------------------------
+    def _synaptic(self, node, module, src, out_shape) -> ChannelMap | None:
+        name = node.target
+        layer = self.by_name[name]
+        in_shape = self._shape(node.args[0])
+        expected_dim = (len(in_shape) - 1) if layer.kind == "linear" else 1
+        if src is None or src.dim != expected_dim or src.size != layer.in_channels:
+            src = ChannelMap.always_alive(expected_dim, layer.in_channels)
+        self.inputs.setdefault(name, []).append(src)
+        if name not in self.order:
+            self.order.append(name)
+        self.macs[name] = self.macs.get(name, 0) + _uses_per_synapse(layer, in_shape, out_shape)
+        if out_shape is None:
+            return None
+        out_dim = (len(out_shape) - 1) if layer.kind == "linear" else 1
+        return ChannelMap.of_layer(name, out_dim, layer.out_channels)
+
+    def _attach(self, name: str, module: nn.Module, src: ChannelMap) -> None:
+        params = tuple(
+            f"{name}.{p}" for p, t in module.named_parameters(recurse=False) if t.numel() == src.size
+        )
+        if params and src.dim == 1:
+            self.attachments.append(Attachment(name, params, src))
+
+    def _cat(self, node, out_shape) -> ChannelMap | None:
+        tensors = node.args[0] if node.args else node.kwargs.get("tensors")
+        dim = node.args[1] if len(node.args) > 1 else node.kwargs.get("dim", 0)
+        if out_shape is None:
+            return None
+        dim = dim % len(out_shape)
+        maps = [self._input_map(t) for t in tensors]
+        if dim != 1 or any(m is None or m.dim != 1 for m in maps):
+            return self._barrier(node)
+        return concatenate(maps, 1)
+
+    def _elementwise(self, node, out_shape, product: bool) -> ChannelMap | None:
+        if out_shape is None or len(out_shape) < 2:
+            return None
+        aligned, misaligned = [], False
+        for arg in node.args:
+            if not isinstance(arg, fx.Node):
+                continue  # scalars are not neurons
+            m = self._input_map(arg)
+            if m is not None and m.size == out_shape[m.dim] and len(self._shape(arg) or ()) == len(out_shape):
+                aligned.append(m)
+            elif m is not None and m.sources:
+                misaligned = True  # broadcast from living neurons over all channels
+        if not aligned:
+            return self._barrier(node)
+        result = union(aligned)
+        if misaligned and not product:
+            result = union([result, ChannelMap.always_alive(result.dim, result.size)])
+        return result
+
+    def _reshape(self, src, in_shape, out_shape, node) -> ChannelMap | None:
+        if src is None or in_shape is None or out_shape is None:
+            return self._barrier(node)
+        if in_shape == out_shape:
+            return src
+        is_flatten = len(out_shape) == 2 and out_shape[0] == in_shape[0] and src.dim == 1
+        if is_flatten and len(in_shape) >= 2:
+            spatial = 1
+            for d in in_shape[2:]:
+                spatial *= d
+            return src.flatten(spatial)
+        return self._barrier(node)
+
+
+def _uses_per_synapse(layer: SynapticLayer, in_shape, out_shape) -> int:
+    """How many multiply-accumulates each synapse performs for one sample."""
+    if in_shape is None or out_shape is None:
+        return 0
+    if layer.kind == "conv":
+        positions = out_shape[2:]
+    elif layer.kind == "deconv":
+        positions = in_shape[2:]
+    else:
+        positions = in_shape[1:-1]
+    n = 1
+    for d in positions:
+        n *= d
+    return n

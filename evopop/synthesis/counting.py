@@ -1,0 +1,97 @@
+"""Counting: synapses, neurons, other parameters and multiply-accumulates, dense vs. living.
+
+MACs count the synaptic multiply-accumulates of one sample (the bulk of a conv/linear net's
+compute): each living synapse of a conv is used once per output position, of a deconv once per
+input position, of a linear once per token. These are *nominal* figures for the masked network;
+the realised speed-up needs compaction into smaller dense layers.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from .architecture import Architecture
+from .genome import Genome
+from .masking import parameter_masks
+
+
+@dataclass(frozen=True)
+class LayerCount:
+    name: str
+    kind: str
+    synapses: int
+    dense_synapses: int
+    neurons: int
+    dense_neurons: int
+    macs: int
+    dense_macs: int
+
+    @property
+    def living_fraction(self) -> float:
+        return self.synapses / self.dense_synapses if self.dense_synapses else 0.0
+
+
+@dataclass(frozen=True)
+class Counts:
+    layers: tuple[LayerCount, ...]
+    other_params: int  # living non-synaptic parameters (biases, norms, ...)
+    dense_other_params: int
+
+    @property
+    def synapses(self) -> int:
+        return sum(l.synapses for l in self.layers)
+
+    @property
+    def dense_synapses(self) -> int:
+        return sum(l.dense_synapses for l in self.layers)
+
+    @property
+    def neurons(self) -> int:
+        return sum(l.neurons for l in self.layers)
+
+    @property
+    def dense_neurons(self) -> int:
+        return sum(l.dense_neurons for l in self.layers)
+
+    @property
+    def macs(self) -> int:
+        return sum(l.macs for l in self.layers)
+
+    @property
+    def dense_macs(self) -> int:
+        return sum(l.dense_macs for l in self.layers)
+
+    @property
+    def params(self) -> int:
+        return self.synapses + self.other_params
+
+    @property
+    def dense_params(self) -> int:
+        return self.dense_synapses + self.dense_other_params
+
+
+def count(arch: Architecture, genome: Genome) -> Counts:
+    masks = parameter_masks(arch, genome)
+    layers = []
+    for layer in arch.layers:
+        synapses = int(genome.masks[layer.name].sum())
+        per_synapse = arch.macs_per_synapse.get(layer.name, 0)
+        layers.append(
+            LayerCount(
+                name=layer.name,
+                kind=layer.kind,
+                synapses=synapses,
+                dense_synapses=layer.numel,
+                neurons=int(genome.neurons(layer).sum()),
+                dense_neurons=layer.out_channels,
+                macs=synapses * per_synapse,
+                dense_macs=layer.numel * per_synapse,
+            )
+        )
+    dense_other = sum(arch.other_params.values())
+    dead_other = sum(int((~masks[name]).sum()) for name in arch.other_params if name in masks)
+    return Counts(tuple(layers), dense_other - dead_other, dense_other)
+
+
+def efficiency(ancestor_synapses: int, synapses: int) -> float:
+    """Architectural efficiency of the method: ancestor synapses / offspring synapses."""
+    return ancestor_synapses / synapses if synapses else float("inf")

@@ -1,0 +1,63 @@
+"""Environmental factor model F(E): the pressure that turns synaptic probabilities into P(h_k).
+
+- ``scale`` (the literal equation): P(h_k) = C * P(s_k | w_k).
+- ``budget`` (the stated intent, "no more than C of the ancestor's synapses"): P(h_k) =
+  min(1, s * P(s_k | w_k)) with s chosen per layer so that the *expected* kept fraction is exactly C.
+
+C can be overridden per layer (glob patterns on layer names, first match wins), layers can be frozen
+(their masks pass to the offspring unchanged), and C can follow a per-generation schedule.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from fnmatch import fnmatchcase
+
+MODES = ("scale", "budget")
+
+
+def check_factor(value: float, where: str = "C") -> float:
+    value = float(value)
+    if not (0.0 < value <= 1.0) or math.isnan(value):
+        raise ValueError(f"{where} must be in (0, 1], got {value}")
+    return value
+
+
+@dataclass(frozen=True)
+class Environment:
+    c: float = 0.4
+    mode: str = "scale"
+    layer_c: tuple[tuple[str, float], ...] = ()  # (glob pattern, C)
+    frozen: tuple[str, ...] = ()  # glob patterns of layers that do not mutate
+
+    def __post_init__(self):
+        check_factor(self.c)
+        if self.mode not in MODES:
+            raise ValueError(f"environment mode must be one of {MODES}, got {self.mode!r}")
+        for pattern, value in self.layer_c:
+            check_factor(value, f"C for layers {pattern!r}")
+
+    def is_frozen(self, layer: str) -> bool:
+        return any(fnmatchcase(layer, pattern) for pattern in self.frozen)
+
+    def factor(self, layer: str) -> float:
+        """C for ``layer``: its first matching override, else the environment's C."""
+        for pattern, value in self.layer_c:
+            if fnmatchcase(layer, pattern):
+                return value
+        return self.c
+
+
+@dataclass(frozen=True)
+class Schedule:
+    """C per generation: ``steps`` maps a generation to the C that holds from it onwards."""
+
+    base: Environment
+    steps: tuple[tuple[int, float], ...] = field(default=())
+
+    def at(self, generation: int) -> Environment:
+        c = self.base.c
+        for start, value in sorted(self.steps):
+            if generation >= start:
+                c = value
+        return Environment(c, self.base.mode, self.base.layer_c, self.base.frozen)

@@ -1,0 +1,105 @@
+"""Synaptic layers: which parameters of a network are synapses, and how their axes map to neurons.
+
+A synapse joins two neurons: one entry of a Conv*, ConvTranspose* or Linear weight. Biases and
+normalisation parameters are not synapses. A layer's neurons are its output channels / units.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+SYNAPTIC_TYPES: tuple[type[nn.Module], ...] = (
+    nn.Linear,
+    nn.Conv1d,
+    nn.Conv2d,
+    nn.Conv3d,
+    nn.ConvTranspose1d,
+    nn.ConvTranspose2d,
+    nn.ConvTranspose3d,
+)
+
+
+@dataclass(frozen=True)
+class SynapticLayer:
+    """Shape facts of one synaptic layer; enough to read neurons and fan-in from its weight mask."""
+
+    name: str  # qualified module name, e.g. "features.0"
+    kind: str  # "linear" | "conv" | "deconv"
+    weight_shape: tuple[int, ...]
+    groups: int = 1
+    has_bias: bool = False
+
+    @property
+    def numel(self) -> int:
+        n = 1
+        for d in self.weight_shape:
+            n *= d
+        return n
+
+    @property
+    def in_channels(self) -> int:
+        if self.kind == "deconv":
+            return self.weight_shape[0]
+        return self.weight_shape[1] * self.groups
+
+    @property
+    def out_channels(self) -> int:
+        if self.kind == "deconv":
+            return self.weight_shape[1] * self.groups
+        return self.weight_shape[0]
+
+    def neuron_view(self, mask: torch.Tensor) -> torch.Tensor:
+        """View (or copy, for deconv) of a weight-shaped tensor as (neurons, incoming synapses)."""
+        if self.kind != "deconv":
+            return mask.reshape(self.out_channels, -1)
+        # ConvTranspose weight: (in, out/groups, *k); neuron o of group g reads inputs of group g.
+        g, in_pg, out_pg = self.groups, self.weight_shape[0] // self.groups, self.weight_shape[1]
+        k = mask.shape[2:]
+        grouped = mask.reshape(g, in_pg, out_pg, *k).transpose(1, 2)
+        return grouped.reshape(self.out_channels, -1)
+
+    def keep_inputs(self, mask: torch.Tensor, alive_inputs: torch.Tensor) -> None:
+        """In place: remove the synapses that read from dead input channels."""
+        spatial = (1,) * (mask.dim() - 2)
+        if self.kind == "linear":
+            mask &= alive_inputs.view(1, -1)
+        elif self.kind == "deconv":
+            mask &= alive_inputs.view(-1, 1, *spatial)
+        elif self.groups == 1:
+            mask &= alive_inputs.view(1, -1, *spatial)
+        else:
+            g, in_pg = self.groups, self.weight_shape[1]
+            grouped = mask.view(g, self.weight_shape[0] // g, in_pg, *mask.shape[2:])
+            grouped &= alive_inputs.view(g, 1, in_pg, *spatial)
+
+
+def _kind(module: nn.Module) -> str:
+    if isinstance(module, nn.Linear):
+        return "linear"
+    if isinstance(module, (nn.ConvTranspose1d, nn.ConvTranspose2d, nn.ConvTranspose3d)):
+        return "deconv"
+    return "conv"
+
+
+def find_synaptic_layers(model: nn.Module) -> list[SynapticLayer]:
+    """All synaptic layers of ``model`` in module order; raises if there are none."""
+    layers = []
+    for name, module in model.named_modules():
+        if isinstance(module, SYNAPTIC_TYPES):
+            layers.append(
+                SynapticLayer(
+                    name=name,
+                    kind=_kind(module),
+                    weight_shape=tuple(module.weight.shape),
+                    groups=getattr(module, "groups", 1),
+                    has_bias=module.bias is not None,
+                )
+            )
+    if not layers:
+        raise ValueError(
+            f"{type(model).__name__} has no synaptic layers: evopop evolves the weights of "
+            "Linear, Conv1d/2d/3d and ConvTranspose1d/2d/3d modules, and found none."
+        )
+    return layers

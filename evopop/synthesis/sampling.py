@@ -1,0 +1,101 @@
+"""Stochastic synthesis of an offspring genome: s_k lives iff it lived in the parent and P(h_k) >= U(0,1).
+
+Reproducibility: the uniforms of layer L come from a CPU ``torch.Generator`` seeded by
+hash(offspring seed, L's name), drawn in a fixed order, so the same (run seed, generation,
+ancestor id, offspring index) gives a bit-identical genome on any machine, whatever device holds the
+weights and whatever else the network contains. The engine synthesizes on CPU, where the weights
+arrive; on a GPU the decisions can differ in the last bit of exp() for a handful of synapses.
+"""
+from __future__ import annotations
+
+import hashlib
+import math
+from collections.abc import Mapping
+
+import torch
+from torch import nn
+
+from .architecture import Architecture
+from .death import kill_orphans
+from .environment import Environment
+from .genome import Genome
+from .probability import budget_scale, chunks, normalizers, probability_chunk
+
+
+def derive_seed(*parts: object) -> int:
+    """A 63-bit seed from any parts, stable across processes, machines and Python versions."""
+    text = "\x1f".join(repr(p) for p in parts)
+    return int.from_bytes(hashlib.blake2b(text.encode(), digest_size=8).digest(), "little") >> 1
+
+
+def offspring_seed(run_seed: int, generation: int, ancestor_id: str, offspring_index: int) -> int:
+    return derive_seed("offspring", int(run_seed), int(generation), str(ancestor_id), int(offspring_index))
+
+
+def synaptic_weights(model: nn.Module, arch: Architecture) -> dict[str, torch.Tensor]:
+    modules = dict(model.named_modules())
+    return {layer.name: modules[layer.name].weight.detach() for layer in arch.layers}
+
+
+def layer_scales(
+    arch: Architecture, weights: Mapping[str, torch.Tensor], parent: Genome, env: Environment,
+    z: Mapping[str, float],
+) -> dict[str, float]:
+    """The factor multiplying P(s_k | w_k) in each non-frozen layer (C, or the budget's solved s)."""
+    scales = {}
+    for layer in arch.layers:
+        if env.is_frozen(layer.name):
+            continue
+        c = env.factor(layer.name)
+        if env.mode == "budget":
+            scales[layer.name] = budget_scale(weights[layer.name], parent.masks[layer.name], z[layer.name], c)
+        else:
+            scales[layer.name] = c
+    return scales
+
+
+def sample_layer(weight: torch.Tensor, parent_mask: torch.Tensor, z: float, scale: float, seed: int) -> torch.Tensor:
+    """Offspring mask of one layer: parent_mask & (scale * exp(|w|/Z - 1) >= U(0,1))."""
+    generator = torch.Generator(device="cpu").manual_seed(seed)
+    w = weight.detach().reshape(-1)
+    parent = parent_mask.reshape(-1)
+    child = torch.empty_like(parent)
+    if math.isinf(scale):
+        child.copy_(parent)
+        return child.view_as(parent_mask)
+    log_scale = math.log(scale)
+    uniforms = torch.empty(min(w.numel(), 1 << 20), dtype=torch.float32)
+    for s in chunks(w.numel()):
+        u = uniforms[: s.stop - s.start].uniform_(generator=generator)
+        p = probability_chunk(w[s], z, log_scale)
+        torch.ge(p, u.to(p.device, non_blocking=True), out=child[s])
+        child[s] &= parent[s]
+    return child.view_as(parent_mask)
+
+
+def synthesize(
+    arch: Architecture,
+    weights: Mapping[str, torch.Tensor],
+    parent: Genome,
+    env: Environment,
+    seed: int,
+    normalizer: str = "layer",
+) -> Genome:
+    """One offspring genome of ``parent`` (whose trained weights are ``weights``) under ``env``."""
+    parent.validate(arch)
+    for layer in arch.layers:
+        shape = tuple(weights[layer.name].shape)
+        if shape != layer.weight_shape:
+            raise ValueError(f"weight of layer {layer.name!r} has shape {shape}, expected {layer.weight_shape}")
+    z = normalizers(dict(weights), parent.masks, normalizer)
+    scales = layer_scales(arch, weights, parent, env, z)
+    masks = {}
+    for layer in arch.layers:
+        if layer.name not in scales:
+            masks[layer.name] = parent.masks[layer.name].clone()
+            continue
+        layer_seed = derive_seed(seed, layer.name)
+        masks[layer.name] = sample_layer(weights[layer.name], parent.masks[layer.name], z[layer.name], scales[layer.name], layer_seed)
+    child = Genome(masks)
+    kill_orphans(arch, child)
+    return child

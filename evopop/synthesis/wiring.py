@@ -1,0 +1,79 @@
+"""Channel maps: which producing neuron feeds each channel of a tensor.
+
+Neuron death needs to know, for every input channel of a synaptic layer, which neurons of earlier
+layers it reads. A `ChannelMap` answers that for one tensor: a list of sources, each mapping the
+tensor's channels to neurons of one producing layer (or to "always alive" for network inputs and
+anything we cannot see through). A channel is dead iff every source that feeds it is dead.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+
+
+@dataclass(frozen=True)
+class Source:
+    """Channel i of the tensor reads neuron ``index[i]`` of ``producer`` (-1: not fed by it).
+
+    ``producer=None`` marks neurons evopop never kills (network inputs, opaque operations).
+    """
+
+    producer: str | None
+    index: torch.Tensor  # int64, one entry per channel
+
+
+@dataclass
+class ChannelMap:
+    dim: int  # the tensor dimension that holds channels / features
+    size: int
+    sources: list[Source] = field(default_factory=list)
+
+    @staticmethod
+    def always_alive(dim: int, size: int) -> "ChannelMap":
+        return ChannelMap(dim, size, [Source(None, torch.arange(size))])
+
+    @staticmethod
+    def of_layer(name: str, dim: int, size: int) -> "ChannelMap":
+        return ChannelMap(dim, size, [Source(name, torch.arange(size))])
+
+    def alive(self, neurons: dict[str, torch.Tensor]) -> torch.Tensor:
+        """Bool per channel: fed by at least one living neuron (or an always-alive source)."""
+        alive = torch.zeros(self.size, dtype=torch.bool)
+        for src in self.sources:
+            fed = src.index >= 0
+            if src.producer is None:
+                alive |= fed
+            else:
+                alive |= fed & neurons[src.producer][src.index.clamp(min=0)].cpu()
+        return alive
+
+    def flatten(self, spatial: int) -> "ChannelMap":
+        """(N, C, *S) flattened to (N, C*prod(S)): each channel becomes ``spatial`` features."""
+        sources = [Source(s.producer, s.index.repeat_interleave(spatial)) for s in self.sources]
+        return ChannelMap(1, self.size * spatial, sources)
+
+    def with_dim(self, dim: int) -> "ChannelMap":
+        return ChannelMap(dim, self.size, list(self.sources))
+
+
+def concatenate(maps: list[ChannelMap], dim: int) -> ChannelMap:
+    """Channel map of ``torch.cat(tensors, dim)`` along the channel dimension."""
+    total = sum(m.size for m in maps)
+    merged: dict[str | None, torch.Tensor] = {}
+    offset = 0
+    for m in maps:
+        for src in m.sources:
+            index = merged.setdefault(src.producer, torch.full((total,), -1, dtype=torch.int64))
+            part = index[offset : offset + m.size]
+            fed = src.index >= 0
+            part[fed] = src.index[fed]
+        offset += m.size
+    return ChannelMap(dim, total, [Source(p, idx) for p, idx in merged.items()])
+
+
+def union(maps: list[ChannelMap]) -> ChannelMap:
+    """Channel map of an elementwise combination (add, mul) of equally shaped tensors."""
+    first = maps[0]
+    sources = [src for m in maps for src in m.sources]
+    return ChannelMap(first.dim, first.size, sources)
