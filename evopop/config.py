@@ -1,0 +1,224 @@
+"""Run configuration: YAML validated into typed, frozen objects before any work starts.
+
+Every bad value gets one clear message naming the field and what is allowed; unknown keys are
+rejected with a suggestion. Overrides come as ``dotted.key=value`` (values parsed as YAML).
+"""
+from __future__ import annotations
+
+import difflib
+import math
+from pathlib import Path
+from typing import Any, Literal, Optional
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+class ConfigError(ValueError):
+    """A configuration problem, reported before Ray starts or data loads (exit code 2)."""
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True, validate_default=True)
+
+
+def _check_factor(value: float, field: str) -> float:
+    if value is None or math.isnan(value) or not 0.0 < value <= 1.0:
+        raise ValueError(f"{field} must be in (0, 1], got {value}")
+    return value
+
+
+class RunSection(_Section):
+    name: str = Field("evopop", pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$", max_length=80)
+    seed: int = Field(0, ge=0, lt=2**62)
+
+
+class TaskSection(_Section):
+    name: str = "shapes"  # a built-in task, or an import path "package.module:factory"
+    args: dict[str, Any] = Field(default_factory=dict)
+
+
+class TrainSection(_Section):
+    epochs: int = Field(1, ge=1)
+    batch_size: int = Field(64, ge=1)
+    optimizer: Literal["sgd", "adam", "adamw"] = "sgd"
+    lr: float = Field(0.05, gt=0)
+    momentum: float = Field(0.9, ge=0, lt=1)
+    weight_decay: float = Field(5e-4, ge=0)
+    schedule: Literal["constant", "cosine", "step"] = "cosine"
+    step_size: int = Field(1, ge=1)
+    gamma: float = Field(0.1, gt=0, le=1)
+    warmup_steps: int = Field(0, ge=0)
+    mixed_precision: Literal["auto", "bf16", "fp16", "off"] = "auto"
+    eval_batch_size: int = Field(256, ge=1)
+    num_workers: int = Field(0, ge=0)
+
+
+class AncestorSection(_Section):
+    checkpoint: Optional[str] = None  # an evopop checkpoint or a plain state_dict (.pt): no training
+    epochs: Optional[int] = Field(None, ge=1)  # epochs to train the ancestor; default train.epochs
+
+    @field_validator("checkpoint")
+    @classmethod
+    def _exists(cls, value):
+        if value is not None and "://" not in value and not Path(value).is_file():
+            raise ValueError(f"file not found: {value}")
+        return value
+
+
+class EnvironmentSection(_Section):
+    c: float = 0.4
+    mode: Literal["scale", "budget"] = "scale"
+    layers: dict[str, float] = Field(default_factory=dict)  # glob pattern on layer names -> C
+    frozen: list[str] = Field(default_factory=list)  # glob patterns of layers that never mutate
+    schedule: dict[int, float] = Field(default_factory=dict)  # generation -> C from then on
+
+    @field_validator("c")
+    @classmethod
+    def _c(cls, v):
+        return _check_factor(v, "C")
+
+    @field_validator("layers")
+    @classmethod
+    def _layers(cls, v):
+        for pattern, c in v.items():
+            _check_factor(c, f"C of layers {pattern!r}")
+        return v
+
+    @field_validator("schedule")
+    @classmethod
+    def _schedule(cls, v):
+        for generation, c in v.items():
+            if generation < 2:
+                raise ValueError(f"schedule generations start at 2 (the first offspring), got {generation}")
+            _check_factor(c, f"C of generation {generation}")
+        return v
+
+
+class EvolutionSection(_Section):
+    generations: int = Field(4, ge=1)  # generation 1 is the ancestor, as in the paper's table
+    offspring: int = Field(4, ge=1)  # per ancestor
+    environment: EnvironmentSection = Field(default_factory=EnvironmentSection)
+    normalizer: Literal["layer", "global"] = "layer"  # Z: max |w| of the layer's or the network's living synapses
+    init: Literal["inherit", "reinit"] = "inherit"  # offspring start from the parent's surviving weights, or fresh
+    epochs: Optional[int] = Field(None, ge=1)  # epochs per offspring; default train.epochs
+
+
+class SelectionSection(_Section):
+    rule: Literal["best", "topk", "all"] = "best"
+    k: int = Field(1, ge=1)
+    metric: Optional[str] = None  # "<eval set>_<metric>"; default: the task's
+    direction: Optional[Literal["max", "min"]] = None
+
+
+class ResourcesSection(_Section):
+    trainers: int = Field(2, ge=1)  # concurrent trainer actors
+    cpus_per_trainer: float = Field(1.0, gt=0)
+    gpus_per_trainer: float = Field(0.0, ge=0)  # fractions pack several small offspring on one GPU
+    max_retries: int = Field(2, ge=0)  # re-runs of an offspring whose trainer process died
+    torch_threads: Optional[int] = Field(None, ge=1)  # intra-op threads per trainer; default cpus_per_trainer
+
+    @field_validator("gpus_per_trainer")
+    @classmethod
+    def _gpus(cls, v):
+        if v > 1 and v != int(v):
+            raise ValueError(f"gpus_per_trainer above 1 must be a whole number, got {v}")
+        return v
+
+
+class StorageSection(_Section):
+    path: str = "runs"  # where run directories are created (local path; URIs via pyarrow.fs)
+
+
+class Config(_Section):
+    run: RunSection = Field(default_factory=RunSection)
+    task: TaskSection = Field(default_factory=TaskSection)
+    train: TrainSection = Field(default_factory=TrainSection)
+    ancestor: AncestorSection = Field(default_factory=AncestorSection)
+    evolution: EvolutionSection = Field(default_factory=EvolutionSection)
+    selection: SelectionSection = Field(default_factory=SelectionSection)
+    resources: ResourcesSection = Field(default_factory=ResourcesSection)
+    storage: StorageSection = Field(default_factory=StorageSection)
+
+    def to_yaml(self) -> str:
+        return yaml.safe_dump(self.model_dump(mode="json"), sort_keys=False)
+
+
+# -- loading -------------------------------------------------------------------------------
+def parse_override(text: str) -> tuple[list[str], Any]:
+    if "=" not in text:
+        raise ConfigError(f"override {text!r} is not of the form dotted.key=value")
+    key, raw = text.split("=", 1)
+    parts = key.strip().split(".")
+    if not all(parts):
+        raise ConfigError(f"override {text!r} has an empty key part")
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else None
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"override {text!r}: value is not valid YAML ({exc})") from exc
+    return parts, value
+
+
+def apply_overrides(data: dict, overrides: list[str]) -> dict:
+    for text in overrides:
+        parts, value = parse_override(text)
+        node = data
+        for part in parts[:-1]:
+            child = node.setdefault(part, {})
+            if not isinstance(child, dict):
+                raise ConfigError(f"override {text!r}: {part!r} is a value, not a section")
+            node = child
+        node[parts[-1]] = value
+    return data
+
+
+def load_config(source: str | Path | dict | None = None, overrides: list[str] | None = None) -> Config:
+    """Read YAML (a path, a dict, or None for the defaults), apply overrides, validate."""
+    if source is None:
+        data: dict = {}
+    elif isinstance(source, dict):
+        data = dict(source)
+    else:
+        path = Path(source)
+        if not path.is_file():
+            raise ConfigError(f"config file not found: {path}")
+        try:
+            data = yaml.safe_load(path.read_text()) or {}
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"{path}: not valid YAML: {exc}") from exc
+        if not isinstance(data, dict):
+            raise ConfigError(f"{path}: the top level must be a mapping of sections, got {type(data).__name__}")
+    data = apply_overrides(data, overrides or [])
+    try:
+        return Config.model_validate(data)
+    except ValidationError as exc:
+        raise ConfigError(format_errors(exc)) from None
+
+
+def format_errors(exc: ValidationError) -> str:
+    lines = []
+    for err in exc.errors():
+        loc = ".".join(str(p) for p in err["loc"])
+        if err["type"] == "extra_forbidden":
+            lines.append(f"{loc}: unknown key{_suggestion(err['loc'])}")
+            continue
+        msg = err["msg"].removeprefix("Value error, ")
+        got = err.get("input")
+        plain = isinstance(got, (dict, list)) or got is None or "got" in msg
+        shown = "" if plain else f" (got {got!r})"
+        lines.append(f"{loc}: {msg}{shown}")
+    return "invalid config:\n  " + "\n  ".join(lines)
+
+
+def _suggestion(loc: tuple) -> str:
+    model: Any = Config
+    for part in loc[:-1]:
+        field = model.model_fields.get(str(part)) if hasattr(model, "model_fields") else None
+        if field is None:
+            return ""
+        model = field.annotation
+    if not hasattr(model, "model_fields"):
+        return ""
+    allowed = list(model.model_fields)
+    close = difflib.get_close_matches(str(loc[-1]), allowed, n=1)
+    hint = f"; did you mean {close[0]!r}?" if close else ""
+    return f"{hint} (allowed: {', '.join(allowed)})"

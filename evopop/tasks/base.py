@@ -1,0 +1,60 @@
+"""A task is what an individual is trained and measured on: data + model factory + loss + metrics.
+
+Built-in tasks are looked up by name; a user's own task is a factory named by import path
+(``"package.module:factory"``) that returns a `Task`. Tasks know nothing of Ray or storage.
+"""
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Mapping
+
+import torch
+from torch import nn
+from torch.utils.data import Dataset
+
+
+class Metric(ABC):
+    """Accumulates batches of (output, target) on the training device; ``compute`` gives floats."""
+
+    @abstractmethod
+    def update(self, output: torch.Tensor, target: torch.Tensor) -> None: ...
+
+    @abstractmethod
+    def compute(self) -> dict[str, float]: ...
+
+
+class Task(ABC):
+    #: metric the population is selected on by default, as "<eval set>_<metric>"
+    default_metric: str = "val_accuracy"
+    default_direction: str = "max"
+
+    @abstractmethod
+    def build_model(self) -> nn.Module:
+        """A freshly initialised network (initialised from torch's global RNG)."""
+
+    @abstractmethod
+    def example_input(self) -> torch.Tensor:
+        """One input batch of size 1, used to trace the network's wiring and count MACs."""
+
+    @abstractmethod
+    def train_set(self) -> Dataset: ...
+
+    @abstractmethod
+    def eval_sets(self) -> Mapping[str, Dataset]:
+        """Named evaluation sets; each metric becomes a record column ``<name>_<metric>``."""
+
+    @abstractmethod
+    def loss(self, output: torch.Tensor, target: torch.Tensor) -> torch.Tensor: ...
+
+    @abstractmethod
+    def metrics(self) -> Metric:
+        """A fresh metric accumulator for one pass over one evaluation set."""
+
+    def metric_names(self) -> list[str]:
+        """Names of the values ``metrics().compute()`` returns, fixing the record schema up front.
+
+        The evaluation loop always adds ``loss`` (the mean of ``self.loss`` over the set)."""
+        return []
+
+    def validate(self) -> None:
+        """Check the task's inputs (files, sizes) and raise one clear error before any training."""

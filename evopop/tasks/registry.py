@@ -1,0 +1,46 @@
+"""Find a task by built-in name or by import path ``"package.module:factory"``."""
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+from .base import Task
+
+BUILTIN = {
+    "shapes": "evopop.tasks.classification:shapes",
+    "saliency": "evopop.tasks.saliency:saliency",
+}
+
+
+def resolve_factory(target: str):
+    """The callable named by ``target`` (a built-in name or "module:attribute")."""
+    path = BUILTIN.get(target, target)
+    if ":" not in path:
+        raise ValueError(
+            f"unknown task {target!r}: use a built-in name ({', '.join(sorted(BUILTIN))}) "
+            "or an import path 'package.module:factory'"
+        )
+    module_name, attr = path.split(":", 1)
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as exc:
+        raise ValueError(f"cannot import module {module_name!r} for task {target!r}: {exc}") from exc
+    factory = module
+    for part in attr.split("."):
+        factory = getattr(factory, part, None)
+        if factory is None:
+            raise ValueError(f"module {module_name!r} has no attribute {attr!r} (task {target!r})")
+    if not callable(factory):
+        raise ValueError(f"task target {target!r} is not callable")
+    return factory
+
+
+def build_task(target: str, args: dict[str, Any] | None = None) -> Task:
+    factory = resolve_factory(target)
+    try:
+        task = factory(**(args or {}))
+    except TypeError as exc:
+        raise ValueError(f"task {target!r} does not accept these args {sorted(args or {})}: {exc}") from exc
+    if not isinstance(task, Task):
+        raise ValueError(f"task factory {target!r} returned {type(task).__name__}, not an evopop Task")
+    return task

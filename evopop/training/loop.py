@@ -1,0 +1,177 @@
+"""Train and evaluate one individual. Knows nothing of Ray or storage.
+
+Masked training: dead synapses (and dead neurons' biases / norm parameters) are held at exactly zero
+by `MaskedParameters`. On CPU a run is deterministic for a given seed; on GPU it uses mixed
+precision (bf16 autocast where supported, else fp16 with loss scaling) unless told otherwise.
+"""
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass, field
+
+import torch
+from torch import nn
+from torch.utils.data import DataLoader
+
+from ..synthesis import MaskedParameters
+from ..tasks.base import Task
+
+
+class DivergedError(RuntimeError):
+    """The individual's own training failed (non-finite loss): recorded as failed, not retried."""
+
+
+@dataclass(frozen=True)
+class Recipe:
+    epochs: int = 1
+    batch_size: int = 64
+    optimizer: str = "sgd"  # sgd | adam | adamw
+    lr: float = 0.05
+    momentum: float = 0.9
+    weight_decay: float = 5e-4
+    schedule: str = "cosine"  # constant | cosine | step
+    step_size: int = 1  # epochs per decay, for "step"
+    gamma: float = 0.1
+    warmup_steps: int = 0
+    mixed_precision: str = "auto"  # auto | bf16 | fp16 | off (GPU only)
+    eval_batch_size: int = 256
+    num_workers: int = 0
+
+
+@dataclass
+class TrainResult:
+    metrics: dict[str, float]  # "<eval set>_<metric>" -> value
+    train_seconds: float
+    eval_seconds: float
+    samples_per_second: float
+    steps: int
+    final_loss: float
+    history: list[float] = field(default_factory=list)  # mean training loss per epoch
+
+
+def make_optimizer(model: nn.Module, recipe: Recipe) -> torch.optim.Optimizer:
+    params = [p for p in model.parameters() if p.requires_grad]
+    if recipe.optimizer == "sgd":
+        return torch.optim.SGD(params, lr=recipe.lr, momentum=recipe.momentum, weight_decay=recipe.weight_decay)
+    if recipe.optimizer == "adam":
+        return torch.optim.Adam(params, lr=recipe.lr, weight_decay=recipe.weight_decay)
+    if recipe.optimizer == "adamw":
+        return torch.optim.AdamW(params, lr=recipe.lr, weight_decay=recipe.weight_decay)
+    raise ValueError(f"unknown optimizer {recipe.optimizer!r}")
+
+
+def make_schedule(optimizer, recipe: Recipe, steps_per_epoch: int):
+    total = max(1, recipe.epochs * steps_per_epoch)
+
+    def factor(step: int) -> float:
+        if step < recipe.warmup_steps:
+            return (step + 1) / recipe.warmup_steps
+        if recipe.schedule == "cosine":
+            return 0.5 * (1 + math.cos(math.pi * min(step, total) / total))
+        if recipe.schedule == "step":
+            return recipe.gamma ** (step // max(1, recipe.step_size * steps_per_epoch))
+        return 1.0
+
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+
+
+def _autocast_dtype(recipe: Recipe, device: torch.device) -> torch.dtype | None:
+    if device.type != "cuda" or recipe.mixed_precision == "off":
+        return None
+    if recipe.mixed_precision == "fp16":
+        return torch.float16
+    if recipe.mixed_precision == "bf16" or torch.cuda.is_bf16_supported():
+        return torch.bfloat16
+    return torch.float16
+
+
+def train_and_evaluate(
+    model: nn.Module,
+    task: Task,
+    recipe: Recipe,
+    seed: int,
+    masks: dict[str, torch.Tensor] | None = None,
+    device: torch.device | str = "cpu",
+) -> TrainResult:
+    device = torch.device(device)
+    torch.manual_seed(seed)
+    model.to(device)
+    optimizer = make_optimizer(model, recipe)
+    masked = MaskedParameters(model, masks).attach(optimizer) if masks else None
+    loader = DataLoader(
+        task.train_set(), batch_size=recipe.batch_size, shuffle=True, drop_last=False,
+        num_workers=recipe.num_workers, generator=torch.Generator().manual_seed(seed),
+        pin_memory=device.type == "cuda",
+    )  # fmt: skip
+    schedule = make_schedule(optimizer, recipe, len(loader))
+    amp = _autocast_dtype(recipe, device)
+    scaler = torch.amp.GradScaler("cuda") if amp == torch.float16 else None
+
+    history, steps, samples = [], 0, 0
+    start = time.perf_counter()
+    model.train()
+    for _ in range(recipe.epochs):
+        total, batches = torch.zeros((), device=device), 0
+        for inputs, targets in loader:
+            inputs = inputs.to(device, non_blocking=True)
+            targets = targets.to(device, non_blocking=True)
+            with torch.autocast(device.type, dtype=amp, enabled=amp is not None):
+                loss = task.loss(model(inputs), targets)
+            optimizer.zero_grad(set_to_none=True)
+            if scaler is not None:
+                scaler.scale(loss).backward()
+                scaler.step(optimizer)
+                scaler.update()
+            else:
+                loss.backward()
+                optimizer.step()
+            schedule.step()
+            total += loss.detach().float()
+            batches += 1
+            steps += 1
+            samples += inputs.shape[0]
+        epoch_loss = float(total) / max(1, batches)  # one sync per epoch, not per step
+        if not math.isfinite(epoch_loss):
+            raise DivergedError(f"training loss became {epoch_loss} in epoch {len(history) + 1}")
+        history.append(epoch_loss)
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    train_seconds = time.perf_counter() - start
+    if masked is not None:
+        masked.detach()
+
+    start = time.perf_counter()
+    metrics = evaluate(model, task, recipe, device, amp)
+    return TrainResult(
+        metrics=metrics,
+        train_seconds=train_seconds,
+        eval_seconds=time.perf_counter() - start,
+        samples_per_second=samples / train_seconds if train_seconds > 0 else float("nan"),
+        steps=steps,
+        final_loss=history[-1] if history else float("nan"),
+        history=history,
+    )
+
+
+@torch.no_grad()
+def evaluate(model: nn.Module, task: Task, recipe: Recipe, device, amp=None) -> dict[str, float]:
+    """Every metric of the task on every evaluation set, as "<set>_<metric>"."""
+    model.eval()
+    results: dict[str, float] = {}
+    for set_name, dataset in task.eval_sets().items():
+        metric = task.metrics()
+        loss_sum, count = torch.zeros((), device=device, dtype=torch.float64), 0
+        loader = DataLoader(dataset, batch_size=recipe.eval_batch_size, num_workers=recipe.num_workers)
+        for inputs, targets in loader:
+            inputs, targets = inputs.to(device), targets.to(device)
+            with torch.autocast(device.type, dtype=amp, enabled=amp is not None):
+                output = model(inputs)
+            output = output.float()
+            loss_sum += task.loss(output, targets).double() * inputs.shape[0]
+            count += inputs.shape[0]
+            metric.update(output, targets)
+        results[f"{set_name}_loss"] = float(loss_sum) / max(1, count)
+        for name, value in metric.compute().items():
+            results[f"{set_name}_{name}"] = float(value)
+    return results
