@@ -187,10 +187,14 @@ def reset_peak() -> bool:
 
 
 def memory_probe(mode: str, quick: bool, device: torch.device) -> dict:
-    """Runs in a fresh process: peak memory of one synthesize call beyond model, weights and parent."""
+    """Runs in a fresh process: peak memory of one synthesize call beyond model, weights and parent.
+
+    One warm-up call first, so that torch's one-time setup (thread pools, kernels) is not counted.
+    """
     _, arch, weights = build_network(quick, device)
     call = synthesis(arch, weights, mode)
     weight_bytes = sum(w.numel() * w.element_size() for w in weights.values())
+    call()
     release_freed_memory()
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
@@ -217,7 +221,8 @@ def bench_memory(quick: bool, device: torch.device) -> dict:
     """One fresh interpreter per mode, so that no earlier allocation hides in the peak."""
     result = {}
     for mode in MODES:
-        cmd = [sys.executable, __file__, "--probe", mode, "--device", str(device)] + (["--quick"] if quick else [])
+        cmd = [sys.executable, __file__, "--probe", mode, "--device", str(device), "--threads", str(torch.get_num_threads())]
+        cmd += ["--quick"] if quick else []
         probe = json.loads(subprocess.run(cmd, check=True, capture_output=True, text=True).stdout)
         result.setdefault("weight_bytes", probe["weight_bytes"])
         result.setdefault("child_mask_bytes", probe["child_mask_bytes"])
@@ -262,9 +267,12 @@ def main() -> None:
     parser.add_argument("--device", default="cpu", help="cpu, or cuda where available")
     parser.add_argument("--quick", action="store_true", help="tiny sizes and a tiny CNN: a smoke run")
     parser.add_argument("--json", type=Path, help="also write the summary here")
+    parser.add_argument("--threads", type=int, help="torch intra-op threads (default: torch's choice)")
     parser.add_argument("--probe", choices=MODES, help=argparse.SUPPRESS)  # internal: memory subprocess
     args = parser.parse_args()
 
+    if args.threads:
+        torch.set_num_threads(args.threads)
     device = torch.device(args.device if args.device != "cuda" or torch.cuda.is_available() else "cpu")
     if args.probe:
         print(json.dumps(memory_probe(args.probe, args.quick, device)))

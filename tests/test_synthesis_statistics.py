@@ -177,10 +177,11 @@ def test_budget_scale_expected_fraction_is_exact(c, normalizer_factor):
     fraction = float((s * p).clamp(max=1.0).sum()) / p.numel()
     assert fraction == pytest.approx(c, rel=1e-6)
     if c >= 0.7:
-        # These C force clipping: some synapses have s * P > 1 (the no-clipping s would overshoot).
+        # These C force clipping: some synapses have s * P > 1, and the unclipped solution
+        # s = C n / sum(P) would miss C by far more than the 1e-6 tolerance.
         assert float(s * p.max()) > 1.0
         naive = c * p.numel() / float(p.sum())
-        assert float((naive * p).clamp(max=1.0).sum()) / p.numel() < c * (1 - 1e-3)
+        assert float((naive * p).clamp(max=1.0).sum()) / p.numel() < c * (1 - 2e-6)
 
 
 def test_budget_scale_edge_cases():
@@ -249,7 +250,7 @@ def test_global_vs_layer_normalizer():
     for name, w in weights.items():
         assert per_layer[name] == pytest.approx(float(w.abs().max()), rel=1e-7)
     top = max(float(w.abs().max()) for w in weights.values())
-    assert set(global_.values()) == {pytest.approx(top, rel=1e-7)}
+    assert all(v == pytest.approx(top, rel=1e-7) for v in global_.values())
 
     c, draws = 0.5, 4
     for kind, zs in (("layer", per_layer), ("global", global_)):

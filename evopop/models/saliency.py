@@ -51,10 +51,11 @@ Synapse count (conv/deconv weights only; width 1.0, ``deconv_kernel=4``)::
     total                         65,010,880   (reference: 63,767,232; +1,243,648 = +1.95%)
 
 The difference comes from what the reference does not specify: the depth, kernel size and width
-of the deconvolution stacks (12.6M synapses here) and the form of the classifiers. No choice of
-kernels 2/3/4/8/16, 1-4 deconv layers per stack and 64-512 channels reproduces 63,767,232 exactly
-with the rest as described, so we keep the simplest exact-2x design (4x4 stride-2 deconvs, as in
-FCN/DeconvNet) and say so. ``deconv_kernel=2`` gives 56,621,248 synapses instead.
+of the deconvolution stacks (12.6M synapses here) and the form of the classifiers. We searched
+deconv kernels 2/3/4/8/16, 1-3 (d1) and 1-4 (d2) layers, 64-512 deconv channels, c6/c7 on 256- or
+512-channel inputs and a few classifier layouts: none reproduces 63,767,232 exactly with the rest
+as described, so we keep the simplest exact-2x design (4x4 stride-2 deconvs, as in FCN) and say so.
+``deconv_kernel=2`` gives 55,573,696 synapses instead.
 
 ``width`` multiplies every hidden channel count (rounded, at least 4) so that ``width=0.125`` is a
 CPU-sized version of the same graph; the input (3) and ``num_classes`` are never scaled.

@@ -94,22 +94,27 @@ class RunRecords:
         table = pa.Table.from_pylist(rows, schema=selection_schema())
         self.storage.write_bytes(f"selection/generation={int(generation)}/part-0.parquet", _parquet_bytes(table))
 
-    def _read(self, dataset: str) -> pd.DataFrame | None:
-        if not self.storage.exists(dataset):
+    def _read(self, dataset: str, generation: int | None = None) -> pd.DataFrame | None:
+        """One dataset (or one generation of it) as a DataFrame with an int ``generation`` column."""
+        rel = dataset if generation is None else f"{dataset}/generation={int(generation)}"
+        if not self.storage.exists(rel):
             return None
         data = ds.dataset(
-            self.storage.path(dataset), format="parquet", filesystem=self.storage.fs,
-            partitioning=ds.partitioning(PARTITIONING, flavor="hive"),
+            self.storage.path(rel), format="parquet", filesystem=self.storage.fs,
+            partitioning=ds.partitioning(PARTITIONING, flavor="hive") if generation is None else None,
             exclude_invalid_files=True, ignore_prefixes=[".tmp-", "."],
         )  # fmt: skip
-        return data.to_table().to_pandas()
+        df = data.to_table().to_pandas()
+        if generation is not None:
+            df.insert(0, "generation", pd.Series([int(generation)] * len(df), dtype="int32"))
+        return df
 
-    def population(self) -> pd.DataFrame:
-        """Every individual recorded so far, with ``selected`` filled in where decided."""
-        df = self._read("population")
+    def population(self, generation: int | None = None) -> pd.DataFrame:
+        """Individuals recorded so far (all, or one generation's), ``selected`` filled where decided."""
+        df = self._read("population", generation)
         if df is None:
             return pd.DataFrame()
-        selection = self._read("selection")
+        selection = self._read("selection", generation)
         if selection is not None and len(selection):
             decided = dict(zip(selection["individual_id"], selection["selected"]))
             df["selected"] = df["individual_id"].map(decided).astype("boolean")

@@ -68,3 +68,13 @@ def _fsync_file(path: str) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
+
+
+def read_uri(uri: str) -> bytes:
+    """The bytes of one file given by local path or URI."""
+    if "://" in uri:
+        fs, path = pafs.FileSystem.from_uri(uri)
+    else:
+        fs, path = pafs.LocalFileSystem(), os.path.abspath(uri)
+    with fs.open_input_stream(path) as f:
+        return f.read()

@@ -50,6 +50,10 @@ class Task(ABC):
     def metrics(self) -> Metric:
         """A fresh metric accumulator for one pass over one evaluation set."""
 
+    def eval_set_names(self) -> list[str]:
+        """Names of the evaluation sets; override to avoid building the data just to name it."""
+        return list(self.eval_sets())
+
     def metric_names(self) -> list[str]:
         """Names of the values ``metrics().compute()`` returns, fixing the record schema up front.
 

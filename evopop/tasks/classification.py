@@ -52,6 +52,9 @@ class ShapesTask(Task):
             self._val = ProceduralShapes(self.val_size, self.image_size, self.seed + 7919, self.num_classes)
         return {"val": self._val}
 
+    def eval_set_names(self) -> list[str]:
+        return ["val"]
+
     def loss(self, output, target):
         return F.cross_entropy(output, target)
 

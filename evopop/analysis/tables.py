@@ -1,0 +1,49 @@
+"""Tables of a run: the population so far, and the paper-style table of the followed lineage."""
+from __future__ import annotations
+
+import pandas as pd
+
+_BASE = ["generation", "individual_id", "parent_id", "status", "synapses", "efficiency", "neurons", "macs"]
+
+
+def population_table(population: pd.DataFrame, metric: str) -> pd.DataFrame:
+    """One line per individual: counts, the selection metric, and whether it was selected."""
+    cols = [c for c in _BASE if c in population] + [metric, "train_seconds", "selected"]
+    table = population[[c for c in cols if c in population]].copy()
+    if "parent_id" in table:
+        table["parent_id"] = table["parent_id"].fillna("-")
+    return _format(table)
+
+
+def followed_lineage(population: pd.DataFrame) -> pd.DataFrame:
+    """The best lineage: from the best selected individual of the last decided generation back to the root."""
+    if population.empty or "selected" not in population:
+        return population.iloc[0:0]
+    chosen = population[population["selected"].fillna(False).astype(bool)]
+    if chosen.empty:
+        return population.iloc[0:0]
+    last = chosen[chosen["generation"] == chosen["generation"].max()].iloc[0]
+    ids = list(last["lineage"])
+    by_id = population.set_index("individual_id")
+    return by_id.loc[[i for i in ids if i in by_id.index]].reset_index()
+
+
+def lineage_table(population: pd.DataFrame, metric_columns: list[str]) -> pd.DataFrame:
+    """The paper-style table: generation, synapses, efficiency and each metric along the followed lineage."""
+    line = followed_lineage(population)
+    if line.empty:
+        return pd.DataFrame({"generation": []})
+    cols = ["generation", "individual_id", "synapses", "efficiency"] + list(metric_columns)
+    return _format(line[[c for c in cols if c in line]].copy())
+
+
+def _format(table: pd.DataFrame) -> pd.DataFrame:
+    if "efficiency" in table:
+        table["efficiency"] = table["efficiency"].map(lambda v: f"{v:.2f}x" if pd.notna(v) else "-")
+    for col in ("synapses", "neurons", "macs"):
+        if col in table:
+            table[col] = table[col].map(lambda v: f"{int(v):,}" if pd.notna(v) else "-")
+    for col in table.columns:
+        if table[col].dtype.kind == "f":
+            table[col] = table[col].map(lambda v: f"{v:.4f}" if pd.notna(v) else "-")
+    return table

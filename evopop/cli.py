@@ -1,0 +1,128 @@
+"""Command line: ``evopop run | resume | show``.
+
+    evopop run CONFIG [dotted.key=value ...] [--run-dir DIR]   start a run, print its directory
+    evopop resume RUN_DIR                                       finish an interrupted run
+    evopop show RUN_DIR                                         the population so far
+
+Exit codes: 0 done, 1 the evolution failed (records intact), 2 bad config or input.
+"""
+from __future__ import annotations
+
+import argparse
+import secrets
+import sys
+import time
+from pathlib import Path
+
+from .config import Config, ConfigError, load_config
+
+EXIT_FAILED, EXIT_CONFIG = 1, 2
+
+
+def _new_run_dir(config: Config) -> str:
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    return str(Path(config.storage.path) / f"{config.run.name}-{stamp}-{secrets.token_hex(2)}")
+
+
+def cmd_run(args) -> int:
+    from .engine.plan import plan_run
+    from .records.run import RunRecords
+
+    config = load_config(args.config, args.overrides)
+    plan = plan_run(config)  # every check that needs no cluster, before Ray starts
+    run_dir = args.run_dir or _new_run_dir(config)
+    records = RunRecords(run_dir)
+    if records.exists():
+        raise ConfigError(f"--run-dir: {run_dir} already holds a run; use 'evopop resume {run_dir}' to finish it")
+    records.storage.makedirs()
+    records.write_config(config.to_yaml())
+    print(f"run directory: {run_dir}", flush=True)
+    return _drive(config, run_dir, plan)
+
+
+def cmd_resume(args) -> int:
+    from .engine.plan import plan_run
+    from .records.run import RunRecords
+
+    records = RunRecords(args.run_dir)
+    if not records.exists():
+        raise ConfigError(f"{args.run_dir}: no evopop run here (config.yaml missing)")
+    import yaml
+
+    config = load_config(yaml.safe_load(records.read_config()))
+    plan = plan_run(config)
+    print(f"resuming: {args.run_dir}", flush=True)
+    return _drive(config, args.run_dir, plan)
+
+
+def _drive(config: Config, run_dir: str, plan) -> int:
+    from .engine.driver import Driver, EvolutionFailed
+    from .analysis.tables import lineage_table
+
+    try:
+        population = Driver(config, run_dir, plan).run()
+    except EvolutionFailed as exc:
+        print(f"evolution failed: {exc}", file=sys.stderr)
+        return EXIT_FAILED
+    print()
+    print(lineage_table(population, _ordered_metrics(plan)).to_string(index=False))
+    print(f"\nrecords: {run_dir}/population  (evopop show {run_dir})")
+    return 0
+
+
+def cmd_show(args) -> int:
+    from .analysis.tables import lineage_table, population_table
+    from .records.run import RunRecords
+
+    records = RunRecords(args.run_dir)
+    if not records.exists():
+        raise ConfigError(f"{args.run_dir}: no evopop run here (config.yaml missing)")
+    population = records.population()
+    if population.empty:
+        print("no individuals recorded yet")
+        return 0
+    import yaml
+
+    config = load_config(yaml.safe_load(records.read_config()))
+    from .engine.plan import plan_run
+
+    plan = plan_run(config)
+    print(population_table(population, plan.metric).to_string(index=False))
+    print("\nfollowed lineage:")
+    print(lineage_table(population, _ordered_metrics(plan)).to_string(index=False))
+    return 0
+
+
+def _ordered_metrics(plan) -> list[str]:
+    """The selection metric first, then every other measured column."""
+    return [plan.metric] + [c for c in plan.metric_columns if c != plan.metric]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="evopop", description="Evolutionary synthesis of deep neural networks")
+    sub = parser.add_subparsers(dest="command", required=True)
+    run = sub.add_parser("run", help="start a run")
+    run.add_argument("config", help="YAML config file")
+    run.add_argument("overrides", nargs="*", help="dotted.key=value overrides")
+    run.add_argument("--run-dir", help="run directory (default: <storage.path>/<run.name>-<time>-<id>)")
+    run.set_defaults(func=cmd_run)
+    resume = sub.add_parser("resume", help="finish an interrupted run")
+    resume.add_argument("run_dir")
+    resume.set_defaults(func=cmd_resume)
+    show = sub.add_parser("show", help="print the population of a run")
+    show.add_argument("run_dir")
+    show.set_defaults(func=cmd_show)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except ConfigError as exc:
+        print(f"evopop: {exc}", file=sys.stderr)
+        return EXIT_CONFIG
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,43 @@
+"""Preflight: everything about a run that can be checked before Ray starts or data loads."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from fnmatch import fnmatchcase
+
+from ..config import Config, ConfigError
+from ..synthesis import trace_architecture
+from ..tasks.registry import build_task
+
+
+@dataclass(frozen=True)
+class Plan:
+    metric: str
+    direction: str
+    metric_columns: list[str]
+    layer_names: list[str]
+    dense_synapses: int
+
+
+def plan_run(config: Config) -> Plan:
+    """Build the task, trace its network, check the names the config refers to; ConfigError if off."""
+    try:
+        task = build_task(config.task.name, config.task.args)
+        task.validate()
+    except ConfigError:
+        raise
+    except (ValueError, OSError) as exc:
+        raise ConfigError(f"task: {exc}") from None
+    columns = [f"{s}_{m}" for s in task.eval_set_names() for m in ["loss", *task.metric_names()]]
+    metric = config.selection.metric or task.default_metric
+    if metric not in columns:
+        raise ConfigError(f"selection.metric: {metric!r} is not measured by task {config.task.name!r}; "
+                          f"allowed: {', '.join(columns)}")
+    direction = config.selection.direction or ("min" if metric.endswith("_loss") else task.default_direction)
+    arch = trace_architecture(task.build_model(), task.example_input())
+    env = config.evolution.environment
+    for field, patterns in (("layers", list(env.layers)), ("frozen", list(env.frozen))):
+        for pattern in patterns:
+            if not any(fnmatchcase(name, pattern) for name in arch.names):
+                raise ConfigError(f"evolution.environment.{field}: pattern {pattern!r} matches no synaptic layer; "
+                                  f"layers are: {', '.join(arch.names)}")
+    return Plan(metric, direction, columns, arch.names, arch.synapses)

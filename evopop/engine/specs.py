@@ -1,0 +1,51 @@
+"""Individual specs: ids, seeds and environments, all pure functions of the config and lineage."""
+from __future__ import annotations
+
+from ..config import Config
+from ..synthesis import Environment, Schedule, derive_seed, offspring_seed
+from .develop import Spec
+
+ROOT_ID = "g1-0"
+
+
+def schedule_of(config: Config) -> Schedule:
+    env = config.evolution.environment
+    base = Environment(env.c, env.mode, tuple(env.layers.items()), tuple(env.frozen))
+    return Schedule(base, tuple(env.schedule.items()))
+
+
+def train_seed(config: Config, individual_id: str) -> int:
+    return derive_seed("train", config.run.seed, individual_id)
+
+
+def root_spec(config: Config) -> Spec:
+    epochs = config.ancestor.epochs or config.train.epochs
+    return Spec(1, ROOT_ID, None, (ROOT_ID,), None, None, train_seed(config, ROOT_ID), None, epochs)
+
+
+def offspring_specs(config: Config, generation: int, ancestors: list[dict]) -> list[Spec]:
+    """Offspring of ``ancestors`` (ranked, each with individual_id and lineage) in generation G.
+
+    Offspring i of the ancestor ranked r gets the id g<G>-<r * offspring + i>.
+    """
+    environment = schedule_of(config).at(generation)
+    n = config.evolution.offspring
+    epochs = config.evolution.epochs or config.train.epochs
+    specs = []
+    for r, ancestor in enumerate(ancestors):
+        for i in range(n):
+            individual_id = f"g{generation}-{r * n + i}"
+            specs.append(
+                Spec(
+                    generation=generation,
+                    individual_id=individual_id,
+                    parent_id=ancestor["individual_id"],
+                    lineage=tuple(ancestor["lineage"]) + (individual_id,),
+                    offspring_index=i,
+                    seed=offspring_seed(config.run.seed, generation, ancestor["individual_id"], i),
+                    train_seed=train_seed(config, individual_id),
+                    environment=environment,
+                    epochs=epochs,
+                )
+            )
+    return specs

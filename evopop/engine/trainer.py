@@ -1,0 +1,36 @@
+"""Trainer actors: long-lived Ray actors, each holding one `Developer` (task, data, traced network)
+so that imports, data and CUDA start-up are paid once per actor, not once per offspring."""
+from __future__ import annotations
+
+import os
+
+import ray
+import torch
+
+from ..config import Config
+from .develop import Developer, Spec
+
+
+class Trainer:
+    def __init__(self, config: Config, run_dir: str):
+        threads = config.resources.torch_threads or max(1, int(config.resources.cpus_per_trainer))
+        torch.set_num_threads(threads)
+        self.developer = Developer(config, run_dir)
+        ctx = ray.get_runtime_context()
+        self.node_id = ctx.get_node_id()
+        self.worker_id = ctx.get_worker_id()
+
+    def develop(self, spec: Spec, parent: dict | None) -> dict:
+        outcome = self.developer.develop(spec, parent)
+        outcome["node_id"] = self.node_id
+        outcome["worker_id"] = self.worker_id
+        return outcome
+
+    def pid(self) -> int:
+        return os.getpid()
+
+
+def trainer_class(config: Config):
+    """The actor class with the configured resources (fractional GPUs pack offspring on one GPU)."""
+    r = config.resources
+    return ray.remote(num_cpus=r.cpus_per_trainer, num_gpus=r.gpus_per_trainer, max_restarts=0)(Trainer)
