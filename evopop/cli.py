@@ -56,14 +56,18 @@ def cmd_resume(args) -> int:
 
 
 def _drive(config: Config, run_dir: str, plan) -> int:
-    from .engine.driver import Driver, EvolutionFailed
     from .analysis.tables import lineage_table
+    from .engine.driver import Driver, EvolutionFailed
+    from .records.run import RunLockedError
 
     try:
         population = Driver(config, run_dir, plan).run()
     except EvolutionFailed as exc:
         print(f"evolution failed: {exc}", file=sys.stderr)
         return EXIT_FAILED
+    except RunLockedError as exc:
+        print(f"evopop: {exc}", file=sys.stderr)
+        return EXIT_CONFIG
     print()
     print(lineage_table(population, _ordered_metrics(plan)).to_string(index=False))
     print(f"\nrecords: {run_dir}/population  (evopop show {run_dir})")

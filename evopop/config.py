@@ -116,6 +116,15 @@ class ResourcesSection(_Section):
     gpus_per_trainer: float = Field(0.0, ge=0)  # fractions pack several small offspring on one GPU
     max_retries: int = Field(2, ge=0)  # re-runs of an offspring whose trainer process died
     torch_threads: Optional[int] = Field(None, ge=1)  # intra-op threads per trainer; default cpus_per_trainer
+    custom: dict[str, float] = Field(default_factory=dict)  # custom Ray resources per trainer, e.g. {"A100": 1}
+
+    @field_validator("custom")
+    @classmethod
+    def _custom(cls, v):
+        for name, amount in v.items():
+            if not amount > 0:
+                raise ValueError(f"custom resource {name!r} must be > 0, got {amount}")
+        return v
 
     @field_validator("gpus_per_trainer")
     @classmethod

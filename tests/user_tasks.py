@@ -1,5 +1,9 @@
-"""A user's own task, loaded by import path ("user_tasks:regression") in the end-to-end tests."""
+"""Tasks loaded by import path in the end-to-end tests: a user's own task, and one with injected faults."""
 from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
 
 import torch
 from torch import nn
@@ -7,6 +11,7 @@ from torch.nn import functional as F
 from torch.utils.data import TensorDataset
 
 from evopop.tasks.base import Metric, Task
+from evopop.tasks.classification import ShapesTask
 
 
 class MeanError(Metric):
@@ -56,3 +61,44 @@ class Regression(Task):
 
 def regression(**kwargs) -> Regression:
     return Regression(**kwargs)
+
+
+class Flaky(ShapesTask):
+    """The shapes task with injected faults, for fault-tolerance tests.
+
+    At the start of each individual's training (``train_set`` is called once per training run, after
+    the individual's seed is set) it draws its fate from the seeded RNG: a NaN loss or an
+    out-of-memory error, deterministically per individual. It can also slow training down and
+    write the trainer's pid to ``pid_dir`` so a test can kill that process mid-training.
+    """
+
+    def __init__(self, nan_rate: float = 0.0, oom_rate: float = 0.0, step_sleep: float = 0.0,
+                 pid_dir: str | None = None, **kwargs):
+        super().__init__(**kwargs)
+        self.nan_rate, self.oom_rate, self.step_sleep, self.pid_dir = nan_rate, oom_rate, step_sleep, pid_dir
+        self.fate = None
+        self.runs = 0
+
+    def train_set(self):
+        draw = float(torch.rand(()))
+        self.fate = "nan" if draw < self.nan_rate else "oom" if draw < self.nan_rate + self.oom_rate else None
+        if self.pid_dir:
+            self.runs += 1
+            Path(self.pid_dir, f"{os.getpid()}.{self.runs}").touch()
+        return super().train_set()
+
+    def loss(self, output, target):
+        loss = super().loss(output, target)
+        if not torch.is_grad_enabled():
+            return loss  # evaluation
+        if self.step_sleep:
+            time.sleep(self.step_sleep)
+        if self.fate == "oom":
+            raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 20.00 GiB (injected)")
+        if self.fate == "nan":
+            return loss * float("nan")
+        return loss
+
+
+def flaky(**kwargs) -> Flaky:
+    return Flaky(**kwargs)

@@ -144,19 +144,7 @@ class Developer:
         path = self.config.ancestor.checkpoint
         if path is None:
             return Genome.full(self.arch), False
-        data = read_uri(path)
-        try:
-            payload = load_checkpoint_bytes(data)
-            weights, masks = payload["weights"], payload.get("masks")
-        except ValueError:  # a plain state_dict
-            weights, masks = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True), None
-        load_weights(model, weights, f"ancestor checkpoint {path}")
-        if masks:
-            genome = Genome.from_state_dict(masks)
-            genome.validate(self.arch)
-        else:
-            genome = genome_from_weights(self.arch, model)
-        return genome, True
+        return load_ancestor(path, model, self.arch), True
 
     def _offspring(self, model, spec: Spec, parent: dict) -> Genome:
         parent_weights = from_numpy(parent["weights"])
@@ -171,6 +159,34 @@ class Developer:
         return synthesize(
             self.arch, weights, parent_genome, spec.environment, spec.seed, self.config.evolution.normalizer
         )
+
+
+def load_ancestor(path: str, model: torch.nn.Module, arch) -> Genome:
+    """Load an ancestor checkpoint into ``model``: an evopop checkpoint (weights + masks) or a plain
+    state_dict (its zero weights become dead synapses). Raises ValueError saying what does not fit."""
+    try:
+        data = read_uri(path)
+    except OSError as exc:
+        raise ValueError(f"cannot read ancestor checkpoint {path}: {exc}") from None
+    try:
+        payload = load_checkpoint_bytes(data)
+        weights, masks = payload["weights"], payload.get("masks")
+    except ValueError:  # a plain state_dict
+        try:
+            weights, masks = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True), None
+        except Exception as exc:
+            raise ValueError(f"ancestor checkpoint {path} is not a readable torch file: {exc}") from None
+    if not isinstance(weights, dict):
+        raise ValueError(f"ancestor checkpoint {path} holds a {type(weights).__name__}, not a state_dict")
+    load_weights(model, weights, f"ancestor checkpoint {path}")
+    if not masks:
+        return genome_from_weights(arch, model)
+    genome = Genome.from_state_dict(masks)
+    try:
+        genome.validate(arch)
+    except ValueError as exc:
+        raise ValueError(f"ancestor checkpoint {path}: {exc}") from None
+    return genome
 
 
 def load_weights(model: torch.nn.Module, weights: dict[str, torch.Tensor], what: str) -> None:

@@ -49,6 +49,10 @@ def check_resources(config: Config) -> None:
     if r.gpus_per_trainer > total.get("GPU", 0):
         raise ConfigError(f"resources.gpus_per_trainer: {r.gpus_per_trainer} GPUs per trainer, "
                           f"but the cluster has {total.get('GPU', 0):g} GPUs")
+    for name, amount in r.custom.items():
+        if amount > total.get(name, 0):
+            raise ConfigError(f"resources.custom.{name}: {amount} per trainer, but the cluster has "
+                              f"{total.get(name, 0):g}")
 
 
 class Driver:
@@ -63,15 +67,16 @@ class Driver:
 
     def run(self) -> pd.DataFrame:
         """Run (or finish) every generation; returns the population records."""
-        connect()
-        check_resources(self.config)
-        pool = TrainerPool(self.config, self.run_dir)
-        try:
-            ancestors = self._generation(1, [], pool)
-            for generation in range(2, self.config.evolution.generations + 1):
-                ancestors = self._generation(generation, ancestors, pool)
-        finally:
-            pool.shutdown()
+        with self.records.lock():
+            connect()
+            check_resources(self.config)
+            pool = TrainerPool(self.config, self.run_dir)
+            try:
+                ancestors = self._generation(1, [], pool)
+                for generation in range(2, self.config.evolution.generations + 1):
+                    ancestors = self._generation(generation, ancestors, pool)
+            finally:
+                pool.shutdown()
         return self.records.population()
 
     # -- one generation --------------------------------------------------------------------

@@ -40,4 +40,11 @@ def plan_run(config: Config) -> Plan:
             if not any(fnmatchcase(name, pattern) for name in arch.names):
                 raise ConfigError(f"evolution.environment.{field}: pattern {pattern!r} matches no synaptic layer; "
                                   f"layers are: {', '.join(arch.names)}")
+    if config.ancestor.checkpoint:
+        from .develop import load_ancestor
+
+        try:
+            load_ancestor(config.ancestor.checkpoint, task.build_model(), arch)
+        except ValueError as exc:
+            raise ConfigError(f"ancestor.checkpoint: {exc}") from None
     return Plan(metric, direction, columns, arch.names, arch.synapses)

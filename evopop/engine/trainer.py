@@ -33,4 +33,6 @@ class Trainer:
 def trainer_class(config: Config):
     """The actor class with the configured resources (fractional GPUs pack offspring on one GPU)."""
     r = config.resources
-    return ray.remote(num_cpus=r.cpus_per_trainer, num_gpus=r.gpus_per_trainer, max_restarts=0)(Trainer)
+    return ray.remote(
+        num_cpus=r.cpus_per_trainer, num_gpus=r.gpus_per_trainer, resources=dict(r.custom) or None, max_restarts=0
+    )(Trainer)

@@ -13,7 +13,10 @@ from __future__ import annotations
 
 import io
 import json
+import os
 import re
+import socket
+from contextlib import contextmanager
 from datetime import datetime, timezone
 
 import pandas as pd
@@ -26,6 +29,10 @@ from .schema import PARTITIONING, layer_schema, population_schema, selection_sch
 from .storage import Storage
 
 _SAFE_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
+
+
+class RunLockedError(RuntimeError):
+    """Another live driver holds the run directory."""
 
 
 def check_individual_id(individual_id: str) -> str:
@@ -55,6 +62,47 @@ class RunRecords:
 
     def exists(self) -> bool:
         return self.storage.exists("config.yaml")
+
+    # -- one driver at a time -------------------------------------------------------------------
+    @contextmanager
+    def lock(self):
+        """Hold RUN_DIR/.lock while driving the run, so two drivers never write into one directory.
+
+        A lock left by a driver that died on this host (its pid is gone) is taken over; one from
+        another host cannot be checked and is refused, with the path to remove if it is stale.
+        """
+        path = self.storage.path(".lock")
+        mine = {"host": socket.gethostname(), "pid": os.getpid(), "since": datetime.now(timezone.utc).isoformat()}
+        if self.storage.is_local:
+            self._take_local_lock(path, mine)
+        else:
+            self.storage.write_bytes(".lock", json.dumps(mine).encode())
+        try:
+            yield
+        finally:
+            try:
+                self.storage.fs.delete_file(path)
+            except OSError:
+                pass
+
+    def _take_local_lock(self, path: str, mine: dict) -> None:
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        for _ in range(2):
+            try:
+                fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+            except FileExistsError:
+                holder = _read_json(path)
+                if holder.get("host") == mine["host"] and not _pid_alive(holder.get("pid")):
+                    os.unlink(path)  # stale: its driver died
+                    continue
+                raise RunLockedError(
+                    f"{self.uri} is being driven by pid {holder.get('pid')} on {holder.get('host')} "
+                    f"since {holder.get('since')}; if that driver is gone, remove {path}"
+                ) from None
+            with os.fdopen(fd, "w") as f:
+                json.dump(mine, f)
+            return
+        raise RunLockedError(f"could not take the lock {path}")
 
     # -- population ------------------------------------------------------------------------
     @staticmethod
@@ -155,6 +203,26 @@ def load_checkpoint_bytes(data: bytes) -> dict:
         raise ValueError("not an evopop checkpoint: expected a dict with 'weights' and 'masks'")
     payload["meta"] = json.loads(payload.get("meta") or "{}")
     return payload
+
+
+def _read_json(path: str) -> dict:
+    try:
+        with open(path) as f:
+            return json.load(f)
+    except (OSError, ValueError):
+        return {}
+
+
+def _pid_alive(pid) -> bool:
+    if not isinstance(pid, int) or pid <= 0:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 def _natural(col: pd.Series) -> pd.Series:

@@ -1,0 +1,198 @@
+"""Fault tolerance, done for real: killed trainer processes, a lost node, NaN and out-of-memory
+offspring, a SIGKILLed driver resumed. For each: rows expected, rows present, duplicates 0, lost 0."""
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import torch
+
+from evopop.config import load_config
+from evopop.engine.driver import Driver, EvolutionFailed
+from evopop.records.run import RunRecords
+from evopop.tasks.registry import build_task
+
+pytestmark = pytest.mark.slow
+
+ROOT = Path(__file__).resolve().parents[1]
+TINY = ROOT / "configs" / "tiny.yaml"
+FLAKY = "task.name=user_tasks:flaky"
+
+
+def new_run(tmp_path, name, *overrides):
+    config = load_config(TINY, list(overrides))
+    run_dir = str(tmp_path / name)
+    RunRecords(run_dir).write_config(config.to_yaml())
+    return config, run_dir
+
+
+def assert_complete(population: pd.DataFrame, run_dir: str, expected_ids: set[str]):
+    """Rows expected == rows present, no duplicate, none lost, one Parquet part per individual."""
+    ids = list(population["individual_id"])
+    assert len(ids) == len(set(ids)), f"duplicates: {pd.Series(ids)[pd.Series(ids).duplicated()].tolist()}"
+    assert set(ids) == expected_ids, f"lost: {expected_ids - set(ids)}, extra: {set(ids) - expected_ids}"
+    parts = list((Path(run_dir) / "population").rglob("*.parquet"))
+    assert len(parts) == len(expected_ids)
+    assert not list(Path(run_dir).rglob(".tmp-*")), "no temporary file may be left behind"
+
+
+def expected_ids(offspring_per_generation: list[int]) -> set[str]:
+    ids = {"g1-0"}
+    for g, n in enumerate(offspring_per_generation, start=2):
+        ids |= {f"g{g}-{i}" for i in range(n)}
+    return ids
+
+
+def run_in_thread(driver: Driver):
+    box = {}
+
+    def target():
+        try:
+            box["population"] = driver.run()
+        except BaseException as exc:  # surfaced by the test
+            box["error"] = exc
+
+    thread = threading.Thread(target=target, daemon=True)
+    thread.start()
+    return thread, box
+
+
+def wait_for(predicate, timeout=120.0, interval=0.05):
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(interval)
+    raise AssertionError("timed out waiting")
+
+
+def offspring_training_pid(pid_dir: Path, records: RunRecords, seen: set[str]):
+    """The pid of a trainer that started training an offspring (after the ancestor is recorded)."""
+    if "g1-0" not in records.recorded_ids(1):
+        seen.update(p.name for p in pid_dir.iterdir())
+        return None
+    fresh = [p.name for p in pid_dir.iterdir() if p.name not in seen]
+    return int(fresh[0].split(".")[0]) if fresh else None
+
+
+def test_killed_trainer_is_replaced_and_its_offspring_rerun(ray_cluster, tmp_path):
+    pid_dir = tmp_path / "pids"
+    pid_dir.mkdir()
+    config, run_dir = new_run(
+        tmp_path, "run", FLAKY, f"task.args.pid_dir={pid_dir}", "task.args.step_sleep=0.05",
+        "evolution.generations=2", "evolution.offspring=4",
+    )  # fmt: skip
+    thread, box = run_in_thread(Driver(config, run_dir))
+    pid = wait_for(lambda: offspring_training_pid(pid_dir, RunRecords(run_dir), set()))
+    os.kill(pid, signal.SIGKILL)
+    thread.join(timeout=300)
+    assert "error" not in box, box.get("error")
+    population = box["population"]
+    assert_complete(population, run_dir, expected_ids([4]))
+    assert (population["status"] == "ok").all()
+    assert (population["attempts"] == 2).sum() == 1, "exactly the killed trainer's offspring ran twice"
+    assert population["worker_id"].nunique() >= 3, "a replacement trainer took over"
+
+
+def test_lost_node_offspring_rerun_on_another_node(ray_cluster, tmp_path):
+    pid_dir = tmp_path / "pids"
+    pid_dir.mkdir()
+    doomed = ray_cluster.add_node(num_cpus=2, resources={"pool": 2})
+    ray_cluster.wait_for_nodes()
+    config, run_dir = new_run(
+        tmp_path, "run", FLAKY, f"task.args.pid_dir={pid_dir}", "task.args.step_sleep=0.05",
+        "evolution.generations=2", "evolution.offspring=4", "resources.custom={pool: 1}",
+    )  # fmt: skip
+    thread, box = run_in_thread(Driver(config, run_dir))
+    wait_for(lambda: offspring_training_pid(pid_dir, RunRecords(run_dir), set()))
+    spare = ray_cluster.add_node(num_cpus=2, resources={"pool": 2})
+    ray_cluster.remove_node(doomed)  # the node and every trainer on it are lost
+    thread.join(timeout=300)
+    ray_cluster.remove_node(spare)
+    assert "error" not in box, box.get("error")
+    population = box["population"]
+    assert_complete(population, run_dir, expected_ids([4]))
+    assert (population["status"] == "ok").all()
+    assert (population["attempts"] >= 2).any(), "offspring in flight on the lost node were re-run"
+    assert population["node_id"].nunique() == 2
+
+
+def ancestor_checkpoint(tmp_path) -> str:
+    """A plain state_dict of the tiny network, so that generation 1 needs no training."""
+    config = load_config(TINY)
+    task = build_task("shapes", config.task.args)
+    torch.manual_seed(0)
+    path = tmp_path / "ancestor.pt"
+    torch.save(task.build_model().state_dict(), path)
+    return str(path)
+
+
+def test_nan_and_oom_offspring_recorded_failed_and_skipped(ray_cluster, tmp_path):
+    config, run_dir = new_run(
+        tmp_path, "run", FLAKY, "task.args.nan_rate=0.3", "task.args.oom_rate=0.3",
+        f"ancestor.checkpoint={ancestor_checkpoint(tmp_path)}", "evolution.generations=3", "evolution.offspring=6",
+    )  # fmt: skip
+    population = Driver(config, run_dir).run()
+    assert_complete(population, run_dir, expected_ids([6, 6]))
+    failed = population[population["status"] == "failed"]
+    errors = " ".join(failed["error"])
+    assert "DivergedError" in errors and "nan" in errors
+    assert "OutOfMemoryError" in errors
+    assert (failed["attempts"] == 1).all(), "an individual's own failure is never retried"
+    assert failed["checkpoint"].isna().all() and failed["synapses"].isna().all()
+    for generation in (2, 3):
+        group = population[population["generation"] == generation]
+        chosen = group[group["selected"].astype(bool)]
+        assert len(chosen) == 1 and chosen.iloc[0]["status"] == "ok", "selection skips failed individuals"
+        assert chosen.iloc[0]["val_accuracy"] == group[group["status"] == "ok"]["val_accuracy"].max()
+
+
+def test_generation_where_all_fail_stops_with_records_intact(ray_cluster, tmp_path):
+    config, run_dir = new_run(
+        tmp_path, "run", FLAKY, "task.args.nan_rate=1.0", f"ancestor.checkpoint={ancestor_checkpoint(tmp_path)}",
+    )  # fmt: skip
+    with pytest.raises(EvolutionFailed, match="every individual of generation 2 failed"):
+        Driver(config, run_dir).run()
+    population = RunRecords(run_dir).population()
+    assert_complete(population, run_dir, expected_ids([3]))
+    assert (population[population["generation"] == 2]["status"] == "failed").all()
+
+
+def test_driver_sigkilled_mid_generation_then_resumed_equals_uninterrupted(ray_cluster, tmp_path):
+    overrides = ["evolution.offspring=4", "task.args.step_sleep=0.02", FLAKY]
+    reference_config, reference_dir = new_run(tmp_path, "reference", *overrides)
+    reference = Driver(reference_config, reference_dir).run()
+
+    run_dir = tmp_path / "killed"
+    env = {**os.environ, "RAY_ADDRESS": ray_cluster.address}
+    driver = subprocess.Popen(
+        [sys.executable, "-m", "evopop", "run", str(TINY), *overrides, "--run-dir", str(run_dir)],
+        env=env, cwd=str(ROOT), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+    try:
+        records = RunRecords(str(run_dir))
+        wait_for(lambda: len(records.recorded_ids(2)) >= 1 if (run_dir / "config.yaml").exists() else False, 180)
+        driver.send_signal(signal.SIGKILL)
+        driver.wait(timeout=30)
+    finally:
+        if driver.poll() is None:
+            driver.kill()
+    interrupted = RunRecords(str(run_dir)).population()
+    assert len(interrupted) < len(reference), "the driver was killed before the run finished"
+
+    config = load_config(TINY, overrides)
+    resumed = Driver(config, str(run_dir)).run()
+    assert_complete(resumed, str(run_dir), set(reference["individual_id"]))
+    columns = ["individual_id", "parent_id", "seed", "train_seed", "mask_digest", "synapses", "val_accuracy",
+               "val_loss", "selected"]  # fmt: skip
+    pd.testing.assert_frame_equal(
+        resumed[columns].reset_index(drop=True), reference[columns].reset_index(drop=True), check_dtype=False
+    )
