@@ -6,7 +6,6 @@ broken user model) come back as ``status="failed"`` outcomes; only a dead proces
 """
 from __future__ import annotations
 
-import io
 import time
 import traceback
 import warnings
@@ -16,7 +15,7 @@ import numpy as np
 import torch
 
 from ..config import Config
-from ..records.run import RunRecords, load_checkpoint_bytes
+from ..records.run import RunRecords, is_evopop_checkpoint, read_torch_bytes
 from ..records.storage import read_uri
 from ..synthesis import (
     Environment,
@@ -169,13 +168,13 @@ def load_ancestor(path: str, model: torch.nn.Module, arch) -> Genome:
     except OSError as exc:
         raise ValueError(f"cannot read ancestor checkpoint {path}: {exc}") from None
     try:
-        payload = load_checkpoint_bytes(data)
-        weights, masks = payload["weights"], payload.get("masks")
-    except ValueError:  # a plain state_dict
-        try:
-            weights, masks = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True), None
-        except Exception as exc:
-            raise ValueError(f"ancestor checkpoint {path} is not a readable torch file: {exc}") from None
+        payload = read_torch_bytes(data)
+    except ValueError as exc:
+        raise ValueError(f"ancestor checkpoint {path} is {exc}") from None
+    if is_evopop_checkpoint(payload):
+        weights, masks = payload["weights"], payload["masks"]
+    else:  # a plain state_dict
+        weights, masks = payload, None
     if not isinstance(weights, dict):
         raise ValueError(f"ancestor checkpoint {path} holds a {type(weights).__name__}, not a state_dict")
     load_weights(model, weights, f"ancestor checkpoint {path}")

@@ -196,10 +196,22 @@ class RunRecords:
         return self.storage.exists(self.checkpoint_path(individual_id))
 
 
+def read_torch_bytes(data: bytes):
+    """torch.load with ``weights_only=True`` (no code runs from a checkpoint); ValueError if unreadable."""
+    try:
+        return torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
+    except Exception as exc:
+        raise ValueError(f"not a readable torch file ({type(exc).__name__}: {str(exc).splitlines()[0][:200]})") from None
+
+
+def is_evopop_checkpoint(payload) -> bool:
+    return isinstance(payload, dict) and "weights" in payload and "masks" in payload
+
+
 def load_checkpoint_bytes(data: bytes) -> dict:
     """A checkpoint's {"weights", "masks", "meta"}; tensors only (``weights_only=True``)."""
-    payload = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
-    if not isinstance(payload, dict) or "weights" not in payload:
+    payload = read_torch_bytes(data)
+    if not is_evopop_checkpoint(payload):
         raise ValueError("not an evopop checkpoint: expected a dict with 'weights' and 'masks'")
     payload["meta"] = json.loads(payload.get("meta") or "{}")
     return payload
