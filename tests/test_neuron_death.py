@@ -348,7 +348,7 @@ def test_transparent_operation_in_same_net_does_cascade():
     assert alive_inputs(g.masks["conv2"], 1) == [0, 2, 3]
 
 
-# ---------------------------------------------------------------------------- bugs (strict xfail)
+# ---------------------------------------------------------------------------- found bugs, now fixed
 class SharedBlock(nn.Module):
     """One block (a -> b) applied twice: the second call of ``a`` reads ``b``."""
 
@@ -364,12 +364,6 @@ class SharedBlock(nn.Module):
         return self.head(x)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=KeyError,
-    reason="bug: death.kill_orphans / ChannelMap.alive raise KeyError when a reused layer reads a "
-    "layer that comes later in the topological order (weight sharing)",
-)
 def test_reused_layer_reading_a_later_layer():
     arch = traced(SharedBlock(), (1, 4, 4, 4))
     g = Genome.full(arch)
@@ -393,11 +387,6 @@ class SameProducerTwiceInOneChannel(nn.Module):
         return self.out(torch.cat([w, x], 1))
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="bug: wiring.concatenate merges sources by producer, so when two sources of the same "
-    "producer feed one channel (after an add) only the last survives; a living channel is killed",
-)
 def test_concat_after_add_of_same_producer_keeps_living_channel():
     arch = traced(SameProducerTwiceInOneChannel(), (1, 3, 4, 4))
     g = full_except(arch, a=0)
@@ -418,12 +407,6 @@ class SharedBatchNorm(nn.Module):
         return self.out(torch.cat([self.bn(self.a(x)), self.bn(self.b(x))], 1))
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="bug: masking.parameter_masks overwrites the mask of a module called twice (one "
-    "Attachment per call) instead of OR-ing the calls: bn channel 0 is masked although a's "
-    "neuron 0, which it normalises, is alive",
-)
 def test_shared_norm_params_masked_only_if_dead_in_every_call():
     arch = traced(SharedBatchNorm(), (2, 3, 4, 4))
     g = full_except(arch, b=0)

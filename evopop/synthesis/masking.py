@@ -26,11 +26,13 @@ def parameter_masks(arch: Architecture, genome: Genome) -> dict[str, torch.Tenso
             masks[f"{layer.name}.weight"] = mask
         if layer.has_bias and not bool(neurons[layer.name].all()):
             masks[f"{layer.name}.bias"] = neurons[layer.name]
+    # a module called several times keeps a channel's parameters while any call feeds it
+    attached: dict[str, torch.Tensor] = {}
     for att in arch.attachments:
         alive = att.inputs.alive(neurons)
-        if not bool(alive.all()):
-            for param in att.params:
-                masks[param] = alive
+        for param in att.params:
+            attached[param] = attached[param] | alive if param in attached else alive
+    masks.update({param: alive for param, alive in attached.items() if not bool(alive.all())})
     return masks
 
 

@@ -38,11 +38,15 @@ class ChannelMap:
         return ChannelMap(dim, size, [Source(name, torch.arange(size))])
 
     def alive(self, neurons: dict[str, torch.Tensor]) -> torch.Tensor:
-        """Bool per channel: fed by at least one living neuron (or an always-alive source)."""
+        """Bool per channel: fed by at least one living neuron (or an always-alive source).
+
+        A producer missing from ``neurons`` is not decided yet (a reused layer reading a later
+        one, i.e. a cycle in the cascade): its channels count as alive, which is always safe.
+        """
         alive = torch.zeros(self.size, dtype=torch.bool)
         for src in self.sources:
             fed = src.index >= 0
-            if src.producer is None:
+            if src.producer is None or src.producer not in neurons:
                 alive |= fed
             else:
                 alive |= fed & neurons[src.producer][src.index.clamp(min=0)].cpu()
@@ -58,18 +62,28 @@ class ChannelMap:
 
 
 def concatenate(maps: list[ChannelMap], dim: int) -> ChannelMap:
-    """Channel map of ``torch.cat(tensors, dim)`` along the channel dimension."""
+    """Channel map of ``torch.cat(tensors, dim)`` along the channel dimension.
+
+    Sources of one producer share an index tensor where their parts do not overlap (keeping
+    DenseNet-style chains of concatenations compact); a part fed twice by the same producer
+    (e.g. after ``p + p[perm]``) keeps both sources.
+    """
     total = sum(m.size for m in maps)
-    merged: dict[str | None, torch.Tensor] = {}
+    merged: list[Source] = []
     offset = 0
     for m in maps:
         for src in m.sources:
-            index = merged.setdefault(src.producer, torch.full((total,), -1, dtype=torch.int64))
-            part = index[offset : offset + m.size]
             fed = src.index >= 0
-            part[fed] = src.index[fed]
+            target = next(
+                (s.index for s in merged if s.producer == src.producer and bool((s.index[offset : offset + m.size][fed] < 0).all())),
+                None,
+            )
+            if target is None:
+                target = torch.full((total,), -1, dtype=torch.int64)
+                merged.append(Source(src.producer, target))
+            target[offset : offset + m.size][fed] = src.index[fed]
         offset += m.size
-    return ChannelMap(dim, total, [Source(p, idx) for p, idx in merged.items()])
+    return ChannelMap(dim, total, merged)
 
 
 def union(maps: list[ChannelMap]) -> ChannelMap:
