@@ -3,11 +3,14 @@
 MACs count the synaptic multiply-accumulates of one sample (the bulk of a conv/linear net's
 compute): each living synapse of a conv is used once per output position, of a deconv once per
 input position, of a linear once per token. These are *nominal* figures for the masked network;
-the realised speed-up needs compaction into smaller dense layers.
+the realised speed-up needs compaction into smaller dense layers. A network that could not be
+traced (see `Architecture.traced`) has no MACs figures: they are reported as 0.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
+
+import torch
 
 from .architecture import Architecture
 from .genome import Genome
@@ -73,7 +76,7 @@ def count(arch: Architecture, genome: Genome) -> Counts:
     masks = parameter_masks(arch, genome)
     layers = []
     for layer in arch.layers:
-        synapses = int(genome.masks[layer.name].sum())
+        synapses = int(torch.count_nonzero(genome.masks[layer.name]))
         per_synapse = arch.macs_per_synapse.get(layer.name, 0)
         layers.append(
             LayerCount(
@@ -81,14 +84,14 @@ def count(arch: Architecture, genome: Genome) -> Counts:
                 kind=layer.kind,
                 synapses=synapses,
                 dense_synapses=layer.numel,
-                neurons=int(genome.neurons(layer).sum()),
+                neurons=int(torch.count_nonzero(genome.neurons(layer))),
                 dense_neurons=layer.out_channels,
                 macs=synapses * per_synapse,
                 dense_macs=layer.numel * per_synapse,
             )
         )
     dense_other = sum(arch.other_params.values())
-    dead_other = sum(int((~masks[name]).sum()) for name in arch.other_params if name in masks)
+    dead_other = sum(masks[name].numel() - int(torch.count_nonzero(masks[name])) for name in arch.other_params if name in masks)
     return Counts(tuple(layers), dense_other - dead_other, dense_other)
 
 

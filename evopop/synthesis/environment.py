@@ -5,7 +5,7 @@
   min(1, s * P(s_k | w_k)) with s chosen per layer so that the *expected* kept fraction is exactly C.
 
 C can be overridden per layer (glob patterns on layer names, first match wins), layers can be frozen
-(their masks pass to the offspring unchanged), and C can follow a per-generation schedule.
+(no sampling: only synapses from dead neurons die), and C can follow a per-generation schedule.
 """
 from __future__ import annotations
 
@@ -17,7 +17,10 @@ MODES = ("scale", "budget")
 
 
 def check_factor(value: float, where: str = "C") -> float:
-    value = float(value)
+    try:
+        value = float(value)
+    except (TypeError, ValueError):
+        raise ValueError(f"{where} must be a number in (0, 1], got {value!r}") from None
     if not (0.0 < value <= 1.0) or math.isnan(value):
         raise ValueError(f"{where} must be in (0, 1], got {value}")
     return value
@@ -28,14 +31,16 @@ class Environment:
     c: float = 0.4
     mode: str = "scale"
     layer_c: tuple[tuple[str, float], ...] = ()  # (glob pattern, C)
-    frozen: tuple[str, ...] = ()  # glob patterns of layers that do not mutate
+    frozen: tuple[str, ...] = ()  # glob patterns of layers whose synapses are not sampled (they still
+    # lose the synapses that read neurons which died upstream: neuron death is not optional)
 
     def __post_init__(self):
-        check_factor(self.c)
+        # store floats, so that C given as text ("0.5") is converted here or refused here
+        object.__setattr__(self, "c", check_factor(self.c))
         if self.mode not in MODES:
             raise ValueError(f"environment mode must be one of {MODES}, got {self.mode!r}")
-        for pattern, value in self.layer_c:
-            check_factor(value, f"C for layers {pattern!r}")
+        layer_c = tuple((str(p), check_factor(v, f"C for layers {p!r}")) for p, v in self.layer_c)
+        object.__setattr__(self, "layer_c", layer_c)
 
     def is_frozen(self, layer: str) -> bool:
         return any(fnmatchcase(layer, pattern) for pattern in self.frozen)
@@ -54,6 +59,10 @@ class Schedule:
 
     base: Environment
     steps: tuple[tuple[int, float], ...] = field(default=())
+
+    def __post_init__(self):
+        steps = tuple((int(g), check_factor(c, f"C of generation {g}")) for g, c in self.steps)
+        object.__setattr__(self, "steps", steps)
 
     def at(self, generation: int) -> Environment:
         c = self.base.c

@@ -34,7 +34,7 @@ class Genome:
         return {layer.name: self.neurons(layer) for layer in arch.layers}
 
     def synapses(self) -> int:
-        return sum(int(m.sum()) for m in self.masks.values())
+        return sum(int(torch.count_nonzero(m)) for m in self.masks.values())
 
     def to(self, device: torch.device | str) -> "Genome":
         return Genome({k: m.to(device) for k, m in self.masks.items()})
