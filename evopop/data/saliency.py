@@ -159,7 +159,8 @@ class SaliencyFolder(Dataset):
         image = self._load(image_path, "RGB")
         mask = self._load(mask_path, "L")
         if image.shape[-2:] != mask.shape[-2:]:
-            raise DatasetError(f"mask {mask_path} is {tuple(mask.shape[-2:])} but its image {image_path} is {tuple(image.shape[-2:])} (H, W)")
+            (mh, mw), (ih, iw) = mask.shape[-2:], image.shape[-2:]
+            raise DatasetError(f"mask {mask_path} is {mw}x{mh} but its image {image_path} is {iw}x{ih}")
         return self.transform(image, mask)
 
     @staticmethod

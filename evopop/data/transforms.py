@@ -50,7 +50,7 @@ class SaliencyTransform:
             geometric.append(v2.Resize(self.size, antialias=True))  # masks resize with nearest
         if hflip:
             geometric.append(v2.RandomHorizontalFlip(p=0.5))
-        self.geometric = v2.Compose(geometric)
+        self.geometric = v2.Compose(geometric) if geometric else v2.Identity()
         self.to_float = v2.Compose(
             [v2.ToDtype({tv_tensors.Image: torch.float32, "others": None}, scale=True),
              v2.Normalize(IMAGENET_MEAN, IMAGENET_STD)]

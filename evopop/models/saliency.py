@@ -237,10 +237,11 @@ def load_vgg16_imagenet(net: SaliencyNet, weights_path: str | os.PathLike | None
     source = _vgg16_feature_convs(state)
     target = net.encoder_convs()
     if len(source) != len(target):
-        raise ValueError(f"{path} holds {len(source)} feature convolutions, VGG16 has {len(target)}: not VGG16 weights?")
+        raise ValueError(f"{path} holds {len(source)} feature convs where VGG16 has {len(target)}: not VGG16 weights?")
     for conv, (weight, bias) in zip(target, source):
         if tuple(weight.shape) != tuple(conv.weight.shape):
-            raise ValueError(f"{path}: weight of shape {tuple(weight.shape)} where c1-c5 need {tuple(conv.weight.shape)}")
+            need = tuple(conv.weight.shape)
+            raise ValueError(f"{path}: weight of shape {tuple(weight.shape)} where c1-c5 need {need}")
         conv.weight.copy_(weight)
         conv.bias.copy_(bias)
     return net

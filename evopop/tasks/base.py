@@ -12,15 +12,7 @@ import torch
 from torch import nn
 from torch.utils.data import Dataset
 
-
-class Metric(ABC):
-    """Accumulates batches of (output, target) on the training device; ``compute`` gives floats."""
-
-    @abstractmethod
-    def update(self, output: torch.Tensor, target: torch.Tensor) -> None: ...
-
-    @abstractmethod
-    def compute(self) -> dict[str, float]: ...
+from ..metrics.base import Metric
 
 
 class Task(ABC):
