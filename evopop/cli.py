@@ -3,6 +3,7 @@
     evopop run CONFIG [dotted.key=value ...] [--run-dir DIR]   start a run, print its directory
     evopop resume RUN_DIR                                       finish an interrupted run
     evopop show RUN_DIR                                         the population so far
+    evopop report RUN_DIR [--out DIR]                           an HTML report with figures
 
 Exit codes: 0 done, 1 the evolution failed (records intact), 2 bad config or input.
 """
@@ -102,6 +103,17 @@ def _ordered_metrics(plan) -> list[str]:
     return [plan.metric] + [c for c in plan.metric_columns if c != plan.metric]
 
 
+def cmd_report(args) -> int:
+    from .analysis.report import build_report
+    from .records.run import RunRecords
+
+    if not RunRecords(args.run_dir).exists():
+        raise ConfigError(f"{args.run_dir}: no evopop run here (config.yaml missing)")
+    path = build_report(args.run_dir, args.out, compute_missing_diversity=not args.no_diversity)
+    print(f"report: {path}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="evopop", description="Evolutionary synthesis of deep neural networks")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -116,6 +128,12 @@ def build_parser() -> argparse.ArgumentParser:
     show = sub.add_parser("show", help="print the population of a run")
     show.add_argument("run_dir")
     show.set_defaults(func=cmd_show)
+    report = sub.add_parser("report", help="write an HTML report with figures (running or finished runs)")
+    report.add_argument("run_dir")
+    report.add_argument("--out", help="output directory (default: RUN_DIR/report)")
+    report.add_argument("--no-diversity", action="store_true",
+                        help="do not compute missing diversity from checkpoints (faster on big runs)")
+    report.set_defaults(func=cmd_report)
     return parser
 
 

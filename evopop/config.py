@@ -134,6 +134,11 @@ class ResourcesSection(_Section):
         return v
 
 
+class DiversitySection(_Section):
+    enabled: bool = True  # record sibling diversity after every generation (RUN_DIR/diversity/)
+    functional_batch: int = Field(32, ge=0)  # held-out inputs for prediction disagreement; 0: masks only
+
+
 class StorageSection(_Section):
     path: str = "runs"  # where run directories are created (local path; URIs via pyarrow.fs)
 
@@ -146,6 +151,7 @@ class Config(_Section):
     evolution: EvolutionSection = Field(default_factory=EvolutionSection)
     selection: SelectionSection = Field(default_factory=SelectionSection)
     resources: ResourcesSection = Field(default_factory=ResourcesSection)
+    diversity: DiversitySection = Field(default_factory=DiversitySection)
     storage: StorageSection = Field(default_factory=StorageSection)
 
     def to_yaml(self) -> str:

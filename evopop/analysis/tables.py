@@ -22,7 +22,10 @@ def followed_lineage(population: pd.DataFrame) -> pd.DataFrame:
     chosen = population[population["selected"].fillna(False).astype(bool)]
     if chosen.empty:
         return population.iloc[0:0]
-    last = chosen[chosen["generation"] == chosen["generation"].max()].iloc[0]
+    last_generation = chosen[chosen["generation"] == chosen["generation"].max()]
+    if "rank" in last_generation and last_generation["rank"].notna().any():
+        last_generation = last_generation.sort_values("rank")  # topk / all: follow the best one
+    last = last_generation.iloc[0]
     ids = list(last["lineage"])
     by_id = population.set_index("individual_id")
     return by_id.loc[[i for i in ids if i in by_id.index]].reset_index()

@@ -8,13 +8,17 @@ from __future__ import annotations
 
 import os
 import posixpath
+import warnings
 
 import pandas as pd
 import ray
 
+from ..analysis.diversity import has_generation_diversity, task_probe, write_generation_diversity
 from ..config import Config, ConfigError
 from ..records.run import RunRecords
 from ..records.schema import population_schema
+from ..synthesis import trace_architecture
+from ..tasks.registry import build_task
 from .develop import Spec, to_numpy
 from .plan import Plan, plan_run
 from .pool import TrainerPool
@@ -64,6 +68,7 @@ class Driver:
         self.schema = population_schema(self.plan.metric_columns, self.plan.layer_names)
         self.run_id = posixpath.basename(run_dir.rstrip("/"))
         self.progress = Progress(self.plan.metric, self.plan.direction, stream)
+        self._probe = None  # (arch, outputs, note) for diversity, built on first use
 
     def run(self) -> pd.DataFrame:
         """Run (or finish) every generation; returns the population records."""
@@ -93,7 +98,23 @@ class Driver:
             self.records.write_individual(generation, row, outcome.get("layers") or [], self.schema)
             self.progress.update(row)
         del parents, jobs  # release the parents' weights from the object store
+        if self.config.diversity.enabled and (pending or not has_generation_diversity(self.records, generation)):
+            self._record_diversity(generation)
         return self._select(generation, [s.individual_id for s in specs])
+
+    def _record_diversity(self, generation: int) -> None:
+        """Sibling diversity of the generation (masks, neurons, predictions) into RUN_DIR/diversity/."""
+        try:
+            if self._probe is None:
+                task = build_task(self.config.task.name, self.config.task.args)
+                arch = trace_architecture(task.build_model(), task.example_input())
+                batch = self.config.diversity.functional_batch
+                outputs, note = task_probe(task, self.records, batch) if batch else (None, "")
+                self._probe = (arch, outputs, note)
+            arch, outputs, note = self._probe
+            write_generation_diversity(self.records, generation, arch, self.plan.metric_columns, outputs, note=note)
+        except Exception as exc:  # an analysis must never fail the run it analyses
+            warnings.warn(f"diversity of generation {generation} not recorded: {type(exc).__name__}: {exc}")
 
     def _ship_parents(self, ancestors: list[dict], pending: list[Spec]) -> dict:
         """Each parent's weights and masks go into the object store once, for all its offspring."""

@@ -166,6 +166,7 @@ class RunRecords:
         if selection is not None and len(selection):
             decided = dict(zip(selection["individual_id"], selection["selected"]))
             df["selected"] = df["individual_id"].map(decided).astype("boolean")
+            df["rank"] = df["individual_id"].map(dict(zip(selection["individual_id"], selection["rank"]))).astype("Int32")
         cols = ["generation"] + [c for c in df.columns if c != "generation"]
         return df[cols].sort_values(["generation", "individual_id"], key=_natural).reset_index(drop=True)
 

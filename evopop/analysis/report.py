@@ -1,0 +1,227 @@
+"""An HTML report of a run, finished or in progress: RUN_DIR/report/index.html + one PNG per figure.
+
+    build_report("runs/tiny-...")          # -> Path("runs/tiny-.../report/index.html")
+
+The page is self-contained apart from the PNG files next to it (no scripts, no external styles).
+Figures whose data is not recorded yet are skipped, and the page says why. Nothing in the run's
+records is written: the report only reads them (and writes under ``out_dir``).
+"""
+from __future__ import annotations
+
+import html
+import posixpath
+import warnings
+from datetime import datetime, timezone
+from pathlib import Path
+
+import pandas as pd
+
+from ..records.run import RunRecords
+from ..records.storage import Storage
+from .diversity import NETWORK, generation_diversity, layers_of_run
+from .loading import Diversity, Run, best_first, load_run
+from .tables import lineage_table, population_table
+
+
+def build_report(run_dir: str | Path, out_dir: str | Path | None = None,
+                 compute_missing_diversity: bool = True) -> Path:
+    """Write the report of ``run_dir`` to ``out_dir`` (default RUN_DIR/report); returns index.html's path.
+
+    compute_missing_diversity: for generations with two or more successful individuals but no
+    diversity records, compute the structural diversity from their checkpoints for the report
+    (in memory; the records are not written). Functional diversity is only shown where recorded.
+    """
+    run_dir = str(run_dir)
+    run = load_run(run_dir)
+    notes: list[str] = []
+    if compute_missing_diversity:
+        computed = fill_missing_diversity(run)
+        if computed:
+            notes.append(f"Structural diversity of generation(s) {', '.join(map(str, computed))} was computed from "
+                         "the checkpoints for this report (not recorded in RUN_DIR/diversity/).")  # fmt: skip
+    out = str(out_dir) if out_dir is not None else _join(run_dir, "report")
+    storage = Storage(out)
+    sections = []
+    from .figures import FIGURES, MissingData, render
+
+    for name, (make, title, caption) in FIGURES.items():
+        try:
+            fig = make(run)
+        except MissingData as exc:
+            sections.append(_missing(title, str(exc)))
+            continue
+        except Exception as exc:  # a broken figure must not cost the rest of the report
+            warnings.warn(f"figure {name} failed: {type(exc).__name__}: {exc}", stacklevel=2)
+            sections.append(_missing(title, f"could not be drawn ({type(exc).__name__}: {exc})"))
+            continue
+        storage.write_bytes(f"{name}.png", render(fig, "png"))
+        sections.append(
+            f'<section><h2>{_e(title)}</h2><figure><img src="{name}.png" alt="{_e(title)}">'
+            f"<figcaption>{_e(caption)}</figcaption></figure></section>"
+        )
+    page = _page(run, sections, notes)
+    storage.write_bytes("index.html", page.encode("utf-8"))
+    target = storage.path("index.html")
+    return Path(target) if storage.is_local else target  # type: ignore[return-value]
+
+
+def fill_missing_diversity(run: Run) -> list[int]:
+    """Add in-memory structural diversity for generations without records; returns those generations."""
+    if run.population.empty:
+        return []
+    recorded = set(run.diversity.generations())
+    ok = run.population[run.population["status"] == "ok"]
+    counts = ok.groupby("generation").size()
+    missing = [int(g) for g, n in counts.items() if n >= 2 and int(g) not in recorded]
+    if not missing:
+        return []
+    records = RunRecords(run.run_dir)
+    layers = layers_of_run(records)
+    pairs, summaries = [run.diversity.pairs], [run.diversity.summary]
+    done = []
+    for generation in missing:
+        try:
+            p, s = generation_diversity(records, generation, layers, run.metric_columns)
+        except Exception as exc:  # unreadable checkpoints: report without them
+            warnings.warn(f"diversity of generation {generation}: {type(exc).__name__}: {exc}", stacklevel=2)
+            continue
+        pairs.append(p)
+        summaries.append(s)
+        done.append(generation)
+    frames = [f for f in pairs if len(f)]
+    sframes = [f for f in summaries if len(f)]
+    if frames:
+        merged = pd.concat(frames, ignore_index=True)
+        merged["generation"] = merged["generation"].astype("int32")
+        run.diversity = Diversity(merged, run.diversity.summary)
+    if sframes:
+        merged = pd.concat(sframes, ignore_index=True)
+        merged["generation"] = merged["generation"].astype("int32")
+        run.diversity = Diversity(run.diversity.pairs, merged)
+    return done
+
+
+# -- tables -----------------------------------------------------------------------------------------
+def diversity_table(run: Run) -> pd.DataFrame:
+    """Per generation: sibling diversity (whole network) and the spread of the selection metric."""
+    summary = run.diversity.summary
+    if summary.empty:
+        return pd.DataFrame()
+    sib = summary[(summary["group"] == "siblings") & (summary["scope"] == NETWORK)]
+    rows = []
+    for generation, group in sib.groupby("generation"):
+        def stat(quantity, column="mean"):
+            values = group.loc[group["quantity"] == quantity, column]
+            if values.empty:
+                return float("nan")
+            if column == "count":
+                return values.sum()
+            return values.mean()  # averaged over parents when several
+
+        row = {"generation": int(generation), "siblings": int(stat("living_fraction", "count")),
+               "parents": int((group["quantity"] == "living_fraction").sum()),
+               "Jaccard distance": stat("jaccard"), "Hamming / dense": stat("hamming_fraction"),
+               "neuron Jaccard": stat("neuron_jaccard"), "prediction disagreement": stat("functional_disagreement"),
+               "living fraction std": stat("living_fraction", "std")}  # fmt: skip
+        if run.metric:
+            row[f"{run.metric} std"] = stat(run.metric, "std")
+            row[f"{run.metric} range"] = stat(run.metric, "range")
+        rows.append(row)
+    table = pd.DataFrame(rows)
+    for col in table.columns[3:]:
+        table[col] = table[col].map(lambda v: "-" if pd.isna(v) else f"{v:.4f}")
+    return table
+
+
+def _failures(run: Run) -> pd.DataFrame:
+    pop = run.population
+    if pop.empty:
+        return pop
+    failed = pop[pop["status"] != "ok"]
+    if failed.empty:
+        return failed
+    first = failed["error"].fillna("").map(lambda e: (e.strip().splitlines() or [""])[0][:200])
+    return pd.DataFrame({"generation": failed["generation"], "individual_id": failed["individual_id"],
+                         "attempts": failed.get("attempts"), "error": first})  # fmt: skip
+
+
+# -- HTML -------------------------------------------------------------------------------------------
+_CSS = """
+body{font-family:system-ui,-apple-system,Segoe UI,Helvetica,Arial,sans-serif;max-width:1200px;margin:2em auto;
+padding:0 1em;color:#222;line-height:1.45}
+h1{margin-bottom:.2em} h2{margin-top:1.8em;border-bottom:1px solid #ddd;padding-bottom:.2em}
+.meta{color:#555} .state{font-weight:600}
+table{border-collapse:collapse;font-size:.9em;margin:.6em 0}
+th,td{border:1px solid #ccc;padding:.25em .6em;text-align:right}
+th{background:#f3f3f3} td:nth-child(2),th:nth-child(2){text-align:left}
+figure{margin:0} img{max-width:100%;height:auto;border:1px solid #eee} figcaption{color:#555;font-size:.9em}
+.missing{color:#8a6d3b;background:#fcf8e3;border:1px solid #faebcc;padding:.5em .8em;border-radius:4px}
+.note{color:#31708f;background:#d9edf7;border:1px solid #bce8f1;padding:.5em .8em;border-radius:4px}
+details{margin:1em 0} code{background:#f5f5f5;padding:0 .2em}
+"""
+
+
+def _e(text) -> str:
+    return html.escape(str(text))
+
+
+def _missing(title: str, reason: str) -> str:
+    return f'<section><h2>{_e(title)}</h2><p class="missing">Skipped: {_e(reason)}.</p></section>'
+
+
+def _table(frame: pd.DataFrame, empty: str) -> str:
+    if frame is None or frame.empty:
+        return f'<p class="missing">{_e(empty)}</p>'
+    return frame.to_html(index=False, border=0, na_rep="-", escape=True)
+
+
+def _config_line(run: Run) -> str:
+    c = run.config
+    task = (c.get("task") or {}).get("name", "?")
+    evo = c.get("evolution") or {}
+    env = evo.get("environment") or {}
+    sel = c.get("selection") or {}
+    parts = [f"task <code>{_e(task)}</code>",
+             f"{_e(evo.get('generations', '?'))} generations × {_e(evo.get('offspring', '?'))} offspring",
+             f"environment C = {_e(env.get('c', '?'))} ({_e(env.get('mode', '?'))})",
+             f"selection <code>{_e(sel.get('rule', '?'))}</code> on <code>{_e(run.metric)}</code> ({_e(run.direction)})",
+             f"seed {_e((c.get('run') or {}).get('seed', '?'))}"]  # fmt: skip
+    return " · ".join(parts)
+
+
+def _page(run: Run, sections: list[str], notes: list[str]) -> str:
+    metrics = [run.metric] + [m for m in run.metric_columns if m != run.metric] if run.metric else run.metric_columns
+    lineage = lineage_table(best_first(run.population), metrics) if not run.population.empty else pd.DataFrame()
+    population = run.population
+    if not population.empty and run.metric:
+        population = population_table(population, run.metric)
+    now = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    note_html = "".join(f'<p class="note">{_e(n)}</p>' for n in notes)
+    failures = _failures(run)
+    failed_html = (f"<details><summary>{len(failures)} failed individual(s)</summary>{_table(failures, '')}</details>"
+                   if len(failures) else "")  # fmt: skip
+    return f"""<!DOCTYPE html>
+<html lang="en"><head><meta charset="utf-8"><title>evopop report: {_e(run.run_id)}</title>
+<style>{_CSS}</style></head><body>
+<h1>evopop run <code>{_e(run.run_id)}</code></h1>
+<p class="state">{_e(run.progress())}</p>
+<p class="meta">{_config_line(run)}<br>report written {_e(now)} from <code>{_e(run.run_dir)}</code></p>
+{note_html}
+<section><h2>Followed lineage</h2>
+<p class="meta">From the best selected individual of the last decided generation back to the ancestor
+(efficiency = ancestor synapses / own synapses).</p>
+{_table(lineage, "No followed lineage yet: no generation's selection is recorded.")}</section>
+{''.join(sections)}
+<section><h2>Sibling diversity per generation</h2>
+<p class="meta">Offspring of the same parent, whole network: mean pairwise distances (averaged over parents
+where several), and the spread (population std, max − min) of the selection metric among them.</p>
+{_table(diversity_table(run), "No diversity recorded yet.")}</section>
+<section><h2>Population</h2>{failed_html}
+<details><summary>All {len(run.population)} recorded individuals</summary>
+{_table(population, "No individual recorded yet.")}</details></section>
+</body></html>
+"""
+
+
+def _join(base: str, name: str) -> str:
+    return posixpath.join(base, name) if "://" in base else str(Path(base) / name)
