@@ -28,7 +28,7 @@ from ..synthesis import (
     trace_architecture,
 )
 from ..tasks.registry import build_task
-from ..training.loop import Recipe, evaluate, train_and_evaluate
+from ..training.loop import Recipe, TrainResult, evaluate, train_and_evaluate
 
 
 @dataclass(frozen=True)
@@ -100,17 +100,14 @@ class Developer:
             genome, trained = self._ancestor(model)
         else:
             genome, trained = self._offspring(model, spec, parent), False
-        masks = parameter_masks(self.arch, genome)
-        if trained:
+        if trained:  # a loaded ancestor is measured as it is
             model.to(self.device)
-            result_metrics, train_seconds, samples_per_second = (
-                evaluate(model, self.task, recipe_of(self.config, 1), self.device), 0.0, float("nan"))
+            result = TrainResult(evaluate(model, self.task, recipe_of(self.config, 1), self.device), 0.0, 0.0,
+                                 float("nan"), 0, float("nan"))  # fmt: skip
         else:
-            result = train_and_evaluate(
-                model, self.task, recipe_of(self.config, spec.epochs), spec.train_seed, masks, self.device
-            )
-            result_metrics, train_seconds, samples_per_second = (
-                result.metrics, result.train_seconds, result.samples_per_second)
+            masks = parameter_masks(self.arch, genome)
+            recipe = recipe_of(self.config, spec.epochs)
+            result = train_and_evaluate(model, self.task, recipe, spec.train_seed, masks, self.device)
         weights = {k: v.detach().cpu() for k, v in model.state_dict().items()}
         checkpoint = self.records.write_checkpoint(
             spec.individual_id, weights, genome.state_dict(),
@@ -120,7 +117,7 @@ class Developer:
         return {
             "status": "ok",
             "error": None,
-            "metrics": result_metrics,
+            "metrics": result.metrics,
             "synapses": counts.synapses,
             "neurons": counts.neurons,
             "params": counts.params,
@@ -132,8 +129,8 @@ class Developer:
                  "living_fraction": l.living_fraction}
                 for l in counts.layers
             ],  # fmt: skip
-            "train_seconds": train_seconds,
-            "samples_per_second": samples_per_second,
+            "train_seconds": result.train_seconds,
+            "samples_per_second": result.samples_per_second,
             "mask_digest": genome.digest(),
             "checkpoint": checkpoint,
         }
