@@ -40,7 +40,8 @@ def connect() -> None:
         return
     # workers of a local cluster must import the user's modules (task import paths) as we do
     os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [os.getcwd(), os.environ.get("PYTHONPATH")]))
-    ray.init(include_dashboard=False, dashboard_host="127.0.0.1")
+    # address="local": always a cluster of our own, never one that happens to run on this machine
+    ray.init(address="local", include_dashboard=False, dashboard_host="127.0.0.1")
 
 
 def check_resources(config: Config) -> None:

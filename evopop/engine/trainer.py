@@ -16,6 +16,9 @@ class Trainer:
         threads = config.resources.torch_threads or max(1, int(config.resources.cpus_per_trainer))
         torch.set_num_threads(threads)
         self.developer = Developer(config, run_dir)
+        # build the data now, while the driver is still shipping parents, not on the first offspring
+        self.developer.task.train_set()
+        self.developer.task.eval_sets()
         ctx = ray.get_runtime_context()
         self.node_id = ctx.get_node_id()
         self.worker_id = ctx.get_worker_id()
