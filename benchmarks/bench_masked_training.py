@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import copy
 import json
+import os
 import statistics
 import sys
 import time
@@ -130,13 +131,13 @@ def fixed_batches(n: int, seed: int):
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--steps", type=int, default=40, help="steps per round per variant")
-    parser.add_argument("--rounds", type=int, default=6, help="alternating plain/masked rounds")
+    parser.add_argument("--steps", type=int, default=10, help="steps per round per variant")
+    parser.add_argument("--rounds", type=int, default=20, help="plain/masked turns (short: load bursts hit both)")
     parser.add_argument("--quick", action="store_true", help="a few steps only: a smoke run")
     parser.add_argument("--json", type=Path, help="also write the summary here")
     args = parser.parse_args()
     steps, rounds = (3, 2) if args.quick else (args.steps, args.rounds)
-    started = time.perf_counter()
+    started, load_start = time.perf_counter(), os.getloadavg()[0]
 
     torch.manual_seed(0)
     model = vgg_style_cnn()
@@ -158,8 +159,12 @@ def main() -> None:
         for key in ("plain_ms", "masked_ms", "ratio"):
             summary[f"{r['optimizer']}_{key}"] = round(r[key], 3)
         summary[f"{r['optimizer']}_dead_zero"] = r["dead_zero"]
-    summary["ratio_goal_1.15_met"] = all(r["ratio"] <= 1.15 for r in results)
+    if not args.quick:  # a few steps say nothing about the goal
+        summary["ratio_goal_1.15_met"] = all(r["ratio"] <= 1.15 for r in results)
     summary["wall_s"] = round(time.perf_counter() - started, 1)
+    # Other jobs on the machine slow multi-threaded kernels most: keep the load beside the figures.
+    summary["loadavg_1min_start"] = round(load_start, 2)
+    summary["loadavg_1min_end"] = round(os.getloadavg()[0], 2)
     print("\nsummary")
     for key, value in summary.items():
         print(f"{key}: {value}")

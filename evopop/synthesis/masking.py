@@ -66,10 +66,16 @@ class MaskedParameters:
             if param.grad is not None:
                 param.grad.mul_(mask)
 
+    @torch.no_grad()
+    def _mask_weights(self) -> None:
+        """After a step: gradients were masked as they accumulated, only weights need it."""
+        for param, mask in self.pairs:
+            param.mul_(mask)
+
     def attach(self, optimizer: torch.optim.Optimizer) -> "MaskedParameters":
         for param, mask in self.pairs:
             self._handles.append(param.register_post_accumulate_grad_hook(_grad_masker(mask)))
-        self._handles.append(optimizer.register_step_post_hook(lambda *_: self.apply()))
+        self._handles.append(optimizer.register_step_post_hook(lambda *_: self._mask_weights()))
         clean_optimizer_state(optimizer, self.pairs)
         return self
 

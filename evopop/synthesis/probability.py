@@ -19,16 +19,19 @@ def chunks(n: int, size: int = CHUNK) -> Iterator[slice]:
 
 
 def living_max_abs(name: str, weight: torch.Tensor, mask: torch.Tensor) -> float:
-    """max |w| over living synapses; raises on NaN/inf weights, naming the layer."""
-    w, m = weight.detach().reshape(-1), mask.reshape(-1)
+    """max |w| over living synapses; raises on NaN/inf weights, naming the layer.
+
+    One fused pass (amax propagates NaN and inf, so the finiteness check is one test at the end).
+    """
+    w, m = weight.detach().reshape(-1), mask.to(weight.device).reshape(-1)
     z = torch.zeros((), dtype=torch.float32, device=weight.device)
     for s in chunks(w.numel()):
-        wc = w[s]
-        if not bool(torch.isfinite(wc).all()):
-            bad = wc[~torch.isfinite(wc)][0].item()
-            raise ValueError(f"layer {name!r} has a non-finite weight ({bad}); cannot compute synaptic probabilities")
-        z = torch.maximum(z, (wc.abs().float() * m[s]).max())
-    return float(z)
+        z = torch.maximum(z, w[s].abs().float().mul_(m[s]).amax())
+    z = float(z)
+    if not math.isfinite(z):
+        bad = w[~torch.isfinite(w)][0].item()
+        raise ValueError(f"layer {name!r} has a non-finite weight ({bad}); cannot compute synaptic probabilities")
+    return z
 
 
 def normalizers(
@@ -65,13 +68,13 @@ def synaptic_probability(weight: torch.Tensor, mask: torch.Tensor, z: float) -> 
 
 def probability_moments(weight: torch.Tensor, mask: torch.Tensor, z: float) -> tuple[int, float, float]:
     """(living synapses, sum of P, max of P) over the living synapses of one layer."""
-    n, total, top = 0, 0.0, 0.0
-    for p in _living_probabilities(weight, mask, z):
-        if p.numel():
-            n += p.numel()
-            total += float(p.sum(dtype=torch.float64))
-            top = max(top, float(p.max()))
-    return n, total, top
+    w, m = weight.detach().reshape(-1), mask.to(weight.device).reshape(-1)
+    total, top = 0.0, 0.0
+    for s in chunks(w.numel()):
+        p = probability_chunk(w[s], z).mul_(m[s])  # dead synapses: P = 0, no compaction needed
+        total += float(p.sum(dtype=torch.float64))
+        top = max(top, float(p.amax()))
+    return int(torch.count_nonzero(m)), total, top
 
 
 def budget_scale(weight: torch.Tensor, mask: torch.Tensor, z: float, fraction: float, bins: int = 1 << 14) -> float:
@@ -134,7 +137,7 @@ def _bin_of(p: torch.Tensor, bins: int, lo: float, hi: float) -> torch.Tensor:
 
 
 def _living_probabilities(weight, mask, z) -> Iterator[torch.Tensor]:
-    w, m = weight.detach().reshape(-1), mask.reshape(-1)
+    w, m = weight.detach().reshape(-1), mask.to(weight.device).reshape(-1)
     for s in chunks(w.numel()):
         yield probability_chunk(w[s], z)[m[s]]
 

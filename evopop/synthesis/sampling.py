@@ -58,11 +58,11 @@ def sample_layer(weight: torch.Tensor, parent_mask: torch.Tensor, z: float, scal
     """Offspring mask of one layer: parent_mask & (scale * exp(|w|/Z - 1) >= U(0,1))."""
     generator = torch.Generator(device="cpu").manual_seed(seed)
     w = weight.detach().reshape(-1)
-    parent = parent_mask.reshape(-1)
+    parent = parent_mask.to(weight.device).reshape(-1)
     child = torch.empty_like(parent)
     if math.isinf(scale):
         child.copy_(parent)
-        return child.view_as(parent_mask)
+        return child.view(parent_mask.shape)
     log_scale = math.log(scale)
     uniforms = torch.empty(min(w.numel(), 1 << 20), dtype=torch.float32)
     for s in chunks(w.numel()):
@@ -70,7 +70,7 @@ def sample_layer(weight: torch.Tensor, parent_mask: torch.Tensor, z: float, scal
         p = probability_chunk(w[s], z, log_scale)
         torch.ge(p, u.to(p.device, non_blocking=True), out=child[s])
         child[s] &= parent[s]
-    return child.view_as(parent_mask)
+    return child.view(parent_mask.shape)
 
 
 def synthesize(

@@ -16,6 +16,8 @@ import torch
 class Source:
     """Channel i of the tensor reads neuron ``index[i]`` of ``producer`` (-1: not fed by it).
 
+    Index tensors always live on the CPU, whatever default device is active while tracing.
+
     ``producer=None`` marks neurons evopop never kills (network inputs, opaque operations).
     """
 
@@ -31,11 +33,11 @@ class ChannelMap:
 
     @staticmethod
     def always_alive(dim: int, size: int) -> "ChannelMap":
-        return ChannelMap(dim, size, [Source(None, torch.arange(size))])
+        return ChannelMap(dim, size, [Source(None, torch.arange(size, device="cpu"))])
 
     @staticmethod
     def of_layer(name: str, dim: int, size: int) -> "ChannelMap":
-        return ChannelMap(dim, size, [Source(name, torch.arange(size))])
+        return ChannelMap(dim, size, [Source(name, torch.arange(size, device="cpu"))])
 
     def alive(self, neurons: dict[str, torch.Tensor]) -> torch.Tensor:
         """Bool per channel: fed by at least one living neuron (or an always-alive source).
@@ -43,7 +45,7 @@ class ChannelMap:
         A producer missing from ``neurons`` is not decided yet (a reused layer reading a later
         one, i.e. a cycle in the cascade): its channels count as alive, which is always safe.
         """
-        alive = torch.zeros(self.size, dtype=torch.bool)
+        alive = torch.zeros(self.size, dtype=torch.bool, device="cpu")
         for src in self.sources:
             fed = src.index >= 0
             if src.producer is None or src.producer not in neurons:
@@ -79,7 +81,7 @@ def concatenate(maps: list[ChannelMap], dim: int) -> ChannelMap:
                 None,
             )
             if target is None:
-                target = torch.full((total,), -1, dtype=torch.int64)
+                target = torch.full((total,), -1, dtype=torch.int64, device="cpu")
                 merged.append(Source(src.producer, target))
             target[offset : offset + m.size][fed] = src.index[fed]
         offset += m.size
