@@ -139,6 +139,14 @@ class DiversitySection(_Section):
     functional_batch: int = Field(32, ge=0)  # held-out inputs for prediction disagreement; 0: masks only
 
 
+class BaselinesSection(_Section):
+    """For each selected offspring, the same network pruned to its per-layer synapse counts by
+    magnitude and at random, trained with the same recipe and seed: rows of their own kind."""
+
+    enabled: bool = False
+    kinds: list[Literal["magnitude", "random"]] = Field(default_factory=lambda: ["magnitude", "random"])
+
+
 class StorageSection(_Section):
     path: str = "runs"  # where run directories are created (local path; URIs via pyarrow.fs)
 
@@ -152,6 +160,7 @@ class Config(_Section):
     selection: SelectionSection = Field(default_factory=SelectionSection)
     resources: ResourcesSection = Field(default_factory=ResourcesSection)
     diversity: DiversitySection = Field(default_factory=DiversitySection)
+    baselines: BaselinesSection = Field(default_factory=BaselinesSection)
     storage: StorageSection = Field(default_factory=StorageSection)
 
     def to_yaml(self) -> str:

@@ -123,3 +123,35 @@ def test_resume_skips_recorded_individuals(ray_cluster, tmp_path):
     after = {p.name: p.stat().st_mtime_ns for p in (Path(run_dir) / "population").rglob("*.parquet")}
     assert before == after
     assert len(again) == len(population)
+
+
+def test_baselines_at_matched_sparsity(ray_cluster, tmp_path):
+    config, run_dir, population = run_config(tmp_path, "baselines.enabled=true", "evolution.offspring=2")
+    kinds = population.groupby("kind").size().to_dict()
+    assert kinds == {"ancestor": 1, "offspring": 4, "magnitude": 2, "random": 2}
+    records = RunRecords(run_dir)
+    layers = records.layers().set_index(["individual_id", "layer"])
+    for _, row in population[population["kind"].isin(["magnitude", "random"])].iterrows():
+        offspring_id = row["individual_id"].rsplit("-", 1)[0]
+        offspring = population.set_index("individual_id").loc[offspring_id]
+        assert bool(offspring["selected"]) and not bool(row["selected"])
+        assert row["parent_id"] == offspring["parent_id"] and row["train_seed"] == offspring["train_seed"]
+        # exactly the offspring's per-layer synapse counts, but other synapses
+        for layer in [l for (i, l) in layers.index if i == offspring_id]:
+            assert layers.loc[(row["individual_id"], layer), "synapses"] == layers.loc[(offspring_id, layer), "synapses"]
+        assert row["mask_digest"] != offspring["mask_digest"]
+    # magnitude pruning keeps the strongest synapses of the parent
+    parent = records.read_checkpoint(population.set_index("individual_id").loc["g2-0", "parent_id"])
+    magnitude = records.read_checkpoint(population[population["kind"] == "magnitude"].iloc[0]["individual_id"])
+    w = parent["weights"]["classifier.1.weight"].abs()
+    kept = magnitude["masks"]["classifier.1"]
+    assert w[kept].min() >= w[parent["masks"]["classifier.1"] & ~kept].max()
+    # the lineage never goes through a baseline
+    assert set(population[population["selected"].astype(bool)]["kind"]) <= {"ancestor", "offspring"}
+    # and the report answers the question
+    from evopop.analysis.report import baseline_table, build_report
+    from evopop.analysis.loading import load_run
+
+    table = baseline_table(load_run(run_dir))
+    assert list(table["offspring"]) == list(population[(population["kind"] == "offspring") & population["selected"].astype(bool)]["individual_id"])
+    assert "Baselines at matched sparsity" in build_report(run_dir).read_text()

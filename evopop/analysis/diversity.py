@@ -475,6 +475,8 @@ def generation_diversity(
         empty_summary.insert(0, "generation", pd.Series(dtype="int32"))
         return empty_pairs, empty_summary
     ok = population[population["status"] == "ok"]
+    if "kind" in ok:  # baselines at matched sparsity are not offspring of the method
+        ok = ok[ok["kind"].isin(["ancestor", "offspring"]) | ok["kind"].isna()]
     ok = ok.sort_values("individual_id", key=lambda c: c.map(_natural_key)).reset_index(drop=True)
     if metric_columns is None:
         metric_columns = metric_columns_of(records)

@@ -11,6 +11,7 @@ from __future__ import annotations
 import html
 import posixpath
 import warnings
+from dataclasses import replace
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -44,9 +45,10 @@ def build_report(run_dir: str | Path, out_dir: str | Path | None = None,
     sections = []
     from .figures import FIGURES, MissingData, render
 
+    evolved = _without_baselines(run)  # figures follow the method's individuals only
     for name, (make, title, caption) in FIGURES.items():
         try:
-            fig = make(run)
+            fig = make(evolved)
         except MissingData as exc:
             sections.append(_missing(title, str(exc)))
             continue
@@ -133,6 +135,41 @@ def diversity_table(run: Run) -> pd.DataFrame:
     return table
 
 
+BASELINE_KINDS = ("magnitude", "random")
+
+
+def _without_baselines(run: Run) -> Run:
+    population = run.population
+    if population.empty or "kind" not in population:
+        return run
+    return replace(run, population=population[~population["kind"].isin(BASELINE_KINDS)].reset_index(drop=True))
+
+
+def baseline_table(run: Run) -> pd.DataFrame:
+    """Each selected offspring beside the baselines at its per-layer synapse counts: does stochastic
+    synthesis beat deterministic magnitude pruning and random pruning, trained with the same recipe?"""
+    population, metric = run.population, run.metric
+    if population.empty or "kind" not in population or not metric:
+        return pd.DataFrame()
+    baselines = population[population["kind"].isin(BASELINE_KINDS)]
+    if baselines.empty:
+        return pd.DataFrame()
+    by_id = population.set_index("individual_id")
+    rows = []
+    for offspring_id, group in baselines.groupby(baselines["individual_id"].str.rsplit("-", n=1).str[0]):
+        offspring = by_id.loc[offspring_id]
+        row = {"generation": int(offspring["generation"]), "offspring": offspring_id,
+               "synapses": f"{int(offspring['synapses']):,}", f"synthesis {metric}": offspring[metric]}  # fmt: skip
+        for _, b in group.iterrows():
+            row[f"{b['kind']} {metric}"] = b[metric]
+            row[f"synthesis − {b['kind']}"] = offspring[metric] - b[metric]
+        rows.append(row)
+    table = pd.DataFrame(rows).sort_values("generation")
+    for col in table.columns[3:]:
+        table[col] = table[col].map(lambda v: "-" if pd.isna(v) else f"{v:+.4f}" if "−" in col else f"{v:.4f}")
+    return table
+
+
 def _failures(run: Run) -> pd.DataFrame:
     pop = run.population
     if pop.empty:
@@ -216,11 +253,22 @@ def _page(run: Run, sections: list[str], notes: list[str]) -> str:
 <p class="meta">Offspring of the same parent, whole network: mean pairwise distances (averaged over parents
 where several), and the spread (population std, max − min) of the selection metric among them.</p>
 {_table(diversity_table(run), "No diversity recorded yet.")}</section>
+{_baselines_section(run)}
 <section><h2>Population</h2>{failed_html}
 <details><summary>All {len(run.population)} recorded individuals</summary>
 {_table(population, "No individual recorded yet.")}</details></section>
 </body></html>
 """
+
+
+def _baselines_section(run: Run) -> str:
+    table = baseline_table(run)
+    if table.empty:
+        return ""
+    return ("<section><h2>Baselines at matched sparsity</h2><p class=\"meta\">Each selected offspring beside the same "
+            "parent pruned to the offspring's per-layer synapse counts by magnitude and at random, trained with the "
+            "same recipe and seed (positive differences: synthesis is better for a metric to maximise).</p>"
+            f"{_table(table, '')}</section>")
 
 
 def _join(base: str, name: str) -> str:

@@ -22,11 +22,13 @@ from ..synthesis import (
     Genome,
     count,
     genome_from_weights,
+    matched_genome,
     parameter_masks,
     synaptic_weights,
     synthesize,
     trace_architecture,
 )
+from ..synthesis.baselines import KINDS as BASELINE_KINDS
 from ..tasks.registry import build_task
 from ..training.loop import Recipe, TrainResult, evaluate, train_and_evaluate
 
@@ -44,6 +46,8 @@ class Spec:
     train_seed: int
     environment: Environment | None
     epochs: int
+    kind: str = "offspring"  # "ancestor" | "offspring" | "magnitude" | "random" (baselines)
+    match_id: str | None = None  # baselines: the offspring whose per-layer synapse counts they match
 
 
 def recipe_of(config: Config, epochs: int) -> Recipe:
@@ -152,6 +156,10 @@ class Developer:
             parent_model = self.task.build_model()
             load_weights(parent_model, parent_weights, f"parent {spec.parent_id}")
             weights = synaptic_weights(parent_model, self.arch)
+        if spec.kind in BASELINE_KINDS:
+            match = Genome.from_state_dict(self.records.read_checkpoint(spec.match_id)["masks"])
+            counts = {name: int(torch.count_nonzero(mask)) for name, mask in match.masks.items()}
+            return matched_genome(spec.kind, self.arch, weights, parent_genome, counts, spec.seed or 0)
         return synthesize(
             self.arch, weights, parent_genome, spec.environment, spec.seed, self.config.evolution.normalizer
         )

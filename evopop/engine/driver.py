@@ -24,7 +24,7 @@ from .plan import Plan, plan_run
 from .pool import TrainerPool
 from .progress import Progress
 from .selection import select
-from .specs import offspring_specs, root_spec
+from .specs import baseline_specs, offspring_specs, root_spec
 
 
 class EvolutionFailed(RuntimeError):
@@ -88,9 +88,21 @@ class Driver:
     # -- one generation --------------------------------------------------------------------
     def _generation(self, generation: int, ancestors: list[dict], pool: TrainerPool) -> list[dict]:
         specs = [root_spec(self.config)] if generation == 1 else offspring_specs(self.config, generation, ancestors)
+        pending = self._develop_all(generation, specs, ancestors, pool)
+        if self.config.diversity.enabled and (pending or not has_generation_diversity(self.records, generation)):
+            self._record_diversity(generation)
+        selected = self._select(generation, [s.individual_id for s in specs])
+        if self.config.baselines.enabled and generation > 1:
+            self._develop_all(generation, baseline_specs(self.config, generation, selected), ancestors, pool,
+                              label="baselines at matched sparsity")  # fmt: skip
+        return selected
+
+    def _develop_all(self, generation: int, specs: list[Spec], ancestors: list[dict], pool: TrainerPool,
+                     label: str = "") -> list[Spec]:  # fmt: skip
+        """Develop every spec without a record, writing each record as it arrives; returns those run."""
         recorded = self.records.recorded_ids(generation)
         pending = [s for s in specs if s.individual_id not in recorded]
-        self.progress.start(generation, len(specs), len(specs) - len(pending))
+        self.progress.start(generation, len(specs), len(specs) - len(pending), label)
         parents = self._ship_parents(ancestors, pending)
         by_id = {a["individual_id"]: a for a in ancestors}
         jobs = [(spec, parents.get(spec.parent_id)) for spec in pending]
@@ -99,9 +111,9 @@ class Driver:
             self.records.write_individual(generation, row, outcome.get("layers") or [], self.schema)
             self.progress.update(row)
         del parents, jobs  # release the parents' weights from the object store
-        if self.config.diversity.enabled and (pending or not has_generation_diversity(self.records, generation)):
-            self._record_diversity(generation)
-        return self._select(generation, [s.individual_id for s in specs])
+        if label:
+            self.progress.close()
+        return pending
 
     def _record_diversity(self, generation: int) -> None:
         """Sibling diversity of the generation (masks, neurons, predictions) into RUN_DIR/diversity/."""
@@ -160,6 +172,7 @@ class Driver:
         row = {
             "run_id": self.run_id,
             "individual_id": spec.individual_id,
+            "kind": spec.kind,
             "parent_id": spec.parent_id,
             "lineage": list(spec.lineage),
             "offspring_index": spec.offspring_index,

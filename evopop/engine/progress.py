@@ -12,13 +12,14 @@ class Progress:
         self.live = hasattr(self.stream, "isatty") and self.stream.isatty()
         self.metric, self.direction = metric, direction
 
-    def start(self, generation: int, total: int, already: int = 0) -> None:
+    def start(self, generation: int, total: int, already: int = 0, label: str = "") -> None:
         self.generation, self.total, self.done, self.failed = generation, total, already, 0
+        self.label = f" {label}" if label else ""
         self.best = None
         self.best_synapses = None
         self.t0 = time.perf_counter()
         if not self.live:
-            self._print(f"generation {generation}: {total} individuals ({already} already recorded)")
+            self._print(f"generation {generation}{self.label}: {total} individuals ({already} already recorded)")
 
     def update(self, row: dict) -> None:
         self.done += 1
@@ -48,6 +49,14 @@ class Progress:
             self._print(f"generation {self.generation} done in {time.perf_counter() - self.t0:.1f}s: {self._line()}, "
                         f"selected {', '.join(selected) or '-'}")
 
+    def close(self) -> None:
+        """End a batch that selects nothing (e.g. baselines)."""
+        if self.live:
+            self.stream.write("\r" + self._line() + "\n")
+            self.stream.flush()
+        else:
+            self._print(f"generation {self.generation}{self.label} done in {time.perf_counter() - self.t0:.1f}s")
+
     def _better(self, value: float) -> bool:
         return value > self.best if self.direction == "max" else value < self.best
 
@@ -55,7 +64,7 @@ class Progress:
         best = "-" if self.best is None else f"{self.best:.4f}"
         syn = "-" if self.best_synapses is None else f"{self.best_synapses:,}"
         failed = f", {self.failed} failed" if self.failed else ""
-        return f"gen {self.generation}: {self.done}/{self.total} done{failed}, best {self.metric} {best} (synapses {syn})"
+        return f"gen {self.generation}{self.label}: {self.done}/{self.total} done{failed}, best {self.metric} {best} (synapses {syn})"
 
     def _print(self, text: str) -> None:
         print(text, file=self.stream, flush=True)

@@ -20,7 +20,7 @@ def train_seed(config: Config, individual_id: str) -> int:
 
 def root_spec(config: Config) -> Spec:
     epochs = config.ancestor.epochs or config.train.epochs
-    return Spec(1, ROOT_ID, None, (ROOT_ID,), None, None, train_seed(config, ROOT_ID), None, epochs)
+    return Spec(1, ROOT_ID, None, (ROOT_ID,), None, None, train_seed(config, ROOT_ID), None, epochs, kind="ancestor")
 
 
 def offspring_specs(config: Config, generation: int, ancestors: list[dict]) -> list[Spec]:
@@ -46,6 +46,35 @@ def offspring_specs(config: Config, generation: int, ancestors: list[dict]) -> l
                     train_seed=train_seed(config, individual_id),
                     environment=environment,
                     epochs=epochs,
+                )
+            )
+    return specs
+
+
+def baseline_specs(config: Config, generation: int, selected: list[dict]) -> list[Spec]:
+    """Baselines at matched sparsity for each selected offspring: same parent, same training seed
+    and recipe, the offspring's per-layer synapse counts; ids "<offspring id>-<kind>"."""
+    environment = schedule_of(config).at(generation)
+    epochs = config.evolution.epochs or config.train.epochs
+    specs = []
+    for row in selected:
+        if row.get("kind", "offspring") != "offspring":
+            continue
+        for kind in config.baselines.kinds:
+            individual_id = f"{row['individual_id']}-{kind}"
+            specs.append(
+                Spec(
+                    generation=generation,
+                    individual_id=individual_id,
+                    parent_id=row["parent_id"],
+                    lineage=tuple(row["lineage"][:-1]) + (individual_id,),
+                    offspring_index=row["offspring_index"],
+                    seed=row["seed"],
+                    train_seed=row["train_seed"],
+                    environment=environment,
+                    epochs=epochs,
+                    kind=kind,
+                    match_id=row["individual_id"],
                 )
             )
     return specs

@@ -167,6 +167,8 @@ class RunRecords:
             decided = dict(zip(selection["individual_id"], selection["selected"]))
             df["selected"] = df["individual_id"].map(decided).astype("boolean")
             df["rank"] = df["individual_id"].map(dict(zip(selection["individual_id"], selection["rank"]))).astype("Int32")
+        if "kind" in df:  # baselines are never candidates: decided, not selected
+            df.loc[df["kind"].isin(["magnitude", "random"]), "selected"] = False
         cols = ["generation"] + [c for c in df.columns if c != "generation"]
         return df[cols].sort_values(["generation", "individual_id"], key=_natural).reset_index(drop=True)
 

@@ -14,6 +14,7 @@ SCHEMA_VERSION = "1"
 POPULATION_FIELDS = [
     ("run_id", pa.string()),
     ("individual_id", pa.string()),
+    ("kind", pa.string()),  # "ancestor" | "offspring" | "magnitude" / "random" (baselines at matched sparsity)
     ("parent_id", pa.string()),
     ("lineage", pa.list_(pa.string())),  # ids from the root ancestor to this individual
     ("offspring_index", pa.int32()),
@@ -66,7 +67,7 @@ PARTITIONING = pa.schema([("generation", pa.int32())])
 
 def population_schema(metric_columns: list[str], layer_names: list[str]) -> pa.Schema:
     metrics = [(name, pa.float64()) for name in metric_columns]
-    fields = POPULATION_FIELDS[:18] + metrics + POPULATION_FIELDS[18:]
+    fields = POPULATION_FIELDS[:19] + metrics + POPULATION_FIELDS[19:]
     metadata = {
         "evopop.schema_version": SCHEMA_VERSION,
         "evopop.layers": json.dumps(layer_names),

@@ -9,6 +9,7 @@ Pure functions over tensors: no Ray, no files, no configs. Everything else in ev
     counts = count(arch, child)                           # synapses, neurons, params, MACs
 """
 from .architecture import Architecture, trace_architecture
+from .baselines import matched_genome
 from .counting import Counts, LayerCount, count, efficiency
 from .death import kill_orphans
 from .environment import Environment, Schedule
@@ -23,5 +24,5 @@ __all__ = [
     "kill_orphans", "Environment", "Schedule", "Genome", "SynapticLayer", "find_synaptic_layers",
     "MaskedParameters", "genome_from_weights", "parameter_masks", "budget_scale", "normalizers",
     "synaptic_probability", "derive_seed", "offspring_seed", "sample_layer", "synaptic_weights",
-    "synthesize",
+    "synthesize", "matched_genome",
 ]  # fmt: skip
