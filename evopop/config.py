@@ -227,7 +227,7 @@ def format_errors(exc: ValidationError) -> str:
             continue
         msg = err["msg"].removeprefix("Value error, ")
         got = err.get("input")
-        plain = isinstance(got, (dict, list)) or got is None or "got" in msg
+        plain = isinstance(got, (dict, list)) or got is None or "got" in msg or str(got) in msg
         shown = "" if plain else f" (got {got!r})"
         lines.append(f"{loc}: {msg}{shown}")
     return "invalid config:\n  " + "\n  ".join(lines)
