@@ -147,7 +147,7 @@ def bench_scaling(sizes: list[int], repeats: int, device: torch.device) -> list[
     for size in sizes:
         arch, weights = linear_layer(size, device)
         probs = baseline_probabilities(weights, C)
-        fns = {"baseline": lambda: baseline(weights, probs), "scale": synthesis(arch, weights, "scale")}
+        fns = {"baseline": lambda w=weights, p=probs: baseline(w, p), "scale": synthesis(arch, weights, "scale")}
         best = best_times(fns, repeats, device)
         n = arch.synapses
         rows.append({

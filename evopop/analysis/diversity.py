@@ -36,6 +36,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import torch
 
+from ..records.run import natural_key
 from ..records.schema import SCHEMA_VERSION
 from ..synthesis.genome import Genome
 from ..synthesis.layers import SynapticLayer
@@ -390,10 +391,6 @@ def checkpoint_outputs(records, task, batch: torch.Tensor, device: str | torch.d
 
 
 # -- one generation from the records ---------------------------------------------------------------
-def _natural_key(s: str) -> list:
-    import re
-
-    return [int(t) if t.isdigit() else t for t in re.split(r"(\d+)", str(s))]
 
 
 def _none_if_na(v):
@@ -477,7 +474,7 @@ def generation_diversity(
     ok = population[population["status"] == "ok"]
     if "kind" in ok:  # baselines at matched sparsity are not offspring of the method
         ok = ok[ok["kind"].isin(["ancestor", "offspring"]) | ok["kind"].isna()]
-    ok = ok.sort_values("individual_id", key=lambda c: c.map(_natural_key)).reset_index(drop=True)
+    ok = ok.sort_values("individual_id", key=lambda c: c.map(natural_key)).reset_index(drop=True)
     if metric_columns is None:
         metric_columns = metric_columns_of(records)
     layers = _layers_arg(arch)
@@ -554,7 +551,7 @@ def _summary_frame(packed: PackedGenomes, ok: pd.DataFrame, parents: list, pairs
     synapses = {NETWORK: sum((packed.synapses[l.name] for l in packed.layers), torch.zeros(n, dtype=torch.int64))}
     synapses.update(packed.synapses)
     groups = [("generation", None, np.ones(n, dtype=bool))]
-    for parent in sorted({p for p in parents if p is not None}, key=_natural_key):
+    for parent in sorted({p for p in parents if p is not None}, key=natural_key):
         groups.append(("siblings", parent, np.array([p == parent for p in parents])))
     rows = []
     ids = np.asarray(packed.ids, dtype=object)

@@ -17,6 +17,7 @@ from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 from matplotlib.ticker import FuncFormatter, LogLocator, MaxNLocator, NullFormatter
 
+from ..records.run import natural_key
 from .diversity import NETWORK
 from .loading import Run
 
@@ -241,7 +242,7 @@ def figure_lineage_tree(run: Run) -> Figure:
 def jaccard_matrix(pairs: pd.DataFrame, generation: int, scope: str = NETWORK, value: str = "jaccard"):
     """(ids, n x n matrix) of one generation's pairs in one scope (diagonal 0)."""
     sel = pairs[(pairs["generation"] == generation) & (pairs["scope"] == scope)]
-    ids = sorted(set(sel["a"]) | set(sel["b"]), key=_natural_key)
+    ids = sorted(set(sel["a"]) | set(sel["b"]), key=natural_key)
     index = {i: k for k, i in enumerate(ids)}
     m = np.zeros((len(ids), len(ids)))
     for a, b, v in zip(sel["a"], sel["b"], sel[value]):
@@ -249,10 +250,6 @@ def jaccard_matrix(pairs: pd.DataFrame, generation: int, scope: str = NETWORK, v
     return ids, m
 
 
-def _natural_key(s: str) -> list:
-    import re
-
-    return [int(t) if t.isdigit() else t for t in re.split(r"(\d+)", str(s))]
 
 
 def figure_sibling_heatmaps(run: Run, max_panels: int = 8) -> Figure:

@@ -6,12 +6,9 @@ broken by individual id (natural order), so a resumed run selects exactly what t
 from __future__ import annotations
 
 import math
-import re
 from collections.abc import Iterable
 
-
-def natural_key(individual_id: str) -> list:
-    return [int(t) if t.isdigit() else t for t in re.split(r"(\d+)", individual_id)]
+from ..records.run import natural_key
 
 
 def rank(rows: Iterable[dict], metric: str, direction: str) -> list[str]:

@@ -25,7 +25,7 @@ import pyarrow.dataset as ds
 import pyarrow.parquet as pq
 import torch
 
-from .schema import PARTITIONING, layer_schema, population_schema, selection_schema
+from .schema import PARTITIONING, layer_schema, selection_schema
 from .storage import Storage
 
 _SAFE_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
@@ -240,8 +240,12 @@ def _pid_alive(pid) -> bool:
     return True
 
 
+def natural_key(individual_id: str) -> list:
+    """Sort key that puts ids like g2-10 after g2-9."""
+    return [int(t) if t.isdigit() else t for t in re.split(r"(\d+)", str(individual_id))]
+
+
 def _natural(col: pd.Series) -> pd.Series:
-    """Sort ids like g2-10 after g2-9."""
     if col.dtype == object or str(col.dtype).startswith("string"):
-        return col.map(lambda s: [int(t) if t.isdigit() else t for t in re.split(r"(\d+)", str(s))])
+        return col.map(natural_key)
     return col
