@@ -13,7 +13,6 @@ import argparse
 import secrets
 import sys
 import time
-from pathlib import Path
 
 from .config import Config, ConfigError, load_config
 
@@ -21,8 +20,20 @@ EXIT_FAILED, EXIT_CONFIG = 1, 2
 
 
 def _new_run_dir(config: Config) -> str:
+    from .records.storage import join
+
     stamp = time.strftime("%Y%m%d-%H%M%S")
-    return str(Path(config.storage.path) / f"{config.run.name}-{stamp}-{secrets.token_hex(2)}")
+    return join(config.storage.path, f"{config.run.name}-{stamp}-{secrets.token_hex(2)}")
+
+
+def _records(run_dir: str):
+    """The records of an existing run, or a ConfigError saying there is none."""
+    from .records.run import RunRecords
+
+    records = RunRecords(run_dir)
+    if not records.exists():
+        raise ConfigError(f"{run_dir}: no evopop run here (config.yaml missing)")
+    return records
 
 
 def cmd_run(args) -> int:
@@ -42,27 +53,24 @@ def cmd_run(args) -> int:
 
 
 def cmd_resume(args) -> int:
-    from .engine.plan import plan_run
-    from .records.run import RunRecords
-
-    records = RunRecords(args.run_dir)
-    if not records.exists():
-        raise ConfigError(f"{args.run_dir}: no evopop run here (config.yaml missing)")
     import yaml
 
-    config = load_config(yaml.safe_load(records.read_config()))
+    from .engine.plan import plan_run
+
+    config = load_config(yaml.safe_load(_records(args.run_dir).read_config()))
     plan = plan_run(config)
     print(f"resuming: {args.run_dir}", flush=True)
     return _drive(config, args.run_dir, plan)
 
 
 def _drive(config: Config, run_dir: str, plan) -> int:
-    from .analysis.tables import lineage_table
-    from .engine.driver import Driver, EvolutionFailed
+    from .analysis.tables import lineage_table, metrics_first
+    from .api import evolve
+    from .engine.policy import EvolutionFailed
     from .records.run import RunLockedError
 
     try:
-        population = Driver(config, run_dir, plan).run()
+        population = evolve(config, run_dir, plan=plan)
     except EvolutionFailed as exc:
         print(f"evolution failed: {exc}", file=sys.stderr)
         return EXIT_FAILED
@@ -70,45 +78,31 @@ def _drive(config: Config, run_dir: str, plan) -> int:
         print(f"evopop: {exc}", file=sys.stderr)
         return EXIT_CONFIG
     print()
-    print(lineage_table(population, _ordered_metrics(plan)).to_string(index=False))
+    print(lineage_table(population, metrics_first(plan.metric, plan.metric_columns)).to_string(index=False))
     print(f"\nrecords: {run_dir}/population  (evopop show {run_dir})")
     return 0
 
 
 def cmd_show(args) -> int:
+    """The population so far, from the records alone: no task, no data, no cluster."""
+    from .analysis.loading import load_run
     from .analysis.tables import lineage_table, population_table
-    from .records.run import RunRecords
 
-    records = RunRecords(args.run_dir)
-    if not records.exists():
-        raise ConfigError(f"{args.run_dir}: no evopop run here (config.yaml missing)")
-    population = records.population()
-    if population.empty:
+    _records(args.run_dir)
+    run = load_run(args.run_dir)
+    if run.population.empty:
         print("no individuals recorded yet")
         return 0
-    import yaml
-
-    config = load_config(yaml.safe_load(records.read_config()))
-    from .engine.plan import plan_run
-
-    plan = plan_run(config)
-    print(population_table(population, plan.metric).to_string(index=False))
+    print(population_table(run.population, run.metric).to_string(index=False))
     print("\nfollowed lineage:")
-    print(lineage_table(population, _ordered_metrics(plan)).to_string(index=False))
+    print(lineage_table(run.population, run.ordered_metrics).to_string(index=False))
     return 0
-
-
-def _ordered_metrics(plan) -> list[str]:
-    """The selection metric first, then every other measured column."""
-    return [plan.metric] + [c for c in plan.metric_columns if c != plan.metric]
 
 
 def cmd_report(args) -> int:
     from .analysis.report import build_report
-    from .records.run import RunRecords
 
-    if not RunRecords(args.run_dir).exists():
-        raise ConfigError(f"{args.run_dir}: no evopop run here (config.yaml missing)")
+    _records(args.run_dir)
     path = build_report(args.run_dir, args.out, compute_missing_diversity=not args.no_diversity)
     print(f"report: {path}")
     return 0

@@ -6,12 +6,16 @@ rejected with a suggestion. Overrides come as ``dotted.key=value`` (values parse
 from __future__ import annotations
 
 import difflib
-import math
 from pathlib import Path
 from typing import Any, Literal, Optional
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from .records.storage import is_uri
+from .synthesis.baselines import KINDS as BASELINE_KINDS
+from .synthesis.environment import check_factor
+
 
 class ConfigError(ValueError):
     """A configuration problem, reported before Ray starts or data loads (exit code 2)."""
@@ -19,12 +23,6 @@ class ConfigError(ValueError):
 
 class _Section(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True, validate_default=True)
-
-
-def _check_factor(value: float, field: str) -> float:
-    if value is None or math.isnan(value) or not 0.0 < value <= 1.0:
-        raise ValueError(f"{field} must be in (0, 1], got {value}")
-    return value
 
 
 class RunSection(_Section):
@@ -60,7 +58,7 @@ class AncestorSection(_Section):
     @field_validator("checkpoint")
     @classmethod
     def _exists(cls, value):
-        if value is not None and "://" not in value and not Path(value).is_file():
+        if value is not None and not is_uri(value) and not Path(value).is_file():
             raise ValueError(f"file not found: {value}")
         return value
 
@@ -75,13 +73,13 @@ class EnvironmentSection(_Section):
     @field_validator("c")
     @classmethod
     def _c(cls, v):
-        return _check_factor(v, "C")
+        return check_factor(v, "C")
 
     @field_validator("layers")
     @classmethod
     def _layers(cls, v):
         for pattern, c in v.items():
-            _check_factor(c, f"C of layers {pattern!r}")
+            check_factor(c, f"C of layers {pattern!r}")
         return v
 
     @field_validator("schedule")
@@ -90,7 +88,7 @@ class EnvironmentSection(_Section):
         for generation, c in v.items():
             if generation < 2:
                 raise ValueError(f"schedule generations start at 2 (the first offspring), got {generation}")
-            _check_factor(c, f"C of generation {generation}")
+            check_factor(c, f"C of generation {generation}")
         return v
 
 
@@ -111,6 +109,7 @@ class SelectionSection(_Section):
 
 
 class ResourcesSection(_Section):
+    executor: Literal["ray", "local"] = "ray"  # local: in this process, one individual at a time (no Ray)
     trainers: int = Field(2, ge=1)  # concurrent trainer actors
     cpus_per_trainer: float = Field(1.0, gt=0)
     gpus_per_trainer: float = Field(0.0, ge=0)  # fractions pack several small offspring on one GPU
@@ -144,7 +143,7 @@ class BaselinesSection(_Section):
     magnitude and at random, trained with the same recipe and seed: rows of their own kind."""
 
     enabled: bool = False
-    kinds: list[Literal["magnitude", "random"]] = Field(default_factory=lambda: ["magnitude", "random"])
+    kinds: list[Literal[BASELINE_KINDS]] = Field(default_factory=lambda: list(BASELINE_KINDS))
 
 
 class StorageSection(_Section):

@@ -26,7 +26,7 @@ from evopop.analysis.diversity import (
     write_generation_diversity,
 )
 from evopop.records.run import RunRecords
-from evopop.records.schema import population_schema
+from evopop.records.schema import IndividualRecord, population_schema
 from evopop.synthesis import Genome, SynapticLayer
 
 FC = SynapticLayer("fc", "linear", (2, 3))
@@ -151,10 +151,13 @@ def test_functional_disagreement_of_dense_maps_is_per_pixel():
 
 
 # -- one generation from records (no Ray: rows and checkpoints written by hand) ---------------------
+METRICS = ["val_loss", "val_accuracy"]
+
+
 def write_generation(run_dir, genomes: dict, parents: dict, metrics: dict, failed=(), generation: int = 2):
     records = RunRecords(str(run_dir))
     records.write_config("run: {name: hand, seed: 1}\ntask: {name: not-a-task}\nselection: {metric: val_accuracy}\n")
-    schema = population_schema(["val_loss", "val_accuracy"], ["fc", "conv"])
+    schema = population_schema(METRICS, ["fc", "conv"])
     for individual_id, masks in {**genomes, **{f: None for f in failed}}.items():
         ok = individual_id not in failed
         if ok:
@@ -163,7 +166,7 @@ def write_generation(run_dir, genomes: dict, parents: dict, metrics: dict, faile
                "lineage": [individual_id], "status": "ok" if ok else "failed",
                "synapses": int(sum(int(m.sum()) for m in masks.values())) if ok else None,
                "val_accuracy": metrics.get(individual_id), "error": None if ok else "RuntimeError: boom"}  # fmt: skip
-        records.write_individual(generation, row, [], schema)
+        records.write_individual(generation, IndividualRecord.from_row(row, METRICS), [], schema)
     return records
 
 

@@ -7,7 +7,7 @@ import pandas as pd
 import pytest
 
 from evopop.config import load_config
-from evopop.engine.driver import Driver
+from evopop.api import evolve
 from evopop.engine.specs import offspring_specs
 from evopop.records.run import RunRecords
 from evopop.synthesis import Genome, synthesize, trace_architecture
@@ -22,7 +22,7 @@ def run_config(tmp_path, *overrides: str):
     config = load_config(CONFIGS / "tiny.yaml", list(overrides))
     run_dir = str(tmp_path / "run")
     RunRecords(run_dir).write_config(config.to_yaml())
-    population = Driver(config, run_dir).run()
+    population = evolve(config, run_dir)
     return config, run_dir, population
 
 
@@ -85,7 +85,7 @@ def test_offspring_resynthesize_bit_identically(ray_cluster, tmp_path):
     records = RunRecords(run_dir)
     task = build_task(config.task.name, config.task.args)
     arch = trace_architecture(task.build_model(), task.example_input())
-    root = population[population["generation"] == 1].iloc[0].to_dict()
+    root = records.individuals(1)[0]
     parent = records.read_checkpoint("g1-0")
     weights = {l.name: parent["weights"][f"{l.name}.weight"] for l in arch.layers}
     for spec in offspring_specs(config, 2, [root]):
@@ -119,7 +119,7 @@ def test_user_task_by_import_path(ray_cluster, tmp_path):
 def test_resume_skips_recorded_individuals(ray_cluster, tmp_path):
     config, run_dir, population = run_config(tmp_path)
     before = {p.name: p.stat().st_mtime_ns for p in (Path(run_dir) / "population").rglob("*.parquet")}
-    again = Driver(config, run_dir).run()  # nothing left to do: no record rewritten
+    again = evolve(config, run_dir)  # nothing left to do: no record rewritten
     after = {p.name: p.stat().st_mtime_ns for p in (Path(run_dir) / "population").rglob("*.parquet")}
     assert before == after
     assert len(again) == len(population)

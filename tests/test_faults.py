@@ -15,7 +15,8 @@ import pytest
 import torch
 
 from evopop.config import load_config
-from evopop.engine.driver import Driver, EvolutionFailed
+from evopop.api import evolution, evolve
+from evopop.engine.policy import EvolutionFailed
 from evopop.records.run import RunRecords
 from evopop.tasks.registry import build_task
 
@@ -50,7 +51,7 @@ def expected_ids(offspring_per_generation: list[int]) -> set[str]:
     return ids
 
 
-def run_in_thread(driver: Driver):
+def run_in_thread(driver):
     box = {}
 
     def target():
@@ -90,7 +91,7 @@ def test_killed_trainer_is_replaced_and_its_offspring_rerun(ray_cluster, tmp_pat
         tmp_path, "run", FLAKY, f"task.args.pid_dir={pid_dir}", "task.args.step_sleep=0.05",
         "evolution.generations=2", "evolution.offspring=4",
     )  # fmt: skip
-    thread, box = run_in_thread(Driver(config, run_dir))
+    thread, box = run_in_thread(evolution(config, run_dir))
     pid = wait_for(lambda: offspring_training_pid(pid_dir, RunRecords(run_dir), set()))
     os.kill(pid, signal.SIGKILL)
     thread.join(timeout=300)
@@ -111,7 +112,7 @@ def test_lost_node_offspring_rerun_on_another_node(ray_cluster, tmp_path):
         tmp_path, "run", FLAKY, f"task.args.pid_dir={pid_dir}", "task.args.step_sleep=0.25",
         "evolution.generations=2", "evolution.offspring=4", "resources.custom={pool: 1}",
     )  # fmt: skip
-    thread, box = run_in_thread(Driver(config, run_dir))
+    thread, box = run_in_thread(evolution(config, run_dir))
     # offspring train for >= 4 s (16 steps x 0.25 s): still in flight when the node goes
     wait_for(lambda: offspring_training_pid(pid_dir, RunRecords(run_dir), set()))
     spare = ray_cluster.add_node(num_cpus=2, resources={"pool": 2})
@@ -145,7 +146,7 @@ def test_nan_and_oom_offspring_recorded_failed_and_skipped(ray_cluster, tmp_path
         tmp_path, "run", FLAKY, "task.args.nan_rate=0.3", "task.args.oom_rate=0.3",
         f"ancestor.checkpoint={ancestor_checkpoint(tmp_path)}", "evolution.generations=3", "evolution.offspring=6",
     )  # fmt: skip
-    population = Driver(config, run_dir).run()
+    population = evolve(config, run_dir)
     assert_complete(population, run_dir, expected_ids([6, 6]))
     failed = population[population["status"] == "failed"]
     errors = " ".join(failed["error"])
@@ -165,7 +166,7 @@ def test_generation_where_all_fail_stops_with_records_intact(ray_cluster, tmp_pa
         tmp_path, "run", FLAKY, "task.args.nan_rate=1.0", f"ancestor.checkpoint={ancestor_checkpoint(tmp_path)}",
     )  # fmt: skip
     with pytest.raises(EvolutionFailed, match="every individual of generation 2 failed"):
-        Driver(config, run_dir).run()
+        evolve(config, run_dir)
     population = RunRecords(run_dir).population()
     assert_complete(population, run_dir, expected_ids([3]))
     assert (population[population["generation"] == 2]["status"] == "failed").all()
@@ -174,7 +175,7 @@ def test_generation_where_all_fail_stops_with_records_intact(ray_cluster, tmp_pa
 def test_driver_sigkilled_mid_generation_then_resumed_equals_uninterrupted(ray_cluster, tmp_path):
     overrides = ["evolution.offspring=4", "task.args.step_sleep=0.05", FLAKY]
     reference_config, reference_dir = new_run(tmp_path, "reference", *overrides)
-    reference = Driver(reference_config, reference_dir).run()
+    reference = evolve(reference_config, reference_dir)
 
     run_dir = tmp_path / "killed"
     env = {**os.environ, "RAY_ADDRESS": ray_cluster.address}
@@ -194,7 +195,7 @@ def test_driver_sigkilled_mid_generation_then_resumed_equals_uninterrupted(ray_c
     assert len(interrupted) < len(reference), "the driver was killed before the run finished"
 
     config = load_config(TINY, overrides)
-    resumed = Driver(config, str(run_dir)).run()
+    resumed = evolve(config, str(run_dir))
     assert_complete(resumed, str(run_dir), set(reference["individual_id"]))
     columns = ["individual_id", "parent_id", "seed", "train_seed", "mask_digest", "synapses", "val_accuracy",
                "val_loss", "selected"]  # fmt: skip

@@ -1,7 +1,7 @@
 """load_run and build_report on finished runs, runs in progress and empty runs.
 
 Fast tests use a run written by hand (records, checkpoints and selections, no Ray); the slow ones a
-real tiny run through the engine's Driver, with diversity recorded as the engine will record it.
+real tiny run through the engine (`evopop.api.evolve`), with diversity recorded as the engine will record it.
 """
 from __future__ import annotations
 
@@ -18,10 +18,11 @@ from evopop.analysis.figures import FIGURES, pareto_front
 from evopop.analysis.loading import load_run
 from evopop.analysis.report import build_report
 from evopop.records.run import RunRecords
-from evopop.records.schema import population_schema
+from evopop.records.schema import IndividualRecord, LayerRecord, SelectionRecord, population_schema
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 SHAPES = {"fc": (4, 6), "conv": (6, 2, 3, 3)}
+METRICS = ["val_loss", "val_accuracy"]
 CONFIG = """run: {name: hand, seed: 1}
 task: {name: not-a-task}
 evolution: {generations: 3, offspring: 3, environment: {c: 0.6, mode: budget}}
@@ -40,7 +41,11 @@ def _row(individual_id, generation, parent, lineage, masks, accuracy, ancestor=N
             "error": None if status == "ok" else "RuntimeError: loss diverged\ntraceback"}  # fmt: skip
 
 
-def _layer_rows(masks):
+def _layer_rows(individual_id, masks):
+    return [LayerRecord(individual_id=individual_id, **r) for r in _layer_dicts(masks)]
+
+
+def _layer_dicts(masks):
     return [{"layer": name, "kind": "linear" if m.dim() == 2 else "conv", "synapses": int(m.sum()),
              "dense_synapses": m.numel(), "neurons": int(m.reshape(m.shape[0], -1).any(1).sum()),
              "dense_neurons": m.shape[0], "macs": int(m.sum()), "living_fraction": float(m.float().mean())}
@@ -52,7 +57,7 @@ def make_hand_run(run_dir: Path) -> RunRecords:
     g = torch.Generator().manual_seed(0)
     records = RunRecords(str(run_dir))
     records.write_config(CONFIG)
-    schema = population_schema(["val_loss", "val_accuracy"], list(SHAPES))
+    schema = population_schema(METRICS, list(SHAPES))
 
     def child(masks, keep):
         return {k: m & (torch.rand(m.shape, generator=g) < keep) for k, m in masks.items()}
@@ -62,24 +67,24 @@ def make_hand_run(run_dir: Path) -> RunRecords:
             records.write_checkpoint(individual_id, {}, masks, {})
         row = _row(individual_id, generation, parent, lineage, masks if status == "ok" else None, accuracy,
                    ancestor, status)  # fmt: skip
-        records.write_individual(generation, row, _layer_rows(masks) if status == "ok" else [], schema)
+        layers = _layer_rows(individual_id, masks) if status == "ok" else []
+        records.write_individual(generation, IndividualRecord.from_row(row, METRICS), layers, schema)
 
     root = {k: torch.ones(s, dtype=torch.bool) for k, s in SHAPES.items()}
     total = sum(m.numel() for m in root.values())
     add(1, "g1-0", None, ["g1-0"], root, 0.5, total)
-    records.write_selection(1, [{"individual_id": "g1-0", "selected": True, "rank": 0}])
+    records.write_selection(1, [SelectionRecord("g1-0", True, 0)])
     gen2 = {f"g2-{i}": child(root, 0.6) for i in range(3)}
     for i, (iid, masks) in enumerate(gen2.items()):
         add(2, iid, "g1-0", ["g1-0", iid], masks, [0.55, 0.62, 0.58][i], total)
-    records.write_selection(2, [{"individual_id": i, "selected": i == "g2-1", "rank": r}
-                                for r, i in enumerate(["g2-1", "g2-2", "g2-0"])])  # fmt: skip
+    records.write_selection(2, [SelectionRecord(i, i == "g2-1", r) for r, i in enumerate(["g2-1", "g2-2", "g2-0"])])
     for i, accuracy in enumerate([0.64, 0.6]):
         iid = f"g3-{i}"
         add(3, iid, "g2-1", ["g1-0", "g2-1", iid], child(gen2["g2-1"], 0.6), accuracy, total)
     add(3, "g3-2", "g2-1", ["g1-0", "g2-1", "g3-2"], {}, None, total, status="failed")
-    records.write_selection(3, [{"individual_id": "g3-0", "selected": True, "rank": 0},
-                                {"individual_id": "g3-1", "selected": False, "rank": 1},
-                                {"individual_id": "g3-2", "selected": False, "rank": None}])  # fmt: skip
+    records.write_selection(
+        3, [SelectionRecord("g3-0", True, 0), SelectionRecord("g3-1", False, 1), SelectionRecord("g3-2", False, None)]
+    )
     return records
 
 
@@ -156,10 +161,10 @@ def test_report_of_a_run_with_nothing_recorded_says_what_is_missing(tmp_path):
 def test_a_run_stopped_by_a_failed_generation_says_so(tmp_path):
     records = make_hand_run(tmp_path / "run")
     records.write_config(CONFIG.replace("generations: 3", "generations: 4"))
-    schema = population_schema(["val_loss", "val_accuracy"], list(SHAPES))
+    schema = population_schema(METRICS, list(SHAPES))
     for i in range(3):
         row = _row(f"g4-{i}", 4, "g3-0", ["g1-0", "g2-1", "g3-0", f"g4-{i}"], None, None, status="failed")
-        records.write_individual(4, row, [], schema)
+        records.write_individual(4, IndividualRecord.from_row(row, METRICS), [], schema)
     run = load_run(tmp_path / "run")
     assert not run.finished and run.expected_individuals(4) == 3
     assert run.progress() == "stopped: every individual of generation 4 failed (3 of 3)"
@@ -182,7 +187,7 @@ def test_pareto_front():
 @pytest.fixture(scope="module")
 def tiny_run(ray_cluster, tmp_path_factory):
     from evopop.config import load_config
-    from evopop.engine.driver import Driver
+    from evopop.api import evolve
     from evopop.synthesis import trace_architecture
     from evopop.tasks.registry import build_task
 
@@ -190,7 +195,7 @@ def tiny_run(ray_cluster, tmp_path_factory):
     run_dir = str(tmp_path_factory.mktemp("tiny") / "run")
     records = RunRecords(run_dir)
     records.write_config(config.to_yaml())
-    Driver(config, run_dir).run()
+    evolve(config, run_dir)
     # what the engine records after each generation
     task = build_task(config.task.name, config.task.args)
     arch = trace_architecture(task.build_model(), task.example_input())

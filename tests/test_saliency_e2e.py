@@ -8,7 +8,7 @@ import pytest
 
 from evopop.analysis.tables import lineage_table
 from evopop.config import load_config
-from evopop.engine.driver import Driver
+from evopop.api import evolve
 from evopop.records.run import RunRecords
 
 pytestmark = pytest.mark.slow
@@ -24,7 +24,7 @@ def test_saliency_quickstart_in_miniature(ray_cluster, tmp_path):
     ])  # fmt: skip
     run_dir = str(tmp_path / "run")
     RunRecords(run_dir).write_config(config.to_yaml())
-    population = Driver(config, run_dir).run()
+    population = evolve(config, run_dir)
 
     assert len(population) == 3 and (population["status"] == "ok").all()
     for split in ("val", "test"):

@@ -23,8 +23,6 @@ generation's checkpoints through `RunRecords` and write ``RUN_DIR/diversity/gene
 """
 from __future__ import annotations
 
-import io
-import json
 import math
 import warnings
 from collections.abc import Callable, Mapping, Sequence
@@ -33,60 +31,25 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 import pyarrow as pa
-import pyarrow.parquet as pq
 import torch
+import yaml
 
-from ..records.run import natural_key
-from ..records.schema import SCHEMA_VERSION
+from ..records.ids import natural_key
+from ..records.schema import DIVERSITY_PAIR_FIELDS, DIVERSITY_SUMMARY_FIELDS, EVOLVED_KINDS
 from ..synthesis.genome import Genome
 from ..synthesis.layers import SynapticLayer
+from ..tasks.registry import built_task
 
 NETWORK = "network"  # the scope of whole-network figures
 
-# -- records schema --------------------------------------------------------------------------------
-# ``generation`` is the hive partition key (diversity/generation=G/), not a column inside the files.
-DIVERSITY_PAIR_FIELDS = [
-    ("a", pa.string()),  # individual ids, a < b in natural order
-    ("b", pa.string()),
-    ("parent_a", pa.string()),
-    ("parent_b", pa.string()),
-    ("siblings", pa.bool_()),  # same parent
-    ("scope", pa.string()),  # "network" or a synaptic layer's name
-    ("jaccard", pa.float64()),  # Jaccard distance of living synapses: 1 - |A n B| / |A u B|
-    ("hamming", pa.int64()),  # synapses alive in exactly one of the two
-    ("hamming_fraction", pa.float64()),  # hamming / dense synapses of the scope
-    ("shared_synapses", pa.int64()),  # |A n B|
-    ("union_synapses", pa.int64()),  # |A u B|
-    ("dense_synapses", pa.int64()),
-    ("neuron_jaccard", pa.float64()),  # Jaccard distance of living-neuron sets
-    ("neuron_hamming", pa.int64()),  # neurons alive in exactly one of the two
-    ("functional_disagreement", pa.float64()),  # argmax disagreement on the held-out batch (network only)
-]
-
-DIVERSITY_SUMMARY_FIELDS = [
-    ("group", pa.string()),  # "generation" (every successful individual) or "siblings" (one parent's)
-    ("parent_id", pa.string()),  # the parent of a "siblings" group; null for "generation"
-    ("scope", pa.string()),  # "network" or a layer name
-    ("quantity", pa.string()),  # a pair distance, "living_fraction", "neuron_fraction", "synapses", a metric
-    ("count", pa.int64()),  # pairs (distances) or individuals (everything else)
-    ("mean", pa.float64()),
-    ("std", pa.float64()),  # population standard deviation (ddof=0): the spread of these individuals
-    ("min", pa.float64()),
-    ("max", pa.float64()),
-    ("range", pa.float64()),  # max - min
-]
-
-PAIR_QUANTITIES = ("jaccard", "hamming", "hamming_fraction", "neuron_jaccard", "neuron_hamming",
-                   "functional_disagreement")  # fmt: skip
-
-
-def diversity_pairs_schema(note: str = "") -> pa.Schema:
-    return pa.schema(DIVERSITY_PAIR_FIELDS, metadata={"evopop.schema_version": SCHEMA_VERSION,
-                                                      "evopop.diversity.functional": note})  # fmt: skip
-
-
-def diversity_summary_schema() -> pa.Schema:
-    return pa.schema(DIVERSITY_SUMMARY_FIELDS, metadata={"evopop.schema_version": SCHEMA_VERSION})
+PAIR_QUANTITIES = (
+    "jaccard",
+    "hamming",
+    "hamming_fraction",
+    "neuron_jaccard",
+    "neuron_hamming",
+    "functional_disagreement",
+)
 
 
 # -- bit packing and popcounts ---------------------------------------------------------------------
@@ -182,7 +145,7 @@ class GenomePacker:
                 raise ValueError(f"mask of layer {layer.name!r} has shape {tuple(mask.shape)}, "
                                  f"expected {tuple(layer.weight_shape)}")  # fmt: skip
             self._words.setdefault(layer.name, []).append(pack_mask(mask))
-            self._neurons.setdefault(layer.name, []).append(layer.neuron_view(mask).any(dim=1))
+            self._neurons.setdefault(layer.name, []).append(layer.living_neurons(mask))
         self.ids.append(individual_id if individual_id is not None else str(len(self.ids)))
 
     def done(self) -> PackedGenomes:
@@ -397,42 +360,17 @@ def _none_if_na(v):
     return None if v is None or (isinstance(v, float) and math.isnan(v)) or v is pd.NA else v
 
 
-def population_metadata(records) -> tuple[list[str], list[str]]:
-    """(metric columns, layer names) of a run, from its newest population file's metadata."""
-    for generation in reversed(records.generations()):
-        rel = f"population/generation={generation}"
-        for name in records.storage.list(rel, ".parquet"):
-            try:
-                with records.storage.fs.open_input_file(records.storage.path(f"{rel}/{name}")) as f:
-                    meta = pq.read_schema(f).metadata or {}
-            except (OSError, pa.ArrowInvalid):
-                continue
-            return (list(json.loads(meta.get(b"evopop.metrics", b"[]"))),
-                    list(json.loads(meta.get(b"evopop.layers", b"[]"))))  # fmt: skip
-    return [], []
-
-
-def metric_columns_of(records) -> list[str]:
-    """The metric columns of a run (``evopop.metrics`` in the population files' metadata)."""
-    return population_metadata(records)[0]
-
-
 def layers_of_run(records) -> list[SynapticLayer] | None:
     """The run's synaptic layers, from its config's task (None if the task cannot be built here)."""
     try:
-        import yaml
-
-        from ..synthesis import trace_architecture
-        from ..tasks.registry import build_task
-
         config = yaml.safe_load(records.read_config())
-        task = build_task(config["task"]["name"], config["task"].get("args"))
-        with torch.random.fork_rng(devices=[]), warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            return trace_architecture(task.build_model(), task.example_input()).layers
+        return list(built_task(config["task"]["name"], config["task"].get("args")).arch.layers)
     except Exception as exc:  # analysis must work without the user's task importable
-        warnings.warn(f"could not build the run's task ({type(exc).__name__}: {exc}); reading layers off the "
-                      "masks (neurons along dimension 0: wrong for ConvTranspose layers)", stacklevel=2)  # fmt: skip
+        warnings.warn(
+            f"could not build the run's task ({type(exc).__name__}: {exc}); reading layers off the "
+            "masks (neurons along dimension 0: wrong for ConvTranspose layers)",
+            stacklevel=2,
+        )
         return None
 
 
@@ -473,10 +411,10 @@ def generation_diversity(
         return empty_pairs, empty_summary
     ok = population[population["status"] == "ok"]
     if "kind" in ok:  # baselines at matched sparsity are not offspring of the method
-        ok = ok[ok["kind"].isin(["ancestor", "offspring"]) | ok["kind"].isna()]
+        ok = ok[ok["kind"].isin(EVOLVED_KINDS) | ok["kind"].isna()]
     ok = ok.sort_values("individual_id", key=lambda c: c.map(natural_key)).reset_index(drop=True)
     if metric_columns is None:
-        metric_columns = metric_columns_of(records)
+        metric_columns = records.metadata().metric_columns
     layers = _layers_arg(arch)
     if layers is None and len(ok):
         layers = layers_of_run(records)
@@ -585,27 +523,8 @@ def _summary_frame(packed: PackedGenomes, ok: pd.DataFrame, parents: list, pairs
     return frame
 
 
-# -- records ---------------------------------------------------------------------------------------
-def _parquet_bytes(frame: pd.DataFrame, schema: pa.Schema) -> bytes:
-    frame = frame.drop(columns=["generation"], errors="ignore")
-    table = pa.Table.from_pandas(frame, schema=schema, preserve_index=False)
-    sink = io.BytesIO()
-    pq.write_table(table, sink)
-    return sink.getvalue()
-
-
-def write_diversity(records, generation: int, pairs: pd.DataFrame, summary: pd.DataFrame, note: str = "") -> None:
-    """Write one generation's (pairs, summary) atomically; a rewrite replaces them (idempotent)."""
-    g = int(generation)
-    records.storage.write_bytes(f"diversity_summary/generation={g}/part-0.parquet",
-                                _parquet_bytes(summary, diversity_summary_schema()))  # fmt: skip
-    # the pairs last: their presence says the generation's diversity is recorded
-    records.storage.write_bytes(f"diversity/generation={g}/part-0.parquet",
-                                _parquet_bytes(pairs, diversity_pairs_schema(note)))  # fmt: skip
-
-
 def has_generation_diversity(records, generation: int) -> bool:
-    return records.storage.exists(f"diversity/generation={int(generation)}/part-0.parquet")
+    return records.has_diversity(generation)
 
 
 def write_generation_diversity(
@@ -624,7 +543,7 @@ def write_generation_diversity(
     the functional disagreement was measured on.
     """
     pairs, summary = generation_diversity(records, generation, arch, metric_columns, outputs, kind)
-    write_diversity(records, generation, pairs, summary, note)
+    records.write_diversity(generation, pairs, summary, note)
     return pairs, summary
 
 

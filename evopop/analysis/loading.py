@@ -16,14 +16,11 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 import pandas as pd
-import pyarrow as pa
-import pyarrow.dataset as ds
 import yaml
 
 from ..records.run import RunRecords
-from ..records.schema import PARTITIONING
-from .diversity import DIVERSITY_PAIR_FIELDS, DIVERSITY_SUMMARY_FIELDS, population_metadata
-from .tables import followed_lineage
+from ..records.schema import POPULATION_FIELDS
+from .tables import followed_lineage, metrics_first
 
 
 @dataclass
@@ -54,7 +51,12 @@ class Run:
 
     @property
     def run_id(self) -> str:
-        return self.run_dir.rstrip("/").rsplit("/", 1)[-1]
+        return RunRecords(self.run_dir).run_id
+
+    @property
+    def ordered_metrics(self) -> list[str]:
+        """The selection metric first, then every other measured column."""
+        return metrics_first(self.metric, self.metric_columns) if self.metric else list(self.metric_columns)
 
     @property
     def planned_generations(self) -> int | None:
@@ -109,44 +111,28 @@ class Run:
 
 
 def load_run(run_dir: str) -> Run:
-    """Everything recorded in ``run_dir`` so far (a local path or a pyarrow.fs URI)."""
+    """Everything recorded in ``run_dir`` so far (a local path or a pyarrow.fs URI). Reads records
+    only: the run's task, data and cluster are not needed."""
     records = RunRecords(str(run_dir))
     if not records.exists():
         raise FileNotFoundError(f"{run_dir}: no evopop run here (config.yaml missing)")
     config = yaml.safe_load(records.read_config()) or {}
-    population = _population(records)
-    metric_columns, layer_names = population_metadata(records)
+    population = records.population()
+    meta = records.metadata()
+    metric_columns, layer_names = meta.metric_columns, meta.layer_names
     if not metric_columns and not population.empty:
         metric_columns = [c for c in population.columns if c in _metric_like(population)]
     layers = records.layers()
-    if not layers.empty:
-        layers["generation"] = layers["generation"].astype("int32")
-        if not layer_names:
-            layer_names = list(dict.fromkeys(layers["layer"]))
-    metric, direction = _selection_metric(config, metric_columns)
-    pairs = _read(records, "diversity", DIVERSITY_PAIR_FIELDS)
-    summary = _read(records, "diversity_summary", DIVERSITY_SUMMARY_FIELDS)
+    if not layer_names and not layers.empty:
+        layer_names = list(dict.fromkeys(layers["layer"]))
+    metric, direction = meta.metric, meta.direction
+    if metric is None:  # records written without the engine's resolution (by hand, in tests)
+        metric, direction = _configured_metric(config, metric_columns)
+    diversity = Diversity(records.diversity_pairs().reset_index(drop=True),
+                          records.diversity_summary().reset_index(drop=True))  # fmt: skip
     lineage = followed_lineage(best_first(population)) if not population.empty else population
-    return Run(str(run_dir), config, population, layers, Diversity(pairs, summary), lineage.reset_index(drop=True),
+    return Run(str(run_dir), config, population, layers, diversity, lineage.reset_index(drop=True),
                metric_columns, layer_names, metric, direction)  # fmt: skip
-
-
-def _population(records: RunRecords) -> pd.DataFrame:
-    population = records.population()
-    if population.empty:
-        return population
-    population["generation"] = population["generation"].astype("int32")
-    selected = population["selected"] if "selected" in population else pd.Series([None] * len(population))
-    population["selected"] = pd.array([None if pd.isna(v) else bool(v) for v in selected], dtype="boolean")
-    selection = records.selection()
-    rank = {}
-    if not selection.empty and "rank" in selection:
-        rank = {(int(g), i): r
-                for g, i, r in zip(selection["generation"], selection["individual_id"], selection["rank"])}
-    population["rank"] = pd.array([None if pd.isna(rank.get((int(g), i))) else int(rank[(int(g), i)])
-                                   for g, i in zip(population["generation"], population["individual_id"])],
-                                  dtype="Int32")  # fmt: skip
-    return population
 
 
 def best_first(population: pd.DataFrame) -> pd.DataFrame:
@@ -161,43 +147,14 @@ def best_first(population: pd.DataFrame) -> pd.DataFrame:
 
 
 def _metric_like(population: pd.DataFrame) -> set[str]:
-    from ..records.schema import POPULATION_FIELDS
-
-    known = {name for name, _ in POPULATION_FIELDS} | {"generation"}
+    known = {name for name, _ in POPULATION_FIELDS} | {"generation", "rank"}
     return {c for c in population.columns if c not in known and population[c].dtype.kind == "f"}
 
 
-def _selection_metric(config: dict, metric_columns: list[str]) -> tuple[str | None, str]:
-    """The selection metric and direction, resolved as the engine does (evopop.engine.plan.plan_run)."""
+def _configured_metric(config: dict, metric_columns: list[str]) -> tuple[str | None, str]:
+    """The configured selection metric, else the first measured non-loss column."""
     selection = config.get("selection") or {}
-    default_metric, default_direction = None, "max"
-    try:  # the task's defaults; building a task object loads no data
-        from ..tasks.registry import build_task
-
-        task_cfg = config.get("task") or {}
-        task = build_task(task_cfg["name"], task_cfg.get("args"))
-        default_metric, default_direction = task.default_metric, task.default_direction
-    except Exception:  # the task is not importable here: guess from the recorded columns
-        default_metric = next((c for c in metric_columns if not c.endswith("_loss")),
-                              metric_columns[0] if metric_columns else None)  # fmt: skip
-    metric = selection.get("metric") or default_metric
-    direction = selection.get("direction") or ("min" if metric and metric.endswith("_loss") else default_direction)
+    fallback = next((c for c in metric_columns if not c.endswith("_loss")), metric_columns[0] if metric_columns else None)
+    metric = selection.get("metric") or fallback
+    direction = selection.get("direction") or ("min" if metric and metric.endswith("_loss") else "max")
     return metric, direction
-
-
-def _read(records: RunRecords, dataset: str, fields) -> pd.DataFrame:
-    """A hive-partitioned dataset of the run with its declared schema; empty (typed) if absent."""
-    schema = pa.schema(list(fields) + [(f.name, f.type) for f in PARTITIONING])
-    if not records.storage.exists(dataset):
-        frame = schema.empty_table().to_pandas()
-    else:
-        data = ds.dataset(
-            records.storage.path(dataset), schema=schema, format="parquet", filesystem=records.storage.fs,
-            partitioning=ds.partitioning(PARTITIONING, flavor="hive"),
-            exclude_invalid_files=True, ignore_prefixes=[".tmp-", "."],
-        )  # fmt: skip
-        frame = data.to_table().to_pandas()
-    cols = ["generation"] + [c for c in frame.columns if c != "generation"]
-    frame = frame[cols]
-    frame["generation"] = frame["generation"].astype("int32")
-    return frame.sort_values(["generation"], kind="stable").reset_index(drop=True)

@@ -9,7 +9,6 @@ records is written: the report only reads them (and writes under ``out_dir``).
 from __future__ import annotations
 
 import html
-import posixpath
 import warnings
 from dataclasses import replace
 from datetime import datetime, timezone
@@ -18,6 +17,7 @@ from pathlib import Path
 import pandas as pd
 
 from ..records.run import RunRecords
+from ..records.schema import BASELINE_KINDS
 from ..records.storage import Storage
 from .diversity import NETWORK, generation_diversity, layers_of_run
 from .loading import Diversity, Run, best_first, load_run
@@ -40,7 +40,7 @@ def build_report(run_dir: str | Path, out_dir: str | Path | None = None,
         if computed:
             notes.append(f"Structural diversity of generation(s) {', '.join(map(str, computed))} was computed from "
                          "the checkpoints for this report (not recorded in RUN_DIR/diversity/).")  # fmt: skip
-    out = str(out_dir) if out_dir is not None else _join(run_dir, "report")
+    out = str(out_dir) if out_dir is not None else RunRecords(run_dir).report_uri
     storage = Storage(out)
     sections = []
     from .figures import FIGURES, MissingData, render
@@ -133,9 +133,6 @@ def diversity_table(run: Run) -> pd.DataFrame:
     for col in table.columns[3:]:
         table[col] = table[col].map(lambda v: "-" if pd.isna(v) else f"{v:.4f}")
     return table
-
-
-BASELINE_KINDS = ("magnitude", "random")
 
 
 def _without_baselines(run: Run) -> Run:
@@ -271,5 +268,3 @@ def _baselines_section(run: Run) -> str:
             f"{_table(table, '')}</section>")
 
 
-def _join(base: str, name: str) -> str:
-    return posixpath.join(base, name) if "://" in base else str(Path(base) / name)

@@ -6,6 +6,11 @@ import pandas as pd
 _BASE = ["generation", "individual_id", "parent_id", "status", "synapses", "efficiency", "neurons", "macs"]
 
 
+def metrics_first(metric: str, metric_columns: list[str]) -> list[str]:
+    """The selection metric first, then every other measured column."""
+    return [metric] + [c for c in metric_columns if c != metric]
+
+
 def population_table(population: pd.DataFrame, metric: str) -> pd.DataFrame:
     """One line per individual: counts, the selection metric, and whether it was selected."""
     cols = [c for c in _BASE if c in population] + [metric, "train_seconds", "selected"]

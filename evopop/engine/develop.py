@@ -1,24 +1,24 @@
 """Develop one individual: synthesize its genome, train it, measure it, checkpoint it.
 
-Plain Python (no Ray): a trainer actor holds one `Developer` and calls `develop` per individual,
-and tests can call it directly. The individual's own failures (diverged loss, out of memory, a
-broken user model) come back as ``status="failed"`` outcomes; only a dead process is retried.
+Plain Python (no Ray): every executor holds one `Developer` per worker and calls `develop` per
+individual, and tests can call it directly. The individual's own failures (diverged loss, out of
+memory, a broken user model) come back as failed `Outcome`s; only a dead process is retried.
 """
+
 from __future__ import annotations
 
 import time
 import traceback
-import warnings
-from dataclasses import dataclass
+from dataclasses import replace
 
-import numpy as np
 import torch
 
 from ..config import Config
-from ..records.run import RunRecords, is_evopop_checkpoint, read_torch_bytes
+from ..records.checkpoints import is_evopop_checkpoint, read_torch_bytes
+from ..records.run import RunRecords
+from ..records.schema import OK, LayerRecord
 from ..records.storage import read_uri
 from ..synthesis import (
-    Environment,
     Genome,
     count,
     genome_from_weights,
@@ -26,28 +26,11 @@ from ..synthesis import (
     parameter_masks,
     synaptic_weights,
     synthesize,
-    trace_architecture,
 )
 from ..synthesis.baselines import KINDS as BASELINE_KINDS
-from ..tasks.registry import build_task
+from ..tasks.registry import built_task
 from ..training.loop import Recipe, TrainResult, evaluate, train_and_evaluate
-
-
-@dataclass(frozen=True)
-class Spec:
-    """Everything that determines an individual; a pure function of the run seed and its lineage."""
-
-    generation: int
-    individual_id: str
-    parent_id: str | None
-    lineage: tuple[str, ...]
-    offspring_index: int | None
-    seed: int | None  # synthesis seed; None for the root ancestor
-    train_seed: int
-    environment: Environment | None
-    epochs: int
-    kind: str = "offspring"  # "ancestor" | "offspring" | "magnitude" | "random" (baselines)
-    match_id: str | None = None  # baselines: the offspring whose per-layer synapse counts they match
+from .jobs import Outcome, ParentState, Spec
 
 
 def recipe_of(config: Config, epochs: int) -> Recipe:
@@ -60,44 +43,29 @@ def recipe_of(config: Config, epochs: int) -> Recipe:
     )  # fmt: skip
 
 
-def to_numpy(state: dict[str, torch.Tensor]) -> dict[str, np.ndarray]:
-    """Parent weights for the object store: NumPy arrays are shared zero-copy by Ray, tensors not."""
-    return {k: v.detach().cpu().numpy() for k, v in state.items()}
-
-
-def from_numpy(arrays: dict[str, np.ndarray]) -> dict[str, torch.Tensor]:
-    with warnings.catch_warnings():  # object-store arrays are read-only; we never write to them
-        warnings.simplefilter("ignore", UserWarning)
-        return {k: torch.from_numpy(v) for k, v in arrays.items()}
-
-
 class Developer:
     def __init__(self, config: Config, run_dir: str, device: str | None = None):
         self.config = config
-        self.task = build_task(config.task.name, config.task.args)
-        self.arch = trace_architecture(self.task.build_model(), self.task.example_input())
+        built = built_task(config.task.name, config.task.args)
+        self.task, self.arch = built.task, built.arch
         self.records = RunRecords(run_dir)
         wants_gpu = config.resources.gpus_per_trainer > 0 and torch.cuda.is_available()
         self.device = torch.device(device or ("cuda" if wants_gpu else "cpu"))
 
-    def develop(self, spec: Spec, parent: dict | None) -> dict:
+    def develop(self, spec: Spec, parent: ParentState | None) -> Outcome:
         """Outcome of one individual: measurements on success, the error on failure."""
         start = time.perf_counter()
         try:
             outcome = self._develop(spec, parent)
         except Exception as exc:  # the individual's own failure: record it, the generation goes on
-            outcome = {
-                "status": "failed",
-                "error": f"{type(exc).__name__}: {exc}\n{traceback.format_exc(limit=8)}"[-4000:],
-            }
+            error = f"{type(exc).__name__}: {exc}\n{traceback.format_exc(limit=8)}"[-4000:]
+            outcome = Outcome.failed(spec.individual_id, error)
             if self.device.type == "cuda":
                 torch.cuda.empty_cache()
-        outcome["individual_id"] = spec.individual_id
-        outcome["wall_seconds"] = time.perf_counter() - start
-        return outcome
+        return replace(outcome, wall_seconds=time.perf_counter() - start)
 
     # -- the steps ---------------------------------------------------------------------------
-    def _develop(self, spec: Spec, parent: dict | None) -> dict:
+    def _develop(self, spec: Spec, parent: ParentState | None) -> Outcome:
         torch.manual_seed(spec.train_seed)
         model = self.task.build_model()
         if parent is None:
@@ -118,26 +86,21 @@ class Developer:
             {"generation": spec.generation, "parent_id": spec.parent_id, "lineage": list(spec.lineage)},
         )  # fmt: skip
         counts = count(self.arch, genome)
-        return {
-            "status": "ok",
-            "error": None,
-            "metrics": result.metrics,
-            "synapses": counts.synapses,
-            "neurons": counts.neurons,
-            "params": counts.params,
-            "macs": counts.macs,
-            "dense_macs": counts.dense_macs,
-            "layers": [
-                {"layer": l.name, "kind": l.kind, "synapses": l.synapses, "dense_synapses": l.dense_synapses,
-                 "neurons": l.neurons, "dense_neurons": l.dense_neurons, "macs": l.macs,
-                 "living_fraction": l.living_fraction}
-                for l in counts.layers
-            ],  # fmt: skip
-            "train_seconds": result.train_seconds,
-            "samples_per_second": result.samples_per_second,
-            "mask_digest": genome.digest(),
-            "checkpoint": checkpoint,
-        }
+        return Outcome(
+            individual_id=spec.individual_id,
+            status=OK,
+            metrics=result.metrics,
+            synapses=counts.synapses,
+            neurons=counts.neurons,
+            params=counts.params,
+            macs=counts.macs,
+            dense_macs=counts.dense_macs,
+            layers=tuple(_layer_record(spec.individual_id, layer) for layer in counts.layers),
+            train_seconds=result.train_seconds,
+            samples_per_second=result.samples_per_second,
+            mask_digest=genome.digest(),
+            checkpoint=checkpoint,
+        )
 
     def _ancestor(self, model) -> tuple[Genome, bool]:
         """Generation 1: a loaded checkpoint (already trained), or a fresh network to train."""
@@ -146,9 +109,9 @@ class Developer:
             return Genome.full(self.arch), False
         return load_ancestor(path, model, self.arch), True
 
-    def _offspring(self, model, spec: Spec, parent: dict) -> Genome:
-        parent_weights = from_numpy(parent["weights"])
-        parent_genome = Genome.from_state_dict(from_numpy(parent["masks"]))
+    def _offspring(self, model, spec: Spec, parent: ParentState) -> Genome:
+        parent_weights, parent_masks = parent.tensors()
+        parent_genome = Genome.from_state_dict(parent_masks)
         if self.config.evolution.init == "inherit":
             load_weights(model, parent_weights, f"parent {spec.parent_id}")
             weights = synaptic_weights(model, self.arch)
@@ -163,6 +126,20 @@ class Developer:
         return synthesize(
             self.arch, weights, parent_genome, spec.environment, spec.seed, self.config.evolution.normalizer
         )
+
+
+def _layer_record(individual_id: str, layer) -> LayerRecord:
+    return LayerRecord(
+        individual_id=individual_id,
+        layer=layer.name,
+        kind=layer.kind,
+        synapses=layer.synapses,
+        dense_synapses=layer.dense_synapses,
+        neurons=layer.neurons,
+        dense_neurons=layer.dense_neurons,
+        macs=layer.macs,
+        living_fraction=layer.living_fraction,
+    )
 
 
 def load_ancestor(path: str, model: torch.nn.Module, arch) -> Genome:

@@ -1,45 +1,55 @@
 """Preflight: everything about a run that can be checked before Ray starts or data loads."""
+
 from __future__ import annotations
 
 from dataclasses import dataclass
 from fnmatch import fnmatchcase
 
-from ..config import Config, ConfigError
-from ..synthesis import trace_architecture
-from ..tasks.registry import build_task
+from ..config import Config, ConfigError, SelectionSection
+from ..tasks.base import Task
+from ..tasks.registry import built_task
 
 
 @dataclass(frozen=True)
 class Plan:
-    metric: str
-    direction: str
+    metric: str  # the selection metric, "<eval set>_<metric>"
+    direction: str  # "max" | "min"
     metric_columns: list[str]
     layer_names: list[str]
     dense_synapses: int
 
 
+def selection_metric(selection: SelectionSection, task: Task) -> tuple[str, str]:
+    """(metric, direction) of a run: the configured ones, else the task's defaults; losses are minimised."""
+    metric = selection.metric or task.default_metric
+    direction = selection.direction or ("min" if metric.endswith("_loss") else task.default_direction)
+    return metric, direction
+
+
 def plan_run(config: Config) -> Plan:
     """Build the task, trace its network, check the names the config refers to; ConfigError if off."""
     try:
-        task = build_task(config.task.name, config.task.args)
-        task.validate()
+        built = built_task(config.task.name, config.task.args)
+        built.task.validate()
     except ConfigError:
         raise
     except (ValueError, OSError) as exc:
         raise ConfigError(f"task: {exc}") from None
+    task, arch = built.task, built.arch
     columns = [f"{s}_{m}" for s in task.eval_set_names() for m in ["loss", *task.metric_names()]]
-    metric = config.selection.metric or task.default_metric
+    metric, direction = selection_metric(config.selection, task)
     if metric not in columns:
-        raise ConfigError(f"selection.metric: {metric!r} is not measured by task {config.task.name!r}; "
-                          f"allowed: {', '.join(columns)}")
-    direction = config.selection.direction or ("min" if metric.endswith("_loss") else task.default_direction)
-    arch = trace_architecture(task.build_model(), task.example_input())
+        raise ConfigError(
+            f"selection.metric: {metric!r} is not measured by task {config.task.name!r}; allowed: {', '.join(columns)}"
+        )
     env = config.evolution.environment
     for field, patterns in (("layers", list(env.layers)), ("frozen", list(env.frozen))):
         for pattern in patterns:
             if not any(fnmatchcase(name, pattern) for name in arch.names):
-                raise ConfigError(f"evolution.environment.{field}: pattern {pattern!r} matches no synaptic layer; "
-                                  f"layers are: {', '.join(arch.names)}")
+                raise ConfigError(
+                    f"evolution.environment.{field}: pattern {pattern!r} matches no synaptic layer; "
+                    f"layers are: {', '.join(arch.names)}"
+                )
     if config.ancestor.checkpoint:
         from .develop import load_ancestor
 

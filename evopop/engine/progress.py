@@ -1,47 +1,52 @@
-"""Progress: a live line per generation on a terminal, plain log lines elsewhere (``ray job logs``)."""
+"""Progress: a live line per generation on a terminal, plain log lines elsewhere (``ray job logs``).
+
+A `Hook` on the evolution loop: it prints, and decides nothing.
+"""
+
 from __future__ import annotations
 
 import math
 import sys
 import time
 
+from ..records.schema import IndividualRecord
+from .hooks import Batch, Hook
 
-class Progress:
+
+class Progress(Hook):
     def __init__(self, metric: str, direction: str, stream=None):
         self.stream = stream or sys.stdout
         self.live = hasattr(self.stream, "isatty") and self.stream.isatty()
         self.metric, self.direction = metric, direction
 
-    def start(self, generation: int, total: int, already: int = 0, label: str = "") -> None:
+    def batch_started(self, batch: Batch) -> None:
+        generation, total, already = batch.generation, batch.total, batch.already
         self.generation, self.total, self.done, self.failed = generation, total, already, 0
-        self.label = f" {label}" if label else ""
+        self.label = f" {batch.label}" if batch.label else ""
         self.best = None
         self.best_synapses = None
         self.t0 = time.perf_counter()
         if not self.live:
             self._print(f"generation {generation}{self.label}: {total} individuals ({already} already recorded)")
 
-    def update(self, row: dict) -> None:
+    def recorded(self, record: IndividualRecord) -> None:
         self.done += 1
-        if row.get("status") != "ok":
+        value = record.metric(self.metric)
+        if not record.ok:
             self.failed += 1
-        else:
-            value = row.get(self.metric)
-            if value is not None and math.isfinite(value) and (self.best is None or self._better(value)):
-                self.best, self.best_synapses = value, row.get("synapses")
+        elif value is not None and math.isfinite(value) and (self.best is None or self._better(value)):
+            self.best, self.best_synapses = value, record.synapses
         if self.live:
             self.stream.write("\r" + self._line() + " " * 4)
             self.stream.flush()
         else:
-            status = row.get("status")
-            value = row.get(self.metric)
             shown = f"{value:.4f}" if isinstance(value, float) and math.isfinite(value) else "-"
             self._print(
-                f"  {row['individual_id']}: {status}, {self.metric}={shown}, synapses={row.get('synapses') or 0:,}"
-                f" ({self.done}/{self.total})"
+                f"  {record.individual_id}: {record.status}, {self.metric}={shown}, "
+                f"synapses={record.synapses or 0:,} ({self.done}/{self.total})"
             )
 
-    def finish(self, selected: list[str]) -> None:
+    def selected(self, generation: int, selected: list[str]) -> None:
         if self.live:
             self.stream.write("\r" + self._line() + f", selected {', '.join(selected) or '-'}\n")
             self.stream.flush()
@@ -49,8 +54,10 @@ class Progress:
             self._print(f"generation {self.generation} done in {time.perf_counter() - self.t0:.1f}s: {self._line()}, "
                         f"selected {', '.join(selected) or '-'}")
 
-    def close(self) -> None:
-        """End a batch that selects nothing (e.g. baselines)."""
+    def batch_finished(self, batch: Batch) -> None:
+        """End a batch that selects nothing (e.g. baselines); offspring batches end at selection."""
+        if not batch.label:
+            return
         if self.live:
             self.stream.write("\r" + self._line() + "\n")
             self.stream.flush()

@@ -2,8 +2,9 @@
 from __future__ import annotations
 
 from ..config import Config
+from ..records.schema import ANCESTOR, OFFSPRING, IndividualRecord
 from ..synthesis import Environment, Schedule, derive_seed, offspring_seed
-from .develop import Spec
+from .jobs import Spec
 
 ROOT_ID = "g1-0"
 
@@ -20,10 +21,10 @@ def train_seed(config: Config, individual_id: str) -> int:
 
 def root_spec(config: Config) -> Spec:
     epochs = config.ancestor.epochs or config.train.epochs
-    return Spec(1, ROOT_ID, None, (ROOT_ID,), None, None, train_seed(config, ROOT_ID), None, epochs, kind="ancestor")
+    return Spec(1, ROOT_ID, None, (ROOT_ID,), None, None, train_seed(config, ROOT_ID), None, epochs, kind=ANCESTOR)
 
 
-def offspring_specs(config: Config, generation: int, ancestors: list[dict]) -> list[Spec]:
+def offspring_specs(config: Config, generation: int, ancestors: list[IndividualRecord]) -> list[Spec]:
     """Offspring of ``ancestors`` (ranked, each with individual_id and lineage) in generation G.
 
     Offspring i of the ancestor ranked r gets the id g<G>-<r * offspring + i>.
@@ -39,10 +40,10 @@ def offspring_specs(config: Config, generation: int, ancestors: list[dict]) -> l
                 Spec(
                     generation=generation,
                     individual_id=individual_id,
-                    parent_id=ancestor["individual_id"],
-                    lineage=tuple(ancestor["lineage"]) + (individual_id,),
+                    parent_id=ancestor.individual_id,
+                    lineage=tuple(ancestor.lineage) + (individual_id,),
                     offspring_index=i,
-                    seed=offspring_seed(config.run.seed, generation, ancestor["individual_id"], i),
+                    seed=offspring_seed(config.run.seed, generation, ancestor.individual_id, i),
                     train_seed=train_seed(config, individual_id),
                     environment=environment,
                     epochs=epochs,
@@ -51,30 +52,30 @@ def offspring_specs(config: Config, generation: int, ancestors: list[dict]) -> l
     return specs
 
 
-def baseline_specs(config: Config, generation: int, selected: list[dict]) -> list[Spec]:
+def baseline_specs(config: Config, generation: int, selected: list[IndividualRecord]) -> list[Spec]:
     """Baselines at matched sparsity for each selected offspring: same parent, same training seed
     and recipe, the offspring's per-layer synapse counts; ids "<offspring id>-<kind>"."""
     environment = schedule_of(config).at(generation)
     epochs = config.evolution.epochs or config.train.epochs
     specs = []
-    for row in selected:
-        if row.get("kind", "offspring") != "offspring":
+    for record in selected:
+        if record.kind != OFFSPRING:
             continue
         for kind in config.baselines.kinds:
-            individual_id = f"{row['individual_id']}-{kind}"
+            individual_id = f"{record.individual_id}-{kind}"
             specs.append(
                 Spec(
                     generation=generation,
                     individual_id=individual_id,
-                    parent_id=row["parent_id"],
-                    lineage=tuple(row["lineage"][:-1]) + (individual_id,),
-                    offspring_index=row["offspring_index"],
-                    seed=row["seed"],
-                    train_seed=row["train_seed"],
+                    parent_id=record.parent_id,
+                    lineage=tuple(record.lineage[:-1]) + (individual_id,),
+                    offspring_index=record.offspring_index,
+                    seed=record.seed,
+                    train_seed=record.train_seed,
                     environment=environment,
                     epochs=epochs,
                     kind=kind,
-                    match_id=row["individual_id"],
+                    match_id=record.individual_id,
                 )
             )
     return specs

@@ -1,20 +1,23 @@
 """Trainer actors: long-lived Ray actors, each holding one `Developer` (task, data, traced network)
 so that imports, data and CUDA start-up are paid once per actor, not once per offspring."""
+
 from __future__ import annotations
 
 import os
+from dataclasses import replace
 
 import ray
 import torch
 
 from ..config import Config
-from .develop import Developer, Spec
+from .develop import Developer
+from .executor import trainer_threads
+from .jobs import Outcome, ParentState, Spec
 
 
 class Trainer:
     def __init__(self, config: Config, run_dir: str):
-        threads = config.resources.torch_threads or max(1, int(config.resources.cpus_per_trainer))
-        torch.set_num_threads(threads)
+        torch.set_num_threads(trainer_threads(config))
         self.developer = Developer(config, run_dir)
         # build the data now, while the driver is still shipping parents, not on the first offspring
         self.developer.task.train_set()
@@ -23,11 +26,9 @@ class Trainer:
         self.node_id = ctx.get_node_id()
         self.worker_id = ctx.get_worker_id()
 
-    def develop(self, spec: Spec, parent: dict | None) -> dict:
+    def develop(self, spec: Spec, parent: ParentState | None) -> Outcome:
         outcome = self.developer.develop(spec, parent)
-        outcome["node_id"] = self.node_id
-        outcome["worker_id"] = self.worker_id
-        return outcome
+        return replace(outcome, node_id=self.node_id, worker_id=self.worker_id)
 
     def pid(self) -> int:
         return os.getpid()

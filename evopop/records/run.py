@@ -1,57 +1,104 @@
-"""The run directory: resolved config, population records, checkpoints. Knows nothing of Ray.
+"""The run directory: resolved config, population records, diversity, checkpoints. Knows nothing of Ray.
 
     RUN_DIR/config.yaml
     RUN_DIR/population/generation=G/part-<individual_id>.parquet   one row per individual, ever
     RUN_DIR/layers/generation=G/part-<individual_id>.parquet       per-layer counts
     RUN_DIR/selection/generation=G/part-0.parquet                  which individuals were selected
-    RUN_DIR/checkpoints/<individual_id>.pt                          weights + masks
+    RUN_DIR/diversity/generation=G/part-0.parquet                  pairwise diversity of the generation
+    RUN_DIR/diversity_summary/generation=G/part-0.parquet          its per-generation summary
+    RUN_DIR/checkpoints/<individual_id>.pt                         weights + masks
 
 A record is written only after its checkpoint is durable, and a part is named after its individual,
-so writing it twice (a retry after a crash) replaces it instead of doubling it.
+so writing it twice (a retry after a crash) replaces it instead of doubling it. This module is the
+only one that knows these paths.
 """
+
 from __future__ import annotations
 
+import dataclasses
 import io
 import json
 import os
-import re
+import posixpath
 import socket
 from contextlib import contextmanager
+from dataclasses import dataclass, field
 from datetime import datetime, timezone
 
 import pandas as pd
 import pyarrow as pa
 import pyarrow.dataset as ds
 import pyarrow.parquet as pq
-import torch
+from pyarrow.fs import FileSelector, FileType
 
-from .schema import PARTITIONING, layer_schema, selection_schema
-from .storage import Storage
+from .checkpoints import checkpoint_bytes, is_evopop_checkpoint, load_checkpoint_bytes, read_torch_bytes
+from .ids import check_individual_id, natural_key, natural_order
+from .schema import (
+    DIVERSITY_PAIR_FIELDS,
+    DIVERSITY_SUMMARY_FIELDS,
+    LAYER_FIELDS,
+    PARTITIONING,
+    SELECTION_FIELDS,
+    IndividualRecord,
+    LayerRecord,
+    SelectionRecord,
+    diversity_pairs_schema,
+    diversity_summary_schema,
+    is_baseline,
+    layer_schema,
+    selection_schema,
+)
+from .storage import Storage, join
 
-_SAFE_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
+__all__ = [
+    "RunRecords", "RunLockedError", "RunMetadata", "check_individual_id", "natural_key",
+    "is_evopop_checkpoint", "load_checkpoint_bytes", "read_torch_bytes",
+]  # fmt: skip
+
+POPULATION, LAYERS, SELECTION = "population", "layers", "selection"
+DIVERSITY, DIVERSITY_SUMMARY = "diversity", "diversity_summary"
+REPORT = "report"
 
 
 class RunLockedError(RuntimeError):
     """Another live driver holds the run directory."""
 
 
-def check_individual_id(individual_id: str) -> str:
-    """Ids become file names: refuse anything that could escape the run directory."""
-    if not _SAFE_ID.match(individual_id) or ".." in individual_id:
-        raise ValueError(f"invalid individual id {individual_id!r}: letters, digits, '_', '-', '.' only")
-    return individual_id
+@dataclass(frozen=True)
+class RunMetadata:
+    """What a run's population files say about themselves (their Parquet metadata)."""
+
+    metric_columns: list[str] = field(default_factory=list)
+    layer_names: list[str] = field(default_factory=list)
+    metric: str | None = None  # the selection metric, as the engine resolved it
+    direction: str | None = None
 
 
-def _parquet_bytes(table: pa.Table) -> bytes:
+def parquet_bytes(table: pa.Table) -> bytes:
     sink = io.BytesIO()
     pq.write_table(table, sink)
     return sink.getvalue()
 
 
+def _frame_table(frame: pd.DataFrame, schema: pa.Schema) -> pa.Table:
+    frame = frame.drop(columns=["generation"], errors="ignore")
+    return pa.Table.from_pandas(frame, schema=schema, preserve_index=False)
+
+
 class RunRecords:
     def __init__(self, uri: str):
         self.storage = Storage(uri)
-        self.uri = uri
+        self.uri = str(uri)
+
+    @property
+    def run_id(self) -> str:
+        """The run's id: the last part of its directory."""
+        return posixpath.basename(self.uri.rstrip("/").replace(os.sep, "/"))
+
+    @property
+    def report_uri(self) -> str:
+        """Where `evopop report` writes by default: RUN_DIR/report."""
+        return join(self.uri, REPORT)
 
     # -- config ----------------------------------------------------------------------------
     def write_config(self, text: str) -> None:
@@ -104,81 +151,150 @@ class RunRecords:
             return
         raise RunLockedError(f"could not take the lock {path}")
 
-    # -- population ------------------------------------------------------------------------
+    # -- writing -----------------------------------------------------------------------------
     @staticmethod
-    def _part(dataset: str, generation: int, individual_id: str) -> str:
-        return f"{dataset}/generation={int(generation)}/part-{check_individual_id(individual_id)}.parquet"
+    def _part(dataset: str, generation: int, name: str = "0") -> str:
+        return f"{dataset}/generation={int(generation)}/part-{name}.parquet"
 
-    def write_individual(self, generation: int, row: dict, layers: list[dict], schema: pa.Schema) -> None:
+    def write_individual(
+        self, generation: int, record: IndividualRecord, layers: list[LayerRecord], schema: pa.Schema
+    ) -> None:
         """Append one individual: its per-layer rows first, then the population row (the commit)."""
-        individual_id = row["individual_id"]
+        individual_id = check_individual_id(record.individual_id)
         if layers:
-            layer_rows = [{"individual_id": individual_id, **r} for r in layers]
-            table = pa.Table.from_pylist(layer_rows, schema=layer_schema())
-            self.storage.write_bytes(self._part("layers", generation, individual_id), _parquet_bytes(table))
-        row = {**row, "finished_at": row.get("finished_at") or datetime.now(timezone.utc)}
+            table = pa.Table.from_pylist([dataclasses.asdict(r) for r in layers], schema=layer_schema())
+            self.storage.write_bytes(self._part(LAYERS, generation, individual_id), parquet_bytes(table))
+        row = record.row()
+        row["finished_at"] = row.get("finished_at") or datetime.now(timezone.utc)
         table = pa.Table.from_pylist([row], schema=schema)
-        self.storage.write_bytes(self._part("population", generation, individual_id), _parquet_bytes(table))
+        self.storage.write_bytes(self._part(POPULATION, generation, individual_id), parquet_bytes(table))
 
+    def write_selection(self, generation: int, rows: list[SelectionRecord]) -> None:
+        table = pa.Table.from_pylist([dataclasses.asdict(r) for r in rows], schema=selection_schema())
+        self.storage.write_bytes(self._part(SELECTION, generation), parquet_bytes(table))
+
+    def write_diversity(self, generation: int, pairs: pd.DataFrame, summary: pd.DataFrame, note: str = "") -> None:
+        """One generation's diversity (pairs, summary), atomically; a rewrite replaces it (idempotent).
+
+        ``note`` goes into the pairs' metadata: what the functional disagreement was measured on."""
+        summary_table = _frame_table(summary, diversity_summary_schema())
+        self.storage.write_bytes(self._part(DIVERSITY_SUMMARY, generation), parquet_bytes(summary_table))
+        # the pairs last: their presence says the generation's diversity is recorded
+        pairs_table = _frame_table(pairs, diversity_pairs_schema(note))
+        self.storage.write_bytes(self._part(DIVERSITY, generation), parquet_bytes(pairs_table))
+
+    def has_diversity(self, generation: int) -> bool:
+        return self.storage.exists(self._part(DIVERSITY, generation))
+
+    # -- reading -----------------------------------------------------------------------------
     def recorded_ids(self, generation: int | None = None) -> set[str]:
         """Ids with a population record (cheap: file names, no Parquet reads)."""
         gens = [generation] if generation is not None else self.generations()
         ids = set()
         for g in gens:
-            for name in self.storage.list(f"population/generation={g}", ".parquet"):
+            for name in self.storage.list(f"{POPULATION}/generation={g}", ".parquet"):
                 ids.add(name[len("part-") : -len(".parquet")])
         return ids
 
     def generations(self) -> list[int]:
-        if not self.storage.exists("population"):
+        if not self.storage.exists(POPULATION):
             return []
-        from pyarrow.fs import FileSelector, FileType
-
-        infos = self.storage.fs.get_file_info(FileSelector(self.storage.path("population")))
+        infos = self.storage.fs.get_file_info(FileSelector(self.storage.path(POPULATION)))
         gens = [i.base_name.split("=", 1)[1] for i in infos if i.type == FileType.Directory and "=" in i.base_name]
         return sorted(int(g) for g in gens if g.isdigit())
 
-    def write_selection(self, generation: int, rows: list[dict]) -> None:
-        table = pa.Table.from_pylist(rows, schema=selection_schema())
-        self.storage.write_bytes(f"selection/generation={int(generation)}/part-0.parquet", _parquet_bytes(table))
-
-    def _read(self, dataset: str, generation: int | None = None) -> pd.DataFrame | None:
-        """One dataset (or one generation of it) as a DataFrame with an int ``generation`` column."""
+    def _table(self, dataset: str, generation: int | None = None, schema: pa.Schema | None = None) -> pa.Table | None:
+        """One dataset (or one generation of it) as an Arrow table with an int32 ``generation`` column."""
         rel = dataset if generation is None else f"{dataset}/generation={int(generation)}"
         if not self.storage.exists(rel):
             return None
         data = ds.dataset(
-            self.storage.path(rel), format="parquet", filesystem=self.storage.fs,
+            self.storage.path(rel),
+            schema=schema,
+            format="parquet",
+            filesystem=self.storage.fs,
             partitioning=ds.partitioning(PARTITIONING, flavor="hive") if generation is None else None,
-            exclude_invalid_files=True, ignore_prefixes=[".tmp-", "."],
-        )  # fmt: skip
-        df = data.to_table().to_pandas()
+            exclude_invalid_files=True,
+            ignore_prefixes=[".tmp-", "."],
+        )
+        table = data.to_table()
         if generation is not None:
-            df.insert(0, "generation", pd.Series([int(generation)] * len(df), dtype="int32"))
-        return df
+            table = table.add_column(0, "generation", pa.array([int(generation)] * len(table), pa.int32()))
+        return table
+
+    def _frame(self, dataset: str, generation: int | None = None, fields=None) -> pd.DataFrame | None:
+        """A dataset as a DataFrame, ``generation`` first; with ``fields``, typed and empty if absent."""
+        schema = pa.schema(list(fields) + list(PARTITIONING)) if fields is not None and generation is None else None
+        table = self._table(dataset, generation, schema)
+        if table is None:
+            if fields is None:
+                return None
+            table = pa.schema(list(PARTITIONING) + list(fields)).empty_table()
+        frame = table.to_pandas()
+        frame["generation"] = frame["generation"].astype("int32")
+        return frame[["generation"] + [c for c in frame.columns if c != "generation"]]
 
     def population(self, generation: int | None = None) -> pd.DataFrame:
-        """Individuals recorded so far (all, or one generation's), ``selected`` filled where decided."""
-        df = self._read("population", generation)
+        """Individuals recorded so far (all, or one generation's), in natural id order, with
+        ``selected`` (boolean; <NA> until the generation is decided, False for baselines) and
+        ``rank`` (Int32: 0 = best of its generation; <NA> failed or undecided) from selection/."""
+        df = self._frame(POPULATION, generation)
         if df is None:
             return pd.DataFrame()
-        selection = self._read("selection", generation)
-        if selection is not None and len(selection):
-            decided = dict(zip(selection["individual_id"], selection["selected"]))
-            df["selected"] = df["individual_id"].map(decided).astype("boolean")
-            df["rank"] = df["individual_id"].map(dict(zip(selection["individual_id"], selection["rank"]))).astype("Int32")
+        selection = self._frame(SELECTION, generation, SELECTION_FIELDS)
+        keys = list(zip(df["generation"], df["individual_id"]))
+        decided = {(g, i): (s, r) for g, i, s, r in selection[["generation", "individual_id", "selected", "rank"]].itertuples(index=False)}
+        df["selected"] = pd.array([_none(decided.get(k, (None, None))[0]) for k in keys], dtype="boolean")
+        df["rank"] = pd.array([_none(decided.get(k, (None, None))[1]) for k in keys], dtype="Int32")
         if "kind" in df:  # baselines are never candidates: decided, not selected
-            df.loc[df["kind"].isin(["magnitude", "random"]), "selected"] = False
-        cols = ["generation"] + [c for c in df.columns if c != "generation"]
-        return df[cols].sort_values(["generation", "individual_id"], key=_natural).reset_index(drop=True)
+            df.loc[df["kind"].map(is_baseline).astype(bool), "selected"] = False
+        return df.sort_values(["generation", "individual_id"], key=natural_order).reset_index(drop=True)
+
+    def individuals(self, generation: int) -> list[IndividualRecord]:
+        """One generation's records as typed values (read through Arrow: integers stay exact)."""
+        table = self._table(POPULATION, generation)
+        if table is None:
+            return []
+        metric_columns = self.metadata().metric_columns
+        selection = self._frame(SELECTION, generation, SELECTION_FIELDS)
+        decided = dict(zip(selection["individual_id"], selection["selected"]))
+        records = []
+        for row in table.to_pylist():
+            row["selected"] = decided.get(row["individual_id"])
+            records.append(IndividualRecord.from_row(row, metric_columns))
+        return sorted(records, key=lambda r: natural_key(r.individual_id))
 
     def layers(self) -> pd.DataFrame:
-        df = self._read("layers")
-        return pd.DataFrame() if df is None else df
+        return self._frame(LAYERS, fields=LAYER_FIELDS)
 
     def selection(self) -> pd.DataFrame:
-        df = self._read("selection")
-        return pd.DataFrame() if df is None else df
+        return self._frame(SELECTION, fields=SELECTION_FIELDS)
+
+    def diversity_pairs(self) -> pd.DataFrame:
+        """Every recorded pair of every generation (typed, empty if none)."""
+        return self._frame(DIVERSITY, fields=DIVERSITY_PAIR_FIELDS).sort_values("generation", kind="stable")
+
+    def diversity_summary(self) -> pd.DataFrame:
+        return self._frame(DIVERSITY_SUMMARY, fields=DIVERSITY_SUMMARY_FIELDS).sort_values("generation", kind="stable")
+
+    def metadata(self) -> RunMetadata:
+        """Metric columns, layer names and selection metric, from the newest population file's metadata."""
+        for generation in reversed(self.generations()):
+            rel = f"{POPULATION}/generation={generation}"
+            for name in self.storage.list(rel, ".parquet"):
+                try:
+                    with self.storage.fs.open_input_file(self.storage.path(f"{rel}/{name}")) as f:
+                        meta = pq.read_schema(f).metadata or {}
+                except (OSError, pa.ArrowInvalid):
+                    continue
+                selection = json.loads(meta.get(b"evopop.selection", b"{}"))
+                return RunMetadata(
+                    list(json.loads(meta.get(b"evopop.metrics", b"[]"))),
+                    list(json.loads(meta.get(b"evopop.layers", b"[]"))),
+                    selection.get("metric"),
+                    selection.get("direction"),
+                )
+        return RunMetadata()
 
     # -- checkpoints -----------------------------------------------------------------------
     @staticmethod
@@ -186,10 +302,8 @@ class RunRecords:
         return f"checkpoints/{check_individual_id(individual_id)}.pt"
 
     def write_checkpoint(self, individual_id: str, weights: dict, masks: dict, meta: dict) -> str:
-        buffer = io.BytesIO()
-        torch.save({"weights": weights, "masks": masks, "meta": json.dumps(meta)}, buffer)
         rel = self.checkpoint_path(individual_id)
-        self.storage.write_bytes(rel, buffer.getvalue())
+        self.storage.write_bytes(rel, checkpoint_bytes(weights, masks, meta))
         return rel
 
     def read_checkpoint(self, individual_id: str) -> dict:
@@ -199,25 +313,8 @@ class RunRecords:
         return self.storage.exists(self.checkpoint_path(individual_id))
 
 
-def read_torch_bytes(data: bytes):
-    """torch.load with ``weights_only=True`` (no code runs from a checkpoint); ValueError if unreadable."""
-    try:
-        return torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
-    except Exception as exc:
-        raise ValueError(f"not a readable torch file ({type(exc).__name__}: {str(exc).splitlines()[0][:200]})") from None
-
-
-def is_evopop_checkpoint(payload) -> bool:
-    return isinstance(payload, dict) and "weights" in payload and "masks" in payload
-
-
-def load_checkpoint_bytes(data: bytes) -> dict:
-    """A checkpoint's {"weights", "masks", "meta"}; tensors only (``weights_only=True``)."""
-    payload = read_torch_bytes(data)
-    if not is_evopop_checkpoint(payload):
-        raise ValueError("not an evopop checkpoint: expected a dict with 'weights' and 'masks'")
-    payload["meta"] = json.loads(payload.get("meta") or "{}")
-    return payload
+def _none(value):
+    return None if value is None or pd.isna(value) else value
 
 
 def _read_json(path: str) -> dict:
@@ -238,14 +335,3 @@ def _pid_alive(pid) -> bool:
     except PermissionError:
         return True
     return True
-
-
-def natural_key(individual_id: str) -> list:
-    """Sort key that puts ids like g2-10 after g2-9."""
-    return [int(t) if t.isdigit() else t for t in re.split(r"(\d+)", str(individual_id))]
-
-
-def _natural(col: pd.Series) -> pd.Series:
-    if col.dtype == object or str(col.dtype).startswith("string"):
-        return col.map(natural_key)
-    return col

@@ -1,84 +1,229 @@
-"""The Parquet schemas of a run, declared once in code (no inferred types drifting between files).
+"""The records of a run as typed values, and their Parquet schemas, derived from those values once.
+
+Each record is a frozen dataclass whose fields carry their Arrow type (``arrow(...)``), so the
+Python value and the on-disk schema cannot drift apart. ``IndividualRecord.metrics`` is the one
+field of variable shape: a run's metric columns (``<eval set>_<metric>``) are expanded in its place.
 
 ``generation`` is the hive partition key (``population/generation=G/``), not a column inside the
-files, so that pandas, DuckDB and Polars read the dataset as one table without a type clash.
+files, so that pandas, DuckDB and Polars read each dataset as one table without a type clash.
 """
+
 from __future__ import annotations
 
+import dataclasses
 import json
+import math
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
 
+import numpy as np
+import pandas as pd
 import pyarrow as pa
 
-SCHEMA_VERSION = "1"
+from ..synthesis.baselines import KINDS as BASELINE_KINDS
 
-POPULATION_FIELDS = [
-    ("run_id", pa.string()),
-    ("individual_id", pa.string()),
-    ("kind", pa.string()),  # "ancestor" | "offspring" | "magnitude" / "random" (baselines at matched sparsity)
-    ("parent_id", pa.string()),
-    ("lineage", pa.list_(pa.string())),  # ids from the root ancestor to this individual
-    ("offspring_index", pa.int32()),
-    ("seed", pa.int64()),  # synthesis seed (null for the root ancestor)
-    ("train_seed", pa.int64()),
-    ("env_mode", pa.string()),
-    ("env_factor", pa.float64()),  # C of the environment that synthesized this individual
-    ("synapses", pa.int64()),
-    ("parent_synapses", pa.int64()),
-    ("ancestor_synapses", pa.int64()),  # synapses of the generation-1 ancestor
-    ("efficiency", pa.float64()),  # ancestor_synapses / synapses
-    ("neurons", pa.int64()),
-    ("params", pa.int64()),
-    ("macs", pa.int64()),
-    ("dense_macs", pa.int64()),
-    ("layer_fractions", pa.list_(pa.float32())),  # living fraction per layer, see metadata
-    ("train_seconds", pa.float64()),
-    ("samples_per_second", pa.float64()),
-    ("node_id", pa.string()),
-    ("worker_id", pa.string()),
-    ("attempts", pa.int32()),
-    ("status", pa.string()),  # "ok" | "failed"
-    ("error", pa.string()),
-    ("checkpoint", pa.string()),  # path relative to the run directory
-    ("mask_digest", pa.string()),  # blake2b of the masks: equal digests, identical genomes
-    ("selected", pa.bool_()),  # null here; filled from selection/ by the loaders
-    ("finished_at", pa.timestamp("ms", tz="UTC")),
-]
-
-LAYER_FIELDS = [
-    ("individual_id", pa.string()),
-    ("layer", pa.string()),
-    ("kind", pa.string()),
-    ("synapses", pa.int64()),
-    ("dense_synapses", pa.int64()),
-    ("neurons", pa.int64()),
-    ("dense_neurons", pa.int64()),
-    ("macs", pa.int64()),
-    ("living_fraction", pa.float64()),
-]
-
-SELECTION_FIELDS = [
-    ("individual_id", pa.string()),
-    ("selected", pa.bool_()),
-    ("rank", pa.int32()),  # 0 = best among the generation's successful individuals
-]
-
+SCHEMA_VERSION = "2"
 PARTITIONING = pa.schema([("generation", pa.int32())])
 
+ANCESTOR, OFFSPRING = "ancestor", "offspring"
+EVOLVED_KINDS = (ANCESTOR, OFFSPRING)  # individuals of the method; the others are baselines
+KINDS = EVOLVED_KINDS + BASELINE_KINDS
+OK, FAILED = "ok", "failed"
 
-def population_schema(metric_columns: list[str], layer_names: list[str]) -> pa.Schema:
-    metrics = [(name, pa.float64()) for name in metric_columns]
-    fields = POPULATION_FIELDS[:19] + metrics + POPULATION_FIELDS[19:]
+
+def arrow(type_: pa.DataType, default: Any = None, **kwargs) -> Any:
+    """A dataclass field that declares its Arrow type."""
+    return field(default=default, metadata={"arrow": type_}, **kwargs)
+
+
+def arrow_fields(cls) -> list[tuple[str, pa.DataType]]:
+    return [(f.name, f.metadata["arrow"]) for f in dataclasses.fields(cls) if "arrow" in f.metadata]
+
+
+def is_baseline(kind: str | None) -> bool:
+    return kind in BASELINE_KINDS
+
+
+def _value(value):
+    """A value read back (pyarrow, pandas or NumPy) as a plain Python one: nulls None, lists tuples."""
+    if isinstance(value, (list, tuple, np.ndarray)):
+        return tuple(_value(v) for v in value)
+    if value is None or value is pd.NA or (isinstance(value, float) and math.isnan(value)):
+        return None
+    return value.item() if isinstance(value, np.generic) else value
+
+
+# -- one individual ----------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class IndividualRecord:
+    """One row of RUN_DIR/population: everything known about one individual, written once."""
+
+    run_id: str = arrow(pa.string())
+    individual_id: str = arrow(pa.string())
+    kind: str = arrow(pa.string(), OFFSPRING)  # one of KINDS
+    parent_id: str | None = arrow(pa.string())
+    lineage: tuple[str, ...] = arrow(pa.list_(pa.string()), ())  # ids from the root ancestor to this one
+    offspring_index: int | None = arrow(pa.int32())
+    seed: int | None = arrow(pa.int64())  # synthesis seed (null for the root ancestor)
+    train_seed: int | None = arrow(pa.int64())
+    env_mode: str | None = arrow(pa.string())
+    env_factor: float | None = arrow(pa.float64())  # C of the environment that synthesized it
+    synapses: int | None = arrow(pa.int64())
+    parent_synapses: int | None = arrow(pa.int64())
+    ancestor_synapses: int | None = arrow(pa.int64())  # synapses of the generation-1 ancestor
+    efficiency: float | None = arrow(pa.float64())  # ancestor_synapses / synapses
+    neurons: int | None = arrow(pa.int64())
+    params: int | None = arrow(pa.int64())
+    macs: int | None = arrow(pa.int64())
+    dense_macs: int | None = arrow(pa.int64())
+    layer_fractions: tuple[float, ...] | None = arrow(pa.list_(pa.float32()))  # per layer, see metadata
+    metrics: dict[str, float] = field(default_factory=dict)  # one float64 column per metric, here
+    train_seconds: float | None = arrow(pa.float64())
+    samples_per_second: float | None = arrow(pa.float64())
+    node_id: str | None = arrow(pa.string())
+    worker_id: str | None = arrow(pa.string())
+    attempts: int = arrow(pa.int32(), 1)
+    status: str = arrow(pa.string(), OK)  # OK | FAILED
+    error: str | None = arrow(pa.string())
+    checkpoint: str | None = arrow(pa.string())  # path relative to the run directory
+    mask_digest: str | None = arrow(pa.string())  # blake2b of the masks: equal digests, identical genomes
+    selected: bool | None = arrow(pa.bool_())  # null in the files; the loaders fill it from selection/
+    finished_at: datetime | None = arrow(pa.timestamp("ms", tz="UTC"))
+
+    @property
+    def ok(self) -> bool:
+        return self.status == OK
+
+    def metric(self, name: str) -> float | None:
+        return self.metrics.get(name)
+
+    def row(self) -> dict[str, Any]:
+        """The Parquet row: every field, the metrics expanded into their columns."""
+        out = {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name != "metrics"}
+        out.update(self.metrics)
+        return out
+
+    @classmethod
+    def from_row(cls, row: dict[str, Any], metric_columns: list[str]) -> IndividualRecord:
+        """The record of a row read back (pandas or pyarrow): nulls become None, lists tuples."""
+        names = [f.name for f in dataclasses.fields(cls) if f.name != "metrics" and f.name in row]
+        metrics = {c: _value(row[c]) for c in metric_columns if c in row}
+        return cls(
+            **{name: _value(row[name]) for name in names},
+            metrics={c: float(v) for c, v in metrics.items() if v is not None},
+        )
+
+
+def population_schema(
+    metric_columns: list[str], layer_names: list[str], selection: tuple[str, str] | None = None
+) -> pa.Schema:
+    """The population schema of a run: `IndividualRecord`'s fields, the metric columns in place of
+    ``metrics``; the metric and layer names (and the selection metric) in the file metadata."""
+    fields = []
+    for f in dataclasses.fields(IndividualRecord):
+        if f.name == "metrics":
+            fields += [(name, pa.float64()) for name in metric_columns]
+        else:
+            fields.append((f.name, f.metadata["arrow"]))
     metadata = {
         "evopop.schema_version": SCHEMA_VERSION,
-        "evopop.layers": json.dumps(layer_names),
-        "evopop.metrics": json.dumps(metric_columns),
+        "evopop.layers": json.dumps(list(layer_names)),
+        "evopop.metrics": json.dumps(list(metric_columns)),
     }
+    if selection is not None:
+        metadata["evopop.selection"] = json.dumps({"metric": selection[0], "direction": selection[1]})
     return pa.schema(fields, metadata=metadata)
 
 
+POPULATION_FIELDS = [(name, type_) for name, type_ in arrow_fields(IndividualRecord)]
+
+
+# -- per layer, selection ----------------------------------------------------------------------------
+@dataclass(frozen=True)
+class LayerRecord:
+    """One row of RUN_DIR/layers: the living counts of one synaptic layer of one individual."""
+
+    individual_id: str = arrow(pa.string())
+    layer: str = arrow(pa.string())
+    kind: str = arrow(pa.string())
+    synapses: int = arrow(pa.int64())
+    dense_synapses: int = arrow(pa.int64())
+    neurons: int = arrow(pa.int64())
+    dense_neurons: int = arrow(pa.int64())
+    macs: int = arrow(pa.int64())
+    living_fraction: float = arrow(pa.float64())
+
+
+@dataclass(frozen=True)
+class SelectionRecord:
+    """One row of RUN_DIR/selection: whether an individual became an ancestor of the next generation."""
+
+    individual_id: str = arrow(pa.string())
+    selected: bool = arrow(pa.bool_())
+    rank: int | None = arrow(pa.int32())  # 0 = best among the generation's successful individuals
+
+
+# -- diversity ---------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class DiversityPair:
+    """One row of RUN_DIR/diversity: two individuals of a generation compared within one scope."""
+
+    a: str = arrow(pa.string())  # individual ids, a < b in natural order
+    b: str = arrow(pa.string())
+    parent_a: str | None = arrow(pa.string())
+    parent_b: str | None = arrow(pa.string())
+    siblings: bool = arrow(pa.bool_())  # same parent
+    scope: str = arrow(pa.string())  # "network" or a synaptic layer's name
+    jaccard: float = arrow(pa.float64())  # Jaccard distance of living synapses: 1 - |A n B| / |A u B|
+    hamming: int = arrow(pa.int64())  # synapses alive in exactly one of the two
+    hamming_fraction: float = arrow(pa.float64())  # hamming / dense synapses of the scope
+    shared_synapses: int = arrow(pa.int64())  # |A n B|
+    union_synapses: int = arrow(pa.int64())  # |A u B|
+    dense_synapses: int = arrow(pa.int64())
+    neuron_jaccard: float = arrow(pa.float64())  # Jaccard distance of living-neuron sets
+    neuron_hamming: int = arrow(pa.int64())  # neurons alive in exactly one of the two
+    functional_disagreement: float | None = arrow(pa.float64())  # on the held-out batch (network only)
+
+
+@dataclass(frozen=True)
+class DiversitySummary:
+    """One row of RUN_DIR/diversity_summary: the spread of one quantity over a group of individuals."""
+
+    group: str = arrow(pa.string())  # "generation" (every successful individual) or "siblings"
+    parent_id: str | None = arrow(pa.string())  # the parent of a "siblings" group; null for "generation"
+    scope: str = arrow(pa.string())  # "network" or a layer name
+    quantity: str = arrow(pa.string())  # a pair distance, "living_fraction", "neuron_fraction", ...
+    count: int = arrow(pa.int64())  # pairs (distances) or individuals (everything else)
+    mean: float = arrow(pa.float64())
+    std: float = arrow(pa.float64())  # population standard deviation (ddof=0)
+    min: float = arrow(pa.float64())
+    max: float = arrow(pa.float64())
+    range: float = arrow(pa.float64())  # max - min
+
+
+LAYER_FIELDS = arrow_fields(LayerRecord)
+SELECTION_FIELDS = arrow_fields(SelectionRecord)
+DIVERSITY_PAIR_FIELDS = arrow_fields(DiversityPair)
+DIVERSITY_SUMMARY_FIELDS = arrow_fields(DiversitySummary)
+
+
+def _versioned(fields, **metadata: str) -> pa.Schema:
+    return pa.schema(fields, metadata={"evopop.schema_version": SCHEMA_VERSION, **metadata})
+
+
 def layer_schema() -> pa.Schema:
-    return pa.schema(LAYER_FIELDS, metadata={"evopop.schema_version": SCHEMA_VERSION})
+    return _versioned(LAYER_FIELDS)
 
 
 def selection_schema() -> pa.Schema:
-    return pa.schema(SELECTION_FIELDS, metadata={"evopop.schema_version": SCHEMA_VERSION})
+    return _versioned(SELECTION_FIELDS)
+
+
+def diversity_pairs_schema(note: str = "") -> pa.Schema:
+    """``note`` says what the functional disagreement was measured on (``evopop.diversity.functional``)."""
+    return _versioned(DIVERSITY_PAIR_FIELDS, **{"evopop.diversity.functional": note})
+
+
+def diversity_summary_schema() -> pa.Schema:
+    return _versioned(DIVERSITY_SUMMARY_FIELDS)

@@ -11,15 +11,30 @@ import uuid
 import pyarrow.fs as pafs
 
 
+def is_uri(location: str) -> bool:
+    """Whether ``location`` names a filesystem by scheme (``s3://...``) rather than a local path."""
+    return "://" in str(location)
+
+
+def filesystem_of(location: str) -> tuple[pafs.FileSystem, str]:
+    """(filesystem, path on it) of a local path (made absolute) or a URI that pyarrow.fs knows."""
+    if is_uri(location):
+        return pafs.FileSystem.from_uri(str(location))
+    return pafs.LocalFileSystem(), os.path.abspath(location)
+
+
+def join(location: str, *parts: str) -> str:
+    """``location``/``parts`` as a string: URIs are joined with '/', never through pathlib (which
+    collapses the '//' of ``s3://``)."""
+    return posixpath.join(str(location), *parts) if is_uri(location) else os.path.join(str(location), *parts)
+
+
 class Storage:
     """A root directory on some filesystem; paths below it are relative, '/'-separated."""
 
     def __init__(self, uri: str):
         self.uri = str(uri)
-        if "://" in self.uri:
-            self.fs, self.root = pafs.FileSystem.from_uri(self.uri)
-        else:
-            self.fs, self.root = pafs.LocalFileSystem(), os.path.abspath(self.uri)
+        self.fs, self.root = filesystem_of(self.uri)
 
     @property
     def is_local(self) -> bool:
@@ -72,9 +87,6 @@ def _fsync_file(path: str) -> None:
 
 def read_uri(uri: str) -> bytes:
     """The bytes of one file given by local path or URI."""
-    if "://" in uri:
-        fs, path = pafs.FileSystem.from_uri(uri)
-    else:
-        fs, path = pafs.LocalFileSystem(), os.path.abspath(uri)
+    fs, path = filesystem_of(uri)
     with fs.open_input_stream(path) as f:
         return f.read()

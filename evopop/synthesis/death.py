@@ -29,5 +29,5 @@ def kill_orphans(arch: Architecture, genome: Genome) -> dict[str, torch.Tensor]:
         alive_in = input_liveness(arch, layer.name, neurons)
         if alive_in is not None and not bool(alive_in.all()):
             layer.keep_inputs(mask, alive_in.to(mask.device))
-        neurons[layer.name] = layer.neuron_view(mask).any(dim=1).cpu()
+        neurons[layer.name] = layer.living_neurons(mask).cpu()
     return neurons

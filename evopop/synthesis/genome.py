@@ -28,7 +28,7 @@ class Genome:
 
     def neurons(self, layer: SynapticLayer) -> torch.Tensor:
         """Bool per neuron (output channel / unit) of ``layer``: alive iff it has an incoming synapse."""
-        return layer.neuron_view(self.masks[layer.name]).any(dim=1)
+        return layer.living_neurons(self.masks[layer.name])
 
     def living_neurons(self, arch: Architecture) -> dict[str, torch.Tensor]:
         return {layer.name: self.neurons(layer) for layer in arch.layers}

@@ -50,6 +50,10 @@ class SynapticLayer:
             return self.weight_shape[1] * self.groups
         return self.weight_shape[0]
 
+    def living_neurons(self, mask: torch.Tensor) -> torch.Tensor:
+        """Bool per neuron of a weight-shaped ``mask``: alive iff it has an incoming synapse."""
+        return self.neuron_view(mask).any(dim=1)
+
     def neuron_view(self, mask: torch.Tensor) -> torch.Tensor:
         """View (or copy, for deconv) of a weight-shaped tensor as (neurons, incoming synapses)."""
         if self.kind != "deconv":

@@ -2,8 +2,13 @@
 from __future__ import annotations
 
 import importlib
+import json
+from dataclasses import dataclass
 from typing import Any
 
+import torch
+
+from ..synthesis import Architecture, trace_architecture
 from .base import Task
 
 BUILTIN = {
@@ -44,3 +49,30 @@ def build_task(target: str, args: dict[str, Any] | None = None) -> Task:
     if not isinstance(task, Task):
         raise ValueError(f"task factory {target!r} returned {type(task).__name__}, not an evopop Task")
     return task
+
+
+@dataclass(frozen=True)
+class BuiltTask:
+    """A task and its traced network: built once per process (see `built_task`)."""
+
+    task: Task
+    arch: Architecture
+
+
+_BUILT: dict[str, BuiltTask] = {}
+
+
+def built_task(target: str, args: dict[str, Any] | None = None) -> BuiltTask:
+    """The task named by ``target`` with ``args``, and its traced architecture, once per process.
+
+    Every part of a process that needs the task (preflight, the in-process trainer, diversity) shares
+    one instance, so its data are built and its network is traced once. Tracing runs under a forked
+    RNG: asking for a task never changes the caller's random state.
+    """
+    key = f"{target}\x1f{json.dumps(args or {}, sort_keys=True, default=repr)}"
+    if key not in _BUILT:
+        task = build_task(target, args)
+        with torch.random.fork_rng(devices=[]):
+            arch = trace_architecture(task.build_model(), task.example_input())
+        _BUILT[key] = BuiltTask(task, arch)
+    return _BUILT[key]

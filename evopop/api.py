@@ -1,0 +1,52 @@
+"""Run an evolution from Python, as `evopop run` does:
+
+    from evopop import evolve, load_config
+    population = evolve(load_config("configs/tiny.yaml"), "runs/my-run")
+
+`evolve` wires the pieces: preflight (`plan_run`), the executor that ``resources.executor`` names,
+and the default hooks (progress output; diversity when ``diversity.enabled``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import pandas as pd
+
+from .config import Config
+from .engine.executor import Executor, make_executor
+from .engine.hooks import Hook
+from .engine.plan import Plan, plan_run
+from .engine.policy import Evolution
+from .engine.progress import Progress
+from .records.run import RunRecords
+
+
+def default_hooks(config: Config, records: RunRecords, plan: Plan, stream=None) -> list[Hook]:
+    hooks: list[Hook] = [Progress(plan.metric, plan.direction, stream)]
+    if config.diversity.enabled:
+        from .analysis.diversity_hook import DiversityRecorder
+
+        hooks.append(DiversityRecorder(config, records, plan.metric_columns))
+    return hooks
+
+
+def evolution(
+    config: Config,
+    run_dir: str,
+    plan: Plan | None = None,
+    executor: Executor | None = None,
+    hooks: Sequence[Hook] | None = None,
+    stream=None,
+) -> Evolution:
+    """The run of ``config`` in ``run_dir`` (whose config.yaml is written), ready to `.run()`."""
+    plan = plan or plan_run(config)
+    records = RunRecords(run_dir)
+    executor = executor or make_executor(config, run_dir)
+    hooks = default_hooks(config, records, plan, stream) if hooks is None else list(hooks)
+    return Evolution(config, records, plan, executor, hooks)
+
+
+def evolve(config: Config, run_dir: str, **kwargs) -> pd.DataFrame:
+    """Run (or finish) ``config`` in ``run_dir``; returns the population records. See `evolution`."""
+    return evolution(config, run_dir, **kwargs).run()

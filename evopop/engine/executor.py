@@ -1,0 +1,74 @@
+"""Executors carry out the policy's jobs: ``run(specs, parents)`` yields a `Result` per spec, in
+the order they finish. The policy never knows how (nevergrad's ``executor=`` idea).
+
+- `LocalExecutor` (``resources.executor: local``): one `Developer` in this process, one individual
+  after another. No Ray: for debugging with pdb, and for fast tests of the policy.
+- `evopop.engine.ray_executor.RayExecutor` (``resources.executor: ray``, the default): long-lived
+  trainer actors on a Ray cluster, parents in the object store once, dead processes retried.
+
+Both give the same records for the same seeds: an individual is a pure function of its spec.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Mapping, Sequence
+from typing import Protocol
+
+import torch
+
+from ..config import Config
+from .develop import Developer
+from .jobs import ParentState, Result, Spec
+
+
+class Executor(Protocol):
+    def start(self) -> None:
+        """Acquire workers (and check they can exist) before the first job."""
+
+    def run(self, specs: Sequence[Spec], parents: Mapping[str, ParentState]) -> Iterator[Result]:
+        """Develop every spec (its parent's state in ``parents`` by id); yield results as they finish."""
+
+    def shutdown(self) -> None:
+        """Release the workers; the executor can be started again."""
+
+
+class LocalExecutor:
+    """Develops every individual in this process, in order, with the trainer's thread count."""
+
+    def __init__(self, config: Config, run_dir: str):
+        self.config, self.run_dir = config, run_dir
+        self.developer: Developer | None = None
+        self._threads: int | None = None
+
+    def start(self) -> None:
+        # the same intra-op thread count as a trainer actor: CPU results then match it bit for bit
+        self._threads = torch.get_num_threads()
+        torch.set_num_threads(trainer_threads(self.config))
+        self.developer = Developer(self.config, self.run_dir)
+
+    def run(self, specs: Sequence[Spec], parents: Mapping[str, ParentState]) -> Iterator[Result]:
+        if self.developer is None:
+            raise RuntimeError("LocalExecutor.run before start()")
+        for spec in specs:
+            parent = parents[spec.parent_id] if spec.parent_id is not None else None
+            yield Result(spec, self.developer.develop(spec, parent), attempts=1)
+
+    def shutdown(self) -> None:
+        if self._threads is not None:
+            torch.set_num_threads(self._threads)
+        self.developer, self._threads = None, None
+
+
+def trainer_threads(config: Config) -> int:
+    """Intra-op threads of one trainer: ``torch_threads``, else its whole CPUs."""
+    r = config.resources
+    return r.torch_threads or max(1, int(r.cpus_per_trainer))
+
+
+def make_executor(config: Config, run_dir: str) -> Executor:
+    """The executor ``resources.executor`` names (Ray is imported only when it is the Ray one)."""
+    if config.resources.executor == "local":
+        return LocalExecutor(config, run_dir)
+    from .ray_executor import RayExecutor
+
+    return RayExecutor(config, run_dir)

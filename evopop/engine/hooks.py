@@ -1,0 +1,44 @@
+"""Hooks: what watches the evolution loop without being part of it (progress output, diversity).
+
+The policy calls each hook at fixed points of a generation, in this order (EvoTorch's log hooks):
+
+    batch_started(batch)                  a batch of individuals (the offspring, or the baselines) begins
+    recorded(record)                      one individual's record was written
+    batch_finished(batch)                 every individual of the batch is recorded
+    generation_developed(generation)      the generation's offspring are all recorded, before selection
+    selected(generation, ids)             the generation's selection is recorded
+
+A hook only observes: it never changes what the policy decides. Subclass `Hook` and override what
+you need; a hook that raises stops the run (catch inside the hook what must not).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from ..records.schema import IndividualRecord
+
+
+@dataclass(frozen=True)
+class Batch:
+    generation: int
+    total: int  # individuals in the batch
+    already: int  # of which already recorded (a resumed run)
+    label: str = ""  # "" for a generation's offspring; e.g. "baselines at matched sparsity"
+
+
+class Hook:
+    def batch_started(self, batch: Batch) -> None:
+        pass
+
+    def recorded(self, record: IndividualRecord) -> None:
+        pass
+
+    def batch_finished(self, batch: Batch) -> None:
+        pass
+
+    def generation_developed(self, generation: int) -> None:
+        pass
+
+    def selected(self, generation: int, selected: list[str]) -> None:
+        pass

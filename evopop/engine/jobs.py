@@ -1,0 +1,138 @@
+"""The values that cross the engine's seams: what to develop (`Spec`, with its parent's `ParentState`)
+and what came of it (`Outcome`, then `Result`), turned into the run's `IndividualRecord` in one place.
+
+All are plain, picklable values: an executor may carry them to another process or machine.
+"""
+
+from __future__ import annotations
+
+import warnings
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+
+from ..records.schema import ANCESTOR, FAILED, OFFSPRING, IndividualRecord, LayerRecord
+from ..synthesis import Environment, efficiency
+
+
+@dataclass(frozen=True)
+class Spec:
+    """Everything that determines an individual; a pure function of the run seed and its lineage."""
+
+    generation: int
+    individual_id: str
+    parent_id: str | None
+    lineage: tuple[str, ...]
+    offspring_index: int | None
+    seed: int | None  # synthesis seed; None for the root ancestor
+    train_seed: int
+    environment: Environment | None
+    epochs: int
+    kind: str = OFFSPRING  # ANCESTOR | OFFSPRING | a baseline kind ("magnitude", "random")
+    match_id: str | None = None  # baselines: the offspring whose per-layer synapse counts they match
+
+    @property
+    def is_root(self) -> bool:
+        return self.kind == ANCESTOR
+
+
+@dataclass(frozen=True)
+class ParentState:
+    """A parent's weights and masks as NumPy arrays: Ray shares those zero-copy, tensors not."""
+
+    weights: dict[str, np.ndarray]
+    masks: dict[str, np.ndarray]
+
+    @classmethod
+    def from_checkpoint(cls, payload: dict) -> ParentState:
+        return cls(_to_numpy(payload["weights"]), _to_numpy(payload["masks"]))
+
+    def tensors(self) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+        """(weights, masks) as tensors sharing the arrays' memory."""
+        return _from_numpy(self.weights), _from_numpy(self.masks)
+
+
+def _to_numpy(state: dict[str, torch.Tensor]) -> dict[str, np.ndarray]:
+    return {k: v.detach().cpu().numpy() for k, v in state.items()}
+
+
+def _from_numpy(arrays: dict[str, np.ndarray]) -> dict[str, torch.Tensor]:
+    with warnings.catch_warnings():  # object-store arrays are read-only; nothing writes to them
+        warnings.simplefilter("ignore", UserWarning)
+        return {k: torch.from_numpy(v) for k, v in arrays.items()}
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """What developing one individual produced: its measurements, or the error that stopped it."""
+
+    individual_id: str
+    status: str  # OK | FAILED
+    error: str | None = None
+    metrics: dict[str, float] = field(default_factory=dict)  # "<eval set>_<metric>" -> value
+    synapses: int | None = None
+    neurons: int | None = None
+    params: int | None = None
+    macs: int | None = None
+    dense_macs: int | None = None
+    layers: tuple[LayerRecord, ...] = ()
+    train_seconds: float | None = None
+    samples_per_second: float | None = None
+    mask_digest: str | None = None
+    checkpoint: str | None = None  # relative to the run directory
+    node_id: str | None = None  # where it ran (set by the executor)
+    worker_id: str | None = None
+    wall_seconds: float | None = None
+
+    @classmethod
+    def failed(cls, individual_id: str, error: str) -> Outcome:
+        return cls(individual_id, FAILED, error=error)
+
+
+@dataclass(frozen=True)
+class Result:
+    """An outcome as the executor hands it back: with its spec and how many attempts it took."""
+
+    spec: Spec
+    outcome: Outcome
+    attempts: int
+
+    def record(self, run_id: str, metric_columns: list[str], parent: IndividualRecord | None) -> IndividualRecord:
+        """The population row of this individual (the only place one is made from an outcome)."""
+        spec, out = self.spec, self.outcome
+        ok = out.status != FAILED
+        synapses = out.synapses if ok else None
+        ancestor_synapses = parent.ancestor_synapses if parent else synapses
+        env = spec.environment
+        return IndividualRecord(
+            run_id=run_id,
+            individual_id=spec.individual_id,
+            kind=spec.kind,
+            parent_id=spec.parent_id,
+            lineage=tuple(spec.lineage),
+            offspring_index=spec.offspring_index,
+            seed=spec.seed,
+            train_seed=spec.train_seed,
+            env_mode=env.mode if env else None,
+            env_factor=env.c if env else None,
+            synapses=synapses,
+            parent_synapses=parent.synapses if parent else None,
+            ancestor_synapses=ancestor_synapses,
+            efficiency=efficiency(ancestor_synapses, synapses) if ok and synapses else None,
+            neurons=out.neurons,
+            params=out.params,
+            macs=out.macs,
+            dense_macs=out.dense_macs,
+            layer_fractions=tuple(layer.living_fraction for layer in out.layers) or None,
+            metrics={c: out.metrics[c] for c in metric_columns if c in out.metrics},
+            train_seconds=out.train_seconds,
+            samples_per_second=out.samples_per_second,
+            node_id=out.node_id,
+            worker_id=out.worker_id,
+            attempts=self.attempts,
+            status=out.status,
+            error=out.error,
+            checkpoint=out.checkpoint,
+            mask_digest=out.mask_digest,
+        )

@@ -1,0 +1,106 @@
+"""The evolution policy: which individuals to develop each generation, which survive, when to stop.
+
+Plain code that decides (Ray Tune's PBT scheduler, nevergrad's ask/tell): an `Executor` carries the
+jobs out (`LocalExecutor` in this process, `RayExecutor` on a cluster), `RunRecords` keeps every
+individual as it finishes, and `Hook`s watch (progress output, diversity). Nothing here imports Ray.
+
+The policy keeps no population in memory: every individual goes to storage as it finishes, and
+each generation's ancestors are read back from the records. That is also what makes a run
+resumable: `run` skips every individual that already has a record.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import pandas as pd
+
+from ..config import Config
+from ..records.run import RunRecords
+from ..records.schema import IndividualRecord, SelectionRecord, population_schema
+from .executor import Executor
+from .hooks import Batch, Hook
+from .jobs import ParentState, Spec
+from .plan import Plan
+from .selection import select
+from .specs import baseline_specs, offspring_specs, root_spec
+
+BASELINES_LABEL = "baselines at matched sparsity"
+
+
+class EvolutionFailed(RuntimeError):
+    """A generation in which no individual succeeded: the run stops, its records stay intact."""
+
+
+class Evolution:
+    """One run: generation 1 (the ancestor), then offspring of the selected, generation after generation."""
+
+    def __init__(self, config: Config, records: RunRecords, plan: Plan, executor: Executor,
+                 hooks: Sequence[Hook] = ()):  # fmt: skip
+        self.config, self.records, self.plan, self.executor = config, records, plan, executor
+        self.hooks = list(hooks)
+        self.schema = population_schema(plan.metric_columns, plan.layer_names, (plan.metric, plan.direction))
+
+    def run(self) -> pd.DataFrame:
+        """Run (or finish) every generation; returns the population records."""
+        with self.records.lock():
+            self.executor.start()
+            try:
+                ancestors: list[IndividualRecord] = []
+                for generation in range(1, self.config.evolution.generations + 1):
+                    ancestors = self.generation(generation, ancestors)
+            finally:
+                self.executor.shutdown()
+        return self.records.population()
+
+    def generation(self, generation: int, ancestors: list[IndividualRecord]) -> list[IndividualRecord]:
+        """Develop, record and select one generation; returns its selected individuals, best first."""
+        specs = [root_spec(self.config)] if generation == 1 else offspring_specs(self.config, generation, ancestors)
+        self.develop(generation, specs, ancestors)
+        self._notify("generation_developed", generation)
+        selected = self.select(generation, [s.individual_id for s in specs])
+        if self.config.baselines.enabled and generation > 1:
+            self.develop(generation, baseline_specs(self.config, generation, selected), ancestors, BASELINES_LABEL)
+        return selected
+
+    def develop(self, generation: int, specs: list[Spec], ancestors: list[IndividualRecord], label: str = "") -> None:
+        """Develop every spec without a record, writing each record as its result arrives."""
+        recorded = self.records.recorded_ids(generation)
+        pending = [s for s in specs if s.individual_id not in recorded]
+        batch = Batch(generation, len(specs), len(specs) - len(pending), label)
+        self._notify("batch_started", batch)
+        by_id = {a.individual_id: a for a in ancestors}
+        parents = {
+            parent_id: ParentState.from_checkpoint(self.records.read_checkpoint(parent_id))
+            for parent_id in dict.fromkeys(s.parent_id for s in pending if s.parent_id is not None)
+        }
+        for result in self.executor.run(pending, parents):
+            record = result.record(self.records.run_id, self.plan.metric_columns, by_id.get(result.spec.parent_id))
+            self.records.write_individual(generation, record, list(result.outcome.layers), self.schema)
+            self._notify("recorded", record)
+        self._notify("batch_finished", batch)
+
+    def select(self, generation: int, ids: list[str]) -> list[IndividualRecord]:
+        """Record which of ``ids`` survive into the next generation; EvolutionFailed if none can."""
+        wanted = set(ids)
+        candidates = [r for r in self.records.individuals(generation) if r.individual_id in wanted]
+        s = self.config.selection
+        ranking, selected = select(candidates, s.rule, s.k, self.plan.metric, self.plan.direction)
+        if not selected:
+            raise EvolutionFailed(
+                f"every individual of generation {generation} failed (see the 'error' column: "
+                f"evopop show {self.records.uri}); the records so far are intact"
+            )
+        rank_of = {individual_id: i for i, individual_id in enumerate(ranking)}
+        decisions = [
+            SelectionRecord(r.individual_id, r.individual_id in selected, rank_of.get(r.individual_id))
+            for r in candidates
+        ]
+        self.records.write_selection(generation, decisions)
+        self._notify("selected", generation, selected)
+        by_id = {r.individual_id: r for r in candidates}
+        return [by_id[i] for i in selected]
+
+    def _notify(self, event: str, *args) -> None:
+        for hook in self.hooks:
+            getattr(hook, event)(*args)
