@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import gc
 import json
+import os
 import tempfile
 import threading
 import time
@@ -19,7 +20,7 @@ from pathlib import Path
 import ray
 
 from evopop.config import load_config
-from evopop.engine.driver import Driver
+from evopop.api import evolve
 from evopop.records.run import RunRecords
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -75,7 +76,8 @@ def main() -> None:
         sampler = threading.Thread(target=sample_per_generation, args=(run_dir, args.generations, stop, rss))
         sampler.start()
         start = time.perf_counter()
-        Driver(config, run_dir, stream=open("/dev/null", "w")).run()
+        with open(os.devnull, "w") as quiet:
+            evolve(config, run_dir, stream=quiet)
         elapsed = time.perf_counter() - start
         stop.set()
         sampler.join()

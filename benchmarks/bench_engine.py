@@ -8,13 +8,14 @@
               checkpoint; no Ray), to tell Ray's cost from the masking's;
      ray      the real engine path: a trainer actor from `trainer_class(config)` running
               `develop(spec, parent_ref)`, the parent's weights `ray.put` once (as
-              `Driver._ship_parents` does), timed end to end from this process.
+              `RayExecutor.run` does), timed end to end from this process.
    Training throughput is what evopop records (`samples_per_second`); the end-to-end wall time per
    offspring (round trip of `develop`) is compared with the bare training time.
-2. Generation wall time with 1 vs 2 trainers: `Driver` on configs/quickstart.yaml. Generation 1
-   (the ancestor) is trained once; each measured run resumes a fresh copy of that run directory, so
-   only offspring generations run, and a `Driver` subclass times each generation from outside (actor
-   start-up excluded: it waits for the actors first). Generation 2 is each actor's first work (it
+2. Generation wall time with 1 vs 2 trainers: the real run (`evopop.api.evolution`, Ray executor) on
+   configs/quickstart.yaml. Generation 1 (the ancestor) is trained once; each measured run resumes a
+   fresh copy of that run directory, so only offspring generations run, and a `GenerationTimer` hook
+   times each generation from its first batch to its selection (actor start-up excluded: the hook
+   waits for the actors first). Generation 2 is each actor's first work (it
    builds the data sets and warms torch up then); generation 3 is steady state.
 
 Absolute times on a shared 2-core machine are noisy; the ratios are the result. Ray runs its workers
@@ -51,12 +52,17 @@ except ImportError:  # run from a checkout without `pip install -e .`
 
 import ray
 
+from evopop.api import evolution
 from evopop.config import Config, load_config
-from evopop.engine.develop import Developer, to_numpy
-from evopop.engine.driver import Driver
+from evopop.engine.develop import Developer
+from evopop.engine.hooks import Batch, Hook
+from evopop.engine.jobs import ParentState
+from evopop.engine.progress import Progress
+from evopop.engine.ray_executor import RayExecutor
 from evopop.engine.specs import ROOT_ID, offspring_specs
 from evopop.engine.trainer import trainer_class
 from evopop.records.run import RunRecords
+from evopop.records.schema import IndividualRecord
 from evopop.synthesis import Genome, trace_architecture
 from evopop.tasks.registry import build_task
 
@@ -117,21 +123,21 @@ def match_worker_niceness() -> int:
 
 
 # == 1. throughput: bare PyTorch vs evopop (in process and through Ray) ===========================
-def fresh_parent(config: Config) -> dict:
-    """A freshly initialised ancestor (every synapse alive), as the object-store payload the driver ships."""
+def fresh_parent(config: Config) -> ParentState:
+    """A freshly initialised ancestor (every synapse alive), as the object-store payload the executor ships."""
     torch.manual_seed(SEED)
     task = build_task(config.task.name, config.task.args)
     model = task.build_model()
     genome = Genome.full(trace_architecture(model, task.example_input()))
-    return {"weights": to_numpy(model.state_dict()), "masks": to_numpy(genome.state_dict())}
+    return ParentState.from_checkpoint({"weights": model.state_dict(), "masks": genome.state_dict()})
 
 
-def bare_train(task, parent: dict, config: Config, seed: int) -> dict:
+def bare_train(task, parent: ParentState, config: Config, seed: int) -> dict:
     """The least any trainer must do: the dense network, plain SGD with the run's hyperparameters."""
     t = config.train
     torch.manual_seed(seed)
     model = task.build_model()
-    model.load_state_dict({k: torch.from_numpy(v.copy()) for k, v in parent["weights"].items()})
+    model.load_state_dict({k: torch.from_numpy(v.copy()) for k, v in parent.weights.items()})
     optimizer = torch.optim.SGD(model.parameters(), lr=t.lr, momentum=t.momentum, weight_decay=t.weight_decay)
     loader = DataLoader(task.train_set(), batch_size=t.batch_size, shuffle=True,
                         generator=torch.Generator().manual_seed(seed))  # fmt: skip
@@ -158,18 +164,18 @@ def timed(develop, *args) -> dict:
     start = time.perf_counter()
     outcome = develop(*args)
     wall = time.perf_counter() - start
-    if outcome.get("status") != "ok":
-        raise RuntimeError(f"{outcome['individual_id']} failed: {outcome.get('error')}")
-    return {"train_seconds": outcome["train_seconds"], "samples_per_second": outcome["samples_per_second"],
-            "inner_seconds": outcome["wall_seconds"], "end_to_end_seconds": wall}  # fmt: skip
+    if outcome.status != "ok":
+        raise RuntimeError(f"{outcome.individual_id} failed: {outcome.error}")
+    return {"train_seconds": outcome.train_seconds, "samples_per_second": outcome.samples_per_second,
+            "inner_seconds": outcome.wall_seconds, "end_to_end_seconds": wall}  # fmt: skip
 
 
 def bench_throughput(args, workdir: Path) -> dict:
     config = engine_config(args, str(workdir), args.epochs, "resources.trainers=1",
                            f"evolution.offspring={2 * args.repeats + 2}")  # fmt: skip
     parent = fresh_parent(config)
-    # real offspring specs of the root: seeds, environment (budget C=0.5) and epochs as the driver makes them
-    specs = iter(offspring_specs(config, 2, [{"individual_id": ROOT_ID, "lineage": [ROOT_ID]}]))
+    # real offspring specs of the root: seeds, environment (budget C=0.5) and epochs as the policy makes them
+    specs = iter(offspring_specs(config, 2, [IndividualRecord(individual_id=ROOT_ID, lineage=(ROOT_ID,))]))
 
     # bare and local sides share this process: one torch thread, like a trainer with cpus_per_trainer=1
     torch.set_num_threads(1)
@@ -177,7 +183,7 @@ def bench_throughput(args, workdir: Path) -> dict:
     developer = Developer(config, str(workdir / "local-run"))
     actor = trainer_class(config).remote(config, str(workdir / "ray-run"))
     ray.get(actor.pid.remote())  # wait until the actor has imported torch and built its Developer
-    parent_ref = ray.put(parent)  # once, shared by every offspring (Driver._ship_parents)
+    parent_ref = ray.put(parent)  # once, shared by every offspring (as RayExecutor.run does)
     remote = lambda spec, ref: ray.get(actor.develop.remote(spec, ref))  # noqa: E731
 
     # first calls build the data sets (each process its own) and warm allocators: timed, kept apart
@@ -229,30 +235,37 @@ def bench_throughput(args, workdir: Path) -> dict:
 
 
 # == 2. generation wall time: 1 vs 2 trainers =======================================================
-class TimedDriver(Driver):
-    """The real Driver; each generation is timed around `_generation` once the actors are up."""
+class GenerationTimer(Hook):
+    """Times each generation of the real run from its offspring batch's start to its selection; before
+    the first, waits until the executor's actors are up (a per-run cost, not a generation's)."""
 
-    def __init__(self, *a, **kw):
-        super().__init__(*a, **kw)
+    def __init__(self, executor: RayExecutor):
+        self.executor = executor
         self.seconds: dict[int, float] = {}
         self.actors_ready_seconds = None
+        self._start = None
 
-    def _generation(self, generation, ancestors, pool):
-        if self.actors_ready_seconds is None:  # actor start-up is a per-run cost, not a generation's
+    def batch_started(self, batch: Batch) -> None:
+        if self.actors_ready_seconds is None:
             start = time.perf_counter()
-            pool.actor_pids()
+            self.executor.actor_pids()
             self.actors_ready_seconds = time.perf_counter() - start
-        start = time.perf_counter()
-        selected = super()._generation(generation, ancestors, pool)
-        self.seconds[generation] = time.perf_counter() - start
-        return selected
+        if not batch.label:  # a generation's offspring (not its baselines)
+            self._start = time.perf_counter()
+
+    def selected(self, generation: int, selected: list[str]) -> None:
+        self.seconds[generation] = time.perf_counter() - self._start
 
 
-def new_run(config: Config, run_dir: Path) -> TimedDriver:
+def new_run(config: Config, run_dir: Path):
+    """(the run, its timer): the real Ray executor, quiet progress, no diversity hook."""
     records = RunRecords(str(run_dir))
     records.storage.makedirs()
     records.write_config(config.to_yaml())  # what `evopop resume` would read
-    return TimedDriver(config, str(run_dir), stream=io.StringIO())  # quiet progress
+    executor = RayExecutor(config, str(run_dir))
+    timer = GenerationTimer(executor)
+    run = evolution(config, str(run_dir), executor=executor, hooks=[timer, Progress("val_accuracy", "max", io.StringIO())])
+    return run, timer
 
 
 def train_ancestor(args, workdir: Path) -> Path:
@@ -260,7 +273,7 @@ def train_ancestor(args, workdir: Path) -> Path:
     run_dir = workdir / "ancestor"
     config = engine_config(args, str(workdir), args.gen_epochs, "evolution.generations=1", "ancestor.epochs=1",
                            "resources.trainers=1")  # fmt: skip
-    new_run(config, run_dir).run()
+    new_run(config, run_dir)[0].run()
     return run_dir
 
 
@@ -270,15 +283,15 @@ def time_generations(args, workdir: Path, ancestor_dir: Path, trainers: int, tag
     shutil.copytree(ancestor_dir, run_dir)
     config = engine_config(args, str(workdir), args.gen_epochs, f"resources.trainers={trainers}", "ancestor.epochs=1",
                            f"evolution.generations={args.generations}", f"evolution.offspring={args.offspring}")
-    driver = new_run(config, run_dir)
-    driver.run()
-    population = driver.records.population()
+    run, timer = new_run(config, run_dir)
+    run.run()
+    population = run.records.population()
     offspring = population[population["generation"] >= 2]
     if (offspring["status"] != "ok").any():
         raise RuntimeError(f"failed offspring: {offspring['error'].dropna().tolist()}")
     return {
-        "generation_seconds": {g: s for g, s in driver.seconds.items() if g >= 2},
-        "actors_ready_seconds": driver.actors_ready_seconds,
+        "generation_seconds": {g: s for g, s in timer.seconds.items() if g >= 2},
+        "actors_ready_seconds": timer.actors_ready_seconds,
         "per_offspring_samples_per_second": float(offspring["samples_per_second"].median()),
         "per_offspring_train_seconds": float(offspring["train_seconds"].median()),
     }

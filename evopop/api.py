@@ -39,9 +39,12 @@ def evolution(
     hooks: Sequence[Hook] | None = None,
     stream=None,
 ) -> Evolution:
-    """The run of ``config`` in ``run_dir`` (whose config.yaml is written), ready to `.run()`."""
+    """The run of ``config`` in ``run_dir``, ready to `.run()`; a new run directory gets its config.yaml
+    (what `evopop resume` reads), an existing one is resumed."""
     plan = plan or plan_run(config)
     records = RunRecords(run_dir)
+    if not records.exists():
+        records.write_config(config.to_yaml())
     executor = executor or make_executor(config, run_dir)
     hooks = default_hooks(config, records, plan, stream) if hooks is None else list(hooks)
     return Evolution(config, records, plan, executor, hooks)

@@ -88,13 +88,13 @@ def overrides(args, c: float, ancestor: str | None) -> list[str]:
 
 def run_evolution(args, c: float, ancestor: str | None, run_dir: Path):
     """One evopop run (resumed if its directory exists), with the diversity recorded per generation."""
-    from evopop.engine.driver import Driver
+    from evopop.api import evolve
 
     config = load_config(ROOT / "configs" / "tiny.yaml", overrides(args, c, ancestor))
     records = RunRecords(str(run_dir))
     if not records.exists():
         records.write_config(config.to_yaml())
-    Driver(config, str(run_dir)).run()
+    evolve(config, str(run_dir))
     task = build_task(config.task.name, config.task.args)
     arch = trace_architecture(task.build_model(), task.example_input())
     outputs = checkpoint_outputs(records, task, held_out_batch(task, BATCH))

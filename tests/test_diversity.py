@@ -12,7 +12,6 @@ from evopop.analysis.diversity import (
     functional_disagreement,
     generation_diversity,
     hamming_distance,
-    has_generation_diversity,
     jaccard_distance,
     living_fraction_spread,
     neuron_distances,
@@ -205,9 +204,9 @@ def test_generation_diversity_from_records(tmp_path):
 
 def test_write_generation_diversity_round_trips_through_parquet(tmp_path):
     records = write_generation(tmp_path / "run", {"g2-0": A, "g2-1": B}, {"g2-0": "p", "g2-1": "p"}, {})
-    assert not has_generation_diversity(records, 2)
+    assert not records.has_diversity(2)
     pairs, summary = write_generation_diversity(records, 2, LAYERS, note="none")
-    assert has_generation_diversity(records, 2)
+    assert records.has_diversity(2)
     on_disk = pd.read_parquet(tmp_path / "run" / "diversity")
     assert len(on_disk) == len(pairs) == 3
     assert on_disk["generation"].astype(int).eq(2).all()

@@ -271,9 +271,6 @@ def spread(values) -> dict[str, float]:
             "max": float(v.max()), "range": float(v.max() - v.min())}  # fmt: skip
 
 
-metric_spread = spread  # the spread of a metric among siblings: std and range are the headline figures
-
-
 def living_fraction_spread(packed: PackedGenomes) -> pd.DataFrame:
     """Per scope: spread of the living fraction across the individuals (count, mean, std, min, max, range)."""
     rows = [{"scope": scope, **spread(v.numpy())} for scope, v in living_fractions(packed).items()]
@@ -521,10 +518,6 @@ def _summary_frame(packed: PackedGenomes, ok: pd.DataFrame, parents: list, pairs
     frame = pd.DataFrame(rows, columns=[name for name, _ in DIVERSITY_SUMMARY_FIELDS])
     frame["count"] = frame["count"].astype("int64")
     return frame
-
-
-def has_generation_diversity(records, generation: int) -> bool:
-    return records.has_diversity(generation)
 
 
 def write_generation_diversity(

@@ -74,8 +74,8 @@ class Developer:
             genome, trained = self._offspring(model, spec, parent), False
         if trained:  # a loaded ancestor is measured as it is
             model.to(self.device)
-            result = TrainResult(evaluate(model, self.task, recipe_of(self.config, 1), self.device), 0.0, 0.0,
-                                 float("nan"), 0, float("nan"))  # fmt: skip
+            metrics = evaluate(model, self.task, recipe_of(self.config, 1), self.device)
+            result = TrainResult(metrics, train_seconds=0.0, samples_per_second=float("nan"))
         else:
             masks = parameter_masks(self.arch, genome)
             recipe = recipe_of(self.config, spec.epochs)

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from ..records.schema import ANCESTOR, FAILED, OFFSPRING, IndividualRecord, LayerRecord
+from ..records.schema import FAILED, OFFSPRING, IndividualRecord, LayerRecord
 from ..synthesis import Environment, efficiency
 
 
@@ -31,10 +31,6 @@ class Spec:
     epochs: int
     kind: str = OFFSPRING  # ANCESTOR | OFFSPRING | a baseline kind ("magnitude", "random")
     match_id: str | None = None  # baselines: the offspring whose per-layer synapse counts they match
-
-    @property
-    def is_root(self) -> bool:
-        return self.kind == ANCESTOR
 
 
 @dataclass(frozen=True)

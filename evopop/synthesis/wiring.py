@@ -59,9 +59,6 @@ class ChannelMap:
         sources = [Source(s.producer, s.index.repeat_interleave(spatial)) for s in self.sources]
         return ChannelMap(1, self.size * spatial, sources)
 
-    def with_dim(self, dim: int) -> "ChannelMap":
-        return ChannelMap(dim, self.size, list(self.sources))
-
 
 def concatenate(maps: list[ChannelMap], dim: int) -> ChannelMap:
     """Channel map of ``torch.cat(tensors, dim)`` along the channel dimension.

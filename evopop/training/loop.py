@@ -43,10 +43,7 @@ class Recipe:
 class TrainResult:
     metrics: dict[str, float]  # "<eval set>_<metric>" -> value
     train_seconds: float
-    eval_seconds: float
     samples_per_second: float
-    steps: int
-    final_loss: float
     history: list[float] = field(default_factory=list)  # mean training loss per epoch
 
 
@@ -108,7 +105,7 @@ def train_and_evaluate(
     amp = _autocast_dtype(recipe, device)
     scaler = torch.amp.GradScaler("cuda") if amp == torch.float16 else None
 
-    history, steps, samples = [], 0, 0
+    history, samples = [], 0
     start = time.perf_counter()
     model.train()
     for _ in range(recipe.epochs):
@@ -129,7 +126,6 @@ def train_and_evaluate(
             schedule.step()
             total += loss.detach().float()
             batches += 1
-            steps += 1
             samples += inputs.shape[0]
         epoch_loss = float(total) / max(1, batches)  # one sync per epoch, not per step
         if not math.isfinite(epoch_loss):
@@ -141,15 +137,10 @@ def train_and_evaluate(
     if masked is not None:
         masked.detach()
 
-    start = time.perf_counter()
-    metrics = evaluate(model, task, recipe, device, amp)
     return TrainResult(
-        metrics=metrics,
+        metrics=evaluate(model, task, recipe, device, amp),
         train_seconds=train_seconds,
-        eval_seconds=time.perf_counter() - start,
         samples_per_second=samples / train_seconds if train_seconds > 0 else float("nan"),
-        steps=steps,
-        final_loss=history[-1] if history else float("nan"),
         history=history,
     )
 

@@ -1,0 +1,198 @@
+"""The evolution policy without Ray: a scripted executor (no training) for the loop's decisions, the
+in-process executor for whole runs, and the same records from the local and the Ray executors."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from collections.abc import Iterator, Mapping, Sequence
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import torch
+
+from evopop.api import evolution, evolve
+from evopop.config import load_config
+from evopop.engine.hooks import Batch, Hook
+from evopop.engine.jobs import Outcome, ParentState, Result, Spec
+from evopop.engine.plan import plan_run
+from evopop.engine.policy import EvolutionFailed
+from evopop.records.run import RunRecords
+from evopop.records.schema import FAILED, OK, LayerRecord
+
+ROOT = Path(__file__).resolve().parents[1]
+TINY = ROOT / "configs" / "tiny.yaml"
+METRIC = "val_accuracy"
+
+
+class ScriptedExecutor:
+    """Develops nothing: each individual's metric and synapse count come from ``script`` (by id),
+    its checkpoint is a one-synapse genome, so the policy's decisions can be checked exactly."""
+
+    def __init__(self, run_dir: str, script: Mapping[str, float | None]):
+        self.records = RunRecords(run_dir)
+        self.script = script
+        self.calls: list[list[str]] = []
+        self.parents_seen: list[set[str]] = []
+        self.started = self.stopped = 0
+
+    def start(self) -> None:
+        self.started += 1
+
+    def run(self, specs: Sequence[Spec], parents: Mapping[str, ParentState]) -> Iterator[Result]:
+        self.calls.append([s.individual_id for s in specs])
+        self.parents_seen.append(set(parents))
+        for spec in reversed(specs):  # out of order, as a real pool finishes them
+            value = self.script.get(spec.individual_id, 0.5)
+            if value is None:
+                yield Result(spec, Outcome.failed(spec.individual_id, "RuntimeError: scripted"), attempts=1)
+                continue
+            mask = torch.ones(1, 1, dtype=torch.bool)
+            checkpoint = self.records.write_checkpoint(spec.individual_id, {}, {"fc": mask}, {})
+            layer = LayerRecord(spec.individual_id, "fc", "linear", 1, 1, 1, 1, 1, 1.0)
+            outcome = Outcome(spec.individual_id, OK, metrics={METRIC: value, "val_loss": 1 - value},
+                              synapses=100 - spec.generation, layers=(layer,), checkpoint=checkpoint)  # fmt: skip
+            yield Result(spec, outcome, attempts=1)
+
+    def shutdown(self) -> None:
+        self.stopped += 1
+
+
+class Recorder(Hook):
+    def __init__(self):
+        self.events: list[tuple] = []
+
+    def batch_started(self, batch: Batch) -> None:
+        self.events.append(("start", batch.generation, batch.total, batch.already, batch.label))
+
+    def recorded(self, record) -> None:
+        self.events.append(("recorded", record.individual_id))
+
+    def batch_finished(self, batch: Batch) -> None:
+        self.events.append(("finished", batch.generation, batch.label))
+
+    def generation_developed(self, generation: int) -> None:
+        self.events.append(("developed", generation))
+
+    def selected(self, generation: int, selected: list[str]) -> None:
+        self.events.append(("selected", generation, tuple(selected)))
+
+
+def scripted_run(tmp_path, script, *overrides, name="run"):
+    config = load_config(TINY, ["diversity.enabled=false", *overrides])
+    run_dir = str(tmp_path / name)
+    RunRecords(run_dir).write_config(config.to_yaml())
+    executor, hook = ScriptedExecutor(run_dir, script), Recorder()
+    return config, run_dir, executor, hook, evolution(config, run_dir, executor=executor, hooks=[hook])
+
+
+def test_policy_follows_the_best_offspring_and_records_every_individual(tmp_path):
+    script = {"g2-0": 0.6, "g2-1": 0.9, "g2-2": 0.7, "g3-0": 0.5, "g3-1": 0.4, "g3-2": 0.8}
+    _, run_dir, executor, hook, run = scripted_run(tmp_path, script)
+    population = run.run()
+    assert executor.calls == [["g1-0"], ["g2-0", "g2-1", "g2-2"], ["g3-0", "g3-1", "g3-2"]]
+    assert executor.parents_seen == [set(), {"g1-0"}, {"g2-1"}]
+    assert executor.started == executor.stopped == 1
+    selected = population.loc[population["selected"].fillna(False).astype(bool), "individual_id"].tolist()
+    assert selected == ["g1-0", "g2-1", "g3-2"]
+    g3 = population[population["generation"] == 3].set_index("individual_id")
+    assert g3.loc["g3-2", "lineage"].tolist() == ["g1-0", "g2-1", "g3-2"]
+    assert g3["rank"].to_dict() == {"g3-0": 1, "g3-1": 2, "g3-2": 0}
+    assert g3["parent_synapses"].tolist() == [98] * 3 and g3["efficiency"].tolist() == [99 / 97] * 3
+
+
+def test_hooks_see_every_step_in_order(tmp_path):
+    _, _, _, hook, run = scripted_run(tmp_path, {"g2-1": 0.9}, "evolution.generations=2", "evolution.offspring=2")
+    run.run()
+    assert hook.events == [
+        ("start", 1, 1, 0, ""), ("recorded", "g1-0"), ("finished", 1, ""), ("developed", 1), ("selected", 1, ("g1-0",)),
+        ("start", 2, 2, 0, ""), ("recorded", "g2-1"), ("recorded", "g2-0"), ("finished", 2, ""), ("developed", 2),
+        ("selected", 2, ("g2-1",)),
+    ]  # fmt: skip
+
+
+def test_topk_selection_breeds_from_each_selected_parent(tmp_path):
+    script = {"g2-0": 0.6, "g2-1": 0.9, "g2-2": 0.7}
+    _, _, executor, _, run = scripted_run(tmp_path, script, "selection.rule=topk", "selection.k=2")
+    population = run.run()
+    assert executor.parents_seen[2] == {"g2-1", "g2-2"}
+    g3 = population[population["generation"] == 3]
+    assert g3["parent_id"].tolist() == ["g2-1"] * 3 + ["g2-2"] * 3  # ranked parents, offspring in order
+
+
+def test_failed_individuals_are_never_selected_and_a_dead_generation_stops_the_run(tmp_path):
+    script = {"g2-0": None, "g2-1": None, "g2-2": None}
+    _, run_dir, executor, _, run = scripted_run(tmp_path, script)
+    with pytest.raises(EvolutionFailed, match="every individual of generation 2 failed"):
+        run.run()
+    assert executor.stopped == 1  # the workers are released on the way out
+    population = RunRecords(run_dir).population()
+    assert population["status"].tolist() == [OK, FAILED, FAILED, FAILED]
+    assert RunRecords(run_dir).recorded_ids(2) == {"g2-0", "g2-1", "g2-2"}
+
+
+def test_resume_develops_only_what_is_not_recorded(tmp_path):
+    script = {"g2-0": 0.6, "g2-1": 0.9, "g2-2": 0.7}
+    config, run_dir, _, _, run = scripted_run(tmp_path, script, "evolution.generations=2")
+    first = run.run()
+    RunRecords(run_dir).storage.delete("population/generation=2/part-g2-2.parquet")
+    again, hook = ScriptedExecutor(run_dir, script), Recorder()
+    second = evolution(config, run_dir, executor=again, hooks=[hook]).run()
+    assert again.calls == [[], ["g2-2"]]
+    assert ("start", 2, 3, 2, "") in hook.events
+    columns = ["individual_id", "parent_id", "seed", "train_seed", METRIC, "selected"]
+    pd.testing.assert_frame_equal(first[columns], second[columns])
+
+
+def test_baselines_are_a_batch_of_their_own_after_selection(tmp_path):
+    _, _, executor, hook, run = scripted_run(
+        tmp_path, {"g2-1": 0.9}, "evolution.generations=2", "baselines.enabled=true", "baselines.kinds=[random]"
+    )
+    population = run.run()
+    assert executor.calls[-1] == ["g2-1-random"]
+    assert hook.events[-2:] == [("recorded", "g2-1-random"), ("finished", 2, "baselines at matched sparsity")]
+    baseline = population.set_index("individual_id").loc["g2-1-random"]
+    assert baseline["kind"] == "random" and not baseline["selected"]
+
+
+def test_records_keep_exact_integers_when_read_back_as_typed_values(tmp_path):
+    _, run_dir, _, _, run = scripted_run(tmp_path, {}, "evolution.generations=2", "run.seed=4611686018427387903")
+    run.run()
+    for record in RunRecords(run_dir).individuals(2):
+        assert isinstance(record.seed, int) and record.seed > 2**53  # past float64's exact integers
+        assert isinstance(record.lineage, tuple) and record.metric(METRIC) == 0.5
+
+
+# -- the in-process executor: real training, no Ray ------------------------------------------------
+def test_local_executor_runs_a_whole_run_without_importing_ray(tmp_path):
+    """A separate interpreter, so that no other test's Ray import can hide one."""
+    code = (
+        "import sys; from evopop.api import evolve; from evopop.config import load_config; "
+        "from evopop.records.run import RunRecords; "
+        f"c = load_config({str(TINY)!r}, ['resources.executor=local', 'evolution.generations=2', "
+        "'evolution.offspring=2', 'diversity.functional_batch=8']); "
+        f"RunRecords({str(tmp_path / 'run')!r}).write_config(c.to_yaml()); "
+        f"p = evolve(c, {str(tmp_path / 'run')!r}); "
+        "assert 'ray' not in sys.modules, 'ray was imported'; print(len(p), p['status'].tolist())"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, timeout=600)
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert out.stdout.strip().splitlines()[-1] == "3 ['ok', 'ok', 'ok']"
+    assert RunRecords(str(tmp_path / "run")).has_diversity(2)
+
+
+@pytest.mark.slow
+def test_local_and_ray_executors_give_identical_records(ray_cluster, tmp_path):
+    overrides = ["evolution.generations=3", "evolution.offspring=2", "baselines.enabled=true"]
+    populations = {}
+    for executor in ("local", "ray"):
+        config = load_config(TINY, [*overrides, f"resources.executor={executor}"])
+        run_dir = str(tmp_path / executor)
+        RunRecords(run_dir).write_config(config.to_yaml())
+        populations[executor] = evolve(config, run_dir, plan=plan_run(config))
+    columns = ["generation", "individual_id", "kind", "parent_id", "seed", "train_seed", "mask_digest", "synapses",
+               "neurons", "macs", "efficiency", "val_accuracy", "val_loss", "selected", "rank"]  # fmt: skip
+    local, ray_ = populations["local"][columns], populations["ray"][columns]
+    assert len(local) == 1 + 2 * 2 + 2 * 2  # ancestor, 2 x 2 offspring, 2 x 2 baselines
+    pd.testing.assert_frame_equal(local, ray_)
