@@ -46,17 +46,19 @@ sys.path.insert(0, str(ROOT))
 
 from evopop.analysis.diversity import (  # noqa: E402
     NETWORK,
-    checkpoint_outputs,
     functional_disagreement,
-    held_out_batch,
     living_fractions,
     neuron_distances,
     pack_genomes,
     spread,
     synapse_distances,
-    write_generation_diversity,
 )
 from evopop.analysis.figures import new_figure, render  # noqa: E402
+from evopop.analysis.generation_diversity import (  # noqa: E402
+    checkpoint_outputs,
+    held_out_batch,
+    write_generation_diversity,
+)
 from evopop.analysis.report import build_report  # noqa: E402
 from evopop.config import load_config  # noqa: E402
 from evopop.records.run import RunRecords  # noqa: E402

@@ -10,7 +10,6 @@ import torch
 from evopop.analysis.diversity import (
     NETWORK,
     functional_disagreement,
-    generation_diversity,
     hamming_distance,
     jaccard_distance,
     living_fraction_spread,
@@ -22,8 +21,8 @@ from evopop.analysis.diversity import (
     predictions,
     spread,
     synapse_distances,
-    write_generation_diversity,
 )
+from evopop.analysis.generation_diversity import generation_diversity, write_generation_diversity
 from evopop.records.run import RunRecords
 from evopop.records.schema import IndividualRecord, population_schema
 from evopop.synthesis import Genome, SynapticLayer

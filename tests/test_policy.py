@@ -196,3 +196,17 @@ def test_local_and_ray_executors_give_identical_records(ray_cluster, tmp_path):
     local, ray_ = populations["local"][columns], populations["ray"][columns]
     assert len(local) == 1 + 2 * 2 + 2 * 2  # ancestor, 2 x 2 offspring, 2 x 2 baselines
     pd.testing.assert_frame_equal(local, ray_)
+
+
+def test_show_reads_the_records_alone_without_the_task_or_its_data(tmp_path, capsys):
+    """`evopop show` on a machine where the run's task cannot even be imported (its data elsewhere)."""
+    from evopop.cli import main
+
+    _, run_dir, _, _, run = scripted_run(tmp_path, {"g2-1": 0.9}, "evolution.generations=2")
+    run.run()
+    records = RunRecords(run_dir)
+    records.write_config(records.read_config().replace("name: shapes", "name: not_installed.module:factory"))
+    capsys.readouterr()
+    assert main(["show", run_dir]) == 0
+    out = capsys.readouterr().out
+    assert "followed lineage:" in out and "g2-1" in out and "0.9000" in out

@@ -13,8 +13,9 @@ import pandas as pd
 import pytest
 import torch
 
-from evopop.analysis.diversity import NETWORK, task_probe, write_generation_diversity
+from evopop.analysis.diversity import NETWORK
 from evopop.analysis.figures import FIGURES, pareto_front
+from evopop.analysis.generation_diversity import task_probe, write_generation_diversity
 from evopop.analysis.loading import load_run
 from evopop.analysis.report import build_report
 from evopop.records.run import RunRecords
@@ -186,8 +187,8 @@ def test_pareto_front():
 # -- slow: a real tiny run through the engine --------------------------------------------------------
 @pytest.fixture(scope="module")
 def tiny_run(ray_cluster, tmp_path_factory):
-    from evopop.config import load_config
     from evopop.api import evolve
+    from evopop.config import load_config
     from evopop.synthesis import trace_architecture
     from evopop.tasks.registry import build_task
 

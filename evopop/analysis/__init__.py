@@ -1,6 +1,8 @@
-"""Analysis: tables, diversity of offspring, loading runs, reports. Reads records; never writes them,
-except diversity, which the driver records after each generation."""
-from .diversity import generation_diversity, write_generation_diversity
+"""Analysis: diversity mathematics, loading runs, tables, figures, reports. It reads what the records
+hand it; what it writes (diversity, through `DiversityRecorder`, a hook on the evolution loop) it
+writes through them."""
+
+from .generation_diversity import generation_diversity, write_generation_diversity
 from .loading import Run, load_run
 
 

@@ -13,7 +13,7 @@ from ..config import Config
 from ..engine.hooks import Hook
 from ..records.run import RunRecords
 from ..tasks.registry import built_task
-from .diversity import task_probe, write_generation_diversity
+from .generation_diversity import task_probe, write_generation_diversity
 
 
 class DiversityRecorder(Hook):

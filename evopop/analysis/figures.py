@@ -17,7 +17,8 @@ from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 from matplotlib.ticker import FuncFormatter, LogLocator, MaxNLocator, NullFormatter
 
-from ..records.run import natural_key
+from ..records.ids import natural_key
+from ..records.schema import OK
 from .diversity import NETWORK
 from .loading import Run
 
@@ -46,7 +47,7 @@ def _ok(run: Run) -> pd.DataFrame:
     pop = run.population
     if pop.empty or "status" not in pop:
         return pop.iloc[0:0] if not pop.empty else pd.DataFrame()
-    return pop[pop["status"] == "ok"]
+    return pop[pop["status"] == OK]
 
 
 def _metric_label(run: Run) -> str:
@@ -202,8 +203,8 @@ def figure_lineage_tree(run: Run) -> Figure:
             followed = parent in on_line and row["individual_id"] in on_line
             ax.plot([x0, x1], [y0, y1], color=LINEAGE_COLOR if followed else "#bdbdbd",
                     lw=2.8 if followed else 0.9, zorder=3 if followed else 1)  # fmt: skip
-    ok = pop[pop["status"] == "ok"]
-    failed = pop[pop["status"] != "ok"]
+    ok = pop[pop["status"] == OK]
+    failed = pop[pop["status"] != OK]
     metric = run.metric if run.metric in pop else None
     xy = np.array([pos[i] for i in ok["individual_id"]]) if len(ok) else np.zeros((0, 2))
     if metric and len(ok) and ok[metric].notna().any():

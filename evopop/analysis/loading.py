@@ -19,7 +19,7 @@ import pandas as pd
 import yaml
 
 from ..records.run import RunRecords
-from ..records.schema import POPULATION_FIELDS
+from ..records.schema import OK, POPULATION_FIELDS
 from .tables import followed_lineage, metrics_first
 
 
@@ -92,7 +92,7 @@ class Run:
         rows = self.population[self.population["generation"] == last]
         recorded = len(rows)
         expected = self.expected_individuals(last)
-        if expected and recorded >= expected and (rows["status"] != "ok").all():
+        if expected and recorded >= expected and (rows["status"] != OK).all():
             return f"stopped: every individual of generation {last} failed ({recorded} of {recorded})"
         of = f" of {expected}" if expected else ""
         state = "selection recorded" if last in decided else "selection pending"

@@ -17,9 +17,10 @@ from pathlib import Path
 import pandas as pd
 
 from ..records.run import RunRecords
-from ..records.schema import BASELINE_KINDS
+from ..records.schema import BASELINE_KINDS, OK
 from ..records.storage import Storage
-from .diversity import NETWORK, generation_diversity, layers_of_run
+from .diversity import NETWORK
+from .generation_diversity import generation_diversity, layers_of_run
 from .loading import Diversity, Run, best_first, load_run
 from .tables import lineage_table, population_table
 
@@ -72,7 +73,7 @@ def fill_missing_diversity(run: Run) -> list[int]:
     if run.population.empty:
         return []
     recorded = set(run.diversity.generations())
-    ok = run.population[run.population["status"] == "ok"]
+    ok = run.population[run.population["status"] == OK]
     counts = ok.groupby("generation").size()
     missing = [int(g) for g, n in counts.items() if n >= 2 and int(g) not in recorded]
     if not missing:
@@ -171,7 +172,7 @@ def _failures(run: Run) -> pd.DataFrame:
     pop = run.population
     if pop.empty:
         return pop
-    failed = pop[pop["status"] != "ok"]
+    failed = pop[pop["status"] != OK]
     if failed.empty:
         return failed
     first = failed["error"].fillna("").map(lambda e: (e.strip().splitlines() or [""])[0][:200])

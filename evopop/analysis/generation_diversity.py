@@ -1,0 +1,267 @@
+"""The diversity of one recorded generation: its genomes read from the run's checkpoints, the
+mathematics of `evopop.analysis.diversity` applied, the result as (pairs, summary) DataFrames in the
+records' schemas (`DiversityPair`, `DiversitySummary`), which `RunRecords.write_diversity` stores.
+
+Functional diversity needs the networks' outputs on one fixed held-out batch: `task_probe` gives a
+callable that computes them from each individual's checkpoint.
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+from collections.abc import Callable, Sequence
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import torch
+import yaml
+
+from ..records.ids import natural_key
+from ..records.schema import DIVERSITY_PAIR_FIELDS, DIVERSITY_SUMMARY_FIELDS, EVOLVED_KINDS, OK
+from ..synthesis.layers import SynapticLayer
+from ..tasks.registry import built_task
+from .diversity import (
+    NETWORK,
+    PAIR_QUANTITIES,
+    GenomePacker,
+    PackedGenomes,
+    functional_disagreement,
+    living_fractions,
+    neuron_distances,
+    neuron_fractions,
+    spread,
+    synapse_distances,
+)
+
+
+# -- outputs of recorded individuals on a held-out batch -------------------------------------------
+def held_out_batch(task, size: int = 32, eval_set: str | None = None) -> torch.Tensor:
+    """The first ``size`` inputs of the task's first (or named) evaluation set, stacked: a fixed batch."""
+    sets = task.eval_sets()
+    name = eval_set or next(iter(sets))
+    dataset = sets[name]
+    n = min(int(size), len(dataset))
+    return torch.stack([torch.as_tensor(dataset[i][0]) for i in range(n)])
+
+
+def checkpoint_outputs(records, task, batch: torch.Tensor, device: str | torch.device = "cpu",
+                       ) -> Callable[[str], torch.Tensor]:  # fmt: skip
+    """``f(individual_id) -> outputs`` of the recorded individual on ``batch`` (eval mode, float32, CPU).
+
+    One model is built (under a forked RNG: the caller's random state is untouched) and reloaded
+    with each checkpoint's weights; dead synapses are exactly zero in them, so the outputs are those
+    of the masked network that was measured.
+    """
+    with torch.random.fork_rng(devices=[]):
+        model = task.build_model()
+    device = torch.device(device)
+    model.to(device).eval()
+    batch = batch.to(device)
+
+    @torch.no_grad()
+    def outputs(individual_id: str) -> torch.Tensor:
+        weights = records.read_checkpoint(individual_id)["weights"]
+        model.load_state_dict(weights, strict=True)
+        return model(batch).float().cpu()
+
+    return outputs
+
+
+# -- one generation from the records ---------------------------------------------------------------
+
+
+def _none_if_na(v):
+    return None if v is None or (isinstance(v, float) and math.isnan(v)) or v is pd.NA else v
+
+
+def layers_of_run(records) -> list[SynapticLayer] | None:
+    """The run's synaptic layers, from its config's task (None if the task cannot be built here)."""
+    try:
+        config = yaml.safe_load(records.read_config())
+        return list(built_task(config["task"]["name"], config["task"].get("args")).arch.layers)
+    except Exception as exc:  # analysis must work without the user's task importable
+        warnings.warn(
+            f"could not build the run's task ({type(exc).__name__}: {exc}); reading layers off the "
+            "masks (neurons along dimension 0: wrong for ConvTranspose layers)",
+            stacklevel=2,
+        )
+        return None
+
+
+def _layers_arg(arch) -> list[SynapticLayer] | None:
+    if arch is None:
+        return None
+    if hasattr(arch, "layers"):
+        return list(arch.layers)
+    return list(arch)
+
+
+def generation_diversity(
+    records,
+    generation: int,
+    arch=None,
+    metric_columns: Sequence[str] | None = None,
+    outputs: Callable[[str], torch.Tensor] | None = None,
+    kind: str = "auto",
+) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Diversity of the successful individuals of one generation: (pairs, summary) DataFrames.
+
+    records: a `RunRecords`. arch: an `Architecture` or list of `SynapticLayer` (layer order and
+    neuron semantics); None builds it from the run's config (falling back to mask shapes).
+    metric_columns: metrics whose spread to summarise (default: all the run's metric columns).
+    outputs: optional ``f(individual_id) -> tensor`` on one fixed batch (see `checkpoint_outputs`);
+    it adds ``functional_disagreement`` to the network-scope pairs. kind: see `predictions`.
+
+    pairs: one row per unordered pair (a < b) and scope ("network", then each layer) with the
+    columns of `DIVERSITY_PAIR_FIELDS` plus ``generation``. summary: rows of
+    `DIVERSITY_SUMMARY_FIELDS` plus ``generation``, for the whole generation and for each parent's
+    offspring ("siblings"): pair distances, living fractions, synapses and metric spread.
+    """
+    population = records.population(generation)
+    if population.empty or "status" not in population:
+        empty_pairs, empty_summary = _empty(DIVERSITY_PAIR_FIELDS), _empty(DIVERSITY_SUMMARY_FIELDS)
+        empty_pairs.insert(0, "generation", pd.Series(dtype="int32"))
+        empty_summary.insert(0, "generation", pd.Series(dtype="int32"))
+        return empty_pairs, empty_summary
+    ok = population[population["status"] == OK]
+    if "kind" in ok:  # baselines at matched sparsity are not offspring of the method
+        ok = ok[ok["kind"].isin(EVOLVED_KINDS) | ok["kind"].isna()]
+    ok = ok.sort_values("individual_id", key=lambda c: c.map(natural_key)).reset_index(drop=True)
+    if metric_columns is None:
+        metric_columns = records.metadata().metric_columns
+    layers = _layers_arg(arch)
+    if layers is None and len(ok):
+        layers = layers_of_run(records)
+
+    packer = GenomePacker(layers)
+    kept, outs = [], []
+    for _, row in ok.iterrows():
+        individual_id = row["individual_id"]
+        if not records.has_checkpoint(individual_id):
+            warnings.warn(f"{individual_id}: recorded ok but its checkpoint is missing; left out of the diversity",
+                          stacklevel=2)  # fmt: skip
+            continue
+        payload = records.read_checkpoint(individual_id)
+        packer.add(payload["masks"], individual_id)
+        del payload
+        if outputs is not None:
+            outs.append(outputs(individual_id))
+        kept.append(row)
+    ok = pd.DataFrame(kept).reset_index(drop=True) if kept else ok.iloc[0:0]
+    packed = packer.done()
+    parents = [(_none_if_na(p)) for p in ok["parent_id"]] if len(ok) else []
+    disagreement = functional_disagreement(outs, kind) if outputs is not None else None
+
+    pairs = _pairs_frame(packed, parents, disagreement)
+    pairs.insert(0, "generation", np.int32(generation))
+    summary = _summary_frame(packed, ok, parents, pairs, list(metric_columns))
+    summary.insert(0, "generation", np.int32(generation))
+    return pairs, summary
+
+
+def _pairs_frame(packed: PackedGenomes, parents: list, disagreement: torch.Tensor | None) -> pd.DataFrame:
+    n = len(packed)
+    columns = [name for name, _ in DIVERSITY_PAIR_FIELDS]
+    if n < 2:
+        return _empty(DIVERSITY_PAIR_FIELDS)
+    syn = synapse_distances(packed)
+    neu = neuron_distances(packed)
+    ia, ib = torch.triu_indices(n, n, offset=1)
+    ids = np.asarray(packed.ids, dtype=object)
+    par = np.asarray(parents, dtype=object)
+    a, b = ids[ia.numpy()], ids[ib.numpy()]
+    pa_, pb_ = par[ia.numpy()], par[ib.numpy()]
+    siblings = np.array([x is not None and x == y for x, y in zip(pa_, pb_)], dtype=bool)
+    frames = []
+    for scope, d in syn.items():
+        nd = neu[scope]
+        pick = lambda m: m[ia, ib].numpy()  # noqa: E731
+        func = (pick(disagreement) if disagreement is not None and scope == NETWORK
+                else np.full(len(a), np.nan))  # fmt: skip
+        frames.append(pd.DataFrame({
+            "a": a, "b": b, "parent_a": pa_, "parent_b": pb_, "siblings": siblings, "scope": scope,
+            "jaccard": pick(d.jaccard), "hamming": pick(d.hamming), "hamming_fraction": pick(d.hamming_fraction),
+            "shared_synapses": pick(d.intersection), "union_synapses": pick(d.union),
+            "dense_synapses": np.full(len(a), d.dense, dtype=np.int64),
+            "neuron_jaccard": pick(nd.jaccard), "neuron_hamming": pick(nd.hamming),
+            "functional_disagreement": func,
+        }))  # fmt: skip
+    return pd.concat(frames, ignore_index=True)[columns]
+
+
+def _empty(fields) -> pd.DataFrame:
+    return pa.schema(fields).empty_table().to_pandas()
+
+
+def _summary_frame(packed: PackedGenomes, ok: pd.DataFrame, parents: list, pairs: pd.DataFrame,
+                   metric_columns: list[str]) -> pd.DataFrame:  # fmt: skip
+    n = len(packed)
+    if n == 0:
+        return _empty(DIVERSITY_SUMMARY_FIELDS)
+    fractions = living_fractions(packed)
+    neuron_fr = neuron_fractions(packed)
+    synapses = {NETWORK: sum((packed.synapses[l.name] for l in packed.layers), torch.zeros(n, dtype=torch.int64))}
+    synapses.update(packed.synapses)
+    groups = [("generation", None, np.ones(n, dtype=bool))]
+    for parent in sorted({p for p in parents if p is not None}, key=natural_key):
+        groups.append(("siblings", parent, np.array([p == parent for p in parents])))
+    rows = []
+    ids = np.asarray(packed.ids, dtype=object)
+    for group, parent, members in groups:
+        member_ids = set(ids[members])
+        if len(pairs):
+            in_group = pairs["a"].isin(member_ids) & pairs["b"].isin(member_ids)
+            group_pairs = pairs[in_group]
+        else:
+            group_pairs = pairs
+        for scope in fractions:
+            scope_pairs = group_pairs[group_pairs["scope"] == scope] if len(group_pairs) else group_pairs
+            for quantity in PAIR_QUANTITIES:
+                if quantity == "functional_disagreement" and scope != NETWORK:
+                    continue
+                values = scope_pairs[quantity].to_numpy(dtype=float) if len(scope_pairs) else np.array([])
+                if quantity == "functional_disagreement" and not np.isfinite(values).any():
+                    continue
+                rows.append({"group": group, "parent_id": parent, "scope": scope, "quantity": quantity,
+                             **spread(values)})  # fmt: skip
+            for quantity, table in (("living_fraction", fractions), ("neuron_fraction", neuron_fr),
+                                    ("synapses", synapses)):  # fmt: skip
+                rows.append({"group": group, "parent_id": parent, "scope": scope, "quantity": quantity,
+                             **spread(table[scope].numpy()[members])})  # fmt: skip
+        for metric in metric_columns:
+            if metric in ok:
+                rows.append({"group": group, "parent_id": parent, "scope": NETWORK, "quantity": metric,
+                             **spread(ok[metric].to_numpy()[members])})  # fmt: skip
+    frame = pd.DataFrame(rows, columns=[name for name, _ in DIVERSITY_SUMMARY_FIELDS])
+    frame["count"] = frame["count"].astype("int64")
+    return frame
+
+
+def write_generation_diversity(
+    records,
+    generation: int,
+    arch=None,
+    metric_columns: Sequence[str] | None = None,
+    outputs: Callable[[str], torch.Tensor] | None = None,
+    kind: str = "auto",
+    note: str = "",
+) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """`generation_diversity`, written to RUN_DIR/diversity/generation=G/part-0.parquet (pairs) and
+    RUN_DIR/diversity_summary/generation=G/part-0.parquet (summary); returns (pairs, summary).
+
+    ``note`` goes into the pairs file metadata (``evopop.diversity.functional``), e.g. which batch
+    the functional disagreement was measured on.
+    """
+    pairs, summary = generation_diversity(records, generation, arch, metric_columns, outputs, kind)
+    records.write_diversity(generation, pairs, summary, note)
+    return pairs, summary
+
+
+def task_probe(task, records, batch_size: int = 32, device: str | torch.device = "cpu"):
+    """(outputs callable, note) for `write_generation_diversity`: ``task``'s network on the first
+    ``batch_size`` items of its first evaluation set."""
+    batch = held_out_batch(task, batch_size)
+    name = next(iter(task.eval_set_names()), "eval")
+    return checkpoint_outputs(records, task, batch, device), f"argmax disagreement on {name}[:{len(batch)}]"
