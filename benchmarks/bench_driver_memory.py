@@ -6,6 +6,7 @@ offspring generation and the last, per generation, against the run's total recor
 
     python benchmarks/bench_driver_memory.py [--generations 12] [--offspring 3]
 """
+
 from __future__ import annotations
 
 import argparse
@@ -19,8 +20,8 @@ from pathlib import Path
 
 import ray
 
-from evopop.config import load_config
 from evopop.api import evolve
+from evopop.config import load_config
 from evopop.records.run import RunRecords
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -65,9 +66,12 @@ def main() -> None:
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
     config = load_config(
         ROOT / "configs" / "tiny.yaml",
-        [f"evolution.generations={args.generations}", f"evolution.offspring={args.offspring}",
-         "evolution.environment.c=0.85"],
-    )  # fmt: skip
+        [
+            f"evolution.generations={args.generations}",
+            f"evolution.offspring={args.offspring}",
+            "evolution.environment.c=0.85",
+        ],
+    )
     with tempfile.TemporaryDirectory() as tmp:
         run_dir = str(Path(tmp) / "run")
         RunRecords(run_dir).write_config(config.to_yaml())

@@ -26,6 +26,7 @@ the machine slows both sides alike. The 1-minute load average is sampled and rep
     python benchmarks/bench_engine.py --quick                # smoke run, seconds
     python benchmarks/bench_engine.py --json results.json    # also write the figures as JSON
 """
+
 from __future__ import annotations
 
 import argparse
@@ -76,8 +77,12 @@ QUICK_TASK = "task.args={train_size: 256, val_size: 128, image_size: 16, widths:
 
 def engine_config(args, storage: str, epochs: int, *overrides: str) -> Config:
     """configs/quickstart.yaml with the benchmark's overrides (one CPU and one thread per trainer)."""
-    base = [f"storage.path={storage}", "resources.cpus_per_trainer=1", "resources.torch_threads=1",
-            f"train.epochs={epochs}"]  # fmt: skip
+    base = [
+        f"storage.path={storage}",
+        "resources.cpus_per_trainer=1",
+        "resources.torch_threads=1",
+        f"train.epochs={epochs}",
+    ]
     if args.quick:
         base.append(QUICK_TASK)
     return load_config(QUICKSTART, base + list(overrides))
@@ -101,8 +106,10 @@ class LoadSampler(threading.Thread):
 
     def stop(self) -> dict:
         self._halt.set()
-        return {"mean": statistics.fmean(self.samples) if self.samples else os.getloadavg()[0],
-                "max": max(self.samples, default=os.getloadavg()[0])}
+        return {
+            "mean": statistics.fmean(self.samples) if self.samples else os.getloadavg()[0],
+            "max": max(self.samples, default=os.getloadavg()[0]),
+        }
 
 
 def _niceness() -> int:
@@ -139,11 +146,13 @@ def bare_train(task, parent: ParentState, config: Config, seed: int) -> dict:
     model = task.build_model()
     model.load_state_dict({k: torch.from_numpy(v.copy()) for k, v in parent.weights.items()})
     optimizer = torch.optim.SGD(model.parameters(), lr=t.lr, momentum=t.momentum, weight_decay=t.weight_decay)
-    loader = DataLoader(task.train_set(), batch_size=t.batch_size, shuffle=True,
-                        generator=torch.Generator().manual_seed(seed))  # fmt: skip
+    loader = DataLoader(
+        task.train_set(), batch_size=t.batch_size, shuffle=True, generator=torch.Generator().manual_seed(seed)
+    )
     total_steps = max(1, t.epochs * len(loader))  # the same cosine decay evopop applies (no warm-up)
     schedule = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda step: 0.5 * (1 + math.cos(math.pi * min(step, total_steps) / total_steps)))
+        optimizer, lambda step: 0.5 * (1 + math.cos(math.pi * min(step, total_steps) / total_steps))
+    )
     samples = 0
     start = time.perf_counter()
     model.train()
@@ -166,13 +175,18 @@ def timed(develop, *args) -> dict:
     wall = time.perf_counter() - start
     if outcome.status != "ok":
         raise RuntimeError(f"{outcome.individual_id} failed: {outcome.error}")
-    return {"train_seconds": outcome.train_seconds, "samples_per_second": outcome.samples_per_second,
-            "inner_seconds": outcome.wall_seconds, "end_to_end_seconds": wall}  # fmt: skip
+    return {
+        "train_seconds": outcome.train_seconds,
+        "samples_per_second": outcome.samples_per_second,
+        "inner_seconds": outcome.wall_seconds,
+        "end_to_end_seconds": wall,
+    }
 
 
 def bench_throughput(args, workdir: Path) -> dict:
-    config = engine_config(args, str(workdir), args.epochs, "resources.trainers=1",
-                           f"evolution.offspring={2 * args.repeats + 2}")  # fmt: skip
+    config = engine_config(
+        args, str(workdir), args.epochs, "resources.trainers=1", f"evolution.offspring={2 * args.repeats + 2}"
+    )
     parent = fresh_parent(config)
     # real offspring specs of the root: seeds, environment (budget C=0.5) and epochs as the policy makes them
     specs = iter(offspring_specs(config, 2, [IndividualRecord(individual_id=ROOT_ID, lineage=(ROOT_ID,))]))
@@ -197,7 +211,7 @@ def bench_throughput(args, workdir: Path) -> dict:
     runs = {"bare": [], "local": [], "ray": []}
     for i in range(args.repeats):
         # rotate the order so that drift in machine speed does not favour one side
-        order = ["bare", "local", "ray"][i % 3:] + ["bare", "local", "ray"][: i % 3]
+        order = ["bare", "local", "ray"][i % 3 :] + ["bare", "local", "ray"][: i % 3]
         for side in order:
             if side == "bare":
                 runs["bare"].append(bare_train(task, parent, config, SEED + i))
@@ -205,8 +219,11 @@ def bench_throughput(args, workdir: Path) -> dict:
                 runs["local"].append(timed(developer.develop, next(specs), parent))
             else:
                 runs["ray"].append(timed(remote, next(specs), parent_ref))
-        print(f"  repeat {i + 1}/{args.repeats}: " + ", ".join(
-            f"{s} {runs[s][-1]['samples_per_second']:.0f} samples/s" for s in ("bare", "local", "ray")), flush=True)
+        print(
+            f"  repeat {i + 1}/{args.repeats}: "
+            + ", ".join(f"{s} {runs[s][-1]['samples_per_second']:.0f} samples/s" for s in ("bare", "local", "ray")),
+            flush=True,
+        )
     ray.kill(actor)
 
     med = {side: {key: median([r[key] for r in rs]) for key in rs[0]} for side, rs in runs.items()}
@@ -264,15 +281,18 @@ def new_run(config: Config, run_dir: Path):
     records.write_config(config.to_yaml())  # what `evopop resume` would read
     executor = RayExecutor(config, str(run_dir))
     timer = GenerationTimer(executor)
-    run = evolution(config, str(run_dir), executor=executor, hooks=[timer, Progress("val_accuracy", "max", io.StringIO())])
+    run = evolution(
+        config, str(run_dir), executor=executor, hooks=[timer, Progress("val_accuracy", "max", io.StringIO())]
+    )
     return run, timer
 
 
 def train_ancestor(args, workdir: Path) -> Path:
     """Generation 1 once; its quality does not matter here, so one epoch."""
     run_dir = workdir / "ancestor"
-    config = engine_config(args, str(workdir), args.gen_epochs, "evolution.generations=1", "ancestor.epochs=1",
-                           "resources.trainers=1")  # fmt: skip
+    config = engine_config(
+        args, str(workdir), args.gen_epochs, "evolution.generations=1", "ancestor.epochs=1", "resources.trainers=1"
+    )
     new_run(config, run_dir)[0].run()
     return run_dir
 
@@ -281,8 +301,15 @@ def time_generations(args, workdir: Path, ancestor_dir: Path, trainers: int, tag
     """Resume a copy of the ancestor's run with `trainers` actors through generations 2..G."""
     run_dir = workdir / f"run-{tag}"
     shutil.copytree(ancestor_dir, run_dir)
-    config = engine_config(args, str(workdir), args.gen_epochs, f"resources.trainers={trainers}", "ancestor.epochs=1",
-                           f"evolution.generations={args.generations}", f"evolution.offspring={args.offspring}")
+    config = engine_config(
+        args,
+        str(workdir),
+        args.gen_epochs,
+        f"resources.trainers={trainers}",
+        "ancestor.epochs=1",
+        f"evolution.generations={args.generations}",
+        f"evolution.offspring={args.offspring}",
+    )
     run, timer = new_run(config, run_dir)
     run.run()
     population = run.records.population()
@@ -301,7 +328,7 @@ def bench_generations(args, workdir: Path) -> dict:
     ancestor_dir = train_ancestor(args, workdir)
     runs: dict[int, list[dict]] = {1: [], 2: []}
     for i in range(args.gen_repeats):
-        for trainers in ((1, 2) if i % 2 == 0 else (2, 1)):  # alternate to spread drift evenly
+        for trainers in (1, 2) if i % 2 == 0 else (2, 1):  # alternate to spread drift evenly
             r = time_generations(args, workdir, ancestor_dir, trainers, f"t{trainers}-{i}")
             runs[trainers].append(r)
             shown = ", ".join(f"gen {g} {s:.1f}s" for g, s in r["generation_seconds"].items())
@@ -323,8 +350,9 @@ def bench_generations(args, workdir: Path) -> dict:
         # engine turned into speed-up (1.0 = no idle trainer, no driver overhead); unlike the speed-up
         # itself, it does not depend on whether the machine had a second core free
         "scheduling_efficiency": {str(g): med[1][g] / med[2][g] / (2 * sps[2] / sps[1]) for g in generations},
-        "actors_ready_seconds": {f"trainers={t}": median([r["actors_ready_seconds"] for r in rs])
-                                 for t, rs in runs.items()},  # fmt: skip
+        "actors_ready_seconds": {
+            f"trainers={t}": median([r["actors_ready_seconds"] for r in rs]) for t, rs in runs.items()
+        },
         "runs": {f"trainers={t}": rs for t, rs in runs.items()},
     }
 
@@ -333,32 +361,44 @@ def bench_generations(args, workdir: Path) -> dict:
 def report(results: dict) -> None:
     tp = results["throughput"]
     m = tp["median"]
-    print(f"\n1. one offspring, {tp['samples']} samples ({tp['epochs']} epochs, batch {tp['batch_size']}), "
-          f"1 thread, median of {tp['repeats']}")
+    print(
+        f"\n1. one offspring, {tp['samples']} samples ({tp['epochs']} epochs, batch {tp['batch_size']}), "
+        f"1 thread, median of {tp['repeats']}"
+    )
     print(f"   {'':6} {'samples/s':>10} {'train s':>8} {'end-to-end s':>13} {'vs bare (throughput)':>21}")
     bare = m["bare"]
     print(f"   {'bare':6} {bare['samples_per_second']:10.0f} {bare['train_seconds']:8.2f} {'-':>13} {'1.00':>21}")
     for side in ("local", "ray"):
         ratio = tp[f"throughput_ratio_{side}_vs_bare"]
-        print(f"   {side:6} {m[side]['samples_per_second']:10.0f} {m[side]['train_seconds']:8.2f} "
-              f"{m[side]['end_to_end_seconds']:13.2f} {ratio:21.3f}")
+        print(
+            f"   {side:6} {m[side]['samples_per_second']:10.0f} {m[side]['train_seconds']:8.2f} "
+            f"{m[side]['end_to_end_seconds']:13.2f} {ratio:21.3f}"
+        )
     o = tp["ray_overhead_seconds"]
-    print(f"   ray end-to-end / bare training time: {tp['end_to_end_ray_vs_bare_train']:.3f} "
-          f"(synthesis+eval+checkpoint {o['develop_minus_train']:.2f}s, "
-          f"Ray round trip {o['round_trip_minus_develop']:.3f}s)")
-    print(f"   an actor's first offspring: {tp['first_offspring_of_actor_seconds']:.2f}s end to end (it builds the "
-          f"data sets, the training set alone {tp['train_set_build_seconds']:.2f}s, and warms torch up)")
+    print(
+        f"   ray end-to-end / bare training time: {tp['end_to_end_ray_vs_bare_train']:.3f} "
+        f"(synthesis+eval+checkpoint {o['develop_minus_train']:.2f}s, "
+        f"Ray round trip {o['round_trip_minus_develop']:.3f}s)"
+    )
+    print(
+        f"   an actor's first offspring: {tp['first_offspring_of_actor_seconds']:.2f}s end to end (it builds the "
+        f"data sets, the training set alone {tp['train_set_build_seconds']:.2f}s, and warms torch up)"
+    )
 
     g = results["generations"]
-    print(f"\n2. generation wall time, {g['offspring_per_generation']} offspring x {g['epochs']} epochs, "
-          f"median of {g['repeats']}")
+    print(
+        f"\n2. generation wall time, {g['offspring_per_generation']} offspring x {g['epochs']} epochs, "
+        f"median of {g['repeats']}"
+    )
     for gen, speedup in g["speedup"].items():
         one, two = g["generation_seconds"]["trainers=1"][gen], g["generation_seconds"]["trainers=2"][gen]
         print(f"   generation {gen}: 1 trainer {one:6.1f}s, 2 trainers {two:6.1f}s, speed-up {speedup:.2f}x")
     s = g["per_trainer_samples_per_second"]
-    print(f"   per-trainer samples/s: {s['trainers=1']:.0f} alone, {s['trainers=2']:.0f} with two "
-          f"({g['per_trainer_throughput_2_vs_1']:.2f}x); scheduling efficiency "
-          + ", ".join(f"gen {gen} {e:.2f}" for gen, e in g["scheduling_efficiency"].items()))
+    print(
+        f"   per-trainer samples/s: {s['trainers=1']:.0f} alone, {s['trainers=2']:.0f} with two "
+        f"({g['per_trainer_throughput_2_vs_1']:.2f}x); scheduling efficiency "
+        + ", ".join(f"gen {gen} {e:.2f}" for gen, e in g["scheduling_efficiency"].items())
+    )
 
 
 def main(argv=None) -> int:
@@ -371,11 +411,17 @@ def main(argv=None) -> int:
     parser.add_argument("--gen-epochs", type=int, help="epochs per offspring in 2. (default 2, quickstart's)")
     parser.add_argument("--generations", type=int, help="last generation of the timed runs (default 3)")
     parser.add_argument("--offspring", type=int, help="offspring per generation (default 4)")
-    parser.add_argument("--keep-niceness", action="store_true",
-                        help="do not raise this process's niceness to Ray's workers' (see match_worker_niceness)")
+    parser.add_argument(
+        "--keep-niceness",
+        action="store_true",
+        help="do not raise this process's niceness to Ray's workers' (see match_worker_niceness)",
+    )
     args = parser.parse_args(argv)
-    defaults = dict(repeats=1, gen_repeats=1, epochs=1, gen_epochs=1, generations=2, offspring=2) if args.quick \
+    defaults = (
+        dict(repeats=1, gen_repeats=1, epochs=1, gen_epochs=1, generations=2, offspring=2)
+        if args.quick
         else dict(repeats=5, gen_repeats=3, epochs=4, gen_epochs=2, generations=3, offspring=4)
+    )
     for key, value in defaults.items():
         if getattr(args, key) is None:
             setattr(args, key, value)
@@ -397,21 +443,29 @@ def main(argv=None) -> int:
     finally:
         ray.shutdown()
     results = {
-        "machine": {"cpus": os.cpu_count(), "ray_cpus": NUM_CPUS, "python": platform.python_version(),
-                    "torch": torch.__version__, "ray": ray.__version__,
-                    "processor": platform.processor() or platform.machine(),
-                    "load_average_1min": load.stop(), "niceness": niceness,
-                    "ray_worker_niceness": ray_worker_niceness},
+        "machine": {
+            "cpus": os.cpu_count(),
+            "ray_cpus": NUM_CPUS,
+            "python": platform.python_version(),
+            "torch": torch.__version__,
+            "ray": ray.__version__,
+            "processor": platform.processor() or platform.machine(),
+            "load_average_1min": load.stop(),
+            "niceness": niceness,
+            "ray_worker_niceness": ray_worker_niceness,
+        },
         "quick": args.quick,
         "throughput": throughput,
         "generations": generations,
         "runtime_seconds": time.perf_counter() - started,
-    }  # fmt: skip
+    }
     report(results)
     busy = results["machine"]["load_average_1min"]
-    print(f"\nruntime {results['runtime_seconds']:.0f}s; machine load (1-min average) {busy['mean']:.1f} mean, "
-          f"{busy['max']:.1f} max, on {os.cpu_count()} cores; niceness here {results['machine']['niceness']}, "
-          f"Ray workers {results['machine']['ray_worker_niceness']}")
+    print(
+        f"\nruntime {results['runtime_seconds']:.0f}s; machine load (1-min average) {busy['mean']:.1f} mean, "
+        f"{busy['max']:.1f} max, on {os.cpu_count()} cores; niceness here {results['machine']['niceness']}, "
+        f"Ray workers {results['machine']['ray_worker_niceness']}"
+    )
     if args.json:
         Path(args.json).write_text(json.dumps(results, indent=2, default=float))
         print(f"figures: {args.json}")

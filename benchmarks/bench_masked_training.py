@@ -10,6 +10,7 @@ so any difference is the masking: gradient hooks and the post-step re-masking.
     python benchmarks/bench_masked_training.py            # full run
     python benchmarks/bench_masked_training.py --quick    # CI smoke run
 """
+
 from __future__ import annotations
 
 import argparse
@@ -31,9 +32,15 @@ except ImportError:  # run from a checkout without `pip install -e .`
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from evopop.synthesis import (
-    Environment, Genome, MaskedParameters, count, parameter_masks, synaptic_weights, synthesize,
+    Environment,
+    Genome,
+    MaskedParameters,
+    count,
+    parameter_masks,
+    synaptic_weights,
+    synthesize,
     trace_architecture,
-)  # fmt: skip
+)
 
 C = 0.4
 BATCH = 64
@@ -48,11 +55,20 @@ def vgg_style_cnn(num_classes: int = 10) -> nn.Module:
         return [nn.Conv2d(cin, cout, 3, padding=1, bias=False), nn.BatchNorm2d(cout), nn.ReLU(inplace=True)]
 
     return nn.Sequential(
-        *block(3, 32), *block(32, 32), nn.MaxPool2d(2),
-        *block(32, 64), *block(64, 64), nn.MaxPool2d(2),
-        *block(64, 128), *block(128, 128), nn.MaxPool2d(2),
-        nn.Flatten(), nn.Linear(128 * 4 * 4, 256), nn.ReLU(inplace=True), nn.Linear(256, num_classes),
-    )  # fmt: skip
+        *block(3, 32),
+        *block(32, 32),
+        nn.MaxPool2d(2),
+        *block(32, 64),
+        *block(64, 64),
+        nn.MaxPool2d(2),
+        *block(64, 128),
+        *block(128, 128),
+        nn.MaxPool2d(2),
+        nn.Flatten(),
+        nn.Linear(128 * 4 * 4, 256),
+        nn.ReLU(inplace=True),
+        nn.Linear(256, num_classes),
+    )
 
 
 def offspring_masks(model: nn.Module, seed: int):
@@ -108,7 +124,7 @@ def bench_optimizer(name: str, model: nn.Module, masks: dict, batches, steps: in
     for trainer in (plain, masked):
         trainer.run(batches, 3, record=False)  # warm-up: optimizer state, allocator, kernels
     for r in range(rounds):
-        for trainer in ((plain, masked) if r % 2 == 0 else (masked, plain)):
+        for trainer in (plain, masked) if r % 2 == 0 else (masked, plain):
             trainer.run(batches, steps)
     zero, dead = dead_entries_are_zero(masked)
     plain_ms = statistics.median(plain.times) * 1e3
@@ -143,16 +159,22 @@ def main() -> None:
     model = vgg_style_cnn()
     masks, counts = offspring_masks(model, seed=1)
     batches = fixed_batches(4, seed=0)
-    print(f"{torch.get_num_threads()} threads, torch {torch.__version__}, batch {BATCH}, "
-          f"{rounds} rounds x {steps} steps per variant")  # fmt: skip
-    print(f"offspring: {counts.synapses:,} of {counts.dense_synapses:,} synapses, "
-          f"{counts.neurons} of {counts.dense_neurons} neurons, {len(masks)} masked parameters")  # fmt: skip
+    print(
+        f"{torch.get_num_threads()} threads, torch {torch.__version__}, batch {BATCH}, "
+        f"{rounds} rounds x {steps} steps per variant"
+    )
+    print(
+        f"offspring: {counts.synapses:,} of {counts.dense_synapses:,} synapses, "
+        f"{counts.neurons} of {counts.dense_neurons} neurons, {len(masks)} masked parameters"
+    )
 
     results = [bench_optimizer(name, model, masks, batches, steps, rounds) for name in OPTIMIZERS]
     print(f"\n{'optimizer':>9s} {'plain ms':>9s} {'masked ms':>10s} {'ratio':>6s}  dead entries exactly zero")
     for r in results:
-        print(f"{r['optimizer']:>9s} {r['plain_ms']:9.2f} {r['masked_ms']:10.2f} {r['ratio']:6.3f}  "
-              f"{r['dead_zero']} ({r['dead_entries']:,} entries)")  # fmt: skip
+        print(
+            f"{r['optimizer']:>9s} {r['plain_ms']:9.2f} {r['masked_ms']:10.2f} {r['ratio']:6.3f}  "
+            f"{r['dead_zero']} ({r['dead_entries']:,} entries)"
+        )
 
     summary = {"threads": torch.get_num_threads(), "synapses": counts.synapses, "dense_synapses": counts.dense_synapses}
     for r in results:

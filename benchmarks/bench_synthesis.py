@@ -11,6 +11,7 @@ synthesize / baseline is the price of all that.
     python benchmarks/bench_synthesis.py --quick              # CI smoke run, seconds
     python benchmarks/bench_synthesis.py --json results.json  # also write the summary as JSON
 """
+
 from __future__ import annotations
 
 import argparse
@@ -44,10 +45,17 @@ MODES = ("scale", "budget")
 def tiny_cnn() -> nn.Module:
     """A small VGG-style net for --quick runs (~0.3M synapses, 32x32 inputs)."""
     return nn.Sequential(
-        nn.Conv2d(3, 16, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
-        nn.Conv2d(16, 32, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
-        nn.Flatten(), nn.Linear(32 * 8 * 8, 128), nn.ReLU(), nn.Linear(128, 10),
-    )  # fmt: skip
+        nn.Conv2d(3, 16, 3, padding=1),
+        nn.ReLU(),
+        nn.MaxPool2d(2),
+        nn.Conv2d(16, 32, 3, padding=1),
+        nn.ReLU(),
+        nn.MaxPool2d(2),
+        nn.Flatten(),
+        nn.Linear(32 * 8 * 8, 128),
+        nn.ReLU(),
+        nn.Linear(128, 10),
+    )
 
 
 def build_network(quick: bool, device: torch.device):
@@ -107,6 +115,7 @@ def best_times(fns: dict, repeats: int, device: torch.device) -> dict[str, float
 
     The functions take turns within each repeat, so slow drifts of the machine hit all alike.
     """
+
     def timed(fn) -> float:
         sync(device)
         start = time.perf_counter()
@@ -150,13 +159,15 @@ def bench_scaling(sizes: list[int], repeats: int, device: torch.device) -> list[
         fns = {"baseline": lambda w=weights, p=probs: baseline(w, p), "scale": synthesis(arch, weights, "scale")}
         best = best_times(fns, repeats, device)
         n = arch.synapses
-        rows.append({
-            "synapses": n,
-            "scale_s": best["scale"],
-            "scale_ns_per_synapse": best["scale"] / n * 1e9,
-            "baseline_ns_per_synapse": best["baseline"] / n * 1e9,
-            "ratio": best["scale"] / best["baseline"],
-        })  # fmt: skip
+        rows.append(
+            {
+                "synapses": n,
+                "scale_s": best["scale"],
+                "scale_ns_per_synapse": best["scale"] / n * 1e9,
+                "baseline_ns_per_synapse": best["baseline"] / n * 1e9,
+                "ratio": best["scale"] / best["baseline"],
+            }
+        )
         del arch, weights, probs, fns
         gc.collect()
     return rows
@@ -294,23 +305,29 @@ def main() -> None:
     print(f"\n{net['model']} ({net['synapses']:,} synapses), C={C}")
     print(f"  baseline rand<p   {net['baseline_s']:8.3f} s")
     for mode in MODES:
-        print(f"  synthesize {mode:6s} {net[f'{mode}_s']:8.3f} s   {net[f'{mode}_ratio']:.2f}x baseline"
-              f"   (keeps {net[f'{mode}_kept_fraction']:.3f} of synapses)")  # fmt: skip
+        print(
+            f"  synthesize {mode:6s} {net[f'{mode}_s']:8.3f} s   {net[f'{mode}_ratio']:.2f}x baseline"
+            f"   (keeps {net[f'{mode}_kept_fraction']:.3f} of synapses)"
+        )
 
     rows = bench_scaling(sizes, repeats, device)
     print("\nscaling, one Linear layer, mode=scale")
     print(f"  {'synapses':>12s} {'synth s':>9s} {'synth ns/syn':>13s} {'base ns/syn':>12s} {'ratio':>6s}")
     for r in rows:
-        print(f"  {r['synapses']:12,d} {r['scale_s']:9.4f} {r['scale_ns_per_synapse']:13.2f} "
-              f"{r['baseline_ns_per_synapse']:12.2f} {r['ratio']:6.2f}")  # fmt: skip
+        print(
+            f"  {r['synapses']:12,d} {r['scale_s']:9.4f} {r['scale_ns_per_synapse']:13.2f} "
+            f"{r['baseline_ns_per_synapse']:12.2f} {r['ratio']:6.2f}"
+        )
 
     memory = bench_memory(args.quick, device)
     print(f"\nmemory of one synthesize call on {net['model']} (fresh process per mode)")
     mib = {key: memory[key] / 2**20 for key in ("weight_bytes", "child_mask_bytes")}
     print(f"  weights {mib['weight_bytes']:.0f} MiB, child masks {mib['child_mask_bytes']:.0f} MiB")
     for mode in MODES:
-        print(f"  {mode:6s} extra peak {memory[f'{mode}_extra_peak_bytes'] / 2**20:8.1f} MiB"
-              f" = {memory[f'{mode}_extra_over_weights']:.3f}x weights")  # fmt: skip
+        print(
+            f"  {mode:6s} extra peak {memory[f'{mode}_extra_peak_bytes'] / 2**20:8.1f} MiB"
+            f" = {memory[f'{mode}_extra_over_weights']:.3f}x weights"
+        )
 
     result = summary(net, rows, memory, goals=not args.quick)
     result["wall_s"] = round(time.perf_counter() - started, 1)

@@ -1,4 +1,5 @@
 """evopop: population-based, distributed evolutionary synthesis of deep neural networks."""
+
 __version__ = "0.1.0"
 
 

@@ -7,6 +7,7 @@
 
 Exit codes: 0 done, 1 the evolution failed (records intact), 2 bad config or input.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -125,8 +126,11 @@ def build_parser() -> argparse.ArgumentParser:
     report = sub.add_parser("report", help="write an HTML report with figures (running or finished runs)")
     report.add_argument("run_dir")
     report.add_argument("--out", help="output directory (default: RUN_DIR/report)")
-    report.add_argument("--no-diversity", action="store_true",
-                        help="do not compute missing diversity from checkpoints (faster on big runs)")
+    report.add_argument(
+        "--no-diversity",
+        action="store_true",
+        help="do not compute missing diversity from checkpoints (faster on big runs)",
+    )
     report.set_defaults(func=cmd_report)
     return parser
 

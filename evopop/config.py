@@ -3,11 +3,12 @@
 Every bad value gets one clear message naming the field and what is allowed; unknown keys are
 rejected with a suggestion. Overrides come as ``dotted.key=value`` (values parsed as YAML).
 """
+
 from __future__ import annotations
 
 import difflib
 from pathlib import Path
-from typing import Any, Literal, Optional
+from typing import Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
@@ -52,8 +53,8 @@ class TrainSection(_Section):
 
 
 class AncestorSection(_Section):
-    checkpoint: Optional[str] = None  # an evopop checkpoint or a plain state_dict (.pt): no training
-    epochs: Optional[int] = Field(None, ge=1)  # epochs to train the ancestor; default train.epochs
+    checkpoint: str | None = None  # an evopop checkpoint or a plain state_dict (.pt): no training
+    epochs: int | None = Field(None, ge=1)  # epochs to train the ancestor; default train.epochs
 
     @field_validator("checkpoint")
     @classmethod
@@ -98,14 +99,14 @@ class EvolutionSection(_Section):
     environment: EnvironmentSection = Field(default_factory=EnvironmentSection)
     normalizer: Literal["layer", "global"] = "layer"  # Z: max |w| of the layer's or the network's living synapses
     init: Literal["inherit", "reinit"] = "inherit"  # offspring start from the parent's surviving weights, or fresh
-    epochs: Optional[int] = Field(None, ge=1)  # epochs per offspring; default train.epochs
+    epochs: int | None = Field(None, ge=1)  # epochs per offspring; default train.epochs
 
 
 class SelectionSection(_Section):
     rule: Literal["best", "topk", "all"] = "best"
     k: int = Field(1, ge=1)
-    metric: Optional[str] = None  # "<eval set>_<metric>"; default: the task's
-    direction: Optional[Literal["max", "min"]] = None
+    metric: str | None = None  # "<eval set>_<metric>"; default: the task's
+    direction: Literal["max", "min"] | None = None
 
 
 class ResourcesSection(_Section):
@@ -114,7 +115,7 @@ class ResourcesSection(_Section):
     cpus_per_trainer: float = Field(1.0, gt=0)
     gpus_per_trainer: float = Field(0.0, ge=0)  # fractions pack several small offspring on one GPU
     max_retries: int = Field(2, ge=0)  # re-runs of an offspring whose trainer process died
-    torch_threads: Optional[int] = Field(None, ge=1)  # intra-op threads per trainer; default cpus_per_trainer
+    torch_threads: int | None = Field(None, ge=1)  # intra-op threads per trainer; default cpus_per_trainer
     custom: dict[str, float] = Field(default_factory=dict)  # custom Ray resources per trainer, e.g. {"A100": 1}
 
     @field_validator("custom")

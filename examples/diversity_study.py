@@ -30,6 +30,7 @@ most diversity a budget C allows (weight-driven probabilities concentrate surviv
     python examples/diversity_study.py --c 0.2 0.4 0.6 0.8 --samples 64 --offspring 6
 Writes OUT/diversity_vs_c.png, OUT/diversity_vs_c.csv, the runs OUT/c=<C>/ and a report in one of them.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -80,9 +81,17 @@ BATCH = 128  # held-out images for the functional disagreement (first items of t
 
 
 def overrides(args, c: float, ancestor: str | None) -> list[str]:
-    o = [f"run.name=diversity-c{c}", "evolution.generations=2", f"evolution.offspring={args.offspring}",
-         "selection.rule=all", f"evolution.environment.c={c}", "evolution.environment.mode=budget",
-         f"task.args.train_size={args.train_size}", "task.args.val_size=512", f"ancestor.epochs={args.ancestor_epochs}"]  # fmt: skip
+    o = [
+        f"run.name=diversity-c{c}",
+        "evolution.generations=2",
+        f"evolution.offspring={args.offspring}",
+        "selection.rule=all",
+        f"evolution.environment.c={c}",
+        "evolution.environment.mode=budget",
+        f"task.args.train_size={args.train_size}",
+        "task.args.val_size=512",
+        f"ancestor.epochs={args.ancestor_epochs}",
+    ]
     if ancestor:
         o.append(f"ancestor.checkpoint={ancestor}")
     return o
@@ -101,8 +110,9 @@ def run_evolution(args, c: float, ancestor: str | None, run_dir: Path):
     arch = trace_architecture(task.build_model(), task.example_input())
     outputs = checkpoint_outputs(records, task, held_out_batch(task, BATCH))
     for generation in records.generations():
-        write_generation_diversity(records, generation, arch, outputs=outputs,
-                                   note=f"argmax disagreement on val[:{BATCH}]")  # fmt: skip
+        write_generation_diversity(
+            records, generation, arch, outputs=outputs, note=f"argmax disagreement on val[:{BATCH}]"
+        )
     return config, records
 
 
@@ -112,8 +122,11 @@ def expected_jaccard(arch, weights, parent: Genome, c: float) -> float:
     scales = layer_scales(arch, weights, parent, Environment(c=c, mode="budget"), z)
     shared = union = 0.0
     for layer in arch.layers:
-        q = (synaptic_probability(weights[layer.name], parent.masks[layer.name], z[layer.name])
-             * scales[layer.name]).clamp(max=1.0).double()  # fmt: skip
+        q = (
+            (synaptic_probability(weights[layer.name], parent.masks[layer.name], z[layer.name]) * scales[layer.name])
+            .clamp(max=1.0)
+            .double()
+        )
         shared += float((q * q).sum())
         union += float((2 * q - q * q).sum())
     return 1.0 - shared / union
@@ -154,19 +167,28 @@ def synthesis_only(args, config, records: RunRecords, cs, run_digests: dict) -> 
         iu = torch.triu_indices(len(genomes), len(genomes), 1)
         jac = syn.jaccard[iu[0], iu[1]].numpy()
         func = functional_disagreement(outs)[iu[0], iu[1]].numpy()
-        rows.append({
-            "C": c, "samples": args.samples,
-            "kept": spread(living_fractions(packed)[NETWORK].numpy())["mean"],
-            "jaccard": jac.mean(), "jaccard_std": jac.std(), "jaccard_min": jac.min(), "jaccard_max": jac.max(),
-            "jaccard_expected": expected_jaccard(arch, weights, parent, c), "jaccard_uniform": 1 - c / (2 - c),
-            "hamming_fraction": syn.hamming_fraction[iu[0], iu[1]].mean().item(),
-            "neuron_jaccard": neu.jaccard[iu[0], iu[1]].mean().item(),
-            "disagreement_untrained": func.mean(), "disagreement_untrained_min": func.min(),
-            "disagreement_untrained_max": func.max(),
-            "accuracy_untrained": np.mean(accuracy), "accuracy_untrained_std": np.std(accuracy),
-            "accuracy_untrained_range": np.ptp(accuracy),
-            "_acc_untrained": accuracy,
-        })  # fmt: skip
+        rows.append(
+            {
+                "C": c,
+                "samples": args.samples,
+                "kept": spread(living_fractions(packed)[NETWORK].numpy())["mean"],
+                "jaccard": jac.mean(),
+                "jaccard_std": jac.std(),
+                "jaccard_min": jac.min(),
+                "jaccard_max": jac.max(),
+                "jaccard_expected": expected_jaccard(arch, weights, parent, c),
+                "jaccard_uniform": 1 - c / (2 - c),
+                "hamming_fraction": syn.hamming_fraction[iu[0], iu[1]].mean().item(),
+                "neuron_jaccard": neu.jaccard[iu[0], iu[1]].mean().item(),
+                "disagreement_untrained": func.mean(),
+                "disagreement_untrained_min": func.min(),
+                "disagreement_untrained_max": func.max(),
+                "accuracy_untrained": np.mean(accuracy),
+                "accuracy_untrained_std": np.std(accuracy),
+                "accuracy_untrained_range": np.ptp(accuracy),
+                "_acc_untrained": accuracy,
+            }
+        )
     return pd.DataFrame(rows)
 
 
@@ -180,18 +202,27 @@ def trained_spread(records: RunRecords) -> dict:
         "disagreement_trained": s.loc["functional_disagreement", "mean"],
         "disagreement_trained_min": s.loc["functional_disagreement", "min"],
         "disagreement_trained_max": s.loc["functional_disagreement", "max"],
-        "accuracy_trained": s.loc["val_accuracy", "mean"], "accuracy_trained_std": s.loc["val_accuracy", "std"],
+        "accuracy_trained": s.loc["val_accuracy", "mean"],
+        "accuracy_trained_std": s.loc["val_accuracy", "std"],
         "accuracy_trained_range": s.loc["val_accuracy", "range"],
         "_acc_trained": population.loc[population["status"] == "ok", "val_accuracy"].tolist(),
-    }  # fmt: skip
+    }
 
 
 def figure(table: pd.DataFrame, ancestor_accuracy: float, curve: pd.DataFrame):
     fig = new_figure(15, 4.4)
     a, b, c = fig.subplots(1, 3)
     cs = table["C"]
-    a.errorbar(cs, table["jaccard"], yerr=[table["jaccard"] - table["jaccard_min"], table["jaccard_max"] - table["jaccard"]],
-               fmt="o", capsize=4, color="#1f77b4", label="measured, synthesis only (mean, min–max)", zorder=3)  # fmt: skip
+    a.errorbar(
+        cs,
+        table["jaccard"],
+        yerr=[table["jaccard"] - table["jaccard_min"], table["jaccard_max"] - table["jaccard"]],
+        fmt="o",
+        capsize=4,
+        color="#1f77b4",
+        label="measured, synthesis only (mean, min–max)",
+        zorder=3,
+    )
     a.plot(cs, table["jaccard_run"], "s", mfc="none", ms=10, color="#d62728", label="measured, the runs' offspring")
     a.plot(curve["C"], curve["expected"], "-", color="#1f77b4", alpha=0.6, label="expected, independent synapses")
     a.plot(curve["C"], 1 - curve["C"] / (2 - curve["C"]), "--", color="grey", label="uniform keep probability C")
@@ -200,11 +231,20 @@ def figure(table: pd.DataFrame, ancestor_accuracy: float, curve: pd.DataFrame):
     a.set_title("Structural diversity of siblings")
     a.legend(fontsize=8)
     a.grid(True, alpha=0.3)
-    for name, color, label, dx in (("untrained", "#ff7f0e", "synthesized, not trained", -0.006),
-                                   ("trained", "#2ca02c", "after training (run)", 0.006)):  # fmt: skip
+    for name, color, label, dx in (
+        ("untrained", "#ff7f0e", "synthesized, not trained", -0.006),
+        ("trained", "#2ca02c", "after training (run)", 0.006),
+    ):
         mean = table[f"disagreement_{name}"]
-        b.errorbar(cs + dx, mean, yerr=[mean - table[f"disagreement_{name}_min"], table[f"disagreement_{name}_max"] - mean],
-                   fmt="o-", capsize=4, color=color, label=label)  # fmt: skip
+        b.errorbar(
+            cs + dx,
+            mean,
+            yerr=[mean - table[f"disagreement_{name}_min"], table[f"disagreement_{name}_max"] - mean],
+            fmt="o-",
+            capsize=4,
+            color=color,
+            label=label,
+        )
     b.set_xlabel("environment factor C")
     b.set_ylabel(f"prediction disagreement between siblings\n(fraction of {BATCH} held-out images)")
     b.set_title("Functional diversity of siblings (mean, min–max)")
@@ -212,8 +252,10 @@ def figure(table: pd.DataFrame, ancestor_accuracy: float, curve: pd.DataFrame):
     b.legend(fontsize=8)
     b.grid(True, alpha=0.3)
     width = 0.035
-    for offset, key, color, label in ((-width / 1.6, "_acc_untrained", "#ff7f0e", "synthesized, not trained"),
-                                      (width / 1.6, "_acc_trained", "#2ca02c", "after training (run)")):  # fmt: skip
+    for offset, key, color, label in (
+        (-width / 1.6, "_acc_untrained", "#ff7f0e", "synthesized, not trained"),
+        (width / 1.6, "_acc_trained", "#2ca02c", "after training (run)"),
+    ):
         parts = c.boxplot(list(table[key]), positions=cs + offset, widths=width, patch_artist=True, manage_ticks=False)
         for box in parts["boxes"]:
             box.set_facecolor(color)
@@ -239,7 +281,9 @@ def main(argv=None) -> int:
     parser.add_argument("--samples", type=int, default=32, help="synthesis-only offspring per C (>= --offspring)")
     parser.add_argument("--train-size", type=int, default=2048)
     parser.add_argument("--ancestor-epochs", type=int, default=15)
-    parser.add_argument("--report", type=float, default=None, help="C of the run to build the report of (default: middle)")
+    parser.add_argument(
+        "--report", type=float, default=None, help="C of the run to build the report of (default: middle)"
+    )
     args = parser.parse_args(argv)
     args.samples = max(args.samples, args.offspring)
     out = Path(args.out)
@@ -253,7 +297,9 @@ def main(argv=None) -> int:
         config, records = run_evolution(args, c, ancestor, run_dir)
         runs[c] = (config, records)
         ancestor = ancestor or records.storage.path(records.checkpoint_path("g1-0"))
-    digests = {c: dict(zip(r.population(2)["individual_id"], r.population(2)["mask_digest"])) for c, (_, r) in runs.items()}
+    digests = {
+        c: dict(zip(r.population(2)["individual_id"], r.population(2)["mask_digest"])) for c, (_, r) in runs.items()
+    }
 
     print("== synthesis only", flush=True)
     first_config, first_records = runs[args.c[0]]
@@ -262,11 +308,29 @@ def main(argv=None) -> int:
     table = table.merge(trained, on="C")
     ancestor_accuracy = float(first_records.population(1)["val_accuracy"].iloc[0])
 
-    show = table[["C", "kept", "jaccard", "jaccard_std", "jaccard_expected", "jaccard_uniform", "hamming_fraction",
-                  "neuron_jaccard", "disagreement_untrained", "disagreement_trained", "accuracy_untrained",
-                  "accuracy_untrained_std", "accuracy_trained", "accuracy_trained_std", "accuracy_trained_range"]]  # fmt: skip
-    print(f"\nancestor val_accuracy {ancestor_accuracy:.4f}; {args.samples} synthesized + {args.offspring} trained "
-          f"offspring per C; the first {args.offspring} synthesized genomes equal the runs' (mask digests)\n")  # fmt: skip
+    show = table[
+        [
+            "C",
+            "kept",
+            "jaccard",
+            "jaccard_std",
+            "jaccard_expected",
+            "jaccard_uniform",
+            "hamming_fraction",
+            "neuron_jaccard",
+            "disagreement_untrained",
+            "disagreement_trained",
+            "accuracy_untrained",
+            "accuracy_untrained_std",
+            "accuracy_trained",
+            "accuracy_trained_std",
+            "accuracy_trained_range",
+        ]
+    ]
+    print(
+        f"\nancestor val_accuracy {ancestor_accuracy:.4f}; {args.samples} synthesized + {args.offspring} trained "
+        f"offspring per C; the first {args.offspring} synthesized genomes equal the runs' (mask digests)\n"
+    )
     with pd.option_context("display.width", 250, "display.max_columns", 30, "display.float_format", "{:.4f}".format):
         print(show.to_string(index=False))
     show.to_csv(out / "diversity_vs_c.csv", index=False)

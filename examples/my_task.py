@@ -5,6 +5,7 @@
 The config names the factory as ``task.name: "my_task:mlp_on_blobs"`` (this directory must be on
 PYTHONPATH, or the module installed; ``ray job submit --working-dir .`` ships it to the cluster).
 """
+
 from __future__ import annotations
 
 import torch
@@ -43,9 +44,12 @@ class BlobsTask(Task):
 
     def build_model(self):
         return nn.Sequential(
-            nn.Linear(20, self.hidden), nn.ReLU(), nn.Linear(self.hidden, self.hidden), nn.ReLU(),
+            nn.Linear(20, self.hidden),
+            nn.ReLU(),
+            nn.Linear(self.hidden, self.hidden),
+            nn.ReLU(),
             nn.Linear(self.hidden, self.classes),
-        )  # fmt: skip
+        )
 
     def example_input(self):
         return torch.zeros(1, 20)

@@ -3,6 +3,7 @@
 It is a `ray.cluster_utils.Cluster`, so fault-tolerance tests can add worker nodes and remove them
 (a lost node) while the other tests use its head node like any local cluster.
 """
+
 from __future__ import annotations
 
 import os

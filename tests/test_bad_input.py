@@ -1,4 +1,5 @@
 """Bad input is refused with a ValueError that says what and where."""
+
 from __future__ import annotations
 
 import math
@@ -25,10 +26,15 @@ def net():
     torch.manual_seed(0)
     model = nn.Sequential(
         OrderedDict(
-            conv=nn.Conv2d(3, 4, 3), relu=nn.ReLU(), pool=nn.AdaptiveAvgPool2d(1), flat=nn.Flatten(),
-            fc1=nn.Linear(4, 8), relu2=nn.ReLU(), fc2=nn.Linear(8, 2),
+            conv=nn.Conv2d(3, 4, 3),
+            relu=nn.ReLU(),
+            pool=nn.AdaptiveAvgPool2d(1),
+            flat=nn.Flatten(),
+            fc1=nn.Linear(4, 8),
+            relu2=nn.ReLU(),
+            fc2=nn.Linear(8, 2),
         )
-    )  # fmt: skip
+    )
     arch = trace_architecture(model, torch.randn(1, 3, 6, 6))
     return model, arch, synaptic_weights(model, arch)
 

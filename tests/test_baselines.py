@@ -1,4 +1,5 @@
 """Baselines at matched sparsity: exact per-layer counts, magnitude order, seeded randomness, heredity."""
+
 from __future__ import annotations
 
 import pytest

@@ -2,6 +2,7 @@
 
 `python tests/test_config_validation.py` prints the table of cases and messages.
 """
+
 from __future__ import annotations
 
 import os
@@ -64,9 +65,18 @@ PLAN_CASES = [
     (["task.name=user_tasks:missing"], "module 'user_tasks' has no attribute 'missing'"),
     (["task.args={widths: [4], colour: red}"], "does not accept these args"),
     (["task.args={train_size: 0}"], "task.args.train_size must be >= 1"),
-    (["selection.metric=val_f1"], "selection.metric: 'val_f1' is not measured by task 'shapes'; allowed: val_loss, val_accuracy"),
-    (["evolution.environment.frozen=[head.*]"], "evolution.environment.frozen: pattern 'head.*' matches no synaptic layer"),
-    (["evolution.environment.layers={'fc*': 0.5}"], "evolution.environment.layers: pattern 'fc*' matches no synaptic layer"),
+    (
+        ["selection.metric=val_f1"],
+        "selection.metric: 'val_f1' is not measured by task 'shapes'; allowed: val_loss, val_accuracy",
+    ),
+    (
+        ["evolution.environment.frozen=[head.*]"],
+        "evolution.environment.frozen: pattern 'head.*' matches no synaptic layer",
+    ),
+    (
+        ["evolution.environment.layers={'fc*': 0.5}"],
+        "evolution.environment.layers: pattern 'fc*' matches no synaptic layer",
+    ),
 ]
 
 
@@ -95,13 +105,18 @@ def tiny_model():
 def test_ancestor_checkpoint_of_another_architecture(tmp_path):
     path = tmp_path / "other.pt"
     torch.save(torch.nn.Linear(3, 2).state_dict(), path)
-    with pytest.raises(ConfigError, match="ancestor.checkpoint: ancestor checkpoint .* does not fit the task's network"):
+    with pytest.raises(
+        ConfigError, match="ancestor.checkpoint: ancestor checkpoint .* does not fit the task's network"
+    ):
         plan_run(load_config(TINY, [f"ancestor.checkpoint={path}"]))
 
 
 def test_ancestor_checkpoint_with_masks_of_wrong_shape(tmp_path):
     model = tiny_model()
-    masks = {name: torch.ones(2, 2, dtype=torch.bool) for name in ("features.0", "features.4", "classifier.1", "classifier.3")}
+    masks = {
+        name: torch.ones(2, 2, dtype=torch.bool)
+        for name in ("features.0", "features.4", "classifier.1", "classifier.3")
+    }
     path = tmp_path / "bad_masks.pt"
     torch.save({"weights": model.state_dict(), "masks": masks, "meta": "{}"}, path)
     with pytest.raises(ConfigError, match=r"mask of layer 'features.0' has shape \(2, 2\)"):
@@ -132,8 +147,11 @@ def test_cli_exits_2_before_ray_starts(tmp_path):
     """A wrong config fails in about a second, with exit code 2 and no Ray started."""
     proc = subprocess.run(
         [sys.executable, "-m", "evopop", "run", TINY, "evolution.environment.c=2", "--run-dir", str(tmp_path / "r")],
-        capture_output=True, text=True, timeout=60, cwd=str(ROOT),
-    )  # fmt: skip
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=str(ROOT),
+    )
     assert proc.returncode == 2
     assert "evolution.environment.c: C must be in (0, 1], got 2" in proc.stderr
     assert "Started a local Ray instance" not in proc.stderr + proc.stdout

@@ -1,5 +1,6 @@
 """Counting synapses, neurons, other parameters and MACs: VGG16 reference numbers and a small
 net whose counts are worked out by hand."""
+
 from __future__ import annotations
 
 import math

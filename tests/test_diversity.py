@@ -1,5 +1,6 @@
 """Mutation diversity against hand-computed masks: packing, Jaccard/Hamming per layer and network,
 neuron overlap, functional disagreement, spread, and one generation read from records."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -70,7 +71,9 @@ def test_synapse_distances_per_layer_and_network_by_hand():
     assert torch.allclose(conv.jaccard, torch.tensor([[0, 0.8, 1], [0.8, 0, 0.8], [1, 0.8, 0]], dtype=torch.float64))
     assert conv.hamming.tolist() == [[0, 4, 8], [4, 0, 4], [8, 4, 0]]
     assert net.dense == 14 and net.sizes.tolist() == [6, 5, 4]
-    assert torch.allclose(net.jaccard, torch.tensor([[0, 7 / 9, 1], [7 / 9, 0, 7 / 8], [1, 7 / 8, 0]], dtype=torch.float64))
+    assert torch.allclose(
+        net.jaccard, torch.tensor([[0, 7 / 9, 1], [7 / 9, 0, 7 / 8], [1, 7 / 8, 0]], dtype=torch.float64)
+    )
     assert net.hamming.tolist() == [[0, 7, 10], [7, 0, 7], [10, 7, 0]]
     assert net.union.tolist() == [[6, 9, 10], [9, 5, 8], [10, 8, 4]]
     assert torch.allclose(net.hamming_fraction, net.hamming.double() / 14)
@@ -83,8 +86,12 @@ def test_synapse_distances_per_layer_and_network_by_hand():
 def test_neuron_overlap_by_hand():
     d = neuron_distances(pack_genomes([A, B, C], LAYERS))
     assert torch.allclose(d["fc"].jaccard, torch.tensor([[0, 0.5, 1], [0.5, 0, 1], [1, 1, 0]], dtype=torch.float64))
-    assert torch.allclose(d["conv"].jaccard, torch.tensor([[0, 0.5, 1], [0.5, 0, 0.5], [1, 0.5, 0]], dtype=torch.float64))
-    assert torch.allclose(d[NETWORK].jaccard, torch.tensor([[0, 0.5, 1], [0.5, 0, 0.75], [1, 0.75, 0]], dtype=torch.float64))
+    assert torch.allclose(
+        d["conv"].jaccard, torch.tensor([[0, 0.5, 1], [0.5, 0, 0.5], [1, 0.5, 0]], dtype=torch.float64)
+    )
+    assert torch.allclose(
+        d[NETWORK].jaccard, torch.tensor([[0, 0.5, 1], [0.5, 0, 0.75], [1, 0.75, 0]], dtype=torch.float64)
+    )
     assert d[NETWORK].hamming.tolist() == [[0, 2, 3], [2, 0, 3], [3, 3, 0]]
     assert d[NETWORK].dense == 4
 
@@ -160,19 +167,28 @@ def write_generation(run_dir, genomes: dict, parents: dict, metrics: dict, faile
         ok = individual_id not in failed
         if ok:
             records.write_checkpoint(individual_id, {}, masks, {})
-        row = {"run_id": "hand", "individual_id": individual_id, "parent_id": parents.get(individual_id),
-               "lineage": [individual_id], "status": "ok" if ok else "failed",
-               "synapses": int(sum(int(m.sum()) for m in masks.values())) if ok else None,
-               "val_accuracy": metrics.get(individual_id), "error": None if ok else "RuntimeError: boom"}  # fmt: skip
+        row = {
+            "run_id": "hand",
+            "individual_id": individual_id,
+            "parent_id": parents.get(individual_id),
+            "lineage": [individual_id],
+            "status": "ok" if ok else "failed",
+            "synapses": int(sum(int(m.sum()) for m in masks.values())) if ok else None,
+            "val_accuracy": metrics.get(individual_id),
+            "error": None if ok else "RuntimeError: boom",
+        }
         records.write_individual(generation, IndividualRecord.from_row(row, METRICS), [], schema)
     return records
 
 
 def test_generation_diversity_from_records(tmp_path):
     records = write_generation(
-        tmp_path / "run", {"g2-0": A, "g2-1": B, "g2-2": C}, {"g2-0": "p", "g2-1": "p", "g2-2": "q", "g2-3": "q"},
-        {"g2-0": 0.5, "g2-1": 0.7, "g2-2": 0.9}, failed=("g2-3",),
-    )  # fmt: skip
+        tmp_path / "run",
+        {"g2-0": A, "g2-1": B, "g2-2": C},
+        {"g2-0": "p", "g2-1": "p", "g2-2": "q", "g2-3": "q"},
+        {"g2-0": 0.5, "g2-1": 0.7, "g2-2": 0.9},
+        failed=("g2-3",),
+    )
     outs = {"g2-0": _logits([0, 1, 2, 0]), "g2-1": _logits([0, 1, 1, 1]), "g2-2": _logits([2, 1, 2, 0])}
     pairs, summary = generation_diversity(records, 2, LAYERS, ["val_accuracy"], outputs=outs.__getitem__)
     assert (pairs["generation"] == 2).all()
@@ -216,7 +232,8 @@ def test_write_generation_diversity_round_trips_through_parquet(tmp_path):
     with pytest.warns(UserWarning, match="reading layers off the masks"):
         inferred, _ = generation_diversity(records, 2)
     pd.testing.assert_frame_equal(
-        inferred.sort_values(["scope", "a"]).reset_index(drop=True), pairs.sort_values(["scope", "a"]).reset_index(drop=True)
+        inferred.sort_values(["scope", "a"]).reset_index(drop=True),
+        pairs.sort_values(["scope", "a"]).reset_index(drop=True),
     )
 
 

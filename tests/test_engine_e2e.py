@@ -1,4 +1,5 @@
 """End-to-end runs of the population engine on a local Ray cluster (shared session fixture)."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -6,8 +7,8 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from evopop.config import load_config
 from evopop.api import evolve
+from evopop.config import load_config
 from evopop.engine.specs import offspring_specs
 from evopop.records.run import RunRecords
 from evopop.synthesis import Genome, synthesize, trace_architecture
@@ -55,7 +56,7 @@ def test_best_lineage_run(ray_cluster, tmp_path):
     assert_lineages_valid(population)
 
     # selection: exactly the best (max val_accuracy, ties by id) of each generation
-    for generation, group in population.groupby("generation"):
+    for _, group in population.groupby("generation"):
         chosen = group[group["selected"].astype(bool)]
         assert len(chosen) == 1
         best = group.sort_values(["val_accuracy", "individual_id"], ascending=[False, True]).iloc[0]
@@ -107,9 +108,12 @@ def test_topk_selection_and_fractional_gpus(ray_cluster, tmp_path):
 
 def test_user_task_by_import_path(ray_cluster, tmp_path):
     config, run_dir, population = run_config(
-        tmp_path, "task.name=user_tasks:regression", "task.args={hidden: 12}", "selection.metric=holdout_mae",
+        tmp_path,
+        "task.name=user_tasks:regression",
+        "task.args={hidden: 12}",
+        "selection.metric=holdout_mae",
         "evolution.generations=2",
-    )  # fmt: skip
+    )
     assert len(population) == 1 + 3
     assert "holdout_mae" in population and population["holdout_mae"].notna().all()
     chosen = population[(population["generation"] == 2) & population["selected"].astype(bool)]
@@ -138,7 +142,9 @@ def test_baselines_at_matched_sparsity(ray_cluster, tmp_path):
         assert row["parent_id"] == offspring["parent_id"] and row["train_seed"] == offspring["train_seed"]
         # exactly the offspring's per-layer synapse counts, but other synapses
         for layer in [l for (i, l) in layers.index if i == offspring_id]:
-            assert layers.loc[(row["individual_id"], layer), "synapses"] == layers.loc[(offspring_id, layer), "synapses"]
+            assert (
+                layers.loc[(row["individual_id"], layer), "synapses"] == layers.loc[(offspring_id, layer), "synapses"]
+            )
         assert row["mask_digest"] != offspring["mask_digest"]
     # magnitude pruning keeps the strongest synapses of the parent
     parent = records.read_checkpoint(population.set_index("individual_id").loc["g2-0", "parent_id"])
@@ -149,9 +155,11 @@ def test_baselines_at_matched_sparsity(ray_cluster, tmp_path):
     # the lineage never goes through a baseline
     assert set(population[population["selected"].astype(bool)]["kind"]) <= {"ancestor", "offspring"}
     # and the report answers the question
-    from evopop.analysis.report import baseline_table, build_report
     from evopop.analysis.loading import load_run
+    from evopop.analysis.report import baseline_table, build_report
 
     table = baseline_table(load_run(run_dir))
-    assert list(table["offspring"]) == list(population[(population["kind"] == "offspring") & population["selected"].astype(bool)]["individual_id"])
+    assert list(table["offspring"]) == list(
+        population[(population["kind"] == "offspring") & population["selected"].astype(bool)]["individual_id"]
+    )
     assert "Baselines at matched sparsity" in build_report(run_dir).read_text()

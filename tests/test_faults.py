@@ -1,5 +1,6 @@
 """Fault tolerance, done for real: killed trainer processes, a lost node, NaN and out-of-memory
 offspring, a SIGKILLed driver resumed. For each: rows expected, rows present, duplicates 0, lost 0."""
+
 from __future__ import annotations
 
 import os
@@ -14,8 +15,8 @@ import pandas as pd
 import pytest
 import torch
 
-from evopop.config import load_config
 from evopop.api import evolution, evolve
+from evopop.config import load_config
 from evopop.engine.policy import EvolutionFailed
 from evopop.records.run import RunRecords
 from evopop.tasks.registry import build_task
@@ -88,9 +89,14 @@ def test_killed_trainer_is_replaced_and_its_offspring_rerun(ray_cluster, tmp_pat
     pid_dir = tmp_path / "pids"
     pid_dir.mkdir()
     config, run_dir = new_run(
-        tmp_path, "run", FLAKY, f"task.args.pid_dir={pid_dir}", "task.args.step_sleep=0.05",
-        "evolution.generations=2", "evolution.offspring=4",
-    )  # fmt: skip
+        tmp_path,
+        "run",
+        FLAKY,
+        f"task.args.pid_dir={pid_dir}",
+        "task.args.step_sleep=0.05",
+        "evolution.generations=2",
+        "evolution.offspring=4",
+    )
     thread, box = run_in_thread(evolution(config, run_dir))
     pid = wait_for(lambda: offspring_training_pid(pid_dir, RunRecords(run_dir), set()))
     os.kill(pid, signal.SIGKILL)
@@ -109,9 +115,15 @@ def test_lost_node_offspring_rerun_on_another_node(ray_cluster, tmp_path):
     doomed = ray_cluster.add_node(num_cpus=2, resources={"pool": 2})
     ray_cluster.wait_for_nodes()
     config, run_dir = new_run(
-        tmp_path, "run", FLAKY, f"task.args.pid_dir={pid_dir}", "task.args.step_sleep=0.25",
-        "evolution.generations=2", "evolution.offspring=4", "resources.custom={pool: 1}",
-    )  # fmt: skip
+        tmp_path,
+        "run",
+        FLAKY,
+        f"task.args.pid_dir={pid_dir}",
+        "task.args.step_sleep=0.25",
+        "evolution.generations=2",
+        "evolution.offspring=4",
+        "resources.custom={pool: 1}",
+    )
     thread, box = run_in_thread(evolution(config, run_dir))
     # offspring train for >= 4 s (16 steps x 0.25 s): still in flight when the node goes
     wait_for(lambda: offspring_training_pid(pid_dir, RunRecords(run_dir), set()))
@@ -143,9 +155,15 @@ def ancestor_checkpoint(tmp_path) -> str:
 
 def test_nan_and_oom_offspring_recorded_failed_and_skipped(ray_cluster, tmp_path):
     config, run_dir = new_run(
-        tmp_path, "run", FLAKY, "task.args.nan_rate=0.3", "task.args.oom_rate=0.3",
-        f"ancestor.checkpoint={ancestor_checkpoint(tmp_path)}", "evolution.generations=3", "evolution.offspring=6",
-    )  # fmt: skip
+        tmp_path,
+        "run",
+        FLAKY,
+        "task.args.nan_rate=0.3",
+        "task.args.oom_rate=0.3",
+        f"ancestor.checkpoint={ancestor_checkpoint(tmp_path)}",
+        "evolution.generations=3",
+        "evolution.offspring=6",
+    )
     population = evolve(config, run_dir)
     assert_complete(population, run_dir, expected_ids([6, 6]))
     failed = population[population["status"] == "failed"]
@@ -163,8 +181,12 @@ def test_nan_and_oom_offspring_recorded_failed_and_skipped(ray_cluster, tmp_path
 
 def test_generation_where_all_fail_stops_with_records_intact(ray_cluster, tmp_path):
     config, run_dir = new_run(
-        tmp_path, "run", FLAKY, "task.args.nan_rate=1.0", f"ancestor.checkpoint={ancestor_checkpoint(tmp_path)}",
-    )  # fmt: skip
+        tmp_path,
+        "run",
+        FLAKY,
+        "task.args.nan_rate=1.0",
+        f"ancestor.checkpoint={ancestor_checkpoint(tmp_path)}",
+    )
     with pytest.raises(EvolutionFailed, match="every individual of generation 2 failed"):
         evolve(config, run_dir)
     population = RunRecords(run_dir).population()
@@ -181,8 +203,11 @@ def test_driver_sigkilled_mid_generation_then_resumed_equals_uninterrupted(ray_c
     env = {**os.environ, "RAY_ADDRESS": ray_cluster.address}
     driver = subprocess.Popen(
         [sys.executable, "-m", "evopop", "run", str(TINY), *overrides, "--run-dir", str(run_dir)],
-        env=env, cwd=str(ROOT), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-    )  # fmt: skip
+        env=env,
+        cwd=str(ROOT),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     try:
         records = RunRecords(str(run_dir))
         wait_for(lambda: len(records.recorded_ids(2)) >= 1 if (run_dir / "config.yaml").exists() else False, 180)
@@ -197,8 +222,17 @@ def test_driver_sigkilled_mid_generation_then_resumed_equals_uninterrupted(ray_c
     config = load_config(TINY, overrides)
     resumed = evolve(config, str(run_dir))
     assert_complete(resumed, str(run_dir), set(reference["individual_id"]))
-    columns = ["individual_id", "parent_id", "seed", "train_seed", "mask_digest", "synapses", "val_accuracy",
-               "val_loss", "selected"]  # fmt: skip
+    columns = [
+        "individual_id",
+        "parent_id",
+        "seed",
+        "train_seed",
+        "mask_digest",
+        "synapses",
+        "val_accuracy",
+        "val_loss",
+        "selected",
+    ]
     pd.testing.assert_frame_equal(
         resumed[columns].reset_index(drop=True), reference[columns].reset_index(drop=True), check_dtype=False
     )

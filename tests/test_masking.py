@@ -1,5 +1,6 @@
 """MaskedParameters: dead weights, their gradients and optimizer state stay exactly zero while
 training; genome_from_weights; mask errors."""
+
 from __future__ import annotations
 
 from collections import OrderedDict
@@ -37,7 +38,7 @@ def make_net(seed=0):
 def masked_genome(arch) -> Genome:
     g = Genome.full(arch)
     gen = torch.Generator().manual_seed(1)
-    for name, m in g.masks.items():
+    for m in g.masks.values():
         m &= torch.rand(m.shape, generator=gen) < 0.6
     g.masks["conv1"][2] = False  # a dead neuron: its bias and bn1 channel are masked too
     g.masks["fc"][1] = False  # fc neuron 1: its bias is masked

@@ -1,5 +1,6 @@
 """Neuron death on hand-built networks whose answer is known: which synapses and per-channel
 parameters die when a neuron loses all its incoming synapses."""
+
 from __future__ import annotations
 
 import warnings
@@ -264,10 +265,14 @@ def test_grouped_conv_neuron_dies_when_its_group_dies():
 
 def test_depthwise_cascade():
     model = nn.Sequential(
-        nn.Conv2d(3, 4, 1), nn.BatchNorm2d(4), nn.ReLU(),
-        nn.Conv2d(4, 4, 3, padding=1, groups=4), nn.BatchNorm2d(4), nn.ReLU(),  # depthwise
+        nn.Conv2d(3, 4, 1),
+        nn.BatchNorm2d(4),
+        nn.ReLU(),
+        nn.Conv2d(4, 4, 3, padding=1, groups=4),
+        nn.BatchNorm2d(4),
+        nn.ReLU(),  # depthwise
         nn.Conv2d(4, 2, 1),
-    )  # fmt: skip
+    )
     arch = traced(model)
     g = full_except(arch, **{"0": 2})
     neurons = kill_orphans(arch, g)

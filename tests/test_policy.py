@@ -51,8 +51,14 @@ class ScriptedExecutor:
             mask = torch.ones(1, 1, dtype=torch.bool)
             checkpoint = self.records.write_checkpoint(spec.individual_id, {}, {"fc": mask}, {})
             layer = LayerRecord(spec.individual_id, "fc", "linear", 1, 1, 1, 1, 1, 1.0)
-            outcome = Outcome(spec.individual_id, OK, metrics={METRIC: value, "val_loss": 1 - value},
-                              synapses=100 - spec.generation, layers=(layer,), checkpoint=checkpoint)  # fmt: skip
+            outcome = Outcome(
+                spec.individual_id,
+                OK,
+                metrics={METRIC: value, "val_loss": 1 - value},
+                synapses=100 - spec.generation,
+                layers=(layer,),
+                checkpoint=checkpoint,
+            )
             yield Result(spec, outcome, attempts=1)
 
     def shutdown(self) -> None:
@@ -106,10 +112,18 @@ def test_hooks_see_every_step_in_order(tmp_path):
     _, _, _, hook, run = scripted_run(tmp_path, {"g2-1": 0.9}, "evolution.generations=2", "evolution.offspring=2")
     run.run()
     assert hook.events == [
-        ("start", 1, 1, 0, ""), ("recorded", "g1-0"), ("finished", 1, ""), ("developed", 1), ("selected", 1, ("g1-0",)),
-        ("start", 2, 2, 0, ""), ("recorded", "g2-1"), ("recorded", "g2-0"), ("finished", 2, ""), ("developed", 2),
+        ("start", 1, 1, 0, ""),
+        ("recorded", "g1-0"),
+        ("finished", 1, ""),
+        ("developed", 1),
+        ("selected", 1, ("g1-0",)),
+        ("start", 2, 2, 0, ""),
+        ("recorded", "g2-1"),
+        ("recorded", "g2-0"),
+        ("finished", 2, ""),
+        ("developed", 2),
         ("selected", 2, ("g2-1",)),
-    ]  # fmt: skip
+    ]
 
 
 def test_topk_selection_breeds_from_each_selected_parent(tmp_path):
@@ -191,8 +205,23 @@ def test_local_and_ray_executors_give_identical_records(ray_cluster, tmp_path):
         run_dir = str(tmp_path / executor)
         RunRecords(run_dir).write_config(config.to_yaml())
         populations[executor] = evolve(config, run_dir, plan=plan_run(config))
-    columns = ["generation", "individual_id", "kind", "parent_id", "seed", "train_seed", "mask_digest", "synapses",
-               "neurons", "macs", "efficiency", "val_accuracy", "val_loss", "selected", "rank"]  # fmt: skip
+    columns = [
+        "generation",
+        "individual_id",
+        "kind",
+        "parent_id",
+        "seed",
+        "train_seed",
+        "mask_digest",
+        "synapses",
+        "neurons",
+        "macs",
+        "efficiency",
+        "val_accuracy",
+        "val_loss",
+        "selected",
+        "rank",
+    ]
     local, ray_ = populations["local"][columns], populations["ray"][columns]
     assert len(local) == 1 + 2 * 2 + 2 * 2  # ancestor, 2 x 2 offspring, 2 x 2 baselines
     pd.testing.assert_frame_equal(local, ray_)

@@ -3,6 +3,7 @@
 Fast tests use a run written by hand (records, checkpoints and selections, no Ray); the slow ones a
 real tiny run through the engine (`evopop.api.evolve`), with diversity recorded as the engine will record it.
 """
+
 from __future__ import annotations
 
 import re
@@ -34,12 +35,21 @@ selection: {rule: best, metric: val_accuracy}
 def _row(individual_id, generation, parent, lineage, masks, accuracy, ancestor=None, status="ok"):
     synapses = int(sum(int(m.sum()) for m in masks.values())) if masks else None
     ancestor = ancestor or synapses
-    return {"run_id": "hand", "individual_id": individual_id, "parent_id": parent, "lineage": lineage,
-            "offspring_index": int(individual_id.rsplit("-", 1)[1]) if generation > 1 else None,
-            "status": status, "synapses": synapses, "ancestor_synapses": ancestor,
-            "efficiency": ancestor / synapses if synapses else None, "macs": 10 * synapses if synapses else None,
-            "val_accuracy": accuracy, "val_loss": 1.0 - accuracy if accuracy is not None else None,
-            "error": None if status == "ok" else "RuntimeError: loss diverged\ntraceback"}  # fmt: skip
+    return {
+        "run_id": "hand",
+        "individual_id": individual_id,
+        "parent_id": parent,
+        "lineage": lineage,
+        "offspring_index": int(individual_id.rsplit("-", 1)[1]) if generation > 1 else None,
+        "status": status,
+        "synapses": synapses,
+        "ancestor_synapses": ancestor,
+        "efficiency": ancestor / synapses if synapses else None,
+        "macs": 10 * synapses if synapses else None,
+        "val_accuracy": accuracy,
+        "val_loss": 1.0 - accuracy if accuracy is not None else None,
+        "error": None if status == "ok" else "RuntimeError: loss diverged\ntraceback",
+    }
 
 
 def _layer_rows(individual_id, masks):
@@ -47,10 +57,19 @@ def _layer_rows(individual_id, masks):
 
 
 def _layer_dicts(masks):
-    return [{"layer": name, "kind": "linear" if m.dim() == 2 else "conv", "synapses": int(m.sum()),
-             "dense_synapses": m.numel(), "neurons": int(m.reshape(m.shape[0], -1).any(1).sum()),
-             "dense_neurons": m.shape[0], "macs": int(m.sum()), "living_fraction": float(m.float().mean())}
-            for name, m in masks.items()]  # fmt: skip
+    return [
+        {
+            "layer": name,
+            "kind": "linear" if m.dim() == 2 else "conv",
+            "synapses": int(m.sum()),
+            "dense_synapses": m.numel(),
+            "neurons": int(m.reshape(m.shape[0], -1).any(1).sum()),
+            "dense_neurons": m.shape[0],
+            "macs": int(m.sum()),
+            "living_fraction": float(m.float().mean()),
+        }
+        for name, m in masks.items()
+    ]
 
 
 def make_hand_run(run_dir: Path) -> RunRecords:
@@ -66,8 +85,9 @@ def make_hand_run(run_dir: Path) -> RunRecords:
     def add(generation, individual_id, parent, lineage, masks, accuracy, ancestor, status="ok"):
         if status == "ok":
             records.write_checkpoint(individual_id, {}, masks, {})
-        row = _row(individual_id, generation, parent, lineage, masks if status == "ok" else None, accuracy,
-                   ancestor, status)  # fmt: skip
+        row = _row(
+            individual_id, generation, parent, lineage, masks if status == "ok" else None, accuracy, ancestor, status
+        )
         layers = _layer_rows(individual_id, masks) if status == "ok" else []
         records.write_individual(generation, IndividualRecord.from_row(row, METRICS), layers, schema)
 

@@ -1,5 +1,6 @@
 """The saliency pipeline end to end on a local Ray: procedural data, the 1/8-width network, F-beta/MAE
 columns for every evaluation set, and the paper-style table."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -7,8 +8,8 @@ from pathlib import Path
 import pytest
 
 from evopop.analysis.tables import lineage_table
-from evopop.config import load_config
 from evopop.api import evolve
+from evopop.config import load_config
 from evopop.records.run import RunRecords
 
 pytestmark = pytest.mark.slow
@@ -17,11 +18,20 @@ CONFIG = Path(__file__).resolve().parents[1] / "configs" / "saliency_quickstart.
 
 
 def test_saliency_quickstart_in_miniature(ray_cluster, tmp_path):
-    config = load_config(CONFIG, [
-        "task.args.train_n=96", "task.args.val_n=32", "task.args.test_n=32", "task.args.size=32",
-        "train.epochs=1", "ancestor.epochs=1", "evolution.generations=2", "evolution.offspring=2",
-        "diversity.functional_batch=8",
-    ])  # fmt: skip
+    config = load_config(
+        CONFIG,
+        [
+            "task.args.train_n=96",
+            "task.args.val_n=32",
+            "task.args.test_n=32",
+            "task.args.size=32",
+            "train.epochs=1",
+            "ancestor.epochs=1",
+            "evolution.generations=2",
+            "evolution.offspring=2",
+            "diversity.functional_batch=8",
+        ],
+    )
     run_dir = str(tmp_path / "run")
     RunRecords(run_dir).write_config(config.to_yaml())
     population = evolve(config, run_dir)

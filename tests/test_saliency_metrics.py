@@ -1,4 +1,5 @@
 """Saliency metrics against hand-computed values."""
+
 import math
 
 import pytest

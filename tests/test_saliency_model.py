@@ -1,4 +1,5 @@
 """SaliencyNet (shape, synapse count, fx wiring, ImageNet init) and the saliency task."""
+
 import pytest
 import torch
 
@@ -8,8 +9,21 @@ from evopop.tasks.base import Task
 from evopop.tasks.saliency import SaliencyTask, saliency
 
 DOCUMENTED_SYNAPSES = 65_010_880  # evopop/models/saliency.py; the reference reports 63,767,232
-VGG16_CONVS = [(3, 64), (64, 64), (64, 128), (128, 128), (128, 256), (256, 256), (256, 256),
-               (256, 512), (512, 512), (512, 512), (512, 512), (512, 512), (512, 512)]  # fmt: skip
+VGG16_CONVS = [
+    (3, 64),
+    (64, 64),
+    (64, 128),
+    (128, 128),
+    (128, 256),
+    (256, 256),
+    (256, 256),
+    (256, 512),
+    (512, 512),
+    (512, 512),
+    (512, 512),
+    (512, 512),
+    (512, 512),
+]
 
 
 def expected_synapses_at_width_1() -> int:
@@ -167,8 +181,14 @@ def test_msra_b_task_with_extra_eval_sets(tmp_path):
     for stem in ("p", "q"):
         write_image(tmp_path / "HKU-IS" / "imgs" / f"{stem}.png")
         write_mask(tmp_path / "HKU-IS" / "gt" / f"{stem}.png")
-    task = SaliencyTask(dataset="msra_b", root=str(root), size=32, width=0.125, hku_is_root=str(tmp_path / "HKU-IS"),
-                        extra_eval_sets={"ecssd": {"images": str(root / "image"), "masks": str(root / "annotation")}})
+    task = SaliencyTask(
+        dataset="msra_b",
+        root=str(root),
+        size=32,
+        width=0.125,
+        hku_is_root=str(tmp_path / "HKU-IS"),
+        extra_eval_sets={"ecssd": {"images": str(root / "image"), "masks": str(root / "annotation")}},
+    )
     task.validate()
     assert list(task.eval_sets()) == ["val", "test", "hku_is", "ecssd"]
     assert len(task.train_set()) == 3 and len(task.eval_sets()["hku_is"]) == 2

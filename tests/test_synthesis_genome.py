@@ -1,4 +1,5 @@
 """Genome: heredity over generations, seeded reproducibility, digests, validation, state dicts."""
+
 from __future__ import annotations
 
 import hashlib
@@ -189,8 +190,14 @@ def test_digest_changes_when_one_bit_flips(net):
         g.masks[name][index] = True
         assert g.digest() == d0
     # Same bits under another layer name, or another shape, hash differently.
-    assert Genome({"a": torch.ones(4, 2, dtype=torch.bool)}).digest() != Genome({"b": torch.ones(4, 2, dtype=torch.bool)}).digest()
-    assert Genome({"a": torch.ones(4, 2, dtype=torch.bool)}).digest() != Genome({"a": torch.ones(2, 4, dtype=torch.bool)}).digest()
+    assert (
+        Genome({"a": torch.ones(4, 2, dtype=torch.bool)}).digest()
+        != Genome({"b": torch.ones(4, 2, dtype=torch.bool)}).digest()
+    )
+    assert (
+        Genome({"a": torch.ones(4, 2, dtype=torch.bool)}).digest()
+        != Genome({"a": torch.ones(2, 4, dtype=torch.bool)}).digest()
+    )
     # Independent of dict insertion order and memory layout.
     t = torch.rand(6, 5) < 0.5
     a = Genome({"x": t, "y": ~t})

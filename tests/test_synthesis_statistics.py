@@ -12,6 +12,7 @@ which each test asserts where it matters, so that the tests can fail.
 The expected probabilities are computed here in float64 from the weights, not with evopop's
 probability helpers.
 """
+
 from __future__ import annotations
 
 import math
@@ -82,7 +83,9 @@ def test_scale_keep_rate_matches_model(c):
     w = weights["fc1"]
     q = c * p_model(w, float(w.abs().max()))
     draws = 6
-    kept = sum(synthesize(arch, weights, parent, Environment(c), seed=s).masks["fc1"].sum().item() for s in range(draws))
+    kept = sum(
+        synthesize(arch, weights, parent, Environment(c), seed=s).masks["fc1"].sum().item() for s in range(draws)
+    )
     tol = assert_within(int(kept), q.reshape(-1), draws, f"C={c}")
     # Discriminating: the model without "-1" or with P = C would be far outside the band.
     assert abs(draws * c * w.numel() - draws * float(q.sum())) > 3 * tol
@@ -146,7 +149,9 @@ def test_zero_weights_keep_with_probability_c():
     with torch.no_grad():
         model.fc1.weight.zero_()
     arch, weights = setup(model, 128)
-    kept = sum(int(synthesize(arch, weights, Genome.full(arch), Environment(c), seed=s).masks["fc1"].sum()) for s in range(4))
+    kept = sum(
+        int(synthesize(arch, weights, Genome.full(arch), Environment(c), seed=s).masks["fc1"].sum()) for s in range(4)
+    )
     assert_within(kept, torch.full((128 * 256,), c), 4, "zero weights")
 
 

@@ -1,4 +1,5 @@
 """Tasks loaded by import path in the end-to-end tests: a user's own task, and one with injected faults."""
+
 from __future__ import annotations
 
 import os
@@ -72,8 +73,14 @@ class Flaky(ShapesTask):
     write the trainer's pid to ``pid_dir`` so a test can kill that process mid-training.
     """
 
-    def __init__(self, nan_rate: float = 0.0, oom_rate: float = 0.0, step_sleep: float = 0.0,
-                 pid_dir: str | None = None, **kwargs):
+    def __init__(
+        self,
+        nan_rate: float = 0.0,
+        oom_rate: float = 0.0,
+        step_sleep: float = 0.0,
+        pid_dir: str | None = None,
+        **kwargs,
+    ):
         super().__init__(**kwargs)
         self.nan_rate, self.oom_rate, self.step_sleep, self.pid_dir = nan_rate, oom_rate, step_sleep, pid_dir
         self.fate = None

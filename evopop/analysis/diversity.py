@@ -20,6 +20,7 @@ what the networks predict on one fixed held-out batch, and metric spread compare
 Pure functions over tensors: no files, no Ray. `evopop.analysis.generation_diversity` applies them to
 one recorded generation; `evopop.analysis.diversity_hook` records that after every generation.
 """
+
 from __future__ import annotations
 
 import math
@@ -135,24 +136,32 @@ class GenomePacker:
                 raise ValueError(f"genome {individual_id or len(self.ids)} has no mask for layer {layer.name!r}")
             mask = masks[layer.name].to(torch.bool)
             if tuple(mask.shape) != tuple(layer.weight_shape):
-                raise ValueError(f"mask of layer {layer.name!r} has shape {tuple(mask.shape)}, "
-                                 f"expected {tuple(layer.weight_shape)}")  # fmt: skip
+                raise ValueError(
+                    f"mask of layer {layer.name!r} has shape {tuple(mask.shape)}, expected {tuple(layer.weight_shape)}"
+                )
             self._words.setdefault(layer.name, []).append(pack_mask(mask))
             self._neurons.setdefault(layer.name, []).append(layer.living_neurons(mask))
         self.ids.append(individual_id if individual_id is not None else str(len(self.ids)))
 
     def done(self) -> PackedGenomes:
         layers = self.layers or []
-        words = {l.name: torch.stack(self._words[l.name]) if self.ids else torch.zeros(0, 1, dtype=torch.int64)
-                 for l in layers}  # fmt: skip
-        neurons = {l.name: torch.stack(self._neurons[l.name]) if self.ids
-                   else torch.zeros(0, l.out_channels, dtype=torch.bool) for l in layers}  # fmt: skip
+        words = {
+            l.name: torch.stack(self._words[l.name]) if self.ids else torch.zeros(0, 1, dtype=torch.int64)
+            for l in layers
+        }
+        neurons = {
+            l.name: torch.stack(self._neurons[l.name]) if self.ids else torch.zeros(0, l.out_channels, dtype=torch.bool)
+            for l in layers
+        }
         synapses = {name: popcount(w) for name, w in words.items()}
         return PackedGenomes(list(self.ids), list(layers), words, synapses, neurons)
 
 
-def pack_genomes(genomes: Sequence[Genome | Mapping[str, torch.Tensor]], layers: Sequence[SynapticLayer] | None = None,
-                 ids: Sequence[str] | None = None) -> PackedGenomes:  # fmt: skip
+def pack_genomes(
+    genomes: Sequence[Genome | Mapping[str, torch.Tensor]],
+    layers: Sequence[SynapticLayer] | None = None,
+    ids: Sequence[str] | None = None,
+) -> PackedGenomes:
     """Pack n genomes (Genome or dict layer -> bool mask). ``layers`` gives the order and neuron
     semantics (from `trace_architecture(...).layers`); without it they are read off the mask shapes."""
     packer = GenomePacker(layers)
@@ -186,11 +195,12 @@ class SetDistances:
     def jaccard(self) -> torch.Tensor:
         """Jaccard distance 1 - |A n B| / |A u B|; 0 where both sets are empty."""
         union = self.union
-        similarity = torch.where(union > 0, self.intersection.double() / union.clamp(min=1).double(),
-                                 torch.ones((), dtype=torch.float64))  # fmt: skip
+        similarity = torch.where(
+            union > 0, self.intersection.double() / union.clamp(min=1).double(), torch.ones((), dtype=torch.float64)
+        )
         return 1.0 - similarity
 
-    def __add__(self, other: "SetDistances") -> "SetDistances":
+    def __add__(self, other: SetDistances) -> SetDistances:
         return SetDistances(self.sizes + other.sizes, self.intersection + other.intersection, self.dense + other.dense)
 
 
@@ -260,8 +270,14 @@ def spread(values) -> dict[str, float]:
     v = v[np.isfinite(v)]
     if v.size == 0:
         return {"count": 0, "mean": math.nan, "std": math.nan, "min": math.nan, "max": math.nan, "range": math.nan}
-    return {"count": int(v.size), "mean": float(v.mean()), "std": float(v.std()), "min": float(v.min()),
-            "max": float(v.max()), "range": float(v.max() - v.min())}  # fmt: skip
+    return {
+        "count": int(v.size),
+        "mean": float(v.mean()),
+        "std": float(v.std()),
+        "min": float(v.min()),
+        "max": float(v.max()),
+        "range": float(v.max() - v.min()),
+    }
 
 
 def living_fraction_spread(packed: PackedGenomes) -> pd.DataFrame:

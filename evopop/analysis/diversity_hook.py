@@ -37,7 +37,9 @@ class DiversityRecorder(Hook):
             outputs, note = self._outputs(built.task)
             write_generation_diversity(self.records, generation, built.arch, self.metric_columns, outputs, note=note)
         except Exception as exc:  # an analysis must never fail the run it analyses
-            warnings.warn(f"diversity of generation {generation} not recorded: {type(exc).__name__}: {exc}")
+            warnings.warn(
+                f"diversity of generation {generation} not recorded: {type(exc).__name__}: {exc}", stacklevel=2
+            )
 
     def _outputs(self, task):
         batch = self.config.diversity.functional_batch

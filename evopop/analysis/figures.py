@@ -3,6 +3,7 @@
 Each ``figure_*`` function takes a loaded `Run` and returns a `matplotlib.figure.Figure`, or raises
 `MissingData` saying what is not recorded yet; `render` turns a figure into PNG bytes.
 """
+
 from __future__ import annotations
 
 import io
@@ -57,6 +58,7 @@ def _metric_label(run: Run) -> str:
 
 def _plain_log_axis(axis, suffix: str = "") -> None:
     """Log-scale ticks as plain numbers (1,000 / 2.5×), with minor ticks labelled when few majors show."""
+
     def fmt(value, _pos=None):
         if value >= 1000:
             return f"{value:,.0f}{suffix}"
@@ -84,9 +86,11 @@ def figure_compression(run: Run) -> Figure:
     ok = _ok(run)
     if ok.empty:
         raise MissingData("no successful individual recorded yet")
-    panels = [("synapses", "living synapses (count, log scale)", "Synapses"),
-              ("macs", "synaptic MACs per sample (count, log scale)", "Multiply-accumulates (nominal)"),
-              ("efficiency", "efficiency (ancestor synapses / own, ×, log scale)", "Efficiency")]  # fmt: skip
+    panels = [
+        ("synapses", "living synapses (count, log scale)", "Synapses"),
+        ("macs", "synaptic MACs per sample (count, log scale)", "Multiply-accumulates (nominal)"),
+        ("efficiency", "efficiency (ancestor synapses / own, ×, log scale)", "Efficiency"),
+    ]
     panels = [p for p in panels if p[0] in ok and ok[p[0]].notna().any()]
     fig = new_figure(4.2 * len(panels), 3.8)
     axes = fig.subplots(1, len(panels), squeeze=False)[0]
@@ -95,17 +99,32 @@ def figure_compression(run: Run) -> Figure:
     rng = np.random.default_rng(0)
     for ax, (column, ylabel, title) in zip(axes, panels):
         jitter = rng.uniform(-0.12, 0.12, len(ok))
-        ax.scatter(ok["generation"] + jitter, ok[column], s=18, color=OTHER_COLOR, alpha=0.8, label="individual",
-                   zorder=2)  # fmt: skip
+        ax.scatter(
+            ok["generation"] + jitter, ok[column], s=18, color=OTHER_COLOR, alpha=0.8, label="individual", zorder=2
+        )
         chosen = ok[selected]
         ax.scatter(chosen["generation"], chosen[column], s=36, color=SELECTED_COLOR, label="selected", zorder=3)
         if not lineage.empty and column in lineage:
-            ax.plot(lineage["generation"], lineage[column], "-o", color=LINEAGE_COLOR, lw=2, ms=5,
-                    label="followed lineage", zorder=4)  # fmt: skip
+            ax.plot(
+                lineage["generation"],
+                lineage[column],
+                "-o",
+                color=LINEAGE_COLOR,
+                lw=2,
+                ms=5,
+                label="followed lineage",
+                zorder=4,
+            )
             last = lineage.iloc[-1]
             text = f"{last[column]:.2f}×" if column == "efficiency" else f"{int(last[column]):,}"
-            ax.annotate(text, (last["generation"], last[column]), textcoords="offset points", xytext=(6, 6),
-                        color=LINEAGE_COLOR, fontsize=9)  # fmt: skip
+            ax.annotate(
+                text,
+                (last["generation"], last[column]),
+                textcoords="offset points",
+                xytext=(6, 6),
+                color=LINEAGE_COLOR,
+                fontsize=9,
+            )
         ax.set_yscale("log")
         _plain_log_axis(ax.yaxis, "×" if column == "efficiency" else "")
         ax.margins(y=0.12)
@@ -145,16 +164,38 @@ def figure_pareto(run: Run) -> Figure:
     generations = sorted(ok["generation"].unique())
     cmap = colormaps["viridis"]
     norm = Normalize(vmin=min(generations), vmax=max(max(generations), min(generations) + 1))
-    sc = ax.scatter(ok["efficiency"], ok[run.metric], c=ok["generation"], cmap=cmap, norm=norm, s=30,
-                    edgecolors="none", alpha=0.85, zorder=2)  # fmt: skip
+    sc = ax.scatter(
+        ok["efficiency"],
+        ok[run.metric],
+        c=ok["generation"],
+        cmap=cmap,
+        norm=norm,
+        s=30,
+        edgecolors="none",
+        alpha=0.85,
+        zorder=2,
+    )
     front = pareto_front(ok, "efficiency", run.metric, run.direction)
-    ax.step(front["efficiency"], front[run.metric], where="post" if run.direction == "min" else "pre",
-            color=LINEAGE_COLOR, lw=1.5, zorder=3)  # fmt: skip
-    ax.scatter(front["efficiency"], front[run.metric], s=90, facecolors="none", edgecolors=LINEAGE_COLOR, lw=1.8,
-               zorder=4)  # fmt: skip
+    ax.step(
+        front["efficiency"],
+        front[run.metric],
+        where="post" if run.direction == "min" else "pre",
+        color=LINEAGE_COLOR,
+        lw=1.5,
+        zorder=3,
+    )
+    ax.scatter(
+        front["efficiency"], front[run.metric], s=90, facecolors="none", edgecolors=LINEAGE_COLOR, lw=1.8, zorder=4
+    )
     for _, row in front.iterrows():
-        ax.annotate(row["individual_id"], (row["efficiency"], row[run.metric]), textcoords="offset points",
-                    xytext=(5, 5), fontsize=8, color=LINEAGE_COLOR)  # fmt: skip
+        ax.annotate(
+            row["individual_id"],
+            (row["efficiency"], row[run.metric]),
+            textcoords="offset points",
+            xytext=(5, 5),
+            fontsize=8,
+            color=LINEAGE_COLOR,
+        )
     ax.set_xscale("log")
     _plain_log_axis(ax.xaxis, "×")
     ax.margins(x=0.08, y=0.1)
@@ -166,8 +207,11 @@ def figure_pareto(run: Run) -> Figure:
     cbar.set_label("generation")
     cbar.locator = MaxNLocator(integer=True)
     cbar.update_ticks()
-    ax.legend(handles=[Line2D([], [], color=LINEAGE_COLOR, marker="o", mfc="none", label="Pareto front")],
-              loc="best", fontsize=8)  # fmt: skip
+    ax.legend(
+        handles=[Line2D([], [], color=LINEAGE_COLOR, marker="o", mfc="none", label="Pareto front")],
+        loc="best",
+        fontsize=8,
+    )
     return fig
 
 
@@ -201,8 +245,13 @@ def figure_lineage_tree(run: Run) -> Figure:
         if isinstance(parent, str) and parent in pos:
             (x0, y0), (x1, y1) = pos[parent], pos[row["individual_id"]]
             followed = parent in on_line and row["individual_id"] in on_line
-            ax.plot([x0, x1], [y0, y1], color=LINEAGE_COLOR if followed else "#bdbdbd",
-                    lw=2.8 if followed else 0.9, zorder=3 if followed else 1)  # fmt: skip
+            ax.plot(
+                [x0, x1],
+                [y0, y1],
+                color=LINEAGE_COLOR if followed else "#bdbdbd",
+                lw=2.8 if followed else 0.9,
+                zorder=3 if followed else 1,
+            )
     ok = pop[pop["status"] == OK]
     failed = pop[pop["status"] != OK]
     metric = run.metric if run.metric in pop else None
@@ -230,10 +279,12 @@ def figure_lineage_tree(run: Run) -> Figure:
     ax.set_ylim(-(widest - 1) / 2 - 0.8, (widest - 1) / 2 + 0.8)
     for side in ("top", "right", "left"):
         ax.spines[side].set_visible(False)
-    handles = [Line2D([], [], color=LINEAGE_COLOR, lw=2.8, label="followed lineage"),
-               Line2D([], [], color="#bdbdbd", lw=0.9, label="parent → offspring"),
-               Line2D([], [], marker="o", ls="none", mfc="none", mec="black", ms=12, label="selected"),
-               Line2D([], [], marker="X", ls="none", color="#b71c1c", ms=9, label=f"failed ({len(failed)})")]  # fmt: skip
+    handles = [
+        Line2D([], [], color=LINEAGE_COLOR, lw=2.8, label="followed lineage"),
+        Line2D([], [], color="#bdbdbd", lw=0.9, label="parent → offspring"),
+        Line2D([], [], marker="o", ls="none", mfc="none", mec="black", ms=12, label="selected"),
+        Line2D([], [], marker="X", ls="none", color="#b71c1c", ms=9, label=f"failed ({len(failed)})"),
+    ]
     fig.legend(handles=handles, loc="outside lower center", ncol=4, fontsize=8, frameon=False)
     ax.set_title(f"Lineage tree: {len(pop)} individuals, {len(failed)} failed")
     return fig
@@ -251,13 +302,12 @@ def jaccard_matrix(pairs: pd.DataFrame, generation: int, scope: str = NETWORK, v
     return ids, m
 
 
-
-
 def figure_sibling_heatmaps(run: Run, max_panels: int = 8) -> Figure:
     pairs = run.diversity.pairs
     if pairs.empty:
-        raise MissingData("no diversity records (RUN_DIR/diversity/) for any generation with two or more "
-                          "successful individuals")  # fmt: skip
+        raise MissingData(
+            "no diversity records (RUN_DIR/diversity/) for any generation with two or more successful individuals"
+        )
     generations = sorted(int(g) for g in pairs["generation"].unique())[-max_panels:]
     net = pairs[pairs["scope"] == NETWORK]
     vmax = float(np.ceil(net["jaccard"].max() * 10) / 10) if len(net) else 1.0
@@ -266,7 +316,7 @@ def figure_sibling_heatmaps(run: Run, max_panels: int = 8) -> Figure:
     fig = new_figure(3.8 * cols + 1.0, 3.6 * rows + 0.4)
     axes = fig.subplots(rows, cols, squeeze=False)
     image = None
-    for ax in axes.flat[len(generations):]:
+    for ax in axes.flat[len(generations) :]:
         ax.set_visible(False)
     for ax, generation in zip(axes.flat, generations):
         ids, m = jaccard_matrix(pairs, generation)
@@ -280,8 +330,15 @@ def figure_sibling_heatmaps(run: Run, max_panels: int = 8) -> Figure:
             for i in range(len(ids)):
                 for j in range(len(ids)):
                     if i != j:
-                        ax.text(j, i, f"{m[i, j]:.2f}", ha="center", va="center", fontsize=7,
-                                color="white" if m[i, j] < 0.6 * vmax else "black")  # fmt: skip
+                        ax.text(
+                            j,
+                            i,
+                            f"{m[i, j]:.2f}",
+                            ha="center",
+                            va="center",
+                            fontsize=7,
+                            color="white" if m[i, j] < 0.6 * vmax else "black",
+                        )
         sib = net[(net["generation"] == generation) & net["siblings"]]
         mean = f", sibling mean {sib['jaccard'].mean():.3f}" if len(sib) else ""
         ax.set_title(f"generation {generation} ({len(ids)} individuals{mean})", fontsize=9)
@@ -305,15 +362,25 @@ def figure_diversity_trends(run: Run) -> Figure:
     net = sib[sib["scope"] == NETWORK]
     fig = new_figure(11.5, 4.2)
     left, right = fig.subplots(1, 2, width_ratios=[1, 1.2])
-    labels = {"jaccard": "synapse Jaccard distance", "hamming_fraction": "Hamming distance / dense synapses",
-              "neuron_jaccard": "neuron Jaccard distance", "functional_disagreement": "prediction disagreement"}  # fmt: skip
+    labels = {
+        "jaccard": "synapse Jaccard distance",
+        "hamming_fraction": "Hamming distance / dense synapses",
+        "neuron_jaccard": "neuron Jaccard distance",
+        "functional_disagreement": "prediction disagreement",
+    }
     for quantity, label in labels.items():
         rows = net[net["quantity"] == quantity]
         if rows.empty or rows["mean"].isna().all():
             continue
         agg = rows.groupby("generation").agg(mean=("mean", "mean"), lo=("min", "min"), hi=("max", "max"))
-        left.errorbar(agg.index, agg["mean"], yerr=[agg["mean"] - agg["lo"], agg["hi"] - agg["mean"]], marker="o",
-                      capsize=3, label=label)  # fmt: skip
+        left.errorbar(
+            agg.index,
+            agg["mean"],
+            yerr=[agg["mean"] - agg["lo"], agg["hi"] - agg["mean"]],
+            marker="o",
+            capsize=3,
+            label=label,
+        )
     left.set_xlabel("generation")
     left.set_ylabel("distance between siblings (fraction, 0–1)")
     left.set_title("Sibling diversity (mean, bars: min–max)")
@@ -331,8 +398,9 @@ def figure_diversity_trends(run: Run) -> Figure:
     if table.size <= 200:
         for (i, j), v in np.ndenumerate(table.to_numpy()):
             if np.isfinite(v):
-                right.text(j, i, f"{v:.2f}", ha="center", va="center", fontsize=7,
-                           color="white" if v < 0.6 else "black")  # fmt: skip
+                right.text(
+                    j, i, f"{v:.2f}", ha="center", va="center", fontsize=7, color="white" if v < 0.6 else "black"
+                )
     right.set_xlabel("generation")
     right.set_ylabel("synaptic layer")
     right.set_title("Mean sibling Jaccard distance per layer")
@@ -350,8 +418,11 @@ def lineage_layer_fractions(run: Run) -> pd.DataFrame:
         rows = run.layers[run.layers["individual_id"].isin(set(line["individual_id"]))]
         table = rows.pivot_table(index="layer", columns="generation", values="living_fraction", aggfunc="first")
     elif run.layer_names and "layer_fractions" in line:
-        data = {int(r["generation"]): list(r["layer_fractions"]) for _, r in line.iterrows()
-                if r["layer_fractions"] is not None}  # fmt: skip
+        data = {
+            int(r["generation"]): list(r["layer_fractions"])
+            for _, r in line.iterrows()
+            if r["layer_fractions"] is not None
+        }
         table = pd.DataFrame(data, index=run.layer_names[: len(next(iter(data.values()), []))])
     else:
         return pd.DataFrame()
@@ -372,8 +443,15 @@ def figure_layer_fractions(run: Run) -> Figure:
     if table.size <= 300:
         for (i, j), v in np.ndenumerate(table.to_numpy(dtype=float)):
             if np.isfinite(v):
-                ax.text(j, i, f"{100 * v:.0f}%", ha="center", va="center", fontsize=7,
-                        color="white" if v < 0.55 else "black")  # fmt: skip
+                ax.text(
+                    j,
+                    i,
+                    f"{100 * v:.0f}%",
+                    ha="center",
+                    va="center",
+                    fontsize=7,
+                    color="white" if v < 0.55 else "black",
+                )
     ax.set_xlabel("generation / individual of the followed lineage")
     ax.set_ylabel("synaptic layer (input → output)")
     ax.set_title("Living synapses per layer along the followed lineage")
@@ -382,21 +460,39 @@ def figure_layer_fractions(run: Run) -> Figure:
 
 
 FIGURES = {
-    "compression": (figure_compression, "Synapses, MACs and efficiency per generation",
-                    "Every successful individual (grey), the selected ones (blue) and the followed lineage (red). "
-                    "MACs are nominal (masked, not compacted)."),
-    "pareto": (figure_pareto, "Metric vs efficiency",
-               "Successful individuals coloured by generation; the Pareto front (no individual is both more "
-               "efficient and better) is circled and labelled."),
-    "lineage_tree": (figure_lineage_tree, "Lineage tree",
-                     "Generations left to right; lines join parents to offspring; the followed lineage is red; "
-                     "selected individuals are ringed; failed ones are marked ✕."),
-    "sibling_diversity": (figure_sibling_heatmaps, "Pairwise diversity within each generation",
-                          "Jaccard distance between the living-synapse sets of every pair of successful "
-                          "individuals of a generation (last 8 generations)."),
-    "diversity_trends": (figure_diversity_trends, "Sibling diversity across generations",
-                         "Mean distance between offspring of the same parent: structural (synapses, neurons) and "
-                         "functional (argmax disagreement on a fixed held-out batch, where recorded)."),
-    "layer_fractions": (figure_layer_fractions, "Living fraction per layer along the followed lineage",
-                        "Which layers the evolution thins out, generation by generation."),
-}  # fmt: skip
+    "compression": (
+        figure_compression,
+        "Synapses, MACs and efficiency per generation",
+        "Every successful individual (grey), the selected ones (blue) and the followed lineage (red). "
+        "MACs are nominal (masked, not compacted).",
+    ),
+    "pareto": (
+        figure_pareto,
+        "Metric vs efficiency",
+        "Successful individuals coloured by generation; the Pareto front (no individual is both more "
+        "efficient and better) is circled and labelled.",
+    ),
+    "lineage_tree": (
+        figure_lineage_tree,
+        "Lineage tree",
+        "Generations left to right; lines join parents to offspring; the followed lineage is red; "
+        "selected individuals are ringed; failed ones are marked ✕.",
+    ),
+    "sibling_diversity": (
+        figure_sibling_heatmaps,
+        "Pairwise diversity within each generation",
+        "Jaccard distance between the living-synapse sets of every pair of successful "
+        "individuals of a generation (last 8 generations).",
+    ),
+    "diversity_trends": (
+        figure_diversity_trends,
+        "Sibling diversity across generations",
+        "Mean distance between offspring of the same parent: structural (synapses, neurons) and "
+        "functional (argmax disagreement on a fixed held-out batch, where recorded).",
+    ),
+    "layer_fractions": (
+        figure_layer_fractions,
+        "Living fraction per layer along the followed lineage",
+        "Which layers the evolution thins out, generation by generation.",
+    ),
+}

@@ -46,8 +46,12 @@ def held_out_batch(task, size: int = 32, eval_set: str | None = None) -> torch.T
     return torch.stack([torch.as_tensor(dataset[i][0]) for i in range(n)])
 
 
-def checkpoint_outputs(records, task, batch: torch.Tensor, device: str | torch.device = "cpu",
-                       ) -> Callable[[str], torch.Tensor]:  # fmt: skip
+def checkpoint_outputs(
+    records,
+    task,
+    batch: torch.Tensor,
+    device: str | torch.device = "cpu",
+) -> Callable[[str], torch.Tensor]:
     """``f(individual_id) -> outputs`` of the recorded individual on ``batch`` (eval mode, float32, CPU).
 
     One model is built (under a forked RNG: the caller's random state is untouched) and reloaded
@@ -140,8 +144,9 @@ def generation_diversity(
     for _, row in ok.iterrows():
         individual_id = row["individual_id"]
         if not records.has_checkpoint(individual_id):
-            warnings.warn(f"{individual_id}: recorded ok but its checkpoint is missing; left out of the diversity",
-                          stacklevel=2)  # fmt: skip
+            warnings.warn(
+                f"{individual_id}: recorded ok but its checkpoint is missing; left out of the diversity", stacklevel=2
+            )
             continue
         payload = records.read_checkpoint(individual_id)
         packer.add(payload["masks"], individual_id)
@@ -178,16 +183,28 @@ def _pairs_frame(packed: PackedGenomes, parents: list, disagreement: torch.Tenso
     for scope, d in syn.items():
         nd = neu[scope]
         pick = lambda m: m[ia, ib].numpy()  # noqa: E731
-        func = (pick(disagreement) if disagreement is not None and scope == NETWORK
-                else np.full(len(a), np.nan))  # fmt: skip
-        frames.append(pd.DataFrame({
-            "a": a, "b": b, "parent_a": pa_, "parent_b": pb_, "siblings": siblings, "scope": scope,
-            "jaccard": pick(d.jaccard), "hamming": pick(d.hamming), "hamming_fraction": pick(d.hamming_fraction),
-            "shared_synapses": pick(d.intersection), "union_synapses": pick(d.union),
-            "dense_synapses": np.full(len(a), d.dense, dtype=np.int64),
-            "neuron_jaccard": pick(nd.jaccard), "neuron_hamming": pick(nd.hamming),
-            "functional_disagreement": func,
-        }))  # fmt: skip
+        func = pick(disagreement) if disagreement is not None and scope == NETWORK else np.full(len(a), np.nan)
+        frames.append(
+            pd.DataFrame(
+                {
+                    "a": a,
+                    "b": b,
+                    "parent_a": pa_,
+                    "parent_b": pb_,
+                    "siblings": siblings,
+                    "scope": scope,
+                    "jaccard": pick(d.jaccard),
+                    "hamming": pick(d.hamming),
+                    "hamming_fraction": pick(d.hamming_fraction),
+                    "shared_synapses": pick(d.intersection),
+                    "union_synapses": pick(d.union),
+                    "dense_synapses": np.full(len(a), d.dense, dtype=np.int64),
+                    "neuron_jaccard": pick(nd.jaccard),
+                    "neuron_hamming": pick(nd.hamming),
+                    "functional_disagreement": func,
+                }
+            )
+        )
     return pd.concat(frames, ignore_index=True)[columns]
 
 
@@ -195,8 +212,9 @@ def _empty(fields) -> pd.DataFrame:
     return pa.schema(fields).empty_table().to_pandas()
 
 
-def _summary_frame(packed: PackedGenomes, ok: pd.DataFrame, parents: list, pairs: pd.DataFrame,
-                   metric_columns: list[str]) -> pd.DataFrame:  # fmt: skip
+def _summary_frame(
+    packed: PackedGenomes, ok: pd.DataFrame, parents: list, pairs: pd.DataFrame, metric_columns: list[str]
+) -> pd.DataFrame:
     n = len(packed)
     if n == 0:
         return _empty(DIVERSITY_SUMMARY_FIELDS)
@@ -224,16 +242,34 @@ def _summary_frame(packed: PackedGenomes, ok: pd.DataFrame, parents: list, pairs
                 values = scope_pairs[quantity].to_numpy(dtype=float) if len(scope_pairs) else np.array([])
                 if quantity == "functional_disagreement" and not np.isfinite(values).any():
                     continue
-                rows.append({"group": group, "parent_id": parent, "scope": scope, "quantity": quantity,
-                             **spread(values)})  # fmt: skip
-            for quantity, table in (("living_fraction", fractions), ("neuron_fraction", neuron_fr),
-                                    ("synapses", synapses)):  # fmt: skip
-                rows.append({"group": group, "parent_id": parent, "scope": scope, "quantity": quantity,
-                             **spread(table[scope].numpy()[members])})  # fmt: skip
+                rows.append(
+                    {"group": group, "parent_id": parent, "scope": scope, "quantity": quantity, **spread(values)}
+                )
+            for quantity, table in (
+                ("living_fraction", fractions),
+                ("neuron_fraction", neuron_fr),
+                ("synapses", synapses),
+            ):
+                rows.append(
+                    {
+                        "group": group,
+                        "parent_id": parent,
+                        "scope": scope,
+                        "quantity": quantity,
+                        **spread(table[scope].numpy()[members]),
+                    }
+                )
         for metric in metric_columns:
             if metric in ok:
-                rows.append({"group": group, "parent_id": parent, "scope": NETWORK, "quantity": metric,
-                             **spread(ok[metric].to_numpy()[members])})  # fmt: skip
+                rows.append(
+                    {
+                        "group": group,
+                        "parent_id": parent,
+                        "scope": NETWORK,
+                        "quantity": metric,
+                        **spread(ok[metric].to_numpy()[members]),
+                    }
+                )
     frame = pd.DataFrame(rows, columns=[name for name, _ in DIVERSITY_SUMMARY_FIELDS])
     frame["count"] = frame["count"].astype("int64")
     return frame

@@ -11,6 +11,7 @@
 A run in progress is read as it stands: generations still running, a last generation without a
 selection, no diversity yet. Nothing is written.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass, field
@@ -96,8 +97,7 @@ class Run:
             return f"stopped: every individual of generation {last} failed ({recorded} of {recorded})"
         of = f" of {expected}" if expected else ""
         state = "selection recorded" if last in decided else "selection pending"
-        return (f"in progress: generation {last} of {planned or '?'}, {recorded}{of} individuals recorded, "
-                f"{state}")  # fmt: skip
+        return f"in progress: generation {last} of {planned or '?'}, {recorded}{of} individuals recorded, {state}"
 
     def expected_individuals(self, generation: int) -> int | None:
         """How many individuals ``generation`` will have: 1 for the root, else offspring x selected parents."""
@@ -128,11 +128,22 @@ def load_run(run_dir: str) -> Run:
     metric, direction = meta.metric, meta.direction
     if metric is None:  # records written without the engine's resolution (by hand, in tests)
         metric, direction = _configured_metric(config, metric_columns)
-    diversity = Diversity(records.diversity_pairs().reset_index(drop=True),
-                          records.diversity_summary().reset_index(drop=True))  # fmt: skip
+    diversity = Diversity(
+        records.diversity_pairs().reset_index(drop=True), records.diversity_summary().reset_index(drop=True)
+    )
     lineage = followed_lineage(best_first(population)) if not population.empty else population
-    return Run(str(run_dir), config, population, layers, diversity, lineage.reset_index(drop=True),
-               metric_columns, layer_names, metric, direction)  # fmt: skip
+    return Run(
+        str(run_dir),
+        config,
+        population,
+        layers,
+        diversity,
+        lineage.reset_index(drop=True),
+        metric_columns,
+        layer_names,
+        metric,
+        direction,
+    )
 
 
 def best_first(population: pd.DataFrame) -> pd.DataFrame:
@@ -154,7 +165,9 @@ def _metric_like(population: pd.DataFrame) -> set[str]:
 def _configured_metric(config: dict, metric_columns: list[str]) -> tuple[str | None, str]:
     """The configured selection metric, else the first measured non-loss column."""
     selection = config.get("selection") or {}
-    fallback = next((c for c in metric_columns if not c.endswith("_loss")), metric_columns[0] if metric_columns else None)
+    fallback = next(
+        (c for c in metric_columns if not c.endswith("_loss")), metric_columns[0] if metric_columns else None
+    )
     metric = selection.get("metric") or fallback
     direction = selection.get("direction") or ("min" if metric and metric.endswith("_loss") else "max")
     return metric, direction

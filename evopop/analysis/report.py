@@ -6,12 +6,14 @@ The page is self-contained apart from the PNG files next to it (no scripts, no e
 Figures whose data is not recorded yet are skipped, and the page says why. Nothing in the run's
 records is written: the report only reads them (and writes under ``out_dir``).
 """
+
 from __future__ import annotations
 
 import html
 import warnings
 from dataclasses import replace
 from datetime import datetime, timezone
+from functools import partial
 from pathlib import Path
 
 import pandas as pd
@@ -25,8 +27,9 @@ from .loading import Diversity, Run, best_first, load_run
 from .tables import lineage_table, population_table
 
 
-def build_report(run_dir: str | Path, out_dir: str | Path | None = None,
-                 compute_missing_diversity: bool = True) -> Path:
+def build_report(
+    run_dir: str | Path, out_dir: str | Path | None = None, compute_missing_diversity: bool = True
+) -> Path:
     """Write the report of ``run_dir`` to ``out_dir`` (default RUN_DIR/report); returns index.html's path.
 
     compute_missing_diversity: for generations with two or more successful individuals but no
@@ -39,8 +42,10 @@ def build_report(run_dir: str | Path, out_dir: str | Path | None = None,
     if compute_missing_diversity:
         computed = fill_missing_diversity(run)
         if computed:
-            notes.append(f"Structural diversity of generation(s) {', '.join(map(str, computed))} was computed from "
-                         "the checkpoints for this report (not recorded in RUN_DIR/diversity/).")  # fmt: skip
+            notes.append(
+                f"Structural diversity of generation(s) {', '.join(map(str, computed))} was computed from "
+                "the checkpoints for this report (not recorded in RUN_DIR/diversity/)."
+            )
     out = str(out_dir) if out_dir is not None else RunRecords(run_dir).report_uri
     storage = Storage(out)
     sections = []
@@ -105,6 +110,14 @@ def fill_missing_diversity(run: Run) -> list[int]:
 
 
 # -- tables -----------------------------------------------------------------------------------------
+def _sibling_stat(group: pd.DataFrame, quantity: str, column: str = "mean") -> float:
+    """One quantity's ``column`` over a generation's sibling groups: summed counts, else averaged over parents."""
+    values = group.loc[group["quantity"] == quantity, column]
+    if values.empty:
+        return float("nan")
+    return values.sum() if column == "count" else values.mean()
+
+
 def diversity_table(run: Run) -> pd.DataFrame:
     """Per generation: sibling diversity (whole network) and the spread of the selection metric."""
     summary = run.diversity.summary
@@ -113,19 +126,17 @@ def diversity_table(run: Run) -> pd.DataFrame:
     sib = summary[(summary["group"] == "siblings") & (summary["scope"] == NETWORK)]
     rows = []
     for generation, group in sib.groupby("generation"):
-        def stat(quantity, column="mean"):
-            values = group.loc[group["quantity"] == quantity, column]
-            if values.empty:
-                return float("nan")
-            if column == "count":
-                return values.sum()
-            return values.mean()  # averaged over parents when several
-
-        row = {"generation": int(generation), "siblings": int(stat("living_fraction", "count")),
-               "parents": int((group["quantity"] == "living_fraction").sum()),
-               "Jaccard distance": stat("jaccard"), "Hamming / dense": stat("hamming_fraction"),
-               "neuron Jaccard": stat("neuron_jaccard"), "prediction disagreement": stat("functional_disagreement"),
-               "living fraction std": stat("living_fraction", "std")}  # fmt: skip
+        stat = partial(_sibling_stat, group)
+        row = {
+            "generation": int(generation),
+            "siblings": int(stat("living_fraction", "count")),
+            "parents": int((group["quantity"] == "living_fraction").sum()),
+            "Jaccard distance": stat("jaccard"),
+            "Hamming / dense": stat("hamming_fraction"),
+            "neuron Jaccard": stat("neuron_jaccard"),
+            "prediction disagreement": stat("functional_disagreement"),
+            "living fraction std": stat("living_fraction", "std"),
+        }
         if run.metric:
             row[f"{run.metric} std"] = stat(run.metric, "std")
             row[f"{run.metric} range"] = stat(run.metric, "range")
@@ -156,15 +167,20 @@ def baseline_table(run: Run) -> pd.DataFrame:
     rows = []
     for offspring_id, group in baselines.groupby(baselines["individual_id"].str.rsplit("-", n=1).str[0]):
         offspring = by_id.loc[offspring_id]
-        row = {"generation": int(offspring["generation"]), "offspring": offspring_id,
-               "synapses": f"{int(offspring['synapses']):,}", f"synthesis {metric}": offspring[metric]}  # fmt: skip
+        row = {
+            "generation": int(offspring["generation"]),
+            "offspring": offspring_id,
+            "synapses": f"{int(offspring['synapses']):,}",
+            f"synthesis {metric}": offspring[metric],
+        }
         for _, b in group.iterrows():
             row[f"{b['kind']} {metric}"] = b[metric]
             row[f"synthesis − {b['kind']}"] = offspring[metric] - b[metric]
         rows.append(row)
     table = pd.DataFrame(rows).sort_values("generation")
     for col in table.columns[3:]:
-        table[col] = table[col].map(lambda v: "-" if pd.isna(v) else f"{v:+.4f}" if "−" in col else f"{v:.4f}")
+        shown = "{:+.4f}" if "−" in col else "{:.4f}"  # differences carry their sign
+        table[col] = table[col].map(lambda v, shown=shown: "-" if pd.isna(v) else shown.format(v))
     return table
 
 
@@ -176,8 +192,14 @@ def _failures(run: Run) -> pd.DataFrame:
     if failed.empty:
         return failed
     first = failed["error"].fillna("").map(lambda e: (e.strip().splitlines() or [""])[0][:200])
-    return pd.DataFrame({"generation": failed["generation"], "individual_id": failed["individual_id"],
-                         "attempts": failed.get("attempts"), "error": first})  # fmt: skip
+    return pd.DataFrame(
+        {
+            "generation": failed["generation"],
+            "individual_id": failed["individual_id"],
+            "attempts": failed.get("attempts"),
+            "error": first,
+        }
+    )
 
 
 # -- HTML -------------------------------------------------------------------------------------------
@@ -216,11 +238,13 @@ def _config_line(run: Run) -> str:
     evo = c.get("evolution") or {}
     env = evo.get("environment") or {}
     sel = c.get("selection") or {}
-    parts = [f"task <code>{_e(task)}</code>",
-             f"{_e(evo.get('generations', '?'))} generations × {_e(evo.get('offspring', '?'))} offspring",
-             f"environment C = {_e(env.get('c', '?'))} ({_e(env.get('mode', '?'))})",
-             f"selection <code>{_e(sel.get('rule', '?'))}</code> on <code>{_e(run.metric)}</code> ({_e(run.direction)})",
-             f"seed {_e((c.get('run') or {}).get('seed', '?'))}"]  # fmt: skip
+    parts = [
+        f"task <code>{_e(task)}</code>",
+        f"{_e(evo.get('generations', '?'))} generations × {_e(evo.get('offspring', '?'))} offspring",
+        f"environment C = {_e(env.get('c', '?'))} ({_e(env.get('mode', '?'))})",
+        f"selection <code>{_e(sel.get('rule', '?'))}</code> on <code>{_e(run.metric)}</code> ({_e(run.direction)})",
+        f"seed {_e((c.get('run') or {}).get('seed', '?'))}",
+    ]
     return " · ".join(parts)
 
 
@@ -233,8 +257,11 @@ def _page(run: Run, sections: list[str], notes: list[str]) -> str:
     now = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     note_html = "".join(f'<p class="note">{_e(n)}</p>' for n in notes)
     failures = _failures(run)
-    failed_html = (f"<details><summary>{len(failures)} failed individual(s)</summary>{_table(failures, '')}</details>"
-                   if len(failures) else "")  # fmt: skip
+    failed_html = (
+        f"<details><summary>{len(failures)} failed individual(s)</summary>{_table(failures, '')}</details>"
+        if len(failures)
+        else ""
+    )
     return f"""<!DOCTYPE html>
 <html lang="en"><head><meta charset="utf-8"><title>evopop report: {_e(run.run_id)}</title>
 <style>{_CSS}</style></head><body>
@@ -246,7 +273,7 @@ def _page(run: Run, sections: list[str], notes: list[str]) -> str:
 <p class="meta">From the best selected individual of the last decided generation back to the ancestor
 (efficiency = ancestor synapses / own synapses).</p>
 {_table(lineage, "No followed lineage yet: no generation's selection is recorded.")}</section>
-{''.join(sections)}
+{"".join(sections)}
 <section><h2>Sibling diversity per generation</h2>
 <p class="meta">Offspring of the same parent, whole network: mean pairwise distances (averaged over parents
 where several), and the spread (population std, max − min) of the selection metric among them.</p>
@@ -263,9 +290,9 @@ def _baselines_section(run: Run) -> str:
     table = baseline_table(run)
     if table.empty:
         return ""
-    return ("<section><h2>Baselines at matched sparsity</h2><p class=\"meta\">Each selected offspring beside the same "
-            "parent pruned to the offspring's per-layer synapse counts by magnitude and at random, trained with the "
-            "same recipe and seed (positive differences: synthesis is better for a metric to maximise).</p>"
-            f"{_table(table, '')}</section>")
-
-
+    return (
+        '<section><h2>Baselines at matched sparsity</h2><p class="meta">Each selected offspring beside the same '
+        "parent pruned to the offspring's per-layer synapse counts by magnitude and at random, trained with the "
+        "same recipe and seed (positive differences: synthesis is better for a metric to maximise).</p>"
+        f"{_table(table, '')}</section>"
+    )

@@ -1,4 +1,5 @@
 """Tables of a run: the population so far, and the paper-style table of the followed lineage."""
+
 from __future__ import annotations
 
 import pandas as pd

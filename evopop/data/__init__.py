@@ -3,6 +3,7 @@
 Names are re-exported lazily, so that importing one data module (e.g. ``evopop.data.shapes``)
 does not pull in torchvision through the others.
 """
+
 from importlib import import_module
 
 _EXPORTS = {

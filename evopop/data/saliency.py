@@ -14,6 +14,7 @@ another size than its image. These checks read file headers only; damage past th
 truncated JPEG) is found when the item is loaded, and is also reported as a `DatasetError` naming
 the file. Masks are 0..255 grayscale; a pixel is salient iff its value is > 128.
 """
+
 from __future__ import annotations
 
 import os
@@ -29,8 +30,12 @@ from .transforms import SaliencyTransform
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
 MASK_EXTENSIONS = (".png", ".bmp", ".gif", ".jpg", ".jpeg", ".tif", ".tiff")
-MSRA_B_SPLITS = {"train": "train_cvpr2013.txt", "valid": "valid_cvpr2013.txt", "val": "valid_cvpr2013.txt",
-                 "test": "test_cvpr2013.txt"}  # fmt: skip
+MSRA_B_SPLITS = {
+    "train": "train_cvpr2013.txt",
+    "valid": "valid_cvpr2013.txt",
+    "val": "valid_cvpr2013.txt",
+    "test": "test_cvpr2013.txt",
+}
 MAX_LISTED_PROBLEMS = 20
 
 PathLike = str | os.PathLike
@@ -171,16 +176,24 @@ class SaliencyFolder(Dataset):
             raise DatasetError(f"cannot read {path} ({type(exc).__name__}: {exc})") from exc
 
 
-def msra_b(root: PathLike, split: str, size: int | tuple[int, int] | None = 224, hflip: bool | None = None,
-           check: bool = True) -> SaliencyFolder:  # fmt: skip
+def msra_b(
+    root: PathLike, split: str, size: int | tuple[int, int] | None = 224, hflip: bool | None = None, check: bool = True
+) -> SaliencyFolder:
     """MSRA-B ``split`` ("train", "valid"/"val", "test"); flipped at random when training by default."""
     if split not in MSRA_B_SPLITS:
         raise ValueError(f"MSRA-B split must be one of {sorted(MSRA_B_SPLITS)}, got {split!r}")
     root = Path(root)
     names = read_name_list(root / MSRA_B_SPLITS[split])
     hflip = split == "train" if hflip is None else hflip
-    return SaliencyFolder(root / "image", root / "annotation", names, size=size, hflip=hflip, check=check,
-                          label=f"MSRA-B {split} ({root})")  # fmt: skip
+    return SaliencyFolder(
+        root / "image",
+        root / "annotation",
+        names,
+        size=size,
+        hflip=hflip,
+        check=check,
+        label=f"MSRA-B {split} ({root})",
+    )
 
 
 def hku_is(root: PathLike, size: int | tuple[int, int] | None = 224, check: bool = True) -> SaliencyFolder:

@@ -5,6 +5,7 @@ float (1, H, W) in {0, 1} (a pixel is salient iff its 0..255 mask value is > 128
 Geometric transforms are applied to image and mask together (the mask with nearest-neighbour
 interpolation), so they stay aligned.
 """
+
 from __future__ import annotations
 
 import torch
@@ -52,9 +53,11 @@ class SaliencyTransform:
             geometric.append(v2.RandomHorizontalFlip(p=0.5))
         self.geometric = v2.Compose(geometric) if geometric else v2.Identity()
         self.to_float = v2.Compose(
-            [v2.ToDtype({tv_tensors.Image: torch.float32, "others": None}, scale=True),
-             v2.Normalize(IMAGENET_MEAN, IMAGENET_STD)]
-        )  # fmt: skip
+            [
+                v2.ToDtype({tv_tensors.Image: torch.float32, "others": None}, scale=True),
+                v2.Normalize(IMAGENET_MEAN, IMAGENET_STD),
+            ]
+        )
 
     def __call__(self, image: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         image, mask = self.geometric(tv_tensors.Image(image), tv_tensors.Mask(mask))

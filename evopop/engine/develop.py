@@ -36,11 +36,20 @@ from .jobs import Outcome, ParentState, Spec
 def recipe_of(config: Config, epochs: int) -> Recipe:
     t = config.train
     return Recipe(
-        epochs=epochs, batch_size=t.batch_size, optimizer=t.optimizer, lr=t.lr, momentum=t.momentum,
-        weight_decay=t.weight_decay, schedule=t.schedule, step_size=t.step_size, gamma=t.gamma,
-        warmup_steps=t.warmup_steps, mixed_precision=t.mixed_precision,
-        eval_batch_size=t.eval_batch_size, num_workers=t.num_workers,
-    )  # fmt: skip
+        epochs=epochs,
+        batch_size=t.batch_size,
+        optimizer=t.optimizer,
+        lr=t.lr,
+        momentum=t.momentum,
+        weight_decay=t.weight_decay,
+        schedule=t.schedule,
+        step_size=t.step_size,
+        gamma=t.gamma,
+        warmup_steps=t.warmup_steps,
+        mixed_precision=t.mixed_precision,
+        eval_batch_size=t.eval_batch_size,
+        num_workers=t.num_workers,
+    )
 
 
 class Developer:
@@ -82,9 +91,11 @@ class Developer:
             result = train_and_evaluate(model, self.task, recipe, spec.train_seed, masks, self.device)
         weights = {k: v.detach().cpu() for k, v in model.state_dict().items()}
         checkpoint = self.records.write_checkpoint(
-            spec.individual_id, weights, genome.state_dict(),
+            spec.individual_id,
+            weights,
+            genome.state_dict(),
             {"generation": spec.generation, "parent_id": spec.parent_id, "lineage": list(spec.lineage)},
-        )  # fmt: skip
+        )
         counts = count(self.arch, genome)
         return Outcome(
             individual_id=spec.individual_id,
@@ -176,4 +187,6 @@ def load_weights(model: torch.nn.Module, weights: dict[str, torch.Tensor], what:
         model.load_state_dict(weights, strict=True)
     except RuntimeError as exc:
         first = str(exc).strip().splitlines()[:4]
-        raise ValueError(f"{what} does not fit the task's network ({type(model).__name__}): {' '.join(first)}") from None
+        raise ValueError(
+            f"{what} does not fit the task's network ({type(model).__name__}): {' '.join(first)}"
+        ) from None

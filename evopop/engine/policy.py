@@ -35,8 +35,7 @@ class EvolutionFailed(RuntimeError):
 class Evolution:
     """One run: generation 1 (the ancestor), then offspring of the selected, generation after generation."""
 
-    def __init__(self, config: Config, records: RunRecords, plan: Plan, executor: Executor,
-                 hooks: Sequence[Hook] = ()):  # fmt: skip
+    def __init__(self, config: Config, records: RunRecords, plan: Plan, executor: Executor, hooks: Sequence[Hook] = ()):
         self.config, self.records, self.plan, self.executor = config, records, plan, executor
         self.hooks = list(hooks)
         self.schema = population_schema(plan.metric_columns, plan.layer_names, (plan.metric, plan.direction))

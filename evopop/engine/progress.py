@@ -51,8 +51,10 @@ class Progress(Hook):
             self.stream.write("\r" + self._line() + f", selected {', '.join(selected) or '-'}\n")
             self.stream.flush()
         else:
-            self._print(f"generation {self.generation} done in {time.perf_counter() - self.t0:.1f}s: {self._line()}, "
-                        f"selected {', '.join(selected) or '-'}")
+            self._print(
+                f"generation {self.generation} done in {time.perf_counter() - self.t0:.1f}s: {self._line()}, "
+                f"selected {', '.join(selected) or '-'}"
+            )
 
     def batch_finished(self, batch: Batch) -> None:
         """End a batch that selects nothing (e.g. baselines); offspring batches end at selection."""
@@ -71,7 +73,8 @@ class Progress(Hook):
         best = "-" if self.best is None else f"{self.best:.4f}"
         syn = "-" if self.best_synapses is None else f"{self.best_synapses:,}"
         failed = f", {self.failed} failed" if self.failed else ""
-        return f"gen {self.generation}{self.label}: {self.done}/{self.total} done{failed}, best {self.metric} {best} (synapses {syn})"
+        done = f"{self.done}/{self.total} done{failed}"
+        return f"gen {self.generation}{self.label}: {done}, best {self.metric} {best} (synapses {syn})"
 
     def _print(self, text: str) -> None:
         print(text, file=self.stream, flush=True)

@@ -45,9 +45,7 @@ def check_resources(config: Config) -> None:
         have = total.get(resource, 0)
         if amount > have:
             unit = {"CPU": " CPUs", "GPU": " GPUs"}.get(resource, "")
-            raise ConfigError(
-                f"resources.{key}: {amount}{unit} per trainer, but the cluster has {have:g}{unit}"
-            )
+            raise ConfigError(f"resources.{key}: {amount}{unit} per trainer, but the cluster has {have:g}{unit}")
 
 
 @dataclass

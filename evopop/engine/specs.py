@@ -1,4 +1,5 @@
 """Individual specs: ids, seeds and environments, all pure functions of the config and lineage."""
+
 from __future__ import annotations
 
 from ..config import Config

@@ -1,4 +1,5 @@
 """Metrics of evaluation sets."""
+
 from .base import Metric
 from .saliency import SaliencyMetric, fbeta_adaptive, fbeta_curve, mae
 

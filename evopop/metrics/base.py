@@ -1,4 +1,5 @@
 """The metric interface: accumulate batches on the training device, then compute floats."""
+
 from __future__ import annotations
 
 from abc import ABC, abstractmethod

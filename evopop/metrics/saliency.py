@@ -19,6 +19,7 @@ Edge cases, defined (as is common) so that every quantity is a number:
 - An all-zero map has adaptive threshold min(2 * 0, 1) = 0, so *every* pixel counts as salient
   (P = coverage of G, R = 1); on the curve it is salient only at t = 0.
 """
+
 from __future__ import annotations
 
 import math

@@ -60,6 +60,7 @@ as described, so we keep the simplest exact-2x design (4x4 stride-2 deconvs, as 
 ``width`` multiplies every hidden channel count (rounded, at least 4) so that ``width=0.125`` is a
 CPU-sized version of the same graph; the input (3) and ``num_classes`` are never scaled.
 """
+
 from __future__ import annotations
 
 import os

@@ -1,4 +1,5 @@
 """Small convolutional classifier: the quickstart's ancestor (VGG-style, CPU-sized)."""
+
 from __future__ import annotations
 
 from torch import nn
@@ -11,13 +12,18 @@ class SmallConvNet(nn.Module):
     and the flatten from the last feature map into the first linear layer.
     """
 
-    def __init__(self, in_channels: int = 3, num_classes: int = 6, widths=(16, 32, 64), hidden: int = 128,
-                 pooled: int = 2):
+    def __init__(
+        self, in_channels: int = 3, num_classes: int = 6, widths=(16, 32, 64), hidden: int = 128, pooled: int = 2
+    ):
         super().__init__()
         blocks, c = [], in_channels
         for w in widths:
-            blocks += [nn.Conv2d(c, w, 3, padding=1, bias=False), nn.BatchNorm2d(w), nn.ReLU(inplace=True),
-                       nn.MaxPool2d(2)]
+            blocks += [
+                nn.Conv2d(c, w, 3, padding=1, bias=False),
+                nn.BatchNorm2d(w),
+                nn.ReLU(inplace=True),
+                nn.MaxPool2d(2),
+            ]
             c = w
         self.features = nn.Sequential(*blocks)
         self.pool = nn.AdaptiveAvgPool2d(pooled)

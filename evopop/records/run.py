@@ -51,9 +51,15 @@ from .schema import (
 from .storage import Storage, join
 
 __all__ = [
-    "RunRecords", "RunLockedError", "RunMetadata", "check_individual_id", "natural_key",
-    "is_evopop_checkpoint", "load_checkpoint_bytes", "read_torch_bytes",
-]  # fmt: skip
+    "RunRecords",
+    "RunLockedError",
+    "RunMetadata",
+    "check_individual_id",
+    "natural_key",
+    "is_evopop_checkpoint",
+    "load_checkpoint_bytes",
+    "read_torch_bytes",
+]
 
 POPULATION, LAYERS, SELECTION = "population", "layers", "selection"
 DIVERSITY, DIVERSITY_SUMMARY = "diversity", "diversity_summary"
@@ -243,7 +249,10 @@ class RunRecords:
             return pd.DataFrame()
         selection = self._frame(SELECTION, generation, SELECTION_FIELDS)
         keys = list(zip(df["generation"], df["individual_id"]))
-        decided = {(g, i): (s, r) for g, i, s, r in selection[["generation", "individual_id", "selected", "rank"]].itertuples(index=False)}
+        decided = {
+            (g, i): (s, r)
+            for g, i, s, r in selection[["generation", "individual_id", "selected", "rank"]].itertuples(index=False)
+        }
         df["selected"] = pd.array([_none(decided.get(k, (None, None))[0]) for k in keys], dtype="boolean")
         df["rank"] = pd.array([_none(decided.get(k, (None, None))[1]) for k in keys], dtype="Int32")
         if "kind" in df:  # baselines are never candidates: decided, not selected

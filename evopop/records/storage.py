@@ -2,6 +2,7 @@
 hdfs://) tomorrow, with the same code. Every write is atomic: a temporary name, then a rename, so a
 crash never leaves a half-written file for readers or resume to trip over.
 """
+
 from __future__ import annotations
 
 import os

@@ -15,6 +15,7 @@ modules) is a barrier: the layers after it treat their inputs as always alive. T
 only means fewer synapses die by cascade, never that a living one does. A model that cannot be
 traced at all (data-dependent control flow) falls back to "no cascade", with a warning.
 """
+
 from __future__ import annotations
 
 import operator
@@ -30,39 +31,144 @@ from .layers import SYNAPTIC_TYPES, SynapticLayer, find_synaptic_layers
 from .wiring import ChannelMap, concatenate, union
 
 _PRESERVING_MODULES = (
-    nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d, nn.SyncBatchNorm,
-    nn.InstanceNorm1d, nn.InstanceNorm2d, nn.InstanceNorm3d, nn.GroupNorm,
-    nn.ReLU, nn.ReLU6, nn.LeakyReLU, nn.PReLU, nn.ELU, nn.SELU, nn.CELU, nn.GELU, nn.SiLU,
-    nn.Mish, nn.Sigmoid, nn.Tanh, nn.Hardswish, nn.Hardsigmoid, nn.Hardtanh, nn.Softplus,
-    nn.Dropout, nn.Dropout1d, nn.Dropout2d, nn.Dropout3d, nn.AlphaDropout, nn.Identity,
-    nn.MaxPool1d, nn.MaxPool2d, nn.MaxPool3d, nn.AvgPool1d, nn.AvgPool2d, nn.AvgPool3d,
-    nn.AdaptiveAvgPool1d, nn.AdaptiveAvgPool2d, nn.AdaptiveAvgPool3d,
-    nn.AdaptiveMaxPool1d, nn.AdaptiveMaxPool2d, nn.AdaptiveMaxPool3d,
-    nn.Upsample, nn.UpsamplingNearest2d, nn.UpsamplingBilinear2d,
-    nn.ZeroPad1d, nn.ZeroPad2d, nn.ZeroPad3d, nn.ConstantPad1d, nn.ConstantPad2d,
-    nn.ConstantPad3d, nn.ReflectionPad1d, nn.ReflectionPad2d, nn.ReplicationPad1d,
-    nn.ReplicationPad2d, nn.ReplicationPad3d,
-)  # fmt: skip
+    nn.BatchNorm1d,
+    nn.BatchNorm2d,
+    nn.BatchNorm3d,
+    nn.SyncBatchNorm,
+    nn.InstanceNorm1d,
+    nn.InstanceNorm2d,
+    nn.InstanceNorm3d,
+    nn.GroupNorm,
+    nn.ReLU,
+    nn.ReLU6,
+    nn.LeakyReLU,
+    nn.PReLU,
+    nn.ELU,
+    nn.SELU,
+    nn.CELU,
+    nn.GELU,
+    nn.SiLU,
+    nn.Mish,
+    nn.Sigmoid,
+    nn.Tanh,
+    nn.Hardswish,
+    nn.Hardsigmoid,
+    nn.Hardtanh,
+    nn.Softplus,
+    nn.Dropout,
+    nn.Dropout1d,
+    nn.Dropout2d,
+    nn.Dropout3d,
+    nn.AlphaDropout,
+    nn.Identity,
+    nn.MaxPool1d,
+    nn.MaxPool2d,
+    nn.MaxPool3d,
+    nn.AvgPool1d,
+    nn.AvgPool2d,
+    nn.AvgPool3d,
+    nn.AdaptiveAvgPool1d,
+    nn.AdaptiveAvgPool2d,
+    nn.AdaptiveAvgPool3d,
+    nn.AdaptiveMaxPool1d,
+    nn.AdaptiveMaxPool2d,
+    nn.AdaptiveMaxPool3d,
+    nn.Upsample,
+    nn.UpsamplingNearest2d,
+    nn.UpsamplingBilinear2d,
+    nn.ZeroPad1d,
+    nn.ZeroPad2d,
+    nn.ZeroPad3d,
+    nn.ConstantPad1d,
+    nn.ConstantPad2d,
+    nn.ConstantPad3d,
+    nn.ReflectionPad1d,
+    nn.ReflectionPad2d,
+    nn.ReplicationPad1d,
+    nn.ReplicationPad2d,
+    nn.ReplicationPad3d,
+)
 # Modules whose per-channel parameters belong to the neurons that feed them: they die with them.
 _PER_CHANNEL_PARAM_MODULES = (
-    nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d, nn.SyncBatchNorm,
-    nn.InstanceNorm1d, nn.InstanceNorm2d, nn.InstanceNorm3d, nn.GroupNorm, nn.PReLU,
-)  # fmt: skip
+    nn.BatchNorm1d,
+    nn.BatchNorm2d,
+    nn.BatchNorm3d,
+    nn.SyncBatchNorm,
+    nn.InstanceNorm1d,
+    nn.InstanceNorm2d,
+    nn.InstanceNorm3d,
+    nn.GroupNorm,
+    nn.PReLU,
+)
 _PRESERVING_FUNCTIONS = {
-    F.relu, F.relu6, F.leaky_relu, F.elu, F.selu, F.celu, F.gelu, F.silu, F.mish, F.hardswish,
-    F.hardsigmoid, F.hardtanh, F.softplus, F.sigmoid, F.tanh, torch.relu, torch.sigmoid,
-    torch.tanh, F.dropout, F.dropout1d, F.dropout2d, F.dropout3d, F.max_pool1d, F.max_pool2d,
-    F.max_pool3d, F.avg_pool1d, F.avg_pool2d, F.avg_pool3d, F.adaptive_avg_pool1d,
-    F.adaptive_avg_pool2d, F.adaptive_avg_pool3d, F.adaptive_max_pool1d, F.adaptive_max_pool2d,
-    F.adaptive_max_pool3d, F.interpolate, F.upsample, F.pad, F.batch_norm, F.instance_norm,
-    torch.clone, torch.nn.functional.relu_,
-}  # fmt: skip
+    F.relu,
+    F.relu6,
+    F.leaky_relu,
+    F.elu,
+    F.selu,
+    F.celu,
+    F.gelu,
+    F.silu,
+    F.mish,
+    F.hardswish,
+    F.hardsigmoid,
+    F.hardtanh,
+    F.softplus,
+    F.sigmoid,
+    F.tanh,
+    torch.relu,
+    torch.sigmoid,
+    torch.tanh,
+    F.dropout,
+    F.dropout1d,
+    F.dropout2d,
+    F.dropout3d,
+    F.max_pool1d,
+    F.max_pool2d,
+    F.max_pool3d,
+    F.avg_pool1d,
+    F.avg_pool2d,
+    F.avg_pool3d,
+    F.adaptive_avg_pool1d,
+    F.adaptive_avg_pool2d,
+    F.adaptive_avg_pool3d,
+    F.adaptive_max_pool1d,
+    F.adaptive_max_pool2d,
+    F.adaptive_max_pool3d,
+    F.interpolate,
+    F.upsample,
+    F.pad,
+    F.batch_norm,
+    F.instance_norm,
+    torch.clone,
+    torch.nn.functional.relu_,
+}
 _PRESERVING_METHODS = {
-    "relu", "relu_", "sigmoid", "tanh", "contiguous", "clone", "float", "to", "type_as",
-    "clamp", "clamp_min", "detach",
-}  # fmt: skip
-_ELEMENTWISE = {operator.add, operator.iadd, operator.sub, operator.mul, operator.imul,
-                operator.truediv, torch.add, torch.sub, torch.mul, torch.div}  # fmt: skip
+    "relu",
+    "relu_",
+    "sigmoid",
+    "tanh",
+    "contiguous",
+    "clone",
+    "float",
+    "to",
+    "type_as",
+    "clamp",
+    "clamp_min",
+    "detach",
+}
+_ELEMENTWISE = {
+    operator.add,
+    operator.iadd,
+    operator.sub,
+    operator.mul,
+    operator.imul,
+    operator.truediv,
+    torch.add,
+    torch.sub,
+    torch.mul,
+    torch.div,
+}
 _ELEMENTWISE_METHODS = {"add", "add_", "sub", "mul", "mul_", "div"}
 _PRODUCTS = {operator.mul, operator.imul, torch.mul, operator.truediv, torch.div, "mul", "mul_", "div"}
 _RESHAPES_FUNCTIONS = {torch.flatten, torch.reshape}
@@ -114,7 +220,8 @@ def trace_architecture(model: nn.Module, example_input: torch.Tensor) -> Archite
     try:
         graph = _shaped_graph(model, example_input)
     except Exception as exc:  # tracing is best effort: cascade is an optimisation of the genome
-        note = f"could not trace {type(model).__name__} ({type(exc).__name__}: {exc}); neuron death will not cascade between layers"
+        why = f"{type(model).__name__} ({type(exc).__name__}: {exc})"
+        note = f"could not trace {why}; neuron death will not cascade between layers"
         warnings.warn(note, stacklevel=2)
         return Architecture(layers, {}, [], {}, other, traced=False, note=note)
     return _Tracer(model, layers, graph, other).run()
@@ -213,12 +320,7 @@ class _Tracer:
 
     @staticmethod
     def _keeps_channels(src: ChannelMap | None, out_shape) -> bool:
-        return (
-            src is not None
-            and out_shape is not None
-            and len(out_shape) > src.dim
-            and out_shape[src.dim] == src.size
-        )
+        return src is not None and out_shape is not None and len(out_shape) > src.dim and out_shape[src.dim] == src.size
 
     # -- node kinds -------------------------------------------------------------------------
     def _synaptic(self, node, module, src, out_shape) -> ChannelMap | None:
@@ -238,9 +340,7 @@ class _Tracer:
         return ChannelMap.of_layer(name, out_dim, layer.out_channels)
 
     def _attach(self, name: str, module: nn.Module, src: ChannelMap) -> None:
-        params = tuple(
-            f"{name}.{p}" for p, t in module.named_parameters(recurse=False) if t.numel() == src.size
-        )
+        params = tuple(f"{name}.{p}" for p, t in module.named_parameters(recurse=False) if t.numel() == src.size)
         if params and src.dim == 1:
             self.attachments.append(Attachment(name, params, src))
 

@@ -6,6 +6,7 @@ input position, of a linear once per token. These are *nominal* figures for the 
 the realised speed-up needs compaction into smaller dense layers. A network that could not be
 traced (see `Architecture.traced`) has no MACs figures: they are reported as 0.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -91,7 +92,9 @@ def count(arch: Architecture, genome: Genome) -> Counts:
             )
         )
     dense_other = sum(arch.other_params.values())
-    dead_other = sum(masks[name].numel() - int(torch.count_nonzero(masks[name])) for name in arch.other_params if name in masks)
+    dead_other = sum(
+        masks[name].numel() - int(torch.count_nonzero(masks[name])) for name in arch.other_params if name in masks
+    )
     return Counts(tuple(layers), dense_other - dead_other, dense_other)
 
 

@@ -1,4 +1,5 @@
 """Neuron death: a neuron with no incoming synapses dies, and its outgoing synapses with it."""
+
 from __future__ import annotations
 
 import torch

@@ -7,6 +7,7 @@
 C can be overridden per layer (glob patterns on layer names, first match wins), layers can be frozen
 (no sampling: only synapses from dead neurons die), and C can follow a per-generation schedule.
 """
+
 from __future__ import annotations
 
 import math

@@ -4,6 +4,7 @@ One bool mask per synaptic layer, shaped like the layer's weight (1 byte per syn
 genome is 138 MB beside 553 MB of float32 weights). Living neurons are derived from the masks, so
 they can never disagree with them.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -20,11 +21,9 @@ class Genome:
     masks: dict[str, torch.Tensor]  # layer name -> bool tensor of the weight's shape
 
     @staticmethod
-    def full(arch: Architecture, device: torch.device | str = "cpu") -> "Genome":
+    def full(arch: Architecture, device: torch.device | str = "cpu") -> Genome:
         """Every synapse alive: the genome of an ancestor trained without masks."""
-        return Genome(
-            {l.name: torch.ones(l.weight_shape, dtype=torch.bool, device=device) for l in arch.layers}
-        )
+        return Genome({l.name: torch.ones(l.weight_shape, dtype=torch.bool, device=device) for l in arch.layers})
 
     def neurons(self, layer: SynapticLayer) -> torch.Tensor:
         """Bool per neuron (output channel / unit) of ``layer``: alive iff it has an incoming synapse."""
@@ -36,7 +35,7 @@ class Genome:
     def synapses(self) -> int:
         return sum(int(torch.count_nonzero(m)) for m in self.masks.values())
 
-    def to(self, device: torch.device | str) -> "Genome":
+    def to(self, device: torch.device | str) -> Genome:
         return Genome({k: m.to(device) for k, m in self.masks.items()})
 
     def digest(self) -> str:
@@ -66,7 +65,7 @@ class Genome:
             if mask.dtype != torch.bool:
                 raise ValueError(f"mask of layer {name!r} has dtype {mask.dtype}; masks are torch.bool")
 
-    def is_subset_of(self, other: "Genome") -> bool:
+    def is_subset_of(self, other: Genome) -> bool:
         """True iff every synapse alive here is alive in ``other`` (heredity)."""
         return all(not bool((m & ~other.masks[k]).any()) for k, m in self.masks.items())
 
@@ -74,5 +73,5 @@ class Genome:
         return {k: m.detach().cpu() for k, m in self.masks.items()}
 
     @staticmethod
-    def from_state_dict(state: dict[str, torch.Tensor]) -> "Genome":
+    def from_state_dict(state: dict[str, torch.Tensor]) -> Genome:
         return Genome({k: v.to(torch.bool) for k, v in state.items()})

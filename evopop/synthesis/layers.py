@@ -3,6 +3,7 @@
 A synapse joins two neurons: one entry of a Conv*, ConvTranspose* or Linear weight. Biases and
 normalisation parameters are not synapses. A layer's neurons are its output channels / units.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass

@@ -1,6 +1,7 @@
 """Masks on parameters: dead synapses (and the biases and per-channel normalisation parameters of dead
 neurons) are zero, and stay exactly zero through training: weights, gradients and optimizer state.
 """
+
 from __future__ import annotations
 
 import torch
@@ -72,7 +73,7 @@ class MaskedParameters:
         for param, mask in self.pairs:
             param.mul_(mask)
 
-    def attach(self, optimizer: torch.optim.Optimizer) -> "MaskedParameters":
+    def attach(self, optimizer: torch.optim.Optimizer) -> MaskedParameters:
         for param, mask in self.pairs:
             self._handles.append(param.register_post_accumulate_grad_hook(_grad_masker(mask)))
         self._handles.append(optimizer.register_step_post_hook(lambda *_: self._mask_weights()))

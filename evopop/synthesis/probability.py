@@ -3,6 +3,7 @@
 Every function here walks the weights in fixed-size chunks, so that temporaries stay in cache and
 memory beyond the weights and masks is a few MB, whatever the layer's size.
 """
+
 from __future__ import annotations
 
 import math

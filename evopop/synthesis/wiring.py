@@ -5,6 +5,7 @@ layers it reads. A `ChannelMap` answers that for one tensor: a list of sources, 
 tensor's channels to neurons of one producing layer (or to "always alive" for network inputs and
 anything we cannot see through). A channel is dead iff every source that feeds it is dead.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass, field
@@ -32,11 +33,11 @@ class ChannelMap:
     sources: list[Source] = field(default_factory=list)
 
     @staticmethod
-    def always_alive(dim: int, size: int) -> "ChannelMap":
+    def always_alive(dim: int, size: int) -> ChannelMap:
         return ChannelMap(dim, size, [Source(None, torch.arange(size, device="cpu"))])
 
     @staticmethod
-    def of_layer(name: str, dim: int, size: int) -> "ChannelMap":
+    def of_layer(name: str, dim: int, size: int) -> ChannelMap:
         return ChannelMap(dim, size, [Source(name, torch.arange(size, device="cpu"))])
 
     def alive(self, neurons: dict[str, torch.Tensor]) -> torch.Tensor:
@@ -54,7 +55,7 @@ class ChannelMap:
                 alive |= fed & neurons[src.producer][src.index.clamp(min=0)].cpu()
         return alive
 
-    def flatten(self, spatial: int) -> "ChannelMap":
+    def flatten(self, spatial: int) -> ChannelMap:
         """(N, C, *S) flattened to (N, C*prod(S)): each channel becomes ``spatial`` features."""
         sources = [Source(s.producer, s.index.repeat_interleave(spatial)) for s in self.sources]
         return ChannelMap(1, self.size * spatial, sources)
@@ -74,7 +75,11 @@ def concatenate(maps: list[ChannelMap], dim: int) -> ChannelMap:
         for src in m.sources:
             fed = src.index >= 0
             target = next(
-                (s.index for s in merged if s.producer == src.producer and bool((s.index[offset : offset + m.size][fed] < 0).all())),
+                (
+                    s.index
+                    for s in merged
+                    if s.producer == src.producer and bool((s.index[offset : offset + m.size][fed] < 0).all())
+                ),
                 None,
             )
             if target is None:

@@ -3,6 +3,7 @@
 Built-in tasks are looked up by name; a user's own task is a factory named by import path
 (``"package.module:factory"``) that returns a `Task`. Tasks know nothing of Ray or storage.
 """
+
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
@@ -52,5 +53,5 @@ class Task(ABC):
         The evaluation loop always adds ``loss`` (the mean of ``self.loss`` over the set)."""
         return []
 
-    def validate(self) -> None:
+    def validate(self) -> None:  # noqa: B027 (optional hook: most tasks have nothing to check)
         """Check the task's inputs (files, sizes) and raise one clear error before any training."""

@@ -1,4 +1,5 @@
 """Image classification on the built-in procedural shapes: the engine's quickstart task."""
+
 from __future__ import annotations
 
 import torch
@@ -27,8 +28,16 @@ class ShapesTask(Task):
     default_metric = "val_accuracy"
     default_direction = "max"
 
-    def __init__(self, train_size: int = 3000, val_size: int = 1000, image_size: int = 32, num_classes: int = 6,
-                 widths=(16, 32, 64), hidden: int = 128, seed: int = 0):
+    def __init__(
+        self,
+        train_size: int = 3000,
+        val_size: int = 1000,
+        image_size: int = 32,
+        num_classes: int = 6,
+        widths=(16, 32, 64),
+        hidden: int = 128,
+        seed: int = 0,
+    ):
         for name, value in (("train_size", train_size), ("val_size", val_size), ("image_size", image_size)):
             if int(value) < 1:
                 raise ValueError(f"task.args.{name} must be >= 1, got {value}")

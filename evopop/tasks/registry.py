@@ -1,4 +1,5 @@
 """Find a task by built-in name or by import path ``"package.module:factory"``."""
+
 from __future__ import annotations
 
 import importlib

@@ -16,6 +16,7 @@ size. The network outputs 2-class logits; the loss is the cross-entropy against 
 metrics read softmax channel 1 as the saliency map. Every metric is recorded per eval set as
 ``<set>_<metric>``; populations are selected on ``val_fbeta_max`` by default.
 """
+
 from __future__ import annotations
 
 from collections.abc import Mapping
@@ -144,11 +145,15 @@ class SaliencyTask(Task):
     def _build_eval(self) -> dict[str, Dataset]:
         if self.dataset == "procedural":
             size = self._square_size()
-            sets = {"val": ProceduralSaliency(self.val_n, size, self.seed + 1),
-                    "test": ProceduralSaliency(self.test_n, size, self.seed + 2)}  # fmt: skip
+            sets = {
+                "val": ProceduralSaliency(self.val_n, size, self.seed + 1),
+                "test": ProceduralSaliency(self.test_n, size, self.seed + 2),
+            }
         elif self.dataset == "msra_b":
-            sets = {"val": msra_b(self.root, "valid", size=self.size),
-                    "test": msra_b(self.root, "test", size=self.size)}  # fmt: skip
+            sets = {
+                "val": msra_b(self.root, "valid", size=self.size),
+                "test": msra_b(self.root, "test", size=self.size),
+            }
         else:
             sets = {name: self._folder(spec) for name, spec in self.folders.items() if name != "train"}
         if self.hku_is_root:

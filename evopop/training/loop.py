@@ -4,6 +4,7 @@ Masked training: dead synapses (and dead neurons' biases / norm parameters) are 
 by `MaskedParameters`. On CPU a run is deterministic for a given seed; on GPU it uses mixed
 precision (bf16 autocast where supported, else fp16 with loss scaling) unless told otherwise.
 """
+
 from __future__ import annotations
 
 import math
@@ -97,10 +98,14 @@ def train_and_evaluate(
     optimizer = make_optimizer(model, recipe)
     masked = MaskedParameters(model, masks).attach(optimizer) if masks else None
     loader = DataLoader(
-        task.train_set(), batch_size=recipe.batch_size, shuffle=True, drop_last=False,
-        num_workers=recipe.num_workers, generator=torch.Generator().manual_seed(seed),
+        task.train_set(),
+        batch_size=recipe.batch_size,
+        shuffle=True,
+        drop_last=False,
+        num_workers=recipe.num_workers,
+        generator=torch.Generator().manual_seed(seed),
         pin_memory=device.type == "cuda",
-    )  # fmt: skip
+    )
     schedule = make_schedule(optimizer, recipe, len(loader))
     amp = _autocast_dtype(recipe, device)
     scaler = torch.amp.GradScaler("cuda") if amp == torch.float16 else None
