@@ -1,4 +1,6 @@
 """Saliency data: folder loaders and their up-front checks, transforms, the procedural data set."""
+
+import pickle
 from pathlib import Path
 
 import numpy as np
@@ -6,6 +8,7 @@ import pytest
 import torch
 from PIL import Image
 
+from evopop.data import procedural
 from evopop.data.procedural import ProceduralSaliency
 from evopop.data.saliency import DatasetError, SaliencyFolder, hku_is, msra_b, read_name_list
 from evopop.data.transforms import IMAGENET_MEAN, IMAGENET_STD, SaliencyTransform
@@ -204,9 +207,33 @@ def test_procedural_salient_pixels_stand_out_but_not_trivially():
 
 
 def test_procedural_pickles_without_pixels():
-    import pickle
-
     data = ProceduralSaliency(8, size=32)
     first = data[0][0]
-    clone = pickle.loads(pickle.dumps(data))
-    assert clone._images is None and torch.equal(clone[0][0], first)
+    payload = pickle.dumps(data)
+    assert len(payload) < data._images.numel()  # the recipe, not the 8 x 3 x 32 x 32 pixels
+    clone = pickle.loads(payload)
+    assert clone._images is data._images and torch.equal(clone[0][0], first)  # this process's pixels
+
+
+def test_procedural_renders_once_per_process(monkeypatch):
+    renders = []
+    render_all = procedural._render_all
+    monkeypatch.setattr(procedural, "_RENDERED", {})
+    monkeypatch.setattr(procedural, "_render_all", lambda *recipe: renders.append(recipe) or render_all(*recipe))
+    data = ProceduralSaliency(6, size=32, seed=11)
+    assert renders == [(6, 32, 11)]  # rendered when built, not on first access
+    again, clone = ProceduralSaliency(6, size=32, seed=11), pickle.loads(pickle.dumps(data))
+    assert again._images is data._images and clone._masks is data._masks
+    ProceduralSaliency(6, size=32, seed=12)
+    assert renders == [(6, 32, 11), (6, 32, 12)]
+
+
+def test_procedural_unpickles_in_a_fresh_process_to_the_same_items(monkeypatch):
+    data = ProceduralSaliency(6, size=32, seed=11)
+    payload = pickle.dumps(data)
+    monkeypatch.setattr(procedural, "_RENDERED", {})  # as in a spawned DataLoader worker
+    clone = pickle.loads(payload)
+    assert clone._images is None  # rendered on first access, not while unpickling
+    assert torch.equal(clone[5][0], data[5][0])
+    assert torch.equal(clone._images, data._images) and torch.equal(clone._masks, data._masks)
+    assert pickle.loads(payload)._images is clone._images  # and only once

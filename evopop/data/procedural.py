@@ -9,35 +9,55 @@ per image), so a pixel's colour alone does not decide it: the net must compare i
 the image, and tell the small low-contrast distractors from the objects. Salient shapes cover about
 7% to 30% of the image (18% on average).
 
-Determinism: item ``i`` of ``ProceduralSaliency(n, size, seed)`` is drawn from its own generator,
-seeded from ``(seed, i)`` by a splitmix64 hash, so it is the same whatever the access order, and
-data sets with different seeds (train/val/test) share no items. Only those per-item draws (one
-``torch.rand`` call per item) loop in Python; rendering is vectorised over the whole batch.
+Determinism per item from ``(seed, i)``: item ``i`` of ``ProceduralSaliency(n, size, seed)`` is drawn
+from its own generator, seeded with ``derive_seed("procedural-saliency", seed, i)`` (the one seeding
+scheme of evopop, `evopop.synthesis.seeding`), so it is the same whatever the access order and
+whatever ``n``, and data sets with different seeds (train/val/test) share no items. Only those
+per-item draws (one ``torch.rand`` call per item) loop in Python; rendering is vectorised over the
+whole batch.
+
+Rendered once per process: a data set is rendered when it is built, into a per-process cache keyed
+by ``(n, size, seed)``; building it again, or unpickling it (it pickles as its recipe, without
+pixels), takes the pixels from that cache. DataLoader workers started by fork inherit the pixels;
+a process without them (a spawned worker) renders them once, on first access.
 """
+
 from __future__ import annotations
 
 import math
+from collections.abc import Iterable
 
 import torch
 import torch.nn.functional as F
 from torch.utils.data import Dataset
 
+from ..synthesis.seeding import derive_seed
 from .transforms import normalize_image
 
 MAX_OBJECTS = 2
 MAX_DISTRACTORS = 6
 NOISE_GRID = 6  # low-frequency background noise: a NOISE_GRID x NOISE_GRID grid, upsampled
 CHUNK = 1024  # items rendered at once
-_MASK64 = (1 << 64) - 1
 _TRIANGLE_AREA = 3 * math.sqrt(3) / 4  # area of the triangle inscribed in the unit circle
 
 
-def item_seed(seed: int, index: int) -> int:
-    """Seed of item ``index`` of a data set with ``seed`` (splitmix64 of the pair; 63 bits)."""
-    x = (seed * 0x9E3779B97F4A7C15 + (index + 1) * 0xD1B54A32D192ED03) & _MASK64
-    x = ((x ^ (x >> 30)) * 0xBF58476D1CE4E5B9) & _MASK64
-    x = ((x ^ (x >> 27)) * 0x94D049BB133111EB) & _MASK64
-    return (x ^ (x >> 31)) >> 1
+# uint8 images (n, 3, S, S) and bool masks (n, 1, S, S) per recipe (n, size, seed), for the life of the
+# process: tasks rebuild and DataLoaders unpickle the same few data sets (train/val/test) over and
+# over, and re-rendering them each time is what made worker epochs slow. Entries are never mutated.
+_RENDERED: dict[tuple[int, int, int], tuple[torch.Tensor, torch.Tensor]] = {}
+
+
+def rendered(n: int, size: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Images and masks of all ``n`` items, from this process's cache (rendered on first request)."""
+    key = (n, size, seed)
+    if key not in _RENDERED:  # two threads may both render a missing key: harmless, one result wins
+        _RENDERED[key] = _render_all(n, size, seed)
+    return _RENDERED[key]
+
+
+def _render_all(n: int, size: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    parts = [render_items(range(start, min(start + CHUNK, n)), size, seed) for start in range(0, n, CHUNK)]
+    return torch.cat([image for image, _ in parts]), torch.cat([mask for _, mask in parts])
 
 
 def _draw(seeds: list[int], sizes: dict[str, int]) -> dict[str, torch.Tensor]:
@@ -205,19 +225,82 @@ def _object_layer(r, xx, yy, noise):
     return inside.any(dim=1, keepdim=True), weights, 0.06 * noise
 
 
+def render_items(indices: Iterable[int], size: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """uint8 images (B, 3, S, S) and bool masks (B, 1, S, S) of the items ``indices``.
+
+    Every pixel is a mix of the item's 4 colours (two background colours, the object's and the
+    second object's) plus a brightness offset. Layers (background, distractors, objects) set
+    the mixing weights on single-channel maps; one batched matmul then makes the colours,
+    which is much cheaper than compositing 3-channel images layer by layer.
+    """
+    s = size
+    r = _draw([derive_seed("procedural-saliency", int(seed), int(i)) for i in indices], _draw_sizes(size))
+    batch = r["count"].shape[0]
+    coords = (torch.arange(s, dtype=torch.float32) + 0.5) / s
+    yy, xx = coords.view(s, 1), coords.view(1, s)
+    noise = r["pixel_noise"].view(batch, 1, s, s) - 0.5  # luminance noise
+
+    weights, offset = _background(r, xx, yy, noise)
+    objects = _object_layer(r, xx, yy, noise)
+    for region, layer_weights, layer_offset in (_distractor_layer(r, s, noise), objects):  # bottom up
+        weights = torch.where(region, layer_weights, weights)
+        offset = torch.where(region, layer_offset, offset)
+    mask = objects[0]
+
+    palette = torch.stack(_palette(r), dim=2)  # (B, 3, 4)
+    image = torch.bmm(palette, weights.view(batch, 4, s * s)).view(batch, 3, s, s) + offset
+    return (image * 255).round_().clamp_(0, 255).to(torch.uint8), mask
+
+
+def _draw_sizes(size: int) -> dict[str, int]:
+    o, d = MAX_OBJECTS, MAX_DISTRACTORS
+    return {
+        "count": 1,
+        "obj_area": o,
+        "obj_aspect": o,
+        "obj_x": o,
+        "obj_y": o,
+        "obj_kind": o,
+        "obj_angle": o,
+        "obj_jitter": 3 * o,
+        "shade": 2,
+        "obj_bright": 3,
+        "obj_rgb": 3,
+        "obj2_rgb": 3,
+        "bg1_rgb": 3,
+        "bg2_rgb": 3,
+        "stripe_on": 1,
+        "stripe_freq": 1,
+        "stripe_angle": 1,
+        "stripe_phase": 1,
+        "stripe_amp": 1,
+        "dis_on": d,
+        "dis_x": d,
+        "dis_y": d,
+        "dis_size": d,
+        "dis_aspect": d,
+        "dis_kind": d,
+        "dis_angle": d,
+        "dis_jitter": 3 * d,
+        "dis_mix": d,
+        "blotches": NOISE_GRID * NOISE_GRID,
+        "pixel_noise": size * size,
+    }
+
+
 class ProceduralSaliency(Dataset):
     """``n`` generated (image, mask) items at ``size`` x ``size``, deterministic from ``seed``.
 
-    Items are rendered in bulk on first access (stored as uint8 images and bool masks) and returned
-    in the format of `evopop.data.transforms`: normalised float (3, S, S) and float (1, S, S) in {0, 1}.
+    Items are rendered when the data set is built (or taken from this process's cache; stored as
+    uint8 images and bool masks) and returned in the format of `evopop.data.transforms`:
+    normalised float (3, S, S) and float (1, S, S) in {0, 1}.
     """
 
     def __init__(self, n: int, size: int = 64, seed: int = 0):
         if n < 1 or size < 16:
             raise ValueError(f"need n >= 1 and size >= 16, got n={n}, size={size}")
         self.n, self.size, self.seed = int(n), int(size), int(seed)
-        self._images: torch.Tensor | None = None  # uint8 (n, 3, S, S)
-        self._masks: torch.Tensor | None = None  # bool (n, 1, S, S)
+        self._images, self._masks = rendered(self.n, self.size, self.seed)
 
     def __len__(self) -> int:
         return self.n
@@ -225,56 +308,24 @@ class ProceduralSaliency(Dataset):
     def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
         if not 0 <= index < self.n:
             raise IndexError(f"index {index} out of range for {self.n} items")
-        if self._images is None:
-            self._materialize()
+        if self._images is None:  # unpickled in a process that had not rendered it
+            self._images, self._masks = rendered(self.n, self.size, self.seed)
         image = normalize_image(self._images[index].float() / 255)
         return image, self._masks[index].float()
 
-    def __getstate__(self):  # ship the recipe, not the pixels
+    def __getstate__(self) -> dict:
+        # Ship the recipe, not the pixels: pickles stay small (Ray, spawned workers), and a process
+        # that already holds the pixels (a deepcopy, a Ray object read back locally) shares them.
         return {**self.__dict__, "_images": None, "_masks": None}
 
-    def _materialize(self) -> None:
-        images, masks = [], []
-        for start in range(0, self.n, CHUNK):
-            image, mask = self.render(range(start, min(start + CHUNK, self.n)))
-            images.append(image)
-            masks.append(mask)
-        self._images, self._masks = torch.cat(images), torch.cat(masks)
+    def __setstate__(self, state: dict) -> None:
+        self.__dict__.update(state)
+        # This process's pixels if it has them; else render on first access, not here: a spawned
+        # DataLoader worker unpickles before it limits torch to one thread, and workers rendering
+        # with every core's threads at once oversubscribe the CPU (+0.8 s an epoch, 2 workers, 2 cores).
+        self._images, self._masks = _RENDERED.get((self.n, self.size, self.seed), (None, None))
 
-    def render(self, indices) -> tuple[torch.Tensor, torch.Tensor]:
-        """uint8 images (B, 3, S, S) and bool masks (B, 1, S, S) of the items ``indices``.
-
-        Every pixel is a mix of the item's 4 colours (two background colours, the object's and the
-        second object's) plus a brightness offset. Layers (background, distractors, objects) set
-        the mixing weights on single-channel maps; one batched matmul then makes the colours,
-        which is much cheaper than compositing 3-channel images layer by layer.
-        """
-        s = self.size
-        r = _draw([item_seed(self.seed, int(i)) for i in indices], self._draw_sizes())
-        batch = r["count"].shape[0]
-        coords = (torch.arange(s, dtype=torch.float32) + 0.5) / s
-        yy, xx = coords.view(s, 1), coords.view(1, s)
-        noise = r["pixel_noise"].view(batch, 1, s, s) - 0.5  # luminance noise
-
-        weights, offset = _background(r, xx, yy, noise)
-        objects = _object_layer(r, xx, yy, noise)
-        for region, layer_weights, layer_offset in (_distractor_layer(r, s, noise), objects):  # bottom up
-            weights = torch.where(region, layer_weights, weights)
-            offset = torch.where(region, layer_offset, offset)
-        mask = objects[0]
-
-        palette = torch.stack(_palette(r), dim=2)  # (B, 3, 4)
-        image = torch.bmm(palette, weights.view(batch, 4, s * s)).view(batch, 3, s, s) + offset
-        return (image * 255).round_().clamp_(0, 255).to(torch.uint8), mask
-
-    def _draw_sizes(self) -> dict[str, int]:
-        o, d = MAX_OBJECTS, MAX_DISTRACTORS
-        return {
-            "count": 1, "obj_area": o, "obj_aspect": o, "obj_x": o, "obj_y": o, "obj_kind": o,
-            "obj_angle": o, "obj_jitter": 3 * o, "shade": 2, "obj_bright": 3, "obj_rgb": 3,
-            "obj2_rgb": 3, "bg1_rgb": 3, "bg2_rgb": 3, "stripe_on": 1, "stripe_freq": 1,
-            "stripe_angle": 1, "stripe_phase": 1, "stripe_amp": 1, "dis_on": d, "dis_x": d,
-            "dis_y": d, "dis_size": d, "dis_aspect": d, "dis_kind": d, "dis_angle": d,
-            "dis_jitter": 3 * d, "dis_mix": d, "blotches": NOISE_GRID * NOISE_GRID,
-            "pixel_noise": self.size * self.size,
-        }  # fmt: skip
+    def render(self, indices: Iterable[int]) -> tuple[torch.Tensor, torch.Tensor]:
+        """uint8 images (B, 3, S, S) and bool masks (B, 1, S, S) of the items ``indices``, rendered
+        afresh (not from the cache); see `render_items`."""
+        return render_items(indices, self.size, self.seed)

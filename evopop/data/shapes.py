@@ -2,8 +2,11 @@
 
 Each image holds one shape (disk, square, triangle, ring, cross or bar pair) of random size,
 position and colour on a textured, noisy background; the label is the shape. Item i is a pure
-function of (seed, i), so the data set is identical on every machine and in any access order.
+function of (seed, i): its generator is seeded with ``derive_seed("shapes", seed, i)`` (the one
+seeding scheme of evopop, `evopop.synthesis.seeding`), so the data set is identical on every
+machine and in any access order. A data set is rendered once per process (see `rendered`).
 """
+
 from __future__ import annotations
 
 import math
@@ -11,7 +14,14 @@ import math
 import torch
 from torch.utils.data import Dataset
 
+from ..synthesis.seeding import derive_seed
+
 SHAPES = ("disk", "square", "triangle", "ring", "cross", "bars")
+
+# Images and labels per recipe (n, size, seed, num_classes), for the life of the process: tasks are
+# rebuilt with the same recipe again and again, and rendering is a Python loop over the items.
+# Entries are never mutated.
+_RENDERED: dict[tuple[int, int, int, int], tuple[torch.Tensor, torch.Tensor]] = {}
 
 
 def _shape_mask(kind: int, yy, xx, cy, cx, r, angle) -> torch.Tensor:
@@ -35,7 +45,7 @@ def _shape_mask(kind: int, yy, xx, cy, cx, r, angle) -> torch.Tensor:
 
 
 def make_shape_image(seed: int, index: int, size: int, num_classes: int) -> tuple[torch.Tensor, int]:
-    g = torch.Generator().manual_seed(seed * 1_000_003 + index)
+    g = torch.Generator().manual_seed(derive_seed("shapes", int(seed), int(index)))
     label = int(torch.randint(num_classes, (1,), generator=g))
     ramp = torch.linspace(0, 1, size)
     yy, xx = torch.meshgrid(ramp * size, ramp * size, indexing="ij")
@@ -54,15 +64,22 @@ def make_shape_image(seed: int, index: int, size: int, num_classes: int) -> tupl
     return image.clamp_(0, 1).sub_(0.5).div_(0.25), label
 
 
+def rendered(n: int, size: int, seed: int, num_classes: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Images (n, 3, size, size) and labels (n,) of a data set, from this process's cache."""
+    key = (n, size, seed, num_classes)
+    if key not in _RENDERED:  # two threads may both render a missing key: harmless, one result wins
+        items = [make_shape_image(seed, i, size, num_classes) for i in range(n)]
+        _RENDERED[key] = torch.stack([x for x, _ in items]), torch.tensor([y for _, y in items])
+    return _RENDERED[key]
+
+
 class ProceduralShapes(Dataset):
     def __init__(self, n: int, size: int = 32, seed: int = 0, num_classes: int = 6):
         if not 2 <= num_classes <= len(SHAPES):
             raise ValueError(f"num_classes must be in [2, {len(SHAPES)}], got {num_classes}")
-        self.n, self.size, self.seed, self.num_classes = n, size, seed, num_classes
-        # materialise once: a few thousand small images cost a few MB and make epochs cheap
-        items = [make_shape_image(seed, i, size, num_classes) for i in range(n)]
-        self.images = torch.stack([x for x, _ in items])
-        self.labels = torch.tensor([y for _, y in items])
+        self.n, self.size, self.seed, self.num_classes = int(n), int(size), int(seed), int(num_classes)
+        # materialise once per process: 3000 images of 32x32 cost 37 MB and make epochs cheap
+        self.images, self.labels = rendered(self.n, self.size, self.seed, self.num_classes)
 
     def __len__(self) -> int:
         return self.n

@@ -8,6 +8,7 @@ Pure functions over tensors: no Ray, no files, no configs. Everything else in ev
                        Environment(c=0.4), seed=offspring_seed(run_seed, 2, "g1-0", 3))
     counts = count(arch, child)                           # synapses, neurons, params, MACs
 """
+
 from .architecture import Architecture, trace_architecture
 from .baselines import matched_genome
 from .counting import Counts, LayerCount, count, efficiency
@@ -17,12 +18,32 @@ from .genome import Genome
 from .layers import SynapticLayer, find_synaptic_layers
 from .masking import MaskedParameters, genome_from_weights, parameter_masks
 from .probability import budget_scale, normalizers, synaptic_probability
-from .sampling import derive_seed, offspring_seed, sample_layer, synaptic_weights, synthesize
+from .sampling import sample_layer, synaptic_weights, synthesize
+from .seeding import derive_seed, offspring_seed
 
 __all__ = [
-    "Architecture", "trace_architecture", "Counts", "LayerCount", "count", "efficiency",
-    "kill_orphans", "Environment", "Schedule", "Genome", "SynapticLayer", "find_synaptic_layers",
-    "MaskedParameters", "genome_from_weights", "parameter_masks", "budget_scale", "normalizers",
-    "synaptic_probability", "derive_seed", "offspring_seed", "sample_layer", "synaptic_weights",
-    "synthesize", "matched_genome",
-]  # fmt: skip
+    "Architecture",
+    "trace_architecture",
+    "Counts",
+    "LayerCount",
+    "count",
+    "efficiency",
+    "kill_orphans",
+    "Environment",
+    "Schedule",
+    "Genome",
+    "SynapticLayer",
+    "find_synaptic_layers",
+    "MaskedParameters",
+    "genome_from_weights",
+    "parameter_masks",
+    "budget_scale",
+    "normalizers",
+    "synaptic_probability",
+    "derive_seed",
+    "offspring_seed",
+    "sample_layer",
+    "synaptic_weights",
+    "synthesize",
+    "matched_genome",
+]

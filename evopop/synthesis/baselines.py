@@ -5,6 +5,7 @@ whether stochastic synthesis beats them.
 Unlike synthesis, no neuron-death cascade is applied: the counts match the offspring's exactly, as in
 magnitude pruning (Han et al. 2015), where a neuron without inputs keeps its bias.
 """
+
 from __future__ import annotations
 
 from collections.abc import Mapping
@@ -13,7 +14,7 @@ import torch
 
 from .architecture import Architecture
 from .genome import Genome
-from .sampling import derive_seed
+from .seeding import derive_seed
 
 KINDS = ("magnitude", "random")
 

@@ -1,14 +1,15 @@
 """Stochastic synthesis of an offspring genome: s_k lives iff it lived in the parent and P(h_k) >= U(0,1).
 
 Reproducibility: the uniforms of layer L come from a CPU ``torch.Generator`` seeded by
-hash(offspring seed, L's name), drawn in a fixed order, so the same (run seed, generation,
-ancestor id, offspring index) gives a bit-identical genome on any machine, whatever device holds the
-weights and whatever else the network contains. The engine synthesizes on CPU, where the weights
-arrive; on a GPU the decisions can differ in the last bit of exp() for a handful of synapses.
+``derive_seed(offspring seed, L's name)`` (`evopop.synthesis.seeding`), drawn in a fixed order, so
+the same (run seed, generation, ancestor id, offspring index) gives a bit-identical genome on any
+machine, whatever device holds the weights and whatever else the network contains. The engine
+synthesizes on CPU, where the weights arrive; on a GPU the decisions can differ in the last bit of
+exp() for a handful of synapses.
 """
+
 from __future__ import annotations
 
-import hashlib
 import math
 from collections.abc import Mapping
 
@@ -20,16 +21,7 @@ from .death import kill_orphans
 from .environment import Environment
 from .genome import Genome
 from .probability import budget_scale, chunks, normalizers, probability_chunk
-
-
-def derive_seed(*parts: object) -> int:
-    """A 63-bit seed from any parts, stable across processes, machines and Python versions."""
-    text = "\x1f".join(repr(p) for p in parts)
-    return int.from_bytes(hashlib.blake2b(text.encode(), digest_size=8).digest(), "little") >> 1
-
-
-def offspring_seed(run_seed: int, generation: int, ancestor_id: str, offspring_index: int) -> int:
-    return derive_seed("offspring", int(run_seed), int(generation), str(ancestor_id), int(offspring_index))
+from .seeding import derive_seed
 
 
 def synaptic_weights(model: nn.Module, arch: Architecture) -> dict[str, torch.Tensor]:
@@ -38,7 +30,10 @@ def synaptic_weights(model: nn.Module, arch: Architecture) -> dict[str, torch.Te
 
 
 def layer_scales(
-    arch: Architecture, weights: Mapping[str, torch.Tensor], parent: Genome, env: Environment,
+    arch: Architecture,
+    weights: Mapping[str, torch.Tensor],
+    parent: Genome,
+    env: Environment,
     z: Mapping[str, float],
 ) -> dict[str, float]:
     """The factor multiplying P(s_k | w_k) in each non-frozen layer (C, or the budget's solved s)."""
@@ -95,7 +90,9 @@ def synthesize(
             masks[layer.name] = parent.masks[layer.name].clone()
             continue
         layer_seed = derive_seed(seed, layer.name)
-        masks[layer.name] = sample_layer(weights[layer.name], parent.masks[layer.name], z[layer.name], scales[layer.name], layer_seed)
+        masks[layer.name] = sample_layer(
+            weights[layer.name], parent.masks[layer.name], z[layer.name], scales[layer.name], layer_seed
+        )
     child = Genome(masks)
     kill_orphans(arch, child)
     return child
