@@ -56,7 +56,7 @@ import ray
 from evopop.api import evolution
 from evopop.config import Config, load_config
 from evopop.engine.develop import Developer
-from evopop.engine.hooks import Batch, Hook
+from evopop.engine.hooks import OFFSPRING, Batch, Hook
 from evopop.engine.jobs import ParentState
 from evopop.engine.progress import Progress
 from evopop.engine.ray_executor import RayExecutor
@@ -267,7 +267,7 @@ class GenerationTimer(Hook):
             start = time.perf_counter()
             self.executor.actor_pids()
             self.actors_ready_seconds = time.perf_counter() - start
-        if not batch.label:  # a generation's offspring (not its baselines)
+        if batch.kind == OFFSPRING:  # a generation's offspring (not its baselines)
             self._start = time.perf_counter()
 
     def selected(self, generation: int, selected: list[str]) -> None:

@@ -12,8 +12,9 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import pandas as pd
+import yaml
 
-from .config import Config
+from .config import Config, ConfigError, load_config
 from .engine.executor import Executor, make_executor
 from .engine.hooks import Hook
 from .engine.plan import Plan, plan_run
@@ -40,14 +41,44 @@ def evolution(
     stream=None,
 ) -> Evolution:
     """The run of ``config`` in ``run_dir``, ready to `.run()`; a new run directory gets its config.yaml
-    (what `evopop resume` reads), an existing one is resumed."""
+    (what `evopop resume` reads), an existing one is resumed, if it was started with the same config
+    (``resources`` may differ: they change how a run is carried out, not its records)."""
     plan = plan or plan_run(config)
     records = RunRecords(run_dir)
     if not records.exists():
         records.write_config(config.to_yaml())
+    else:
+        check_same_run(config, load_config(yaml.safe_load(records.read_config())), run_dir)
     executor = executor or make_executor(config, run_dir)
     hooks = default_hooks(config, records, plan, stream) if hooks is None else list(hooks)
     return Evolution(config, records, plan, executor, hooks)
+
+
+def check_same_run(config: Config, recorded: Config, run_dir: str) -> None:
+    """ConfigError unless ``config`` is the config ``run_dir`` was started with (``resources`` aside)."""
+    wanted, have = config.model_dump(mode="json"), recorded.model_dump(mode="json")
+    differ = [
+        key for key in _dotted(wanted) if not key.startswith("resources.") and _get(wanted, key) != _get(have, key)
+    ]
+    if differ:
+        raise ConfigError(
+            f"{run_dir} holds a run of another config (it differs in {', '.join(differ)}); "
+            f"finish it with its own config (evopop resume {run_dir}) or start a new run directory"
+        )
+
+
+def _dotted(tree: dict, prefix: str = "") -> list[str]:
+    keys = []
+    for key, value in tree.items():
+        name = f"{prefix}{key}"
+        keys += _dotted(value, f"{name}.") if isinstance(value, dict) and value else [name]
+    return keys
+
+
+def _get(tree: dict, dotted: str):
+    for part in dotted.split("."):
+        tree = tree.get(part) if isinstance(tree, dict) else None
+    return tree
 
 
 def evolve(config: Config, run_dir: str, **kwargs) -> pd.DataFrame:

@@ -15,7 +15,9 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from .records.storage import is_uri
 from .synthesis.baselines import KINDS as BASELINE_KINDS
-from .synthesis.environment import check_factor
+from .synthesis.environment import MODES, check_factor
+
+SELECTION_RULES = ("best", "topk", "all")  # see evopop.engine.selection
 
 
 class ConfigError(ValueError):
@@ -66,7 +68,7 @@ class AncestorSection(_Section):
 
 class EnvironmentSection(_Section):
     c: float = 0.4
-    mode: Literal["scale", "budget"] = "scale"
+    mode: Literal[MODES] = "scale"
     layers: dict[str, float] = Field(default_factory=dict)  # glob pattern on layer names -> C
     frozen: list[str] = Field(default_factory=list)  # glob patterns of layers that never mutate
     schedule: dict[int, float] = Field(default_factory=dict)  # generation -> C from then on
@@ -103,7 +105,7 @@ class EvolutionSection(_Section):
 
 
 class SelectionSection(_Section):
-    rule: Literal["best", "topk", "all"] = "best"
+    rule: Literal[SELECTION_RULES] = "best"
     k: int = Field(1, ge=1)
     metric: str | None = None  # "<eval set>_<metric>"; default: the task's
     direction: Literal["max", "min"] | None = None

@@ -5,24 +5,28 @@ from __future__ import annotations
 
 import subprocess
 import sys
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 
 import pandas as pd
 import pytest
-import torch
+import yaml
 
+from evopop.analysis.diversity_hook import DiversityRecorder
 from evopop.api import evolution, evolve
-from evopop.config import load_config
+from evopop.config import ConfigError, load_config
 from evopop.engine.hooks import Batch, Hook
 from evopop.engine.jobs import Outcome, ParentState, Result, Spec
 from evopop.engine.plan import plan_run
 from evopop.engine.policy import EvolutionFailed
 from evopop.records.run import RunRecords
-from evopop.records.schema import FAILED, OK, LayerRecord
+from evopop.records.schema import FAILED, OK, IndividualRecord, LayerRecord, population_schema
+from evopop.synthesis import Genome
+from evopop.tasks.registry import built_task
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = ROOT / "configs" / "tiny.yaml"
+TINY_ARGS = yaml.safe_load(TINY.read_text())["task"]["args"]
 METRIC = "val_accuracy"
 
 
@@ -33,6 +37,7 @@ class ScriptedExecutor:
     def __init__(self, run_dir: str, script: Mapping[str, float | None]):
         self.records = RunRecords(run_dir)
         self.script = script
+        self.masks = Genome.full(built_task("shapes", TINY_ARGS).arch).state_dict()  # the tiny task's layers
         self.calls: list[list[str]] = []
         self.parents_seen: list[set[str]] = []
         self.started = self.stopped = 0
@@ -40,16 +45,16 @@ class ScriptedExecutor:
     def start(self) -> None:
         self.started += 1
 
-    def run(self, specs: Sequence[Spec], parents: Mapping[str, ParentState]) -> Iterator[Result]:
+    def run(self, specs: Sequence[Spec], load_parent: Callable[[str], ParentState]) -> Iterator[Result]:
         self.calls.append([s.individual_id for s in specs])
-        self.parents_seen.append(set(parents))
+        parents = {s.parent_id for s in specs if s.parent_id is not None}
+        self.parents_seen.append({p for p in parents if isinstance(load_parent(p), ParentState)})
         for spec in reversed(specs):  # out of order, as a real pool finishes them
             value = self.script.get(spec.individual_id, 0.5)
             if value is None:
                 yield Result(spec, Outcome.failed(spec.individual_id, "RuntimeError: scripted"), attempts=1)
                 continue
-            mask = torch.ones(1, 1, dtype=torch.bool)
-            checkpoint = self.records.write_checkpoint(spec.individual_id, {}, {"fc": mask}, {})
+            checkpoint = self.records.write_checkpoint(spec.individual_id, {}, self.masks, {})
             layer = LayerRecord(spec.individual_id, "fc", "linear", 1, 1, 1, 1, 1, 1.0)
             outcome = Outcome(
                 spec.individual_id,
@@ -70,13 +75,13 @@ class Recorder(Hook):
         self.events: list[tuple] = []
 
     def batch_started(self, batch: Batch) -> None:
-        self.events.append(("start", batch.generation, batch.total, batch.already, batch.label))
+        self.events.append(("start", batch.generation, batch.total, batch.already, batch.kind))
 
     def recorded(self, record) -> None:
         self.events.append(("recorded", record.individual_id))
 
     def batch_finished(self, batch: Batch) -> None:
-        self.events.append(("finished", batch.generation, batch.label))
+        self.events.append(("finished", batch.generation, batch.kind))
 
     def generation_developed(self, generation: int) -> None:
         self.events.append(("developed", generation))
@@ -112,15 +117,15 @@ def test_hooks_see_every_step_in_order(tmp_path):
     _, _, _, hook, run = scripted_run(tmp_path, {"g2-1": 0.9}, "evolution.generations=2", "evolution.offspring=2")
     run.run()
     assert hook.events == [
-        ("start", 1, 1, 0, ""),
+        ("start", 1, 1, 0, "offspring"),
         ("recorded", "g1-0"),
-        ("finished", 1, ""),
+        ("finished", 1, "offspring"),
         ("developed", 1),
         ("selected", 1, ("g1-0",)),
-        ("start", 2, 2, 0, ""),
+        ("start", 2, 2, 0, "offspring"),
         ("recorded", "g2-1"),
         ("recorded", "g2-0"),
-        ("finished", 2, ""),
+        ("finished", 2, "offspring"),
         ("developed", 2),
         ("selected", 2, ("g2-1",)),
     ]
@@ -154,7 +159,7 @@ def test_resume_develops_only_what_is_not_recorded(tmp_path):
     again, hook = ScriptedExecutor(run_dir, script), Recorder()
     second = evolution(config, run_dir, executor=again, hooks=[hook]).run()
     assert again.calls == [[], ["g2-2"]]
-    assert ("start", 2, 3, 2, "") in hook.events
+    assert ("start", 2, 3, 2, "offspring") in hook.events
     columns = ["individual_id", "parent_id", "seed", "train_seed", METRIC, "selected"]
     pd.testing.assert_frame_equal(first[columns], second[columns])
 
@@ -165,17 +170,60 @@ def test_baselines_are_a_batch_of_their_own_after_selection(tmp_path):
     )
     population = run.run()
     assert executor.calls[-1] == ["g2-1-random"]
-    assert hook.events[-2:] == [("recorded", "g2-1-random"), ("finished", 2, "baselines at matched sparsity")]
+    assert hook.events[-2:] == [("recorded", "g2-1-random"), ("finished", 2, "baselines")]
     baseline = population.set_index("individual_id").loc["g2-1-random"]
     assert baseline["kind"] == "random" and not baseline["selected"]
 
 
-def test_records_keep_exact_integers_when_read_back_as_typed_values(tmp_path):
-    _, run_dir, _, _, run = scripted_run(tmp_path, {}, "evolution.generations=2", "run.seed=4611686018427387903")
+def test_typed_records_keep_exact_integers_beside_nulls(tmp_path):
+    """A null seed beside a seed past float64's exact integers: both survive the round trip."""
+    records = RunRecords(str(tmp_path / "run"))
+    schema = population_schema([METRIC], ["fc"])
+    big = 2**62 - 1  # float64 would read it back as 2**62
+    for individual_id, seed in (("g2-0", None), ("g2-1", big)):
+        record = IndividualRecord(run_id="r", individual_id=individual_id, seed=seed, lineage=("g1-0", individual_id))
+        records.write_individual(2, record, [], schema)
+    first, second = RunRecords(str(tmp_path / "run")).individuals(2)
+    assert first.seed is None and second.seed == big and isinstance(second.seed, int)
+    assert second.lineage == ("g1-0", "g2-1") and second.status == OK
+
+
+def test_diversity_is_recorded_once_per_generation_and_never_fails_the_run(tmp_path):
+    config, run_dir, executor, _, _ = scripted_run(
+        tmp_path, {}, "evolution.generations=2", "diversity.enabled=true", "diversity.functional_batch=0"
+    )
+    records = RunRecords(run_dir)
+    hooks = [DiversityRecorder(config, records, ["val_loss", METRIC])]
+    evolution(config, run_dir, executor=executor, hooks=hooks).run()
+    assert records.has_diversity(2)
+    written = records.storage.fs.get_file_info(records.storage.path("diversity/generation=2/part-0.parquet")).mtime
+
+    class Broken(RunRecords):
+        def write_diversity(self, *args, **kwargs):
+            raise OSError("disk full")
+
+    # resumed with nothing left to develop: the recorded diversity is kept as it is
+    again = ScriptedExecutor(run_dir, {})
+    evolution(config, run_dir, executor=again, hooks=[DiversityRecorder(config, Broken(run_dir), [METRIC])]).run()
+    assert (
+        records.storage.fs.get_file_info(records.storage.path("diversity/generation=2/part-0.parquet")).mtime == written
+    )
+    # a generation developed anew whose diversity cannot be written: a warning, and the run goes on
+    records.storage.delete("population/generation=2/part-g2-0.parquet")
+    broken = [DiversityRecorder(config, Broken(run_dir), [METRIC])]
+    with pytest.warns(UserWarning, match="diversity of generation 2 not recorded: OSError: disk full"):
+        population = evolution(config, run_dir, executor=ScriptedExecutor(run_dir, {}), hooks=broken).run()
+    assert len(population) == 1 + 3
+
+
+def test_a_run_directory_is_resumed_only_with_its_own_config(tmp_path):
+    config, run_dir, executor, hook, run = scripted_run(tmp_path, {}, "evolution.generations=2")
     run.run()
-    for record in RunRecords(run_dir).individuals(2):
-        assert isinstance(record.seed, int) and record.seed > 2**53  # past float64's exact integers
-        assert isinstance(record.lineage, tuple) and record.metric(METRIC) == 0.5
+    other = load_config(TINY, ["diversity.enabled=false", "evolution.generations=2", "evolution.offspring=5"])
+    with pytest.raises(ConfigError, match=r"differs in evolution\.offspring"):
+        evolution(other, run_dir, executor=executor, hooks=[hook])
+    more_trainers = load_config(TINY, ["diversity.enabled=false", "evolution.generations=2", "resources.trainers=4"])
+    evolution(more_trainers, run_dir, executor=executor, hooks=[hook])  # how it runs may change
 
 
 # -- the in-process executor: real training, no Ray ------------------------------------------------
@@ -207,6 +255,8 @@ def test_local_and_ray_executors_give_identical_records(ray_cluster, tmp_path):
         populations[executor] = evolve(config, run_dir, plan=plan_run(config))
     columns = [
         "generation",
+        "params",
+        "layer_fractions",
         "individual_id",
         "kind",
         "parent_id",
@@ -224,7 +274,7 @@ def test_local_and_ray_executors_give_identical_records(ray_cluster, tmp_path):
     ]
     local, ray_ = populations["local"][columns], populations["ray"][columns]
     assert len(local) == 1 + 2 * 2 + 2 * 2  # ancestor, 2 x 2 offspring, 2 x 2 baselines
-    pd.testing.assert_frame_equal(local, ray_)
+    pd.testing.assert_frame_equal(local, ray_, check_exact=True)  # bit for bit, not within a tolerance
 
 
 def test_show_reads_the_records_alone_without_the_task_or_its_data(tmp_path, capsys):

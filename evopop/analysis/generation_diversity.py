@@ -8,7 +8,6 @@ callable that computes them from each individual's checkpoint.
 
 from __future__ import annotations
 
-import math
 import warnings
 from collections.abc import Callable, Sequence
 
@@ -19,7 +18,7 @@ import torch
 import yaml
 
 from ..records.ids import natural_key
-from ..records.schema import DIVERSITY_PAIR_FIELDS, DIVERSITY_SUMMARY_FIELDS, EVOLVED_KINDS, OK
+from ..records.schema import DIVERSITY_PAIR_FIELDS, DIVERSITY_SUMMARY_FIELDS, EVOLVED_KINDS, OK, plain_value
 from ..synthesis.layers import SynapticLayer
 from ..tasks.registry import built_task
 from .diversity import (
@@ -74,10 +73,6 @@ def checkpoint_outputs(
 
 
 # -- one generation from the records ---------------------------------------------------------------
-
-
-def _none_if_na(v):
-    return None if v is None or (isinstance(v, float) and math.isnan(v)) or v is pd.NA else v
 
 
 def layers_of_run(records) -> list[SynapticLayer] | None:
@@ -156,7 +151,7 @@ def generation_diversity(
         kept.append(row)
     ok = pd.DataFrame(kept).reset_index(drop=True) if kept else ok.iloc[0:0]
     packed = packer.done()
-    parents = [(_none_if_na(p)) for p in ok["parent_id"]] if len(ok) else []
+    parents = [(plain_value(p)) for p in ok["parent_id"]] if len(ok) else []
     disagreement = functional_disagreement(outs, kind) if outputs is not None else None
 
     pairs = _pairs_frame(packed, parents, disagreement)

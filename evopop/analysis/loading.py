@@ -19,8 +19,10 @@ from dataclasses import dataclass, field
 import pandas as pd
 import yaml
 
+from ..engine.plan import selection_metric
 from ..records.run import RunRecords
 from ..records.schema import OK, POPULATION_FIELDS
+from ..tasks.registry import build_task
 from .tables import followed_lineage, metrics_first
 
 
@@ -163,11 +165,17 @@ def _metric_like(population: pd.DataFrame) -> set[str]:
 
 
 def _configured_metric(config: dict, metric_columns: list[str]) -> tuple[str | None, str]:
-    """The configured selection metric, else the first measured non-loss column."""
+    """The selection metric of a run whose records do not name it (written by hand, or before schema 2):
+    resolved from its config as the engine resolves it, with the task's defaults when the task can be
+    built here (building loads no data), else the first measured non-loss column."""
     selection = config.get("selection") or {}
-    fallback = next(
-        (c for c in metric_columns if not c.endswith("_loss")), metric_columns[0] if metric_columns else None
-    )
-    metric = selection.get("metric") or fallback
-    direction = selection.get("direction") or ("min" if metric and metric.endswith("_loss") else "max")
-    return metric, direction
+    try:
+        task_config = config.get("task") or {}
+        task = build_task(task_config["name"], task_config.get("args"))
+        defaults = (task.default_metric, task.default_direction)
+    except Exception:  # the task is not importable here
+        first = next((c for c in metric_columns if not c.endswith("_loss")), None)
+        defaults = (first or (metric_columns[0] if metric_columns else None), "max")
+    if defaults[0] is None and not selection.get("metric"):
+        return None, "max"
+    return selection_metric(selection.get("metric"), selection.get("direction"), *defaults)

@@ -20,7 +20,6 @@ import pandas as pd
 
 from ..records.run import RunRecords
 from ..records.schema import BASELINE_KINDS, OK
-from ..records.storage import Storage
 from .diversity import NETWORK
 from .generation_diversity import generation_diversity, layers_of_run
 from .loading import Diversity, Run, best_first, load_run
@@ -46,8 +45,7 @@ def build_report(
                 f"Structural diversity of generation(s) {', '.join(map(str, computed))} was computed from "
                 "the checkpoints for this report (not recorded in RUN_DIR/diversity/)."
             )
-    out = str(out_dir) if out_dir is not None else RunRecords(run_dir).report_uri
-    storage = Storage(out)
+    storage = RunRecords(run_dir).report_storage(None if out_dir is None else str(out_dir))
     sections = []
     from .figures import FIGURES, MissingData, render
 
@@ -249,7 +247,7 @@ def _config_line(run: Run) -> str:
 
 
 def _page(run: Run, sections: list[str], notes: list[str]) -> str:
-    metrics = [run.metric] + [m for m in run.metric_columns if m != run.metric] if run.metric else run.metric_columns
+    metrics = run.ordered_metrics
     lineage = lineage_table(best_first(run.population), metrics) if not run.population.empty else pd.DataFrame()
     population = run.population
     if not population.empty and run.metric:

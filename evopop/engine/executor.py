@@ -1,5 +1,7 @@
-"""Executors carry out the policy's jobs: ``run(specs, parents)`` yields a `Result` per spec, in
-the order they finish. The policy never knows how (nevergrad's ``executor=`` idea).
+"""Executors carry out the policy's jobs: ``run(specs, load_parent)`` yields a `Result` per spec, in
+the order they finish. The policy never knows how (nevergrad's ``executor=`` idea). A parent's state
+is loaded when the executor asks for it (``load_parent(parent_id)``), one parent at a time, so a
+driver never holds a generation's parents in memory at once.
 
 - `LocalExecutor` (``resources.executor: local``): one `Developer` in this process, one individual
   after another. No Ray: for debugging with pdb, and for fast tests of the policy.
@@ -11,7 +13,7 @@ Both give the same records for the same seeds: an individual is a pure function 
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Protocol
 
 import torch
@@ -20,13 +22,15 @@ from ..config import Config
 from .develop import Developer
 from .jobs import ParentState, Result, Spec
 
+ParentLoader = Callable[[str], ParentState]
+
 
 class Executor(Protocol):
     def start(self) -> None:
         """Acquire workers (and check they can exist) before the first job."""
 
-    def run(self, specs: Sequence[Spec], parents: Mapping[str, ParentState]) -> Iterator[Result]:
-        """Develop every spec (its parent's state in ``parents`` by id); yield results as they finish."""
+    def run(self, specs: Sequence[Spec], load_parent: ParentLoader) -> Iterator[Result]:
+        """Develop every spec (its parent's state from ``load_parent(parent_id)``); yield results as they finish."""
 
     def shutdown(self) -> None:
         """Release the workers; the executor can be started again."""
@@ -46,11 +50,14 @@ class LocalExecutor:
         torch.set_num_threads(trainer_threads(self.config))
         self.developer = Developer(self.config, self.run_dir)
 
-    def run(self, specs: Sequence[Spec], parents: Mapping[str, ParentState]) -> Iterator[Result]:
+    def run(self, specs: Sequence[Spec], load_parent: ParentLoader) -> Iterator[Result]:
         if self.developer is None:
             raise RuntimeError("LocalExecutor.run before start()")
+        loaded: tuple[str | None, ParentState | None] = (None, None)  # siblings come together: keep one
         for spec in specs:
-            parent = parents[spec.parent_id] if spec.parent_id is not None else None
+            if spec.parent_id is not None and loaded[0] != spec.parent_id:
+                loaded = (spec.parent_id, load_parent(spec.parent_id))
+            parent = loaded[1] if spec.parent_id is not None else None
             yield Result(spec, self.developer.develop(spec, parent), attempts=1)
 
     def shutdown(self) -> None:

@@ -2,11 +2,12 @@
 
 The policy calls each hook at fixed points of a generation, in this order (EvoTorch's log hooks):
 
-    batch_started(batch)                  a batch of individuals (the offspring, or the baselines) begins
-    recorded(record)                      one individual's record was written
+    batch_started(batch)                  a generation's offspring begin
+    recorded(record)                      one individual's record was written (once per individual)
     batch_finished(batch)                 every individual of the batch is recorded
     generation_developed(generation)      the generation's offspring are all recorded, before selection
     selected(generation, ids)             the generation's selection is recorded
+    batch_started .. batch_finished       again for the baselines at matched sparsity, when enabled
 
 A hook only observes: it never changes what the policy decides. Subclass `Hook` and override what
 you need; a hook that raises stops the run (catch inside the hook what must not).
@@ -18,13 +19,15 @@ from dataclasses import dataclass
 
 from ..records.schema import IndividualRecord
 
+OFFSPRING, BASELINES = "offspring", "baselines"  # the kinds of batch
+
 
 @dataclass(frozen=True)
 class Batch:
     generation: int
     total: int  # individuals in the batch
     already: int  # of which already recorded (a resumed run)
-    label: str = ""  # "" for a generation's offspring; e.g. "baselines at matched sparsity"
+    kind: str = OFFSPRING  # OFFSPRING (a generation's offspring, or the ancestor) | BASELINES
 
 
 class Hook:

@@ -5,8 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from fnmatch import fnmatchcase
 
-from ..config import Config, ConfigError, SelectionSection
-from ..tasks.base import Task
+from ..config import Config, ConfigError
 from ..tasks.registry import built_task
 
 
@@ -19,10 +18,12 @@ class Plan:
     dense_synapses: int
 
 
-def selection_metric(selection: SelectionSection, task: Task) -> tuple[str, str]:
+def selection_metric(
+    metric: str | None, direction: str | None, default_metric: str, default_direction: str = "max"
+) -> tuple[str, str]:
     """(metric, direction) of a run: the configured ones, else the task's defaults; losses are minimised."""
-    metric = selection.metric or task.default_metric
-    direction = selection.direction or ("min" if metric.endswith("_loss") else task.default_direction)
+    metric = metric or default_metric
+    direction = direction or ("min" if metric.endswith("_loss") else default_direction)
     return metric, direction
 
 
@@ -37,7 +38,8 @@ def plan_run(config: Config) -> Plan:
         raise ConfigError(f"task: {exc}") from None
     task, arch = built.task, built.arch
     columns = [f"{s}_{m}" for s in task.eval_set_names() for m in ["loss", *task.metric_names()]]
-    metric, direction = selection_metric(config.selection, task)
+    s = config.selection
+    metric, direction = selection_metric(s.metric, s.direction, task.default_metric, task.default_direction)
     if metric not in columns:
         raise ConfigError(
             f"selection.metric: {metric!r} is not measured by task {config.task.name!r}; allowed: {', '.join(columns)}"

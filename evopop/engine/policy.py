@@ -19,13 +19,11 @@ from ..config import Config
 from ..records.run import RunRecords
 from ..records.schema import IndividualRecord, SelectionRecord, population_schema
 from .executor import Executor
-from .hooks import Batch, Hook
+from .hooks import BASELINES, OFFSPRING, Batch, Hook
 from .jobs import ParentState, Spec
 from .plan import Plan
 from .selection import select
 from .specs import baseline_specs, offspring_specs, root_spec
-
-BASELINES_LABEL = "baselines at matched sparsity"
 
 
 class EvolutionFailed(RuntimeError):
@@ -59,22 +57,20 @@ class Evolution:
         self._notify("generation_developed", generation)
         selected = self.select(generation, [s.individual_id for s in specs])
         if self.config.baselines.enabled and generation > 1:
-            self.develop(generation, baseline_specs(self.config, generation, selected), ancestors, BASELINES_LABEL)
+            self.develop(generation, baseline_specs(self.config, generation, selected), ancestors, BASELINES)
         return selected
 
-    def develop(self, generation: int, specs: list[Spec], ancestors: list[IndividualRecord], label: str = "") -> None:
+    def develop(
+        self, generation: int, specs: list[Spec], parents: list[IndividualRecord], kind: str = OFFSPRING
+    ) -> None:
         """Develop every spec without a record, writing each record as its result arrives."""
         recorded = self.records.recorded_ids(generation)
         pending = [s for s in specs if s.individual_id not in recorded]
-        batch = Batch(generation, len(specs), len(specs) - len(pending), label)
+        batch = Batch(generation, len(specs), len(specs) - len(pending), kind)
         self._notify("batch_started", batch)
-        by_id = {a.individual_id: a for a in ancestors}
-        parents = {
-            parent_id: ParentState.from_checkpoint(self.records.read_checkpoint(parent_id))
-            for parent_id in dict.fromkeys(s.parent_id for s in pending if s.parent_id is not None)
-        }
-        for result in self.executor.run(pending, parents):
-            record = result.record(self.records.run_id, self.plan.metric_columns, by_id.get(result.spec.parent_id))
+        parent_of = {p.individual_id: p for p in parents}
+        for result in self.executor.run(pending, self._load_parent):
+            record = result.record(self.records.run_id, self.plan.metric_columns, parent_of.get(result.spec.parent_id))
             self.records.write_individual(generation, record, list(result.outcome.layers), self.schema)
             self._notify("recorded", record)
         self._notify("batch_finished", batch)
@@ -99,6 +95,9 @@ class Evolution:
         self._notify("selected", generation, selected)
         by_id = {r.individual_id: r for r in candidates}
         return [by_id[i] for i in selected]
+
+    def _load_parent(self, parent_id: str) -> ParentState:
+        return ParentState.from_checkpoint(self.records.read_checkpoint(parent_id))
 
     def _notify(self, event: str, *args) -> None:
         for hook in self.hooks:

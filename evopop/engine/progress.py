@@ -10,7 +10,9 @@ import sys
 import time
 
 from ..records.schema import IndividualRecord
-from .hooks import Batch, Hook
+from .hooks import BASELINES, Batch, Hook
+
+LABELS = {BASELINES: "baselines at matched sparsity"}
 
 
 class Progress(Hook):
@@ -22,7 +24,7 @@ class Progress(Hook):
     def batch_started(self, batch: Batch) -> None:
         generation, total, already = batch.generation, batch.total, batch.already
         self.generation, self.total, self.done, self.failed = generation, total, already, 0
-        self.label = f" {batch.label}" if batch.label else ""
+        self.label = f" {LABELS[batch.kind]}" if batch.kind in LABELS else ""
         self.best = None
         self.best_synapses = None
         self.t0 = time.perf_counter()
@@ -58,7 +60,7 @@ class Progress(Hook):
 
     def batch_finished(self, batch: Batch) -> None:
         """End a batch that selects nothing (e.g. baselines); offspring batches end at selection."""
-        if not batch.label:
+        if batch.kind not in LABELS:
             return
         if self.live:
             self.stream.write("\r" + self._line() + "\n")

@@ -11,14 +11,15 @@ from __future__ import annotations
 
 import os
 from collections import deque
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
 import ray
 from ray.exceptions import GetTimeoutError, RayActorError, RayError, RayTaskError
 
 from ..config import Config, ConfigError
-from .jobs import Outcome, ParentState, Result, Spec
+from .executor import ParentLoader
+from .jobs import Outcome, Result, Spec
 from .trainer import trainer_class
 
 
@@ -70,10 +71,11 @@ class RayExecutor:
     def _new_actor(self):
         return self._cls.remote(self.config, self.run_dir)
 
-    def run(self, specs: Sequence[Spec], parents: Mapping[str, ParentState]) -> Iterator[Result]:
+    def run(self, specs: Sequence[Spec], load_parent: ParentLoader) -> Iterator[Result]:
         """Yield a `Result` for every spec, in the order they finish."""
-        needed = {spec.parent_id for spec in specs if spec.parent_id is not None}
-        refs = {parent_id: ray.put(parents[parent_id]) for parent_id in needed}
+        needed = dict.fromkeys(spec.parent_id for spec in specs if spec.parent_id is not None)
+        # one parent at a time: loaded, put into the object store, and dropped from this process
+        refs = {parent_id: ray.put(load_parent(parent_id)) for parent_id in needed}
         queue = deque(_Job(spec, refs.get(spec.parent_id)) for spec in specs)
         del refs  # the jobs hold the references: the parents leave the object store with them
         yield from self._drain(queue)

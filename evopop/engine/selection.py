@@ -9,10 +9,9 @@ from __future__ import annotations
 import math
 from collections.abc import Iterable
 
+from ..config import SELECTION_RULES
 from ..records.ids import natural_key
 from ..records.schema import IndividualRecord
-
-RULES = ("best", "topk", "all")
 
 
 def rank(records: Iterable[IndividualRecord], metric: str, direction: str) -> list[str]:
@@ -38,4 +37,4 @@ def select(
         return ranking, ranking[:k]
     if rule == "all":
         return ranking, list(ranking)
-    raise ValueError(f"unknown selection rule {rule!r}; allowed: {', '.join(RULES)}")
+    raise ValueError(f"unknown selection rule {rule!r}; allowed: {', '.join(SELECTION_RULES)}")

@@ -7,6 +7,8 @@
     RUN_DIR/diversity/generation=G/part-0.parquet                  pairwise diversity of the generation
     RUN_DIR/diversity_summary/generation=G/part-0.parquet          its per-generation summary
     RUN_DIR/checkpoints/<individual_id>.pt                         weights + masks
+    RUN_DIR/report/                                                `evopop report` (see `report_storage`)
+    RUN_DIR/.lock                                                  held by the driving process
 
 A record is written only after its checkpoint is durable, and a part is named after its individual,
 so writing it twice (a retry after a crash) replaces it instead of doubling it. This module is the
@@ -31,7 +33,7 @@ import pyarrow.dataset as ds
 import pyarrow.parquet as pq
 from pyarrow.fs import FileSelector, FileType
 
-from .checkpoints import checkpoint_bytes, is_evopop_checkpoint, load_checkpoint_bytes, read_torch_bytes
+from .checkpoints import checkpoint_bytes, load_checkpoint_bytes
 from .ids import check_individual_id, natural_key, natural_order
 from .schema import (
     DIVERSITY_PAIR_FIELDS,
@@ -46,20 +48,10 @@ from .schema import (
     diversity_summary_schema,
     is_baseline,
     layer_schema,
+    plain_value,
     selection_schema,
 )
 from .storage import Storage, join
-
-__all__ = [
-    "RunRecords",
-    "RunLockedError",
-    "RunMetadata",
-    "check_individual_id",
-    "natural_key",
-    "is_evopop_checkpoint",
-    "load_checkpoint_bytes",
-    "read_torch_bytes",
-]
 
 POPULATION, LAYERS, SELECTION = "population", "layers", "selection"
 DIVERSITY, DIVERSITY_SUMMARY = "diversity", "diversity_summary"
@@ -99,12 +91,16 @@ class RunRecords:
     @property
     def run_id(self) -> str:
         """The run's id: the last part of its directory."""
-        return posixpath.basename(self.uri.rstrip("/").replace(os.sep, "/"))
+        return posixpath.basename(self.uri.replace(os.sep, "/").rstrip("/"))
 
     @property
     def report_uri(self) -> str:
         """Where `evopop report` writes by default: RUN_DIR/report."""
         return join(self.uri, REPORT)
+
+    def report_storage(self, out: str | None = None) -> Storage:
+        """Atomic storage for a report's files: ``out``, or RUN_DIR/report."""
+        return Storage(out if out is not None else self.report_uri)
 
     # -- config ----------------------------------------------------------------------------
     def write_config(self, text: str) -> None:
@@ -247,16 +243,11 @@ class RunRecords:
         df = self._frame(POPULATION, generation)
         if df is None:
             return pd.DataFrame()
-        selection = self._frame(SELECTION, generation, SELECTION_FIELDS)
+        decided = self._decisions(generation)
         keys = list(zip(df["generation"], df["individual_id"]))
-        decided = {
-            (g, i): (s, r)
-            for g, i, s, r in selection[["generation", "individual_id", "selected", "rank"]].itertuples(index=False)
-        }
-        df["selected"] = pd.array([_none(decided.get(k, (None, None))[0]) for k in keys], dtype="boolean")
-        df["rank"] = pd.array([_none(decided.get(k, (None, None))[1]) for k in keys], dtype="Int32")
-        if "kind" in df:  # baselines are never candidates: decided, not selected
-            df.loc[df["kind"].map(is_baseline).astype(bool), "selected"] = False
+        kinds = df["kind"] if "kind" in df else [None] * len(df)
+        df["selected"] = pd.array([_selected(decided.get(k), kind) for k, kind in zip(keys, kinds)], dtype="boolean")
+        df["rank"] = pd.array([decided.get(k, (None, None))[1] for k in keys], dtype="Int32")
         return df.sort_values(["generation", "individual_id"], key=natural_order).reset_index(drop=True)
 
     def individuals(self, generation: int) -> list[IndividualRecord]:
@@ -265,19 +256,21 @@ class RunRecords:
         if table is None:
             return []
         metric_columns = self.metadata().metric_columns
-        selection = self._frame(SELECTION, generation, SELECTION_FIELDS)
-        decided = dict(zip(selection["individual_id"], selection["selected"]))
+        decided = self._decisions(generation)
         records = []
         for row in table.to_pylist():
-            row["selected"] = decided.get(row["individual_id"])
+            row["selected"] = _selected(decided.get((generation, row["individual_id"])), row.get("kind"))
             records.append(IndividualRecord.from_row(row, metric_columns))
         return sorted(records, key=lambda r: natural_key(r.individual_id))
 
+    def _decisions(self, generation: int | None = None) -> dict[tuple[int, str], tuple[bool, int | None]]:
+        """(generation, id) -> (selected, rank) of every recorded selection (one generation's, or all)."""
+        selection = self._frame(SELECTION, generation, SELECTION_FIELDS)
+        rows = selection[["generation", "individual_id", "selected", "rank"]].itertuples(index=False)
+        return {(int(g), i): (bool(s), plain_value(r)) for g, i, s, r in rows}
+
     def layers(self) -> pd.DataFrame:
         return self._frame(LAYERS, fields=LAYER_FIELDS)
-
-    def selection(self) -> pd.DataFrame:
-        return self._frame(SELECTION, fields=SELECTION_FIELDS)
 
     def diversity_pairs(self) -> pd.DataFrame:
         """Every recorded pair of every generation (typed, empty if none)."""
@@ -322,8 +315,11 @@ class RunRecords:
         return self.storage.exists(self.checkpoint_path(individual_id))
 
 
-def _none(value):
-    return None if value is None or pd.isna(value) else value
+def _selected(decision: tuple[bool, int | None] | None, kind: str | None) -> bool | None:
+    """Whether an individual was selected: None while its generation is undecided; baselines never are."""
+    if is_baseline(kind):
+        return False
+    return None if decision is None else decision[0]
 
 
 def _read_json(path: str) -> dict:

@@ -28,7 +28,6 @@ PARTITIONING = pa.schema([("generation", pa.int32())])
 
 ANCESTOR, OFFSPRING = "ancestor", "offspring"
 EVOLVED_KINDS = (ANCESTOR, OFFSPRING)  # individuals of the method; the others are baselines
-KINDS = EVOLVED_KINDS + BASELINE_KINDS
 OK, FAILED = "ok", "failed"
 
 
@@ -45,10 +44,10 @@ def is_baseline(kind: str | None) -> bool:
     return kind in BASELINE_KINDS
 
 
-def _value(value):
+def plain_value(value):
     """A value read back (pyarrow, pandas or NumPy) as a plain Python one: nulls None, lists tuples."""
     if isinstance(value, (list, tuple, np.ndarray)):
-        return tuple(_value(v) for v in value)
+        return tuple(plain_value(v) for v in value)
     if value is None or value is pd.NA or (isinstance(value, float) and math.isnan(value)):
         return None
     return value.item() if isinstance(value, np.generic) else value
@@ -61,7 +60,7 @@ class IndividualRecord:
 
     run_id: str = arrow(pa.string())
     individual_id: str = arrow(pa.string())
-    kind: str = arrow(pa.string(), OFFSPRING)  # one of KINDS
+    kind: str = arrow(pa.string(), OFFSPRING)  # one of EVOLVED_KINDS or BASELINE_KINDS
     parent_id: str | None = arrow(pa.string())
     lineage: tuple[str, ...] = arrow(pa.list_(pa.string()), ())  # ids from the root ancestor to this one
     offspring_index: int | None = arrow(pa.int32())
@@ -108,9 +107,9 @@ class IndividualRecord:
     def from_row(cls, row: dict[str, Any], metric_columns: list[str]) -> IndividualRecord:
         """The record of a row read back (pandas or pyarrow): nulls become None, lists tuples."""
         names = [f.name for f in dataclasses.fields(cls) if f.name != "metrics" and f.name in row]
-        metrics = {c: _value(row[c]) for c in metric_columns if c in row}
+        metrics = {c: plain_value(row[c]) for c in metric_columns if c in row}
         return cls(
-            **{name: _value(row[name]) for name in names},
+            **{name: plain_value(row[name]) for name in names},
             metrics={c: float(v) for c, v in metrics.items() if v is not None},
         )
 
@@ -136,7 +135,7 @@ def population_schema(
     return pa.schema(fields, metadata=metadata)
 
 
-POPULATION_FIELDS = [(name, type_) for name, type_ in arrow_fields(IndividualRecord)]
+POPULATION_FIELDS = arrow_fields(IndividualRecord)  # without the metric columns, which vary by run
 
 
 # -- per layer, selection ----------------------------------------------------------------------------
