@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import time
 import traceback
-from dataclasses import replace
+from dataclasses import fields, replace
 
 import torch
 
@@ -34,22 +34,9 @@ from .jobs import Outcome, ParentState, Spec
 
 
 def recipe_of(config: Config, epochs: int) -> Recipe:
-    t = config.train
-    return Recipe(
-        epochs=epochs,
-        batch_size=t.batch_size,
-        optimizer=t.optimizer,
-        lr=t.lr,
-        momentum=t.momentum,
-        weight_decay=t.weight_decay,
-        schedule=t.schedule,
-        step_size=t.step_size,
-        gamma=t.gamma,
-        warmup_steps=t.warmup_steps,
-        mixed_precision=t.mixed_precision,
-        eval_batch_size=t.eval_batch_size,
-        num_workers=t.num_workers,
-    )
+    """The training recipe of ``config.train`` (whose keys are the recipe's fields) for ``epochs``."""
+    train = {f.name: getattr(config.train, f.name) for f in fields(Recipe) if f.name != "epochs"}
+    return Recipe(epochs=epochs, **train)
 
 
 class Developer:
