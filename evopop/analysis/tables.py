@@ -4,7 +4,18 @@ from __future__ import annotations
 
 import pandas as pd
 
-_BASE = ["generation", "individual_id", "parent_id", "status", "synapses", "efficiency", "neurons", "macs"]
+_BASE = [
+    "generation",
+    "individual_id",
+    "parent_id",
+    "status",
+    "synapses",
+    "efficiency",
+    "effective_synapses",
+    "effective_efficiency",
+    "neurons",
+    "macs",
+]
 
 
 def metrics_first(metric: str, metric_columns: list[str]) -> list[str]:
@@ -42,14 +53,15 @@ def lineage_table(population: pd.DataFrame, metric_columns: list[str]) -> pd.Dat
     line = followed_lineage(population)
     if line.empty:
         return pd.DataFrame({"generation": []})
-    cols = ["generation", "individual_id", "synapses", "efficiency"] + list(metric_columns)
+    cols = ["generation", "individual_id", "synapses", "efficiency", "effective_efficiency"] + list(metric_columns)
     return _format(line[[c for c in cols if c in line]].copy())
 
 
 def _format(table: pd.DataFrame) -> pd.DataFrame:
-    if "efficiency" in table:
-        table["efficiency"] = table["efficiency"].map(lambda v: f"{v:.2f}x" if pd.notna(v) else "-")
-    for col in ("synapses", "neurons", "macs"):
+    for col in ("efficiency", "effective_efficiency"):
+        if col in table:
+            table[col] = table[col].map(lambda v: f"{v:.2f}x" if pd.notna(v) else "-")
+    for col in ("synapses", "effective_synapses", "neurons", "macs"):
         if col in table:
             table[col] = table[col].map(lambda v: f"{int(v):,}" if pd.notna(v) else "-")
     for col in table.columns:

@@ -21,6 +21,7 @@ from ..records.storage import read_uri
 from ..synthesis import (
     Genome,
     count,
+    effective_genome,
     genome_from_weights,
     matched_genome,
     parameter_masks,
@@ -84,6 +85,7 @@ class Developer:
             {"generation": spec.generation, "parent_id": spec.parent_id, "lineage": list(spec.lineage)},
         )
         counts = count(self.arch, genome)
+        effective = count(self.arch, effective_genome(self.arch, genome))
         return Outcome(
             individual_id=spec.individual_id,
             status=OK,
@@ -93,6 +95,9 @@ class Developer:
             params=counts.params,
             macs=counts.macs,
             dense_macs=counts.dense_macs,
+            effective_synapses=effective.synapses,
+            effective_neurons=effective.neurons,
+            effective_macs=effective.macs,
             layers=tuple(_layer_record(spec.individual_id, layer) for layer in counts.layers),
             train_seconds=result.train_seconds,
             samples_per_second=result.samples_per_second,

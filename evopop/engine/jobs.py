@@ -72,6 +72,9 @@ class Outcome:
     params: int | None = None
     macs: int | None = None
     dense_macs: int | None = None
+    effective_synapses: int | None = None  # see `evopop.synthesis.effective_genome`
+    effective_neurons: int | None = None
+    effective_macs: int | None = None
     layers: tuple[LayerRecord, ...] = ()
     train_seconds: float | None = None
     samples_per_second: float | None = None
@@ -100,6 +103,8 @@ class Result:
         ok = out.status != FAILED
         synapses = out.synapses if ok else None
         ancestor_synapses = parent.ancestor_synapses if parent else synapses
+        effective = out.effective_synapses if ok else None
+        ancestor_effective = parent.ancestor_effective_synapses if parent else effective
         env = spec.environment
         return IndividualRecord(
             run_id=run_id,
@@ -120,6 +125,13 @@ class Result:
             params=out.params,
             macs=out.macs,
             dense_macs=out.dense_macs,
+            effective_synapses=effective,
+            ancestor_effective_synapses=ancestor_effective,
+            effective_efficiency=efficiency(ancestor_effective, effective)
+            if effective and ancestor_effective
+            else None,
+            effective_neurons=out.effective_neurons,
+            effective_macs=out.effective_macs,
             layer_fractions=tuple(layer.living_fraction for layer in out.layers) or None,
             metrics={c: out.metrics[c] for c in metric_columns if c in out.metrics},
             train_seconds=out.train_seconds,

@@ -76,6 +76,12 @@ class IndividualRecord:
     params: int | None = arrow(pa.int64())
     macs: int | None = arrow(pa.int64())
     dense_macs: int | None = arrow(pa.int64())
+    # the same, counting only what can influence the output (forward and backward neuron death)
+    effective_synapses: int | None = arrow(pa.int64())
+    ancestor_effective_synapses: int | None = arrow(pa.int64())
+    effective_efficiency: float | None = arrow(pa.float64())  # ancestor_effective_synapses / effective_synapses
+    effective_neurons: int | None = arrow(pa.int64())
+    effective_macs: int | None = arrow(pa.int64())
     layer_fractions: tuple[float, ...] | None = arrow(pa.list_(pa.float32()))  # per layer, see metadata
     metrics: dict[str, float] = field(default_factory=dict)  # one float64 column per metric, here
     train_seconds: float | None = arrow(pa.float64())

@@ -12,7 +12,7 @@ Pure functions over tensors: no Ray, no files, no configs. Everything else in ev
 from .architecture import Architecture, trace_architecture
 from .baselines import matched_genome
 from .counting import Counts, LayerCount, count, efficiency
-from .death import kill_orphans
+from .death import effective_genome, kill_orphans, kill_unused
 from .environment import Environment, Schedule
 from .genome import Genome
 from .layers import SynapticLayer, find_synaptic_layers
@@ -29,6 +29,8 @@ __all__ = [
     "count",
     "efficiency",
     "kill_orphans",
+    "kill_unused",
+    "effective_genome",
     "Environment",
     "Schedule",
     "Genome",

@@ -144,6 +144,9 @@ class Architecture:
     attachments: list[Attachment] = field(default_factory=list)
     macs_per_synapse: dict[str, int] = field(default_factory=dict)  # per sample
     other_params: dict[str, int] = field(default_factory=dict)  # non-synaptic param -> numel
+    # per layer, bool per neuron: read by something other than synapses (the network's output, an
+    # operation evopop cannot see through); such a neuron is used whatever its consumers' synapses
+    sinks: dict[str, torch.Tensor] = field(default_factory=dict)
     traced: bool = True
     note: str = ""
 
@@ -173,7 +176,7 @@ def trace_architecture(model: nn.Module, example_input: torch.Tensor) -> Archite
         why = f"{type(model).__name__} ({type(exc).__name__}: {exc})"
         note = f"could not trace {why}; neuron death will not cascade between layers"
         warnings.warn(note, stacklevel=2)
-        return Architecture(layers, {}, [], {}, other, traced=False, note=note)
+        return Architecture(layers, {}, [], {}, other, {}, traced=False, note=note)
     return _Tracer(model, layers, graph, other).run()
 
 
@@ -202,13 +205,21 @@ class _Tracer:
         self.order: list[str] = []
         self.attachments: list[Attachment] = []
         self.macs: dict[str, int] = {}
+        self.sinks = {layer.name: torch.zeros(layer.out_channels, dtype=torch.bool) for layer in layers}
 
     def run(self) -> Architecture:
         for node in self.gm.graph.nodes:
             self.maps[node] = self._visit(node)
         unused = [layer for layer in self.layers if layer.name not in self.order]
         ordered = [self.by_name[name] for name in self.order] + unused
-        return Architecture(ordered, self.inputs, self.attachments, self.macs, self.other_params)
+        return Architecture(ordered, self.inputs, self.attachments, self.macs, self.other_params, self.sinks)
+
+    def _sink(self, value) -> None:
+        """The neurons feeding ``value`` (a node, or a map) are read by something other than synapses."""
+        m = self.maps.get(value) if isinstance(value, fx.Node) else value if isinstance(value, ChannelMap) else None
+        for src in m.sources if m is not None else ():
+            if src.producer is not None:
+                self.sinks[src.producer][src.index[src.index >= 0]] = True
 
     # -- helpers ---------------------------------------------------------------------------
     @staticmethod
@@ -217,6 +228,9 @@ class _Tracer:
         return tuple(meta.shape) if meta is not None and hasattr(meta, "shape") else None
 
     def _barrier(self, node) -> ChannelMap | None:
+        """An operation evopop cannot see through: its inputs are used, its output always alive."""
+        for arg in node.all_input_nodes:
+            self._sink(arg)
         shape = self._shape(node)
         if shape is None or len(shape) < 2:
             return None
@@ -236,6 +250,9 @@ class _Tracer:
             return self._module(node, self.modules[node.target])
         if node.op in ("call_function", "call_method"):
             return self._function(node)
+        if node.op == "output":
+            for arg in node.all_input_nodes:
+                self._sink(arg)
         return None
 
     def _module(self, node, module) -> ChannelMap | None:
@@ -279,6 +296,7 @@ class _Tracer:
         in_shape = self._shape(node.args[0])
         expected_dim = (len(in_shape) - 1) if layer.kind == "linear" else 1
         if src is None or src.dim != expected_dim or src.size != layer.in_channels:
+            self._sink(node.args[0])  # read in a way the wiring cannot follow
             src = ChannelMap.always_alive(expected_dim, layer.in_channels)
         self.inputs.setdefault(name, []).append(src)
         if name not in self.order:
@@ -317,6 +335,7 @@ class _Tracer:
                 aligned.append(m)
             elif m is not None and m.sources:
                 misaligned = True  # broadcast from living neurons over all channels
+                self._sink(m)
         if not aligned:
             return self._barrier(node)
         result = union(aligned)

@@ -65,6 +65,26 @@ class SynapticLayer:
         grouped = mask.reshape(g, in_pg, out_pg, *k).transpose(1, 2)
         return grouped.reshape(self.out_channels, -1)
 
+    def used_inputs(self, mask: torch.Tensor) -> torch.Tensor:
+        """Bool per input channel of a weight-shaped ``mask``: read by at least one living synapse."""
+        if self.kind == "linear":
+            return mask.any(dim=0)
+        if self.kind == "deconv":  # (in, out/groups, *k): input channels lead
+            return mask.reshape(mask.shape[0], -1).any(dim=1)
+        g, in_pg = self.groups, self.weight_shape[1]
+        grouped = mask.reshape(g, self.weight_shape[0] // g, in_pg, -1)  # input c = group * in_pg + i
+        return grouped.any(dim=3).any(dim=1).reshape(-1)
+
+    def keep_neurons(self, mask: torch.Tensor, alive: torch.Tensor) -> None:
+        """In place: remove the incoming synapses of the neurons that are not ``alive``."""
+        spatial = (1,) * (mask.dim() - 2)
+        if self.kind != "deconv":
+            mask &= alive.view(-1, *((1,) * (mask.dim() - 1)))
+            return
+        g, in_pg, out_pg = self.groups, self.weight_shape[0] // self.groups, self.weight_shape[1]
+        grouped = mask.view(g, in_pg, out_pg, *mask.shape[2:])  # neuron group * out_pg + j
+        grouped &= alive.view(g, 1, out_pg, *spatial)
+
     def keep_inputs(self, mask: torch.Tensor, alive_inputs: torch.Tensor) -> None:
         """In place: remove the synapses that read from dead input channels."""
         spatial = (1,) * (mask.dim() - 2)
