@@ -156,3 +156,17 @@ def test_effective_genome_is_a_subset_and_synthesis_is_unchanged():
     effective = effective_genome(arch, child)
     assert effective.is_subset_of(child) and child.digest() == digest
     assert effective_genome(arch, effective).digest() == effective.digest()  # a fixed point
+
+
+def test_the_saliency_networks_local_branch_dies_with_its_head():
+    """The issue's case: once score_local has no synapse left, c6-c9, d1 and d2 feed nothing."""
+    from evopop.models.saliency import SaliencyNet
+
+    model = SaliencyNet(width=0.125, batch_norm=True)
+    arch = trace_architecture(model, torch.zeros(1, 3, 64, 64))
+    genome = Genome.full(arch)
+    genome.masks["score_local"][:] = False
+    effective = effective_genome(arch, genome)
+    dead = {name for name in arch.names if living(effective)[name] == 0}
+    assert dead == {"score_local", "c6.0", "c7.0", "d1.0", "c8.0", "d2.0", "d2.3", "c9.0"}
+    assert all(living(effective)[n] == living(genome)[n] for n in arch.names if n not in dead)  # trunk, global
