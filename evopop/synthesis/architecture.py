@@ -205,7 +205,8 @@ class _Tracer:
         self.order: list[str] = []
         self.attachments: list[Attachment] = []
         self.macs: dict[str, int] = {}
-        self.sinks = {layer.name: torch.zeros(layer.out_channels, dtype=torch.bool) for layer in layers}
+        self.parameters: set[fx.Node] = set()  # get_attr nodes
+        self.sinks = {layer.name: torch.zeros(layer.out_channels, dtype=torch.bool, device="cpu") for layer in layers}
 
     def run(self) -> Architecture:
         for node in self.gm.graph.nodes:
@@ -244,27 +245,45 @@ class _Tracer:
         if node.op == "placeholder":
             return self._barrier(node)
         if node.op == "get_attr":
-            shape = self._shape(node)
-            return ChannelMap(1, shape[1], []) if shape and len(shape) >= 2 else None
+            return self._parameter(node)
         if node.op == "call_module":
-            return self._module(node, self.modules[node.target])
-        if node.op in ("call_function", "call_method"):
-            return self._function(node)
-        if node.op == "output":
+            result = self._module(node, self.modules[node.target])
+        elif node.op in ("call_function", "call_method"):
+            result = self._function(node)
+        else:  # the output: whatever it returns is used
             for arg in node.all_input_nodes:
                 self._sink(arg)
-        return None
+            return None
+        if result is None and not _is_shape_query(node):
+            for arg in node.all_input_nodes:  # a tensor the wiring cannot follow: its inputs are used
+                self._sink(arg)
+        if node.op == "call_method" and str(node.target).endswith("_") and node.args:
+            self.maps[node.args[0]] = result  # in place: later readers of the tensor read this
+        return result
+
+    def _parameter(self, node) -> ChannelMap | None:
+        """A parameter or buffer read directly: alive, never a neuron. A synaptic layer's own weight
+        read this way (weight tying, a subclass traced through) keeps that layer whole."""
+        owner = str(node.target).rsplit(".", 1)[0]
+        if owner in self.sinks:
+            self.sinks[owner][:] = True
+        self.parameters.add(node)
+        shape = self._shape(node)
+        return ChannelMap.always_alive(1, shape[1]) if shape and len(shape) >= 2 else None
 
     def _module(self, node, module) -> ChannelMap | None:
-        src = self._input_map(node.args[0]) if node.args else None
+        first = _first_input(node)
+        src = self._input_map(first)
         out_shape = self._shape(node)
         if isinstance(module, SYNAPTIC_TYPES):
-            return self._synaptic(node, module, src, out_shape)
+            return self._synaptic(node, module, first, src, out_shape)
         if isinstance(module, nn.Flatten):
-            return self._reshape(src, self._shape(node.args[0]), out_shape, node)
-        if isinstance(module, _PRESERVING_MODULES) and self._keeps_channels(src, out_shape):
+            return self._reshape(src, self._shape(first), out_shape, node)
+        if isinstance(module, _PRESERVING_MODULES) and self._keeps_channels(src, out_shape, module):
             if isinstance(module, _PER_CHANNEL_PARAM_MODULES):
                 self._attach(node.target, module, src)
+            if isinstance(module, nn.GroupNorm) and module.num_groups < module.num_channels:
+                self._sink(src)  # a group's statistics read every channel of the group
             return src
         return self._barrier(node)
 
@@ -279,24 +298,34 @@ class _Tracer:
         if target in _RESHAPES_FUNCTIONS or target in _RESHAPES_METHODS:
             return self._reshape(first, self._shape(node.args[0]), out_shape, node)
         if target in _PRESERVING_FUNCTIONS or target in _PRESERVING_METHODS:
-            if self._keeps_channels(first, out_shape):
+            if self._keeps_channels(first, out_shape, target) and _pads_no_channels(node, out_shape):
+                for arg in node.all_input_nodes[1:]:  # other tensors (clamp bounds, ...) are read too
+                    self._sink(arg)
                 return first
-        if target in ("size", "dim") or target is getattr:
+        if _is_shape_query(node):
             return None
         return self._barrier(node)
 
     @staticmethod
-    def _keeps_channels(src: ChannelMap | None, out_shape) -> bool:
-        return src is not None and out_shape is not None and len(out_shape) > src.dim and out_shape[src.dim] == src.size
+    def _keeps_channels(src: ChannelMap | None, out_shape, op=None) -> bool:
+        """``op`` maps channel k of its input to channel k of its output. Spatial operations (pooling,
+        padding) must see channels on dimension 1 of a batched input of their rank: otherwise they
+        would pool or pad across channels."""
+        if src is None or out_shape is None or len(out_shape) <= src.dim or out_shape[src.dim] != src.size:
+            return False
+        rank = _spatial_rank(op)
+        return rank is None or (src.dim == 1 and len(out_shape) == rank + 2)
 
     # -- node kinds -------------------------------------------------------------------------
-    def _synaptic(self, node, module, src, out_shape) -> ChannelMap | None:
+    def _synaptic(self, node, module, first, src, out_shape) -> ChannelMap | None:
         name = node.target
         layer = self.by_name[name]
-        in_shape = self._shape(node.args[0])
+        in_shape = self._shape(first)
+        if in_shape is None:
+            return self._barrier(node)
         expected_dim = (len(in_shape) - 1) if layer.kind == "linear" else 1
         if src is None or src.dim != expected_dim or src.size != layer.in_channels:
-            self._sink(node.args[0])  # read in a way the wiring cannot follow
+            self._sink(first)  # read in a way the wiring cannot follow
             src = ChannelMap.always_alive(expected_dim, layer.in_channels)
         self.inputs.setdefault(name, []).append(src)
         if name not in self.order:
@@ -325,18 +354,18 @@ class _Tracer:
 
     def _elementwise(self, node, out_shape, product: bool) -> ChannelMap | None:
         if out_shape is None or len(out_shape) < 2:
-            return None
+            return self._barrier(node)
         aligned, misaligned = [], False
-        for arg in node.args:
-            if not isinstance(arg, fx.Node):
-                continue  # scalars are not neurons
+        for arg in node.all_input_nodes:  # scalars are not neurons; keyword operands are
+            if product and arg in self.parameters:
+                continue  # a parameter factor cannot revive a dead one: the product stays zero
             m = self._input_map(arg)
             if m is not None and m.size == out_shape[m.dim] and len(self._shape(arg) or ()) == len(out_shape):
                 aligned.append(m)
             elif m is not None and m.sources:
                 misaligned = True  # broadcast from living neurons over all channels
                 self._sink(m)
-        if not aligned:
+        if not aligned or len({m.dim for m in aligned}) > 1:
             return self._barrier(node)
         result = union(aligned)
         if misaligned and not product:
@@ -355,6 +384,43 @@ class _Tracer:
                 spatial *= d
             return src.flatten(spatial)
         return self._barrier(node)
+
+
+_SHAPE_ATTRIBUTES = {"shape", "dtype", "device", "ndim", "is_cuda", "requires_grad"}
+
+
+def _is_shape_query(node: fx.Node) -> bool:
+    """Reads a tensor's metadata, not its values: no neuron is used by it."""
+    if node.op == "call_method":
+        return node.target in ("size", "dim")
+    return node.target is getattr and len(node.args) > 1 and node.args[1] in _SHAPE_ATTRIBUTES
+
+
+def _first_input(node: fx.Node):
+    """The tensor a module is called on (positionally or by keyword)."""
+    if node.args:
+        return node.args[0]
+    return next(iter(node.all_input_nodes), None)
+
+
+def _spatial_rank(op) -> int | None:
+    """1, 2 or 3 for pooling and padding operations of that many spatial dimensions, else None."""
+    name = op if isinstance(op, str) else getattr(op, "__name__", type(op).__name__)
+    lowered = name.lower()
+    if "pool" not in lowered and "pad" not in lowered:
+        return None
+    for rank in (1, 2, 3):
+        if f"{rank}d" in lowered:
+            return rank
+    return None
+
+
+def _pads_no_channels(node: fx.Node, out_shape) -> bool:
+    """``F.pad`` pads the last dimensions first: it must stop before the channel dimension."""
+    if node.target is not F.pad:
+        return True
+    pad = node.args[1] if len(node.args) > 1 else node.kwargs.get("pad", ())
+    return out_shape is not None and len(pad) <= 2 * (len(out_shape) - 2)
 
 
 def _uses_per_synapse(layer: SynapticLayer, in_shape, out_shape) -> int:

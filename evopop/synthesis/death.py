@@ -59,6 +59,9 @@ def kill_unused(arch: Architecture, genome: Genome) -> dict[str, torch.Tensor]:
     position = {layer.name: i for i, layer in enumerate(arch.layers)}
     used = {name: sink.clone() for name, sink in arch.sinks.items()}
     for layer in arch.layers:
+        if layer.name not in arch.inputs:  # never called as a module: how it is used is unknown
+            used[layer.name][:] = True
+    for layer in arch.layers:
         for m in arch.inputs.get(layer.name, []):
             for src in m.sources:
                 if src.producer is not None and position[src.producer] >= position[layer.name]:
