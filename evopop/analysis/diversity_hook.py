@@ -10,7 +10,7 @@ from __future__ import annotations
 import warnings
 
 from ..config import Config
-from ..engine.hooks import Hook
+from ..engine.hooks import OFFSPRING, Batch, Hook
 from ..records.run import RunRecords
 from ..tasks.registry import built_task
 from .generation_diversity import task_probe, write_generation_diversity
@@ -19,14 +19,12 @@ from .generation_diversity import task_probe, write_generation_diversity
 class DiversityRecorder(Hook):
     def __init__(self, config: Config, records: RunRecords, metric_columns: list[str]):
         self.config, self.records, self.metric_columns = config, records, metric_columns
-        self._developed: set[int] = set()
+        self._developed: set[int] = set()  # generations with offspring developed by this process
         self._probe = None  # (outputs callable, note), built on first use: it loads the eval data
 
-    def recorded(self, record) -> None:
-        self._developed.add(self._generation)
-
-    def batch_started(self, batch) -> None:
-        self._generation = batch.generation
+    def batch_started(self, batch: Batch) -> None:
+        if batch.kind == OFFSPRING and batch.already < batch.total:
+            self._developed.add(batch.generation)
 
     def generation_developed(self, generation: int) -> None:
         """Record the generation's diversity, unless a resumed run has it and nothing new was developed."""
