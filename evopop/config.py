@@ -95,10 +95,16 @@ class EnvironmentSection(_Section):
         return v
 
 
+ENCODINGS = ("synapse", "cluster")
+
+
 class EvolutionSection(_Section):
     generations: int = Field(4, ge=1)  # generation 1 is the ancestor, as in the paper's table
     offspring: int = Field(4, ge=1)  # per ancestor
-    environment: EnvironmentSection = Field(default_factory=EnvironmentSection)
+    # synapse: the paper's encoding; cluster: whole filters / units survive first (evopop.synthesis.clusters)
+    encoding: Literal[ENCODINGS] = "synapse"
+    environment: EnvironmentSection = Field(default_factory=EnvironmentSection)  # F_s(E): synapses
+    clusters: EnvironmentSection = Field(default_factory=EnvironmentSection)  # F_c(E): clusters (encoding: cluster)
     normalizer: Literal["layer", "global"] = "layer"  # Z: max |w| of the layer's or the network's living synapses
     init: Literal["inherit", "reinit"] = "inherit"  # offspring start from the parent's surviving weights, or fresh
     epochs: int | None = Field(None, ge=1)  # epochs per offspring; default train.epochs
@@ -149,6 +155,15 @@ class BaselinesSection(_Section):
     kinds: list[Literal[BASELINE_KINDS]] = Field(default_factory=lambda: list(BASELINE_KINDS))
 
 
+class CompactionSection(_Section):
+    """Every individual is compacted (dead neurons removed) after evaluation, and its compacted
+    network's latency measured: on CPU at batch 1 and 32, and at ``gpu_batch`` on the trainer's GPU."""
+
+    enabled: bool = True
+    gpu_batch: int = Field(64, ge=1)
+    repeats: int = Field(10, ge=1)  # timed forward passes per batch size; the median is recorded
+
+
 class StorageSection(_Section):
     path: str = "runs"  # where run directories are created (local path; URIs via pyarrow.fs)
 
@@ -163,6 +178,7 @@ class Config(_Section):
     resources: ResourcesSection = Field(default_factory=ResourcesSection)
     diversity: DiversitySection = Field(default_factory=DiversitySection)
     baselines: BaselinesSection = Field(default_factory=BaselinesSection)
+    compaction: CompactionSection = Field(default_factory=CompactionSection)
     storage: StorageSection = Field(default_factory=StorageSection)
 
     def to_yaml(self) -> str:

@@ -9,10 +9,12 @@ from __future__ import annotations
 
 import time
 import traceback
+import warnings
 from dataclasses import fields, replace
 
 import torch
 
+from ..compaction import CompactionError, compact, latency_ms
 from ..config import Config
 from ..records.checkpoints import is_evopop_checkpoint, read_torch_bytes
 from ..records.run import RunRecords
@@ -31,7 +33,7 @@ from ..synthesis import (
 from ..synthesis.baselines import KINDS as BASELINE_KINDS
 from ..tasks.registry import built_task
 from ..training.loop import Recipe, TrainResult, evaluate, train_and_evaluate
-from .jobs import Outcome, ParentState, Spec
+from .jobs import Compaction, Outcome, ParentState, Spec
 
 
 def recipe_of(config: Config, epochs: int) -> Recipe:
@@ -86,6 +88,7 @@ class Developer:
         )
         counts = count(self.arch, genome)
         effective = count(self.arch, effective_genome(self.arch, genome))
+        compacted = self._compaction(model, genome) if self.config.compaction.enabled else None
         return Outcome(
             individual_id=spec.individual_id,
             status=OK,
@@ -98,11 +101,34 @@ class Developer:
             effective_synapses=effective.synapses,
             effective_neurons=effective.neurons,
             effective_macs=effective.macs,
+            compact=compacted,
             layers=tuple(_layer_record(spec.individual_id, layer) for layer in counts.layers),
             train_seconds=result.train_seconds,
             samples_per_second=result.samples_per_second,
             mask_digest=genome.digest(),
             checkpoint=checkpoint,
+        )
+
+    def _compaction(self, model: torch.nn.Module, genome: Genome) -> Compaction | None:
+        """The compacted network's size, and its latency measured here (CPU; the GPU if this trainer has one)."""
+        example = self.task.example_input()
+        try:
+            compacted = compact(model, self.arch, genome, example)
+        except CompactionError as exc:  # not the individual's fault: it is recorded without compaction
+            warnings.warn(f"could not compact this individual: {exc}", stacklevel=2)
+            return None
+        settings, network = self.config.compaction, compacted.module
+        cpu = {batch: latency_ms(network, example, batch, settings.repeats) for batch in (1, 32)}
+        gpu = None
+        if self.device.type == "cuda":
+            gpu = latency_ms(network, example, settings.gpu_batch, settings.repeats, self.device)
+        return Compaction(
+            params=compacted.params,
+            macs=compacted.macs,
+            neurons=sum(compacted.neurons.values()),
+            cpu_b1_ms=cpu[1],
+            cpu_b32_ms=cpu[32],
+            gpu_ms=gpu,
         )
 
     def _ancestor(self, model) -> tuple[Genome, bool]:
@@ -126,9 +152,8 @@ class Developer:
             match = Genome.from_state_dict(self.records.read_checkpoint(spec.match_id)["masks"])
             counts = {name: int(torch.count_nonzero(mask)) for name, mask in match.masks.items()}
             return matched_genome(spec.kind, self.arch, weights, parent_genome, counts, spec.seed or 0)
-        return synthesize(
-            self.arch, weights, parent_genome, spec.environment, spec.seed, self.config.evolution.normalizer
-        )
+        normalizer = self.config.evolution.normalizer
+        return synthesize(self.arch, weights, parent_genome, spec.environment, spec.seed, normalizer, spec.clusters)
 
 
 def _layer_record(individual_id: str, layer) -> LayerRecord:

@@ -31,6 +31,7 @@ class Spec:
     epochs: int
     kind: str = OFFSPRING  # ANCESTOR | OFFSPRING | a baseline kind ("magnitude", "random")
     match_id: str | None = None  # baselines: the offspring whose per-layer synapse counts they match
+    clusters: Environment | None = None  # the cluster environment F_c(E) of cluster-driven synthesis
 
 
 @dataclass(frozen=True)
@@ -60,6 +61,18 @@ def _from_numpy(arrays: dict[str, np.ndarray]) -> dict[str, torch.Tensor]:
 
 
 @dataclass(frozen=True)
+class Compaction:
+    """The compacted network of an individual (`evopop.compaction`): its size and measured latency."""
+
+    params: int
+    macs: int
+    neurons: int
+    cpu_b1_ms: float | None = None
+    cpu_b32_ms: float | None = None
+    gpu_ms: float | None = None  # at ``compaction.gpu_batch``, when the trainer has a GPU
+
+
+@dataclass(frozen=True)
 class Outcome:
     """What developing one individual produced: its measurements, or the error that stopped it."""
 
@@ -75,6 +88,7 @@ class Outcome:
     effective_synapses: int | None = None  # see `evopop.synthesis.effective_genome`
     effective_neurons: int | None = None
     effective_macs: int | None = None
+    compact: Compaction | None = None  # the compacted network's size and measured latency
     layers: tuple[LayerRecord, ...] = ()
     train_seconds: float | None = None
     samples_per_second: float | None = None
@@ -117,6 +131,8 @@ class Result:
             train_seed=spec.train_seed,
             env_mode=env.mode if env else None,
             env_factor=env.c if env else None,
+            encoding=("cluster" if spec.clusters else "synapse") if spec.kind == OFFSPRING else None,
+            cluster_factor=spec.clusters.c if spec.clusters else None,
             synapses=synapses,
             parent_synapses=parent.synapses if parent else None,
             ancestor_synapses=ancestor_synapses,
@@ -132,6 +148,12 @@ class Result:
             else None,
             effective_neurons=out.effective_neurons,
             effective_macs=out.effective_macs,
+            compact_params=out.compact.params if out.compact else None,
+            compact_macs=out.compact.macs if out.compact else None,
+            compact_neurons=out.compact.neurons if out.compact else None,
+            latency_cpu_b1_ms=out.compact.cpu_b1_ms if out.compact else None,
+            latency_cpu_b32_ms=out.compact.cpu_b32_ms if out.compact else None,
+            latency_gpu_ms=out.compact.gpu_ms if out.compact else None,
             layer_fractions=tuple(layer.living_fraction for layer in out.layers) or None,
             metrics={c: out.metrics[c] for c in metric_columns if c in out.metrics},
             train_seconds=out.train_seconds,

@@ -10,10 +10,18 @@ from .jobs import Spec
 ROOT_ID = "g1-0"
 
 
-def schedule_of(config: Config) -> Schedule:
-    env = config.evolution.environment
+def schedule_of(config: Config, level: str = "synapses") -> Schedule:
+    """The environment schedule of synapses (F_s) or of clusters (F_c, ``level="clusters"``)."""
+    env = config.evolution.environment if level == "synapses" else config.evolution.clusters
     base = Environment(env.c, env.mode, tuple(env.layers.items()), tuple(env.frozen))
     return Schedule(base, tuple(env.schedule.items()))
+
+
+def cluster_environment(config: Config, generation: int) -> Environment | None:
+    """F_c(E) of ``generation`` under cluster-driven synthesis; None under the synapse-level encoding."""
+    if config.evolution.encoding != "cluster":
+        return None
+    return schedule_of(config, "clusters").at(generation)
 
 
 def train_seed(config: Config, individual_id: str) -> int:
@@ -31,6 +39,7 @@ def offspring_specs(config: Config, generation: int, ancestors: list[IndividualR
     Offspring i of the ancestor ranked r gets the id g<G>-<r * offspring + i>.
     """
     environment = schedule_of(config).at(generation)
+    clusters = cluster_environment(config, generation)
     n = config.evolution.offspring
     epochs = config.evolution.epochs or config.train.epochs
     specs = []
@@ -48,6 +57,7 @@ def offspring_specs(config: Config, generation: int, ancestors: list[IndividualR
                     train_seed=train_seed(config, individual_id),
                     environment=environment,
                     epochs=epochs,
+                    clusters=clusters,
                 )
             )
     return specs

@@ -23,7 +23,7 @@ import pyarrow as pa
 
 from ..synthesis.baselines import KINDS as BASELINE_KINDS
 
-SCHEMA_VERSION = "2"
+SCHEMA_VERSION = "3"
 PARTITIONING = pa.schema([("generation", pa.int32())])
 
 ANCESTOR, OFFSPRING = "ancestor", "offspring"
@@ -68,6 +68,8 @@ class IndividualRecord:
     train_seed: int | None = arrow(pa.int64())
     env_mode: str | None = arrow(pa.string())
     env_factor: float | None = arrow(pa.float64())  # C of the environment that synthesized it
+    encoding: str | None = arrow(pa.string())  # "synapse" | "cluster" (null for the root ancestor)
+    cluster_factor: float | None = arrow(pa.float64())  # C of the cluster environment (encoding "cluster")
     synapses: int | None = arrow(pa.int64())
     parent_synapses: int | None = arrow(pa.int64())
     ancestor_synapses: int | None = arrow(pa.int64())  # synapses of the generation-1 ancestor
@@ -82,6 +84,13 @@ class IndividualRecord:
     effective_efficiency: float | None = arrow(pa.float64())  # ancestor_effective_synapses / effective_synapses
     effective_neurons: int | None = arrow(pa.int64())
     effective_macs: int | None = arrow(pa.int64())
+    # the compacted network (dead neurons physically removed, `evopop.compaction`), measured in the trainer
+    compact_params: int | None = arrow(pa.int64())
+    compact_macs: int | None = arrow(pa.int64())
+    compact_neurons: int | None = arrow(pa.int64())
+    latency_cpu_b1_ms: float | None = arrow(pa.float64())  # median forward time, batch 1, the trainer's threads
+    latency_cpu_b32_ms: float | None = arrow(pa.float64())
+    latency_gpu_ms: float | None = arrow(pa.float64())  # at compaction.gpu_batch, when the trainer has a GPU
     layer_fractions: tuple[float, ...] | None = arrow(pa.list_(pa.float32()))  # per layer, see metadata
     metrics: dict[str, float] = field(default_factory=dict)  # one float64 column per metric, here
     train_seconds: float | None = arrow(pa.float64())

@@ -133,6 +133,7 @@ class Attachment:
     module: str
     params: tuple[str, ...]  # full parameter names, e.g. ("features.1.weight", "features.1.bias")
     inputs: ChannelMap
+    buffers: tuple[str, ...] = ()  # per-channel buffers (running statistics): compaction slices them too
 
 
 @dataclass
@@ -147,6 +148,13 @@ class Architecture:
     # per layer, bool per neuron: read by something other than synapses (the network's output, an
     # operation evopop cannot see through); such a neuron is used whatever its consumers' synapses
     sinks: dict[str, torch.Tensor] = field(default_factory=dict)
+    # per layer, bool per neuron: read where its channel cannot be removed from the tensor (a
+    # parameter multiplied in, a functional norm's statistics, a grouped convolution); a superset of
+    # ``sinks``. Effective liveness ignores it; compaction keeps these channels physically.
+    pinned: dict[str, torch.Tensor] = field(default_factory=dict)
+    # maps of tensors made by elementwise operations: channel i of every operand is the same
+    # position of one tensor, so compaction keeps or removes the neurons feeding it together
+    couplings: list[ChannelMap] = field(default_factory=list)
     traced: bool = True
     note: str = ""
 
@@ -207,20 +215,32 @@ class _Tracer:
         self.macs: dict[str, int] = {}
         self.parameters: set[fx.Node] = set()  # get_attr nodes
         self.sinks = {layer.name: torch.zeros(layer.out_channels, dtype=torch.bool, device="cpu") for layer in layers}
+        self.pinned = {name: sink.clone() for name, sink in self.sinks.items()}
+        self.couplings: list[ChannelMap] = []
 
     def run(self) -> Architecture:
         for node in self.gm.graph.nodes:
             self.maps[node] = self._visit(node)
         unused = [layer for layer in self.layers if layer.name not in self.order]
         ordered = [self.by_name[name] for name in self.order] + unused
-        return Architecture(ordered, self.inputs, self.attachments, self.macs, self.other_params, self.sinks)
+        pinned = {name: self.pinned[name] | self.sinks[name] for name in self.sinks}
+        return Architecture(
+            ordered, self.inputs, self.attachments, self.macs, self.other_params, self.sinks, pinned, self.couplings
+        )
 
     def _sink(self, value) -> None:
         """The neurons feeding ``value`` (a node, or a map) are read by something other than synapses."""
+        self._mark(self.sinks, value)
+
+    def _pin(self, value) -> None:
+        """The channels of ``value`` must all stay in the tensor (see `Architecture.pinned`)."""
+        self._mark(self.pinned, value)
+
+    def _mark(self, marks: dict[str, torch.Tensor], value) -> None:
         m = self.maps.get(value) if isinstance(value, fx.Node) else value if isinstance(value, ChannelMap) else None
         for src in m.sources if m is not None else ():
             if src.producer is not None:
-                self.sinks[src.producer][src.index[src.index >= 0]] = True
+                marks[src.producer][src.index[src.index >= 0]] = True
 
     # -- helpers ---------------------------------------------------------------------------
     @staticmethod
@@ -280,8 +300,8 @@ class _Tracer:
         if isinstance(module, nn.Flatten):
             return self._reshape(src, self._shape(first), out_shape, node)
         if isinstance(module, _PRESERVING_MODULES) and self._keeps_channels(src, out_shape, module):
-            if isinstance(module, _PER_CHANNEL_PARAM_MODULES):
-                self._attach(node.target, module, src)
+            if isinstance(module, _PER_CHANNEL_PARAM_MODULES) and not self._attach(node.target, module, src):
+                self._pin(src)  # per-channel state evopop cannot slice: keep every channel
             if isinstance(module, nn.GroupNorm) and module.num_groups < module.num_channels:
                 self._sink(src)  # a group's statistics read every channel of the group
             return src
@@ -301,6 +321,7 @@ class _Tracer:
             if self._keeps_channels(first, out_shape, target) and _pads_no_channels(node, out_shape):
                 for arg in node.all_input_nodes[1:]:  # other tensors (clamp bounds, ...) are read too
                     self._sink(arg)
+                    self._pin(node.args[0])  # their sizes are fixed: so is the number of channels
                 return first
         if _is_shape_query(node):
             return None
@@ -328,6 +349,12 @@ class _Tracer:
             self._sink(first)  # read in a way the wiring cannot follow
             src = ChannelMap.always_alive(expected_dim, layer.in_channels)
         self.inputs.setdefault(name, []).append(src)
+        if layer.groups > 1 or len(self.inputs[name]) > 1:
+            # compaction slices a layer's inputs once, and a group's channels together: keep them all
+            for m in self.inputs[name]:
+                self._pin(m)
+            if layer.groups > 1:
+                self.pinned[name][:] = True
         if name not in self.order:
             self.order.append(name)
         self.macs[name] = self.macs.get(name, 0) + _uses_per_synapse(layer, in_shape, out_shape)
@@ -336,10 +363,16 @@ class _Tracer:
         out_dim = (len(out_shape) - 1) if layer.kind == "linear" else 1
         return ChannelMap.of_layer(name, out_dim, layer.out_channels)
 
-    def _attach(self, name: str, module: nn.Module, src: ChannelMap) -> None:
+    def _attach(self, name: str, module: nn.Module, src: ChannelMap) -> bool:
+        """Record ``module``'s per-channel parameters and buffers; False if it has state of another size."""
         params = tuple(f"{name}.{p}" for p, t in module.named_parameters(recurse=False) if t.numel() == src.size)
-        if params and src.dim == 1:
-            self.attachments.append(Attachment(name, params, src))
+        buffers = tuple(f"{name}.{b}" for b, t in module.named_buffers(recurse=False) if t is not None and t.dim() == 1)
+        sizes = [t.numel() for t in (*module.parameters(recurse=False), *module.buffers(recurse=False)) if t.dim()]
+        if src.dim != 1 or any(size not in (src.size, 1) for size in sizes):  # 1: shared, e.g. PReLU()
+            return False
+        if params or buffers:
+            self.attachments.append(Attachment(name, params, src, buffers))
+        return True
 
     def _cat(self, node, out_shape) -> ChannelMap | None:
         tensors = node.args[0] if node.args else node.kwargs.get("tensors")
@@ -355,10 +388,13 @@ class _Tracer:
     def _elementwise(self, node, out_shape, product: bool) -> ChannelMap | None:
         if out_shape is None or len(out_shape) < 2:
             return self._barrier(node)
-        aligned, misaligned = [], False
+        aligned, misaligned, per_channel_factor = [], False, False
         for arg in node.all_input_nodes:  # scalars are not neurons; keyword operands are
             if product and arg in self.parameters:
-                continue  # a parameter factor cannot revive a dead one: the product stays zero
+                # a parameter factor cannot revive a dead one: the product stays zero; but its size
+                # fixes the number of channels (compaction does not slice parameters read directly)
+                per_channel_factor |= any(d > 1 for d in (self._shape(arg) or ()))
+                continue
             m = self._input_map(arg)
             if m is not None and m.size == out_shape[m.dim] and len(self._shape(arg) or ()) == len(out_shape):
                 aligned.append(m)
@@ -370,6 +406,10 @@ class _Tracer:
         result = union(aligned)
         if misaligned and not product:
             result = union([result, ChannelMap.always_alive(result.dim, result.size)])
+        if per_channel_factor:
+            self._pin(result)
+        if len(result.sources) > 1:
+            self.couplings.append(result)
         return result
 
     def _reshape(self, src, in_shape, out_shape, node) -> ChannelMap | None:

@@ -17,6 +17,7 @@ import torch
 from torch import nn
 
 from .architecture import Architecture
+from .clusters import surviving_clusters
 from .death import kill_orphans
 from .environment import Environment
 from .genome import Genome
@@ -75,14 +76,24 @@ def synthesize(
     env: Environment,
     seed: int,
     normalizer: str = "layer",
+    clusters: Environment | None = None,
 ) -> Genome:
-    """One offspring genome of ``parent`` (whose trained weights are ``weights``) under ``env``."""
+    """One offspring genome of ``parent`` (whose trained weights are ``weights``) under ``env``.
+
+    With a cluster environment ``clusters``, the encoding is cluster-driven (`evopop.synthesis.clusters`):
+    whole filters / units survive under ``clusters`` first, and ``env`` samples the synapses of the
+    survivors.
+    """
     parent.validate(arch)
     for layer in arch.layers:
         shape = tuple(weights[layer.name].shape)
         if shape != layer.weight_shape:
             raise ValueError(f"weight of layer {layer.name!r} has shape {shape}, expected {layer.weight_shape}")
     z = normalizers(dict(weights), parent.masks, normalizer)
+    if clusters is not None:
+        parent = _within_surviving_clusters(
+            arch, parent, surviving_clusters(arch, weights, parent, clusters, seed, normalizer)
+        )
     scales = layer_scales(arch, weights, parent, env, z)
     masks = {}
     for layer in arch.layers:
@@ -96,3 +107,13 @@ def synthesize(
     child = Genome(masks)
     kill_orphans(arch, child)
     return child
+
+
+def _within_surviving_clusters(arch: Architecture, parent: Genome, survivors: dict[str, torch.Tensor]) -> Genome:
+    """The parent's genome without the clusters that did not survive: what the synapses are drawn from."""
+    masks = {}
+    for layer in arch.layers:
+        mask = parent.masks[layer.name].clone()
+        layer.keep_neurons(mask, survivors[layer.name].to(mask.device))
+        masks[layer.name] = mask
+    return Genome(masks)

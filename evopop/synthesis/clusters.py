@@ -1,0 +1,103 @@
+"""Cluster-driven synthesis (Shafiee, Barshan & Wong, arXiv 1609.01360; "Evolution in Groups",
+arXiv 1704.02081): whole clusters of synapses survive or die, then synapses inside survivors.
+
+The offspring's architecture is drawn from
+
+    P(H_g) = prod_c [ F_c(E) P(s_c | W_c) * prod_{j in c} F_s(E) P(s_j | w_j) ]
+
+- A cluster c is one neuron's incoming synapses: a conv or deconv filter (one output channel, all
+  its kernels), a linear output unit. Dropping a cluster removes a whole filter, which is what a
+  compacted network can turn into speed (`evopop.compaction`); scattered synapses cannot.
+- The cluster's strength is the sum of the magnitudes of its living synapses, S_c = sum_{j in c}
+  |w_j| (the papers write the sum of "truncated" weights; we read the truncation as the magnitude,
+  which keeps S_c from cancelling between signs), and P(s_c | W_c) = exp(S_c / Z_c - 1) with Z_c
+  the largest S_c among the layer's living clusters (or the network's, with ``normalizer: global``),
+  exactly as the synaptic model normalises |w_k| by the largest living weight.
+- Neurons the network's output reads directly (``Architecture.sinks``: a classifier's class units,
+  a segmentation head's class maps) are not clusters that can die: losing one would remove a class,
+  not a feature. Their synapses are still sampled.
+- The cluster term has its own environment F_c(E) (``scale``: C_c * P; ``budget``: an expected
+  fraction C_c of the living clusters survives, solved like the synaptic budget); the synaptic term
+  keeps its environment F_s(E) and Z (the parent's largest living |w| per layer), applied only to
+  the synapses of surviving clusters (``budget``: C_s of *their* synapses in expectation).
+- Uniforms: the synapses use the very stream the synapse-level encoding uses (``derive_seed(seed,
+  layer)``), the clusters a stream of their own (``derive_seed(seed, "clusters", layer)``): seeded
+  and bit-identical on re-synthesis, and a cluster-encoded offspring whose clusters all survive has
+  the synapse-level offspring's genome.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+
+import torch
+
+from .architecture import Architecture
+from .environment import Environment
+from .genome import Genome
+from .layers import SynapticLayer
+from .probability import budget_scale
+from .seeding import derive_seed
+
+
+def cluster_strengths(layer: SynapticLayer, weight: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """S_c per neuron of ``layer``: the sum of |w| over its living incoming synapses (float64)."""
+    living = weight.detach().abs().double() * mask.to(weight.device)
+    return layer.neuron_view(living).sum(dim=1).cpu()
+
+
+def cluster_normalizers(strengths: Mapping[str, torch.Tensor], kind: str = "layer") -> dict[str, float]:
+    """Z_c per layer: the largest cluster strength of the layer ("layer") or of the network ("global")."""
+    if kind not in ("layer", "global"):
+        raise ValueError(f"normalizer must be 'layer' or 'global', got {kind!r}")
+    per_layer = {name: float(s.max()) if s.numel() else 0.0 for name, s in strengths.items()}
+    if kind == "global":
+        z = max(per_layer.values(), default=0.0)
+        return {name: z for name in per_layer}
+    return per_layer
+
+
+def cluster_probability(strengths: torch.Tensor, alive: torch.Tensor, z: float) -> torch.Tensor:
+    """P(s_c | W_c) = exp(S_c / Z_c - 1) per cluster (0 for dead clusters; 1 for all when Z_c = 0)."""
+    p = torch.ones_like(strengths) if z <= 0 else torch.exp(strengths / z - 1.0)
+    return p * alive
+
+
+def sample_clusters(
+    strengths: torch.Tensor, alive: torch.Tensor, z: float, env: Environment, layer: str, seed: int
+) -> torch.Tensor:
+    """Bool per neuron: the clusters that survive into the offspring (a subset of ``alive``)."""
+    if env.is_frozen(layer):
+        return alive.clone()
+    c = env.factor(layer)
+    if env.mode == "budget":
+        scale = budget_scale(strengths.float(), alive, z, c)
+    else:
+        scale = c
+    generator = torch.Generator(device="cpu").manual_seed(derive_seed(seed, "clusters", layer))
+    uniforms = torch.rand(strengths.numel(), generator=generator, dtype=torch.float64)
+    if math.isinf(scale):
+        return alive.clone()
+    return (scale * cluster_probability(strengths, alive, z) >= uniforms) & alive
+
+
+def surviving_clusters(
+    arch: Architecture,
+    weights: Mapping[str, torch.Tensor],
+    parent: Genome,
+    env: Environment,
+    seed: int,
+    normalizer: str = "layer",
+) -> dict[str, torch.Tensor]:
+    """Per layer, bool per neuron: the clusters drawn to survive under the cluster environment ``env``."""
+    strengths = {l.name: cluster_strengths(l, weights[l.name], parent.masks[l.name]) for l in arch.layers}
+    z = cluster_normalizers(strengths, normalizer)
+    survivors = {}
+    for layer in arch.layers:
+        alive = parent.neurons(layer).cpu()
+        survivors[layer.name] = sample_clusters(strengths[layer.name], alive, z[layer.name], env, layer.name, seed)
+        sinks = arch.sinks.get(layer.name)
+        if sinks is not None:  # the network's outputs (a class's unit) are not clusters to lose
+            survivors[layer.name] |= alive & sinks
+    return survivors
