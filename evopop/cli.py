@@ -4,6 +4,7 @@
     evopop resume RUN_DIR                                       finish an interrupted run
     evopop show RUN_DIR                                         the population so far
     evopop report RUN_DIR [--out DIR]                           an HTML report with figures
+    evopop export RUN_DIR ID --out FILE [--format pt2|onnx]     one individual, compacted, standalone
 
 Exit codes: 0 done, 1 the evolution failed (records intact), 2 bad config or input.
 """
@@ -109,6 +110,20 @@ def cmd_report(args) -> int:
     return 0
 
 
+def cmd_export(args) -> int:
+    from .analysis.export import ExportError, export_individual
+
+    try:
+        exported = export_individual(args.run_dir, args.individual_id, args.out, args.format)
+    except ExportError as exc:
+        raise ConfigError(str(exc)) from None
+    compacted, recorded = exported.metadata["compacted"], exported.metadata["recorded"]
+    dense = f" (the dense network: {recorded['dense_macs']:,})" if recorded.get("dense_macs") else ""
+    print(f"{args.individual_id}: {compacted['params']:,} parameters, {compacted['macs']:,} MACs per sample{dense}")
+    print(f"wrote {exported.path} and {exported.metadata_path}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="evopop", description="Evolutionary synthesis of deep neural networks")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -132,6 +147,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="do not compute missing diversity from checkpoints (faster on big runs)",
     )
     report.set_defaults(func=cmd_report)
+    export = sub.add_parser("export", help="write one individual as a compacted torch.export (or ONNX) program")
+    export.add_argument("run_dir")
+    export.add_argument("individual_id", help="e.g. g4-3 (see evopop show RUN_DIR)")
+    export.add_argument("--out", required=True, help="output file (.pt2 or .onnx); metadata goes to OUT.json")
+    export.add_argument("--format", choices=("pt2", "onnx"), default="pt2")
+    export.set_defaults(func=cmd_export)
     return parser
 
 

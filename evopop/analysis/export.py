@@ -1,0 +1,157 @@
+"""``evopop export``: one recorded individual as a compacted, standalone program, with a metadata file.
+
+    export_individual("runs/quickstart-...", "g4-3", "g4-3.pt2")          # + g4-3.pt2.json
+    torch.export.load("g4-3.pt2").module()(images)                        # anywhere torch runs
+
+Every input is checked before any work: the run, the individual (known, not failed), its checkpoint
+and the output location; each problem is one `ExportError` naming it.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import yaml
+
+from .. import __version__
+from ..compaction import CompactionError, compact
+from ..compaction.export import FORMATS, exported_bytes
+from ..config import load_config
+from ..records.ids import natural_key
+from ..records.run import RunRecords
+from ..records.schema import OK
+from ..records.storage import filesystem_of, is_uri
+from ..synthesis import Genome
+from ..tasks.registry import built_task
+
+
+class ExportError(ValueError):
+    """The individual cannot be exported as asked; the message says why."""
+
+
+@dataclass(frozen=True)
+class Exported:
+    path: str
+    metadata_path: str
+    metadata: dict[str, Any]
+
+
+# Recorded columns copied into the metadata file, as they are in the records.
+_RECORDED = (
+    *("generation", "kind", "parent_id", "lineage", "encoding", "env_mode", "env_factor", "cluster_factor"),
+    *("seed", "mask_digest", "synapses", "ancestor_synapses", "efficiency", "neurons", "params", "macs"),
+    *("dense_macs", "effective_synapses", "effective_efficiency", "effective_neurons", "effective_macs"),
+    *("compact_params", "compact_macs", "compact_neurons", "latency_cpu_b1_ms", "latency_cpu_b32_ms"),
+    *("latency_gpu_ms", "train_seconds", "finished_at"),
+)
+
+
+def export_individual(run_dir: str, individual_id: str, out: str, fmt: str = "pt2") -> Exported:
+    """Compact individual ``individual_id`` of the run at ``run_dir`` and write it to ``out`` (+ ``out``.json)."""
+    if fmt not in FORMATS:
+        raise ExportError(f"--format must be one of {', '.join(FORMATS)}, got {fmt!r}")
+    records = RunRecords(run_dir)
+    if not records.exists():
+        raise ExportError(f"{run_dir}: no evopop run here (config.yaml missing)")
+    row = _recorded_row(records, individual_id)
+    if not records.has_checkpoint(individual_id):
+        raise ExportError(f"{individual_id}: its checkpoint {records.checkpoint_path(individual_id)} is missing")
+    _check_writable(out)
+    _check_writable(out + ".json")
+
+    config = load_config(yaml.safe_load(records.read_config()))
+    built = built_task(config.task.name, config.task.args)
+    model = built.task.build_model()
+    checkpoint = records.read_checkpoint(individual_id)
+    model.load_state_dict(checkpoint["weights"], strict=True)
+    example = built.task.example_input()
+    try:
+        compacted = compact(model, built.arch, Genome.from_state_dict(checkpoint["masks"]), example)
+        program = exported_bytes(compacted.module, example, fmt)
+    except (CompactionError, RuntimeError) as exc:
+        raise ExportError(f"{individual_id}: cannot export ({exc})") from None
+
+    metadata = {
+        "format": fmt,
+        "load": "torch.export.load(path).module()" if fmt == "pt2" else "onnxruntime.InferenceSession(path)",
+        "input_shape": ["batch", *example.shape[1:]],
+        "input_dtype": str(example.dtype).removeprefix("torch."),
+        "run_id": records.run_id,
+        "individual_id": individual_id,
+        "task": {"name": config.task.name, "args": config.task.args},
+        "recorded": {name: _plain(row.get(name)) for name in _RECORDED if name in row},
+        "metrics": {name: _plain(row.get(name)) for name in records.metadata().metric_columns if name in row},
+        "compacted": {
+            "params": compacted.params,
+            "macs": compacted.macs,
+            "neurons": compacted.neurons,
+            "max_error_vs_masked": compacted.max_error,
+        },
+        "exported_by": f"evopop {__version__}",
+        "exported_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+    }
+    _write(out, program)
+    _write(out + ".json", (json.dumps(metadata, indent=2) + "\n").encode())
+    return Exported(out, out + ".json", metadata)
+
+
+def _recorded_row(records: RunRecords, individual_id: str) -> dict[str, Any]:
+    population = records.population()
+    rows = population[population["individual_id"] == individual_id] if not population.empty else population
+    if rows.empty:
+        known = sorted(population["individual_id"], key=natural_key) if not population.empty else []
+        shown = ", ".join(known[:12]) + (", ..." if len(known) > 12 else "")
+        raise ExportError(f"no individual {individual_id!r} in {records.uri} (recorded: {shown or 'none'})")
+    row = rows.iloc[-1].to_dict()
+    if row.get("status") != OK:
+        error = str(row.get("error") or "").strip().splitlines()
+        why = f": {error[0]}" if error else ""
+        raise ExportError(f"{individual_id} failed{why}; a failed individual has no trained network to export")
+    return row
+
+
+def _check_writable(out: str) -> None:
+    """Refuse an output that cannot be written, before any work is done."""
+    if is_uri(out):
+        filesystem_of(out)  # raises on an unknown scheme; permissions show when writing
+        return
+    if os.path.isdir(out):
+        raise ExportError(f"--out {out} is a directory; give a file name")
+    parent = os.path.dirname(os.path.abspath(out))
+    if not os.path.isdir(parent):
+        raise ExportError(f"--out {out}: directory {parent} does not exist")
+    if not os.access(parent, os.W_OK) or (os.path.exists(out) and not os.access(out, os.W_OK)):
+        raise ExportError(f"--out {out}: not writable")
+
+
+def _write(out: str, data: bytes) -> None:
+    try:
+        if is_uri(out):
+            fs, path = filesystem_of(out)
+            with fs.open_output_stream(path) as f:
+                f.write(data)
+        else:
+            with open(out, "wb") as f:
+                f.write(data)
+    except OSError as exc:
+        raise ExportError(f"--out {out}: cannot write ({exc})") from None
+
+
+def _plain(value: Any) -> Any:
+    """A JSON value: NumPy scalars and arrays unwrapped, NaN and missing as null, times as text."""
+    if value is None:
+        return None
+    if hasattr(value, "isoformat"):
+        return value.isoformat()
+    if hasattr(value, "tolist"):
+        value = value.tolist()
+    if isinstance(value, float) and math.isnan(value):
+        return None
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    return value
