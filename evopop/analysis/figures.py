@@ -459,6 +459,94 @@ def figure_layer_fractions(run: Run) -> Figure:
     return fig
 
 
+# -- 7. what evolution delivers: MACs counted three ways, and measured latency ------------------------
+_MACS = (
+    ("macs", "nominal (masked)", "-", "o"),
+    ("effective_macs", "effective", "--", "s"),
+    ("compact_macs", "compacted", "-", "D"),
+)
+_LATENCIES = (("latency_cpu_b1_ms", "CPU, batch 1"), ("latency_cpu_b32_ms", "CPU, batch 32"), ("latency_gpu_ms", "GPU"))
+
+
+def figure_delivered(run: Run) -> Figure:
+    """Nominal vs effective vs compacted MACs, and the compacted network's measured latency, per generation."""
+    ok = _ok(run)
+    if ok.empty or "compact_macs" not in ok or ok["compact_macs"].isna().all():
+        raise MissingData("no compacted individual recorded (compaction.enabled was off, or the run predates it)")
+    latencies = [(c, label) for c, label in _LATENCIES if c in ok and ok[c].notna().any()]
+    fig = new_figure(4.6 * (1 + len(latencies)), 3.9)
+    axes = fig.subplots(1, 1 + len(latencies), squeeze=False)[0]
+    lineage = run.lineage
+    rng = np.random.default_rng(0)
+    jitter = rng.uniform(-0.1, 0.1, len(ok))
+    ax = axes[0]
+    colors = {"macs": OTHER_COLOR, "effective_macs": "#ff7f0e", "compact_macs": "#2ca02c"}
+    for offset, (column, label, style, marker) in zip((-0.22, 0.0, 0.22), _MACS):
+        if column not in ok or ok[column].isna().all():
+            continue
+        ax.scatter(
+            ok["generation"] + offset + jitter * 0.5,
+            ok[column],
+            s=12,
+            color=colors[column],
+            alpha=0.45,
+            marker=marker,
+            zorder=2,
+        )
+        if not lineage.empty and column in lineage:
+            ax.plot(
+                lineage["generation"] + offset,
+                lineage[column],
+                style,
+                marker=marker,
+                color=colors[column],
+                lw=2,
+                ms=5,
+                label=label,
+                zorder=3,
+            )
+    ax.set_yscale("log")
+    _plain_log_axis(ax.yaxis)
+    ax.set_ylabel("synaptic MACs per sample (count, log scale)")
+    ax.set_title("MACs: counted, effective, compacted")
+    ax.legend(loc="lower left", fontsize=8)
+    for ax, (column, label) in zip(axes[1:], latencies):
+        ax.scatter(
+            ok["generation"] + jitter, ok[column], s=18, color=OTHER_COLOR, alpha=0.8, label="individual", zorder=2
+        )
+        if not lineage.empty and column in lineage:
+            ax.plot(
+                lineage["generation"],
+                lineage[column],
+                "-o",
+                color=LINEAGE_COLOR,
+                lw=2,
+                ms=5,
+                label="followed lineage",
+                zorder=3,
+            )
+            first, last = lineage[column].iloc[0], lineage[column].iloc[-1]
+            if first and last and not (math.isnan(first) or math.isnan(last)):
+                ax.annotate(
+                    f"{first / last:.2f}× faster",
+                    (lineage["generation"].iloc[-1], last),
+                    textcoords="offset points",
+                    xytext=(6, 6),
+                    color=LINEAGE_COLOR,
+                    fontsize=9,
+                )
+        ax.set_ylim(bottom=0)
+        ax.set_ylabel("compacted network: median ms per forward pass")
+        ax.set_title(f"Measured latency: {label}")
+        ax.legend(loc="lower left", fontsize=8)
+    for ax in axes:
+        ax.set_xlabel("generation (1 = ancestor)")
+        ax.grid(True, which="both", alpha=0.3)
+        _integer_generations(ax, ok["generation"])
+    fig.suptitle(f"What the evolved networks deliver: {run.run_id}")
+    return fig
+
+
 FIGURES = {
     "compression": (
         figure_compression,
@@ -494,5 +582,13 @@ FIGURES = {
         figure_layer_fractions,
         "Living fraction per layer along the followed lineage",
         "Which layers the evolution thins out, generation by generation.",
+    ),
+    "delivered": (
+        figure_delivered,
+        "Nominal, effective and compacted MACs; measured latency",
+        "Nominal MACs count the masked network's living synapses; effective ones only those that can reach "
+        "the output; compacted ones are what the network without its dead neurons computes (what it costs "
+        "to run). Latency is the compacted network's median forward time, measured by its trainer (compare "
+        "within a run: trainers share the machine).",
     ),
 }

@@ -61,7 +61,7 @@ def compact(model: nn.Module, arch: Architecture, genome: Genome, example_input:
     if not arch.traced:
         raise CompactionError(f"cannot compact a network evopop could not trace: {arch.note}")
     effective = effective_genome(arch, genome.to("cpu"))
-    masked = _masked_copy(model, arch, effective).eval()
+    masked = masked_network(model, arch, effective).eval()
     keep = kept_neurons(arch, effective)
     graph = fx.symbolic_trace(copy.deepcopy(masked))
     modules = dict(graph.named_modules())
@@ -118,7 +118,7 @@ def _present(channels: ChannelMap, keep: dict[str, torch.Tensor]) -> torch.Tenso
     return channels.alive(keep)
 
 
-def _masked_copy(model: nn.Module, arch: Architecture, genome: Genome) -> nn.Module:
+def masked_network(model: nn.Module, arch: Architecture, genome: Genome) -> nn.Module:
     masked = copy.deepcopy(model).cpu()
     params = dict(masked.named_parameters())
     with torch.no_grad():
