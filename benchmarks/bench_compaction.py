@@ -15,7 +15,7 @@ It prints MAC reduction (dense MACs / compacted MACs), measured speedup (dense t
 time) and their ratio. Goal (issue 11): a cluster-encoded offspring's measured speedup at batch 32
 on CPU is at least half its MAC reduction; on a GPU, the same at batch 64.
 
-    python benchmarks/bench_compaction.py                  # saliency net at width 1/4, 128x128: ~2 min on 2 cores
+    python benchmarks/bench_compaction.py                  # saliency net at width 1/4, 96x96: ~4 min on 2 cores
     python benchmarks/bench_compaction.py --quick          # CI smoke run: seconds
     python benchmarks/bench_compaction.py --device cuda --batches 64
 """
@@ -52,11 +52,11 @@ ENCODINGS = {
 def build(quick: bool):
     if quick:
         return SmallConvNet(widths=(8, 16), hidden=32, num_classes=4).eval(), torch.randn(1, 3, 16, 16)
-    return SaliencyNet(width=0.25).eval(), torch.randn(1, 3, 128, 128)
+    return SaliencyNet(width=0.25).eval(), torch.randn(1, 3, 96, 96)
 
 
 def measure(networks: dict, example: torch.Tensor, batch: int, rounds: int, device: str) -> dict[str, float]:
-    """Median ms per network over ``rounds`` interleaved rounds (each round: every network once, 3 passes)."""
+    """Per network: the median over ``rounds`` interleaved rounds of the fastest of 3 passes (ms)."""
     times: dict[str, list[float]] = {name: [] for name in networks}
     for _ in range(rounds):
         for name, net in networks.items():
@@ -69,7 +69,7 @@ def main(argv=None) -> int:
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--generations", type=int, default=4, help="offspring generations per encoding")
     parser.add_argument("--batches", default="1,32", help="batch sizes, comma-separated")
-    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--json", help="also write the rows as JSON")
     args = parser.parse_args(argv)

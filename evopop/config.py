@@ -161,7 +161,7 @@ class CompactionSection(_Section):
 
     enabled: bool = True
     gpu_batch: int = Field(64, ge=1)
-    repeats: int = Field(10, ge=1)  # timed forward passes per batch size; the median is recorded
+    repeats: int = Field(10, ge=1)  # timed forward passes per batch size; the fastest is recorded
 
 
 class StorageSection(_Section):

@@ -536,7 +536,7 @@ def figure_delivered(run: Run) -> Figure:
                     fontsize=9,
                 )
         ax.set_ylim(bottom=0)
-        ax.set_ylabel("compacted network: median ms per forward pass")
+        ax.set_ylabel("compacted network: ms per forward pass")
         ax.set_title(f"Measured latency: {label}")
         ax.legend(loc="lower left", fontsize=8)
     for ax in axes:
@@ -588,7 +588,7 @@ FIGURES = {
         "Nominal, effective and compacted MACs; measured latency",
         "Nominal MACs count the masked network's living synapses; effective ones only those that can reach "
         "the output; compacted ones are what the network without its dead neurons computes (what it costs "
-        "to run). Latency is the compacted network's median forward time, measured by its trainer (compare "
-        "within a run: trainers share the machine).",
+        "to run). Latency is the compacted network's fastest forward pass of several, timed by its trainer "
+        "(compare within a run: trainers share the machine).",
     ),
 }

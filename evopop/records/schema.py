@@ -88,7 +88,7 @@ class IndividualRecord:
     compact_params: int | None = arrow(pa.int64())
     compact_macs: int | None = arrow(pa.int64())
     compact_neurons: int | None = arrow(pa.int64())
-    latency_cpu_b1_ms: float | None = arrow(pa.float64())  # median forward time, batch 1, the trainer's threads
+    latency_cpu_b1_ms: float | None = arrow(pa.float64())  # fastest of compaction.repeats forward passes, batch 1
     latency_cpu_b32_ms: float | None = arrow(pa.float64())
     latency_gpu_ms: float | None = arrow(pa.float64())  # at compaction.gpu_batch, when the trainer has a GPU
     layer_fractions: tuple[float, ...] | None = arrow(pa.list_(pa.float32()))  # per layer, see metadata
