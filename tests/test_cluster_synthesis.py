@@ -626,11 +626,6 @@ def test_cluster_schedule_follows_generations():
     assert offspring_specs(config, 9, [root_record()])[0].clusters.c == 0.3
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="plan_run checks evolution.environment.{layers,frozen} patterns against the network's "
-    "layers but not evolution.clusters.{layers,frozen}: a typo there is silently ignored",
-)
 @pytest.mark.parametrize("field", ["frozen=[head.*]", "layers={'fc*': 0.5}"])
 def test_cluster_layer_patterns_are_checked_before_ray(field):
     config = load_config(None, ["evolution.encoding=cluster", f"evolution.clusters.{field}"])

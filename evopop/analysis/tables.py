@@ -53,12 +53,25 @@ def lineage_table(population: pd.DataFrame, metric_columns: list[str]) -> pd.Dat
     line = followed_lineage(population)
     if line.empty:
         return pd.DataFrame({"generation": []})
-    cols = ["generation", "individual_id", "synapses", "efficiency", "effective_efficiency"] + list(metric_columns)
+    line = with_delivered(line)
+    cols = ["generation", "individual_id", "synapses", "efficiency", "effective_efficiency", "neurons"]
+    cols += ["compact_macs_x", "speedup_b32"] + list(metric_columns)
     return _format(line[[c for c in cols if c in line]].copy())
 
 
+def with_delivered(line: pd.DataFrame) -> pd.DataFrame:
+    """Add what compaction delivers along a lineage: ``compact_macs_x`` (dense MACs / compacted MACs) and
+    ``speedup_b32`` (the root's measured CPU batch-32 latency / own), where recorded."""
+    line = line.copy()
+    if "compact_macs" in line and line["compact_macs"].notna().any():
+        line["compact_macs_x"] = line["dense_macs"] / line["compact_macs"]
+    if "latency_cpu_b32_ms" in line and line["latency_cpu_b32_ms"].notna().any():
+        line["speedup_b32"] = line["latency_cpu_b32_ms"].iloc[0] / line["latency_cpu_b32_ms"]
+    return line
+
+
 def _format(table: pd.DataFrame) -> pd.DataFrame:
-    for col in ("efficiency", "effective_efficiency"):
+    for col in ("efficiency", "effective_efficiency", "compact_macs_x", "speedup_b32"):
         if col in table:
             table[col] = table[col].map(lambda v: f"{v:.2f}x" if pd.notna(v) else "-")
     for col in ("synapses", "effective_synapses", "neurons", "macs"):

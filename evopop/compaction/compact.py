@@ -94,6 +94,8 @@ def kept_neurons(arch: Architecture, effective: Genome) -> dict[str, torch.Tenso
             keep[layer.name] = torch.ones(layer.out_channels, dtype=torch.bool)
         else:
             keep[layer.name] = effective.neurons(layer).cpu() | arch.pinned[layer.name]
+        if not bool(keep[layer.name].any()):
+            keep[layer.name][0] = True  # see the module doc: no empty layers (before coupling: it couples too)
     changed = True
     while changed:  # coupled channels: one kept operand keeps them all; repeat until nothing changes
         changed = False
@@ -107,9 +109,6 @@ def kept_neurons(arch: Architecture, effective: Genome) -> dict[str, torch.Tenso
                 before = int(neurons.sum())
                 neurons[src.index[fed]] = True
                 changed |= int(neurons.sum()) != before
-    for k in keep.values():
-        if not bool(k.any()):
-            k[0] = True  # see the module doc: no empty layers
     return keep
 
 

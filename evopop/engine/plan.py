@@ -44,14 +44,16 @@ def plan_run(config: Config) -> Plan:
         raise ConfigError(
             f"selection.metric: {metric!r} is not measured by task {config.task.name!r}; allowed: {', '.join(columns)}"
         )
-    env = config.evolution.environment
-    for field, patterns in (("layers", list(env.layers)), ("frozen", list(env.frozen))):
-        for pattern in patterns:
-            if not any(fnmatchcase(name, pattern) for name in arch.names):
-                raise ConfigError(
-                    f"evolution.environment.{field}: pattern {pattern!r} matches no synaptic layer; "
-                    f"layers are: {', '.join(arch.names)}"
-                )
+    sections = ["environment"] + (["clusters"] if config.evolution.encoding == "cluster" else [])
+    for section in sections:
+        env = getattr(config.evolution, section)
+        for field, patterns in (("layers", list(env.layers)), ("frozen", list(env.frozen))):
+            for pattern in patterns:
+                if not any(fnmatchcase(name, pattern) for name in arch.names):
+                    raise ConfigError(
+                        f"evolution.{section}.{field}: pattern {pattern!r} matches no synaptic layer; "
+                        f"layers are: {', '.join(arch.names)}"
+                    )
     if config.ancestor.checkpoint:
         from .develop import load_ancestor
 

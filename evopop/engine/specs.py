@@ -11,9 +11,14 @@ ROOT_ID = "g1-0"
 
 
 def schedule_of(config: Config, level: str = "synapses") -> Schedule:
-    """The environment schedule of synapses (F_s) or of clusters (F_c, ``level="clusters"``)."""
-    env = config.evolution.environment if level == "synapses" else config.evolution.clusters
-    base = Environment(env.c, env.mode, tuple(env.layers.items()), tuple(env.frozen))
+    """The environment schedule of synapses (F_s) or of clusters (F_c, ``level="clusters"``).
+
+    A layer frozen for synapses never mutates, so it is frozen for clusters too (it loses no filter).
+    """
+    synapses = config.evolution.environment
+    env = synapses if level == "synapses" else config.evolution.clusters
+    frozen = tuple(env.frozen) + tuple(p for p in synapses.frozen if p not in env.frozen)
+    base = Environment(env.c, env.mode, tuple(env.layers.items()), frozen)
     return Schedule(base, tuple(env.schedule.items()))
 
 

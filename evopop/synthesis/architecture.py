@@ -365,6 +365,10 @@ class _Tracer:
 
     def _attach(self, name: str, module: nn.Module, src: ChannelMap) -> bool:
         """Record ``module``'s per-channel parameters and buffers; False if it has state of another size."""
+        earlier = [a.inputs for a in self.attachments if a.module == name]
+        if earlier:  # called on several tensors: compaction slices a module once, so keep every channel
+            for m in (*earlier, src):
+                self._pin(m)
         params = tuple(f"{name}.{p}" for p, t in module.named_parameters(recurse=False) if t.numel() == src.size)
         buffers = tuple(f"{name}.{b}" for b, t in module.named_buffers(recurse=False) if t is not None and t.dim() == 1)
         sizes = [t.numel() for t in (*module.parameters(recurse=False), *module.buffers(recurse=False)) if t.dim()]
@@ -388,13 +392,13 @@ class _Tracer:
     def _elementwise(self, node, out_shape, product: bool) -> ChannelMap | None:
         if out_shape is None or len(out_shape) < 2:
             return self._barrier(node)
-        aligned, misaligned, per_channel_factor = [], False, False
+        aligned, misaligned, sized_by_parameter = [], False, False
         for arg in node.all_input_nodes:  # scalars are not neurons; keyword operands are
-            if product and arg in self.parameters:
-                # a parameter factor cannot revive a dead one: the product stays zero; but its size
-                # fixes the number of channels (compaction does not slice parameters read directly)
-                per_channel_factor |= any(d > 1 for d in (self._shape(arg) or ()))
-                continue
+            if arg in self.parameters:
+                # its size fixes the number of channels: compaction does not slice parameters read directly
+                sized_by_parameter |= any(d > 1 for d in (self._shape(arg) or ()))
+                if product:
+                    continue  # a parameter factor cannot revive a dead one: the product stays zero
             m = self._input_map(arg)
             if m is not None and m.size == out_shape[m.dim] and len(self._shape(arg) or ()) == len(out_shape):
                 aligned.append(m)
@@ -406,7 +410,7 @@ class _Tracer:
         result = union(aligned)
         if misaligned and not product:
             result = union([result, ChannelMap.always_alive(result.dim, result.size)])
-        if per_channel_factor:
+        if sized_by_parameter:
             self._pin(result)
         if len(result.sources) > 1:
             self.couplings.append(result)

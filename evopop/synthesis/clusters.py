@@ -96,8 +96,8 @@ def surviving_clusters(
     survivors = {}
     for layer in arch.layers:
         alive = parent.neurons(layer).cpu()
-        survivors[layer.name] = sample_clusters(strengths[layer.name], alive, z[layer.name], env, layer.name, seed)
-        sinks = arch.sinks.get(layer.name)
-        if sinks is not None:  # the network's outputs (a class's unit) are not clusters to lose
-            survivors[layer.name] |= alive & sinks
+        outputs = arch.sinks.get(layer.name, torch.zeros_like(alive)) & alive
+        # the network's outputs (a class's unit) are not clusters to lose, nor counted in a budget
+        drawn = sample_clusters(strengths[layer.name], alive & ~outputs, z[layer.name], env, layer.name, seed)
+        survivors[layer.name] = drawn | outputs
     return survivors
