@@ -14,7 +14,8 @@ on), be no larger than the dense network, and keep exactly the neurons `kept_neu
    removes, must give a network of the same size that computes the same function;
 4. the full genome: nothing removed, every count equal to the dense one, no error at all.
 
-Bugs found in the compactor are the ``xfail(strict=True)`` tests at the end of part 2.
+Bugs found: three cases of part 2 raised CompactionError until evopop fixed them (marked there), and a
+layer resized to a tensor's shape was kept whole (the last tests of part 2).
 """
 
 from __future__ import annotations
@@ -61,7 +62,9 @@ def _randomize(model: nn.Module, seed: int = 0) -> nn.Module:
 
     for m in model.modules():
         if isinstance(m, SYNAPTIC):
-            fan_in = m.weight[0].numel() if not isinstance(m, nn.modules.conv._ConvTransposeNd) else m.weight[:, 0].numel()
+            fan_in = (
+                m.weight[0].numel() if not isinstance(m, nn.modules.conv._ConvTransposeNd) else m.weight[:, 0].numel()
+            )
             m.weight.copy_(torch.randn(m.weight.shape, generator=g) * (2.0 / fan_in) ** 0.5)
             if m.bias is not None:
                 uniform(m.bias, -0.1, 0.1)
@@ -346,6 +349,44 @@ class TokenMLP(nn.Module):
         return self.fc2(F.gelu(self.fc1(x)))
 
 
+class SharedBatchNorm(nn.Module):
+    """One BatchNorm applied to two convs' outputs (called twice): compaction slices it once, so both keep all."""
+
+    def __init__(self):
+        super().__init__()
+        self.a, self.b = nn.Conv2d(3, 4, 1), nn.Conv2d(3, 4, 1)
+        self.bn = nn.BatchNorm2d(4)
+        self.c = nn.Conv2d(8, 2, 1)
+
+    def forward(self, x):
+        return self.c(torch.relu(torch.cat([self.bn(self.a(x)), self.bn(self.b(x))], dim=1)))
+
+
+class ParameterSum(nn.Module):
+    """A 1-D parameter added to a Linear's (N, C) output: it fixes the number of channels (not sliced)."""
+
+    def __init__(self):
+        super().__init__()
+        self.a, self.c = nn.Linear(5, 4), nn.Linear(4, 2)
+        self.shift = nn.Parameter(torch.randn(4))
+
+    def forward(self, x):
+        return self.c(torch.relu(self.a(x) + self.shift))
+
+
+class DeadOperandOfCatSum(nn.Module):
+    """cat([a, e]) + b: b's channel i is coupled to a's (i < 2) or e's. When every neuron of a dies, the
+    one a keeps must keep its partner in b."""
+
+    def __init__(self):
+        super().__init__()
+        self.a, self.e, self.b = nn.Conv2d(3, 2, 1), nn.Conv2d(3, 3, 1), nn.Conv2d(3, 5, 1)
+        self.c = nn.Conv2d(5, 2, 1)
+
+    def forward(self, x):
+        return self.c(torch.relu(torch.cat([self.a(x), self.e(x)], dim=1) + self.b(x)))
+
+
 def _kill(**neurons):
     """Genome edit: remove every incoming synapse of the given neurons (layer=[indices])."""
 
@@ -381,6 +422,16 @@ WIRING = [
     ("gated product: one factor's neuron dies, kept", GatedProduct, _conv_in(), _kill(a=[1]), {"a": 4, "b": 4}),
     ("gated product: both factors' neuron dies", GatedProduct, _conv_in(), _kill(a=[2], b=[2]), {"a": 3, "b": 3}),
     ("Linear on (N, T, F) tokens", TokenMLP, torch.randn(1, 5, 6), _kill(fc1=[2, 5]), {"fc1": 6}),
+    # found by these tests, fixed in evopop since (8344760): each raised CompactionError
+    ("a norm layer called on two producers", SharedBatchNorm, _conv_in(), _kill(a=[1], b=[2]), {"a": 4, "b": 4}),
+    ("a 1-D parameter added to a Linear output", ParameterSum, torch.randn(1, 5), _kill(a=[1]), {"a": 4}),
+    (
+        "an emptied layer coupled through a cat",
+        DeadOperandOfCatSum,
+        _conv_in(),
+        _kill(a=[0, 1], b=[0, 1]),
+        {"a": 1, "b": 4, "e": 3},
+    ),
 ]
 
 
@@ -408,91 +459,63 @@ def test_a_neuron_kept_by_its_coupling_keeps_zero_weights_and_bias():
     """Kept for its partner only (a residual sum): its row is the masked row, all zeros."""
     model, arch, genome = _build(ResidualSum, _conv_in(), _kill(a=[1]))
     compacted = compact(model, arch, genome, _conv_in())
-    a = compacted.module.get_submodule("a")
-    assert bool((a.weight[1] == 0).all()) and float(a.bias[1]) == 0.0
-    assert bool((a.weight[0] != 0).any())
+    weight, bias = (
+        compacted.module.get_submodule("a").weight.detach(),
+        compacted.module.get_submodule("a").bias.detach(),
+    )
+    assert bool((weight[1] == 0).all()) and float(bias[1]) == 0.0
+    assert bool((weight[0] != 0).any())
 
 
-# -- bugs found (see the final report): each is the function compaction should have ---------------
-class SharedBatchNorm(nn.Module):
-    """One BatchNorm applied to two convs' outputs (called twice)."""
+class Untraceable(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.a, self.c = nn.Conv2d(3, 4, 1), nn.Conv2d(4, 2, 1)
+
+    def forward(self, x):
+        h = self.a(x)
+        return self.c(h if h.sum() > 0 else -h)  # data-dependent control flow: torch.fx cannot trace it
+
+
+def test_a_network_evopop_could_not_trace_is_refused():
+    x = _conv_in()
+    model = Untraceable().eval()
+    with pytest.warns(UserWarning, match="could not trace"):
+        arch = trace_architecture(model, x)
+    with pytest.raises(CompactionError, match="could not trace"):
+        compact(model, arch, Genome.full(arch), x)
+
+
+# -- a bug found: compaction keeps more than it must (the function is right) -----------------------
+class InterpolateToInputSize(nn.Module):
+    """A strided conv resized back to the input's size, ``F.interpolate(h, size=x.shape[-2:])``
+    (as SaliencyNet's ``_resize`` does): the size is a shape, not a tensor of channels."""
 
     def __init__(self):
         super().__init__()
-        self.a, self.b = nn.Conv2d(3, 4, 1), nn.Conv2d(3, 4, 1)
-        self.bn = nn.BatchNorm2d(4)
-        self.c = nn.Conv2d(8, 2, 1)
+        self.a, self.c = nn.Conv2d(3, 4, 3, stride=2, padding=1), nn.Conv2d(4, 2, 1)
 
     def forward(self, x):
-        return self.c(torch.relu(torch.cat([self.bn(self.a(x)), self.bn(self.b(x))], dim=1)))
+        h = F.interpolate(self.a(x), size=x.shape[-2:], mode="bilinear", align_corners=False)
+        return self.c(torch.relu(h))
 
 
-class ParameterSum(nn.Module):
-    """A 1-D parameter added to a Linear's (N, C) output: it fixes the number of channels."""
-
-    def __init__(self):
-        super().__init__()
-        self.a, self.c = nn.Linear(5, 4), nn.Linear(4, 2)
-        self.shift = nn.Parameter(torch.randn(4))
-
-    def forward(self, x):
-        return self.c(torch.relu(self.a(x) + self.shift))
+def test_a_layer_resized_to_a_shape_loses_its_dead_neurons():
+    x = _conv_in()
+    model, arch, genome = _build(InterpolateToInputSize, x, _kill(a=[1]))
+    compacted, _ = _check_compacted(model, arch, genome, x)
+    assert compacted.neurons["a"] == 3  # the size argument is not a tensor: it pins nothing
 
 
-class DeadOperandOfCatSum(nn.Module):
-    """cat([a, e]) + b: b's channel i is coupled to a's (i < 2) or e's; every neuron of a dies."""
-
-    def __init__(self):
-        super().__init__()
-        self.a, self.e, self.b = nn.Conv2d(3, 2, 1), nn.Conv2d(3, 3, 1), nn.Conv2d(3, 5, 1)
-        self.c = nn.Conv2d(5, 2, 1)
-
-    def forward(self, x):
-        return self.c(torch.relu(torch.cat([self.a(x), self.e(x)], dim=1) + self.b(x)))
-
-
-BUGS = [
-    pytest.param(
-        SharedBatchNorm,
-        _kill(a=[1], b=[2]),
-        id="a norm layer called on two producers",
-        marks=pytest.mark.xfail(
-            strict=True,
-            raises=CompactionError,
-            reason="compact slices a per-channel module once per Attachment: a module called twice is "
-            "sliced by its first call's channels, the second call's slice is skipped (sizes differ)",
-        ),
-    ),
-    pytest.param(
-        ParameterSum,
-        _kill(a=[1]),
-        id="a 1-D parameter added to a Linear output",
-        marks=pytest.mark.xfail(
-            strict=True,
-            raises=CompactionError,
-            reason="_Tracer._elementwise pins channels for parameters only in products; a 1-D parameter "
-            "in a sum has no channel map and is ignored, so its channels are removed but it is not sliced",
-        ),
-    ),
-    pytest.param(
-        DeadOperandOfCatSum,
-        _kill(a=[0, 1], b=[0, 1]),
-        id="a layer whose every neuron dies, coupled through a cat",
-        marks=pytest.mark.xfail(
-            strict=True,
-            raises=CompactionError,
-            reason="kept_neurons keeps one neuron of an empty layer after the coupling fixed point: "
-            "the partner of that channel (b's neuron 0) is not kept, so cat([a, e]) and b differ in size",
-        ),
-    ),
-]
-
-
-@pytest.mark.parametrize("factory, edit", BUGS)
-def test_compaction_bugs(factory, edit):
-    x = _conv_in() if factory is not ParameterSum else torch.randn(1, 5)
-    model, arch, genome = _build(factory, x, edit)
-    _check_compacted(model, arch, genome, x)
+def test_saliency_deconvolutions_lose_their_dead_neurons():
+    """SaliencyNet's d1 and d2 are resized to c6's size before the concatenation (once pinned whole)."""
+    model, arch, genome, example = _tp_case("SaliencyNet")
+    effective = effective_genome(arch, genome)
+    compacted, _ = _check_compacted(model, arch, genome, example)
+    for name in ("d1.0", "d2.2"):
+        living = int(effective.neurons(arch.layer(name)).sum())
+        assert living < arch.layer(name).out_channels  # dead neurons there to remove
+        assert compacted.neurons[name] == max(1, living), name
 
 
 # -- 3. cross-check against Torch-Pruning -------------------------------------------------------
@@ -504,12 +527,13 @@ def _tp_pruned(masked: nn.Module, arch, keep: dict[str, torch.Tensor], example: 
     by_module = {id(modules[l.name]): l.name for l in arch.layers}
     out_fns = {tp.prune_conv_out_channels, tp.prune_linear_out_channels, tp.prune_depthwise_conv_out_channels}
     current = {l.name: list(range(l.out_channels)) for l in arch.layers}  # original index of each channel
+    # built once: pruning keeps the graph's modules, and each group recomputes the index maps of
+    # concatenations (`update_index_mapping`) from the channels left; ``current`` checks the result
+    graph = tp.DependencyGraph().build_dependency(net, example_inputs=(example,), verbose=False)
     for layer in arch.layers:
         idxs = [i for i, neuron in enumerate(current[layer.name]) if not bool(keep[layer.name][neuron])]
         if not idxs:
             continue
-        # rebuilt after every prune: the groups and the index maps of concatenations are then fresh
-        graph = tp.DependencyGraph().build_dependency(net, example_inputs=(example,), verbose=False)
         fn = tp.prune_linear_out_channels if layer.kind == "linear" else tp.prune_conv_out_channels
         group = graph.get_pruning_group(modules[layer.name], fn, idxs=idxs)
         removed: dict[str, set[int]] = {}
@@ -524,31 +548,55 @@ def _tp_pruned(masked: nn.Module, arch, keep: dict[str, torch.Tensor], example: 
     return net
 
 
-TP_CASES = {
-    "SmallConvNet": MODELS["SmallConvNet"],
-    "SaliencyNet": MODELS["SaliencyNet"],
-    "SaliencyNet-bn": MODELS["SaliencyNet-bn"],
-    "residual sum": lambda: (ResidualSum(), _conv_in()),
-    "cat into 1x1": lambda: (CatInto1x1(), _conv_in()),
-    "ConvTranspose2d -> BN": lambda: (DeconvBN(), _conv_in()),
-    "flatten -> Linear": lambda: (FlattenLinear(), torch.randn(1, 3, 4, 4)),
-}
+TP_MODELS = ["SmallConvNet", "SaliencyNet", "SaliencyNet-bn"]
 
 
-@pytest.mark.parametrize("name", list(TP_CASES))
+def _tp_case(name: str):
+    """(model, arch, genome, example) of a built-in model or of a hand-built wiring case."""
+    if name in MODELS:
+        torch.manual_seed(0)
+        model, example = MODELS[name]()
+        _randomize(model)
+        arch = trace_architecture(model, example)
+        weights = synaptic_weights(model, arch)
+        # synapses die scattered and whole filters die: neurons are removed in every layer kind
+        genome = synthesize(arch, weights, Genome.full(arch), Environment(0.5), seed=3, clusters=Environment(0.5))
+        return model, arch, genome, example
+    factory, example, edit, _ = next(c[1:] for c in WIRING if c[0] == name)
+    return (*_build(factory, example, edit), example)
+
+
+TP_WIRING = [  # the hand-built cases where evopop removes neurons
+    "residual sum: both operands' neuron dies, removed",
+    "cat of two convs into a 1x1 conv",
+    "cat: both operands lose neurons",
+    "ConvTranspose2d -> BN -> conv",
+    "flatten -> Linear",
+    "per-channel parameter multiplied in",
+    "PReLU(num_parameters=C)",
+    pytest.param(
+        "GroupNorm(C, C)",
+        marks=pytest.mark.xfail(
+            strict=True,
+            raises=RuntimeError,
+            reason="Torch-Pruning 1.6's GroupNormPruner removes channels but leaves num_groups at C: "
+            "the pruned GroupNorm(4, 3) refuses to run",
+        ),
+    ),
+    "a layer whose every neuron dies keeps one",
+    "gated product: both factors' neuron dies",
+    "Linear on (N, T, F) tokens",
+]
+
+
+@pytest.mark.parametrize("name", TP_MODELS + TP_WIRING)
 def test_torch_pruning_removing_the_same_neurons_gives_the_same_network(name):
-    torch.manual_seed(0)
-    model, example = TP_CASES[name]()
-    _randomize(model)
-    arch = trace_architecture(model, example)
-    weights = synaptic_weights(model, arch)
-    # synapses die scattered and whole filters die: neurons are removed in every layer kind
-    genome = synthesize(arch, weights, Genome.full(arch), Environment(0.5), seed=3, clusters=Environment(0.5))
+    model, arch, genome, example = _tp_case(name)
     compacted = compact(model, arch, genome, example)
     keep = kept_neurons(arch, effective_genome(arch, genome))
-    assert any(not bool(k.all()) for k in keep.values()), "nothing to prune: the check is vacuous"
-    if name.startswith("SaliencyNet"):  # the concatenation's operands (c6, d1, d2) all lose neurons
-        for layer in ("c6.0", "d1.0", "d2.3"):
+    assert any(not bool(k.all()) for k in keep.values()), "nothing to remove: the check is vacuous"
+    if name.startswith("SaliencyNet"):  # a branch of the concatenation (c6) and a deconv (d2.0) lose neurons
+        for layer in ("c6.0", "d2.0"):
             assert not bool(keep[layer].all()), layer
 
     masked = _masked(model, arch, genome)

@@ -320,6 +320,8 @@ class _Tracer:
         if target in _PRESERVING_FUNCTIONS or target in _PRESERVING_METHODS:
             if self._keeps_channels(first, out_shape, target) and _pads_no_channels(node, out_shape):
                 for arg in node.all_input_nodes[1:]:  # other tensors (clamp bounds, ...) are read too
+                    if self._shape(arg) is None:
+                        continue  # not a tensor: a size, a scale factor
                     self._sink(arg)
                     self._pin(node.args[0])  # their sizes are fixed: so is the number of channels
                 return first
