@@ -55,11 +55,11 @@ def evolution(
 
 
 def check_same_run(config: Config, recorded: Config, run_dir: str) -> None:
-    """ConfigError unless ``config`` is the config ``run_dir`` was started with (``resources`` aside)."""
+    """ConfigError unless ``config`` is the config ``run_dir`` was started with (``resources`` and
+    ``compaction`` aside: where individuals run and how they are timed change none of them)."""
     wanted, have = config.model_dump(mode="json"), recorded.model_dump(mode="json")
-    differ = [
-        key for key in _dotted(wanted) if not key.startswith("resources.") and _get(wanted, key) != _get(have, key)
-    ]
+    free = ("resources.", "compaction.")
+    differ = [key for key in _dotted(wanted) if not key.startswith(free) and _get(wanted, key) != _get(have, key)]
     if differ:
         raise ConfigError(
             f"{run_dir} holds a run of another config (it differs in {', '.join(differ)}); "

@@ -118,7 +118,7 @@ def cmd_export(args) -> int:
     except ExportError as exc:
         raise ConfigError(str(exc)) from None
     compacted, recorded = exported.metadata["compacted"], exported.metadata["recorded"]
-    dense = f" (the dense network: {recorded['dense_macs']:,})" if recorded.get("dense_macs") else ""
+    dense = f" (the dense network: {int(recorded['dense_macs']):,})" if recorded.get("dense_macs") else ""
     print(f"{args.individual_id}: {compacted['params']:,} parameters, {compacted['macs']:,} MACs per sample{dense}")
     print(f"wrote {exported.path} and {exported.metadata_path}")
     return 0

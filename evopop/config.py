@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from .records.storage import is_uri
 from .synthesis.baselines import KINDS as BASELINE_KINDS
@@ -109,6 +109,15 @@ class EvolutionSection(_Section):
     init: Literal["inherit", "reinit"] = "inherit"  # offspring start from the parent's surviving weights, or fresh
     epochs: int | None = Field(None, ge=1)  # epochs per offspring; default train.epochs
 
+    @model_validator(mode="after")
+    def _clusters_need_their_encoding(self):
+        if self.encoding != "cluster" and self.clusters != EnvironmentSection():
+            raise ValueError(
+                "clusters is set, but encoding is 'synapse', which has no clusters: set encoding: cluster, "
+                "or remove clusters"
+            )
+        return self
+
 
 class SelectionSection(_Section):
     rule: Literal[SELECTION_RULES] = "best"
@@ -162,6 +171,7 @@ class CompactionSection(_Section):
     enabled: bool = True
     gpu_batch: int = Field(64, ge=1)
     repeats: int = Field(10, ge=1)  # timed forward passes per batch size; the fastest is recorded
+    seconds: float = Field(5.0, gt=0)  # at most this long per batch size (at least one pass is timed)
 
 
 class StorageSection(_Section):

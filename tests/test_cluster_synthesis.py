@@ -607,8 +607,9 @@ def test_offspring_specs_carry_the_cluster_environment():
         assert isinstance(spec.clusters, Environment)
         assert spec.clusters == Environment(0.5, "budget", (("fc*", 0.8),), ("conv1",))
         assert spec.environment == Environment(0.7)
-    synapse = load_config({"evolution": {"clusters": {"c": 0.5, "mode": "budget"}}})
-    for spec in offspring_specs(synapse, 2, [root_record()]):
+    with pytest.raises(ConfigError, match="clusters is set, but encoding is 'synapse'"):
+        load_config({"evolution": {"clusters": {"c": 0.5, "mode": "budget"}}})
+    for spec in offspring_specs(load_config(), 2, [root_record()]):
         assert spec.clusters is None
         assert spec.environment == Environment(0.4)
     # the cluster encoding changes nothing else of a spec (ids, seeds)

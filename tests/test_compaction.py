@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import copy
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -318,6 +319,18 @@ class WithGroupNorm(nn.Module):
         return self.c(torch.relu(self.gn(self.a(x))))
 
 
+class StatelessNorms(nn.Module):
+    """Norm layers without parameters or buffers: compaction must still set their channel counts."""
+
+    def __init__(self):
+        super().__init__()
+        self.a, self.gn = nn.Conv2d(3, 4, 3, padding=1), nn.GroupNorm(4, 4, affine=False)
+        self.b, self.inorm, self.c = nn.Conv2d(4, 5, 3, padding=1), nn.InstanceNorm2d(5), nn.Conv2d(5, 2, 1)
+
+    def forward(self, x):
+        return self.c(torch.relu(self.inorm(self.b(torch.relu(self.gn(self.a(x)))))))
+
+
 class AllDead(nn.Module):
     def __init__(self):
         super().__init__()
@@ -418,6 +431,7 @@ WIRING = [
     ("PReLU(num_parameters=C)", WithPReLU, _conv_in(), _kill(a=[1]), {"a": 3}),
     ("GroupNorm(C, C)", lambda: WithGroupNorm(4), _conv_in(), _kill(a=[1]), {"a": 3}),
     ("GroupNorm(2, C): groups kept whole", lambda: WithGroupNorm(2), _conv_in(), _kill(a=[1]), {"a": 4}),
+    ("GroupNorm and InstanceNorm without state", StatelessNorms, _conv_in(), _kill(a=[1], b=[0, 3]), {"a": 3, "b": 3}),
     ("a layer whose every neuron dies keeps one", AllDead, _conv_in(), _kill(b=[0, 1, 2]), {"b": 1, "e": 3}),
     ("gated product: one factor's neuron dies, kept", GatedProduct, _conv_in(), _kill(a=[1]), {"a": 4, "b": 4}),
     ("gated product: both factors' neuron dies", GatedProduct, _conv_in(), _kill(a=[2], b=[2]), {"a": 3, "b": 3}),
@@ -625,3 +639,17 @@ def test_the_full_genome_compacts_to_the_dense_network(model_name):
     with torch.no_grad():
         for x in _inputs(example):
             assert torch.equal(compacted.module(x), model(x))
+
+
+# -- 5. latency ------------------------------------------------------------------------------------
+def test_latency_is_measured_on_float_and_integer_inputs_within_its_time_budget():
+    from evopop.compaction import latency_ms
+
+    conv = nn.Conv2d(3, 4, 3)
+    assert latency_ms(conv, torch.zeros(1, 3, 8, 8), batch=4, repeats=3) > 0
+    tokens = nn.Sequential(nn.Embedding(10, 4), nn.Flatten(), nn.Linear(12, 2))
+    assert latency_ms(tokens, torch.tensor([[1, 2, 3]]), batch=5, repeats=3) > 0
+    slow = nn.Sequential(*[nn.Conv2d(8, 8, 3, padding=1) for _ in range(8)])
+    start = time.perf_counter()
+    latency_ms(slow, torch.zeros(1, 8, 64, 64), batch=8, repeats=1000, seconds=0.2)
+    assert time.perf_counter() - start < 2.0  # 1000 passes would take far longer: the budget stops it

@@ -134,6 +134,8 @@ def test_bad_input_is_one_clear_message_and_exit_2(run_dir, tmp_path, capsys):
         (["export", str(tmp_path), "g2-0", "--out", str(tmp_path / "a.pt2")], "no evopop run here"),
         (["export", run_dir, "g2-0", "--out", str(tmp_path / "missing" / "a.pt2")], "does not exist"),
         (["export", run_dir, "g2-0", "--out", str(tmp_path)], "is a directory"),
+        (["export", run_dir, "g2-0", "--out", f"{run_dir}/checkpoints/g2-0.pt"], "inside the run directory"),
+        (["export", run_dir, "g2-0", "--out", "nosuchscheme://bucket/a.pt2"], "nosuchscheme"),
     ]
     if os.geteuid() != 0:  # root writes anywhere
         locked = tmp_path / "locked"

@@ -224,6 +224,8 @@ def test_a_run_directory_is_resumed_only_with_its_own_config(tmp_path):
         evolution(other, run_dir, executor=executor, hooks=[hook])
     more_trainers = load_config(TINY, ["diversity.enabled=false", "evolution.generations=2", "resources.trainers=4"])
     evolution(more_trainers, run_dir, executor=executor, hooks=[hook])  # how it runs may change
+    untimed = load_config(TINY, ["diversity.enabled=false", "evolution.generations=2", "compaction.enabled=false"])
+    evolution(untimed, run_dir, executor=executor, hooks=[hook])  # and how it is measured
 
 
 # -- the in-process executor: real training, no Ray ------------------------------------------------

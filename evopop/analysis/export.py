@@ -55,26 +55,31 @@ def export_individual(run_dir: str, individual_id: str, out: str, fmt: str = "pt
     """Compact individual ``individual_id`` of the run at ``run_dir`` and write it to ``out`` (+ ``out``.json)."""
     if fmt not in FORMATS:
         raise ExportError(f"--format must be one of {', '.join(FORMATS)}, got {fmt!r}")
-    records = RunRecords(run_dir)
-    if not records.exists():
-        raise ExportError(f"{run_dir}: no evopop run here (config.yaml missing)")
-    row = _recorded_row(records, individual_id)
-    if not records.has_checkpoint(individual_id):
-        raise ExportError(f"{individual_id}: its checkpoint {records.checkpoint_path(individual_id)} is missing")
-    _check_writable(out)
-    _check_writable(out + ".json")
-
-    config = load_config(yaml.safe_load(records.read_config()))
-    built = built_task(config.task.name, config.task.args)
+    if fmt == "onnx":
+        missing_onnx_packages()
+    try:
+        records = RunRecords(run_dir)
+        if not records.exists():
+            raise ExportError(f"{run_dir}: no evopop run here (config.yaml missing)")
+        row = _recorded_row(records, individual_id)
+        if not records.has_checkpoint(individual_id):
+            raise ExportError(f"{individual_id}: its checkpoint {records.checkpoint_path(individual_id)} is missing")
+        _check_output(out, run_dir)
+        config = load_config(yaml.safe_load(records.read_config()))
+        built = built_task(config.task.name, config.task.args)
+        checkpoint = records.read_checkpoint(individual_id)
+    except (OSError, ValueError) as exc:  # unreachable storage, an unknown scheme, an unreadable file
+        if isinstance(exc, ExportError):
+            raise
+        raise ExportError(f"cannot read {individual_id} of {run_dir}: {exc}") from None
     model = built.task.build_model()
-    checkpoint = records.read_checkpoint(individual_id)
-    model.load_state_dict(checkpoint["weights"], strict=True)
     example = built.task.example_input()
     try:
+        model.load_state_dict(checkpoint["weights"], strict=True)
         compacted = compact(model, built.arch, Genome.from_state_dict(checkpoint["masks"]), example)
         program = exported_bytes(compacted.module, example, fmt)
-    except (CompactionError, RuntimeError) as exc:
-        raise ExportError(f"{individual_id}: cannot export ({exc})") from None
+    except (CompactionError, RuntimeError, KeyError) as exc:
+        raise ExportError(f"{individual_id}: cannot export ({type(exc).__name__}: {exc})") from None
 
     metadata = {
         "format": fmt,
@@ -115,8 +120,26 @@ def _recorded_row(records: RunRecords, individual_id: str) -> dict[str, Any]:
     return row
 
 
+def missing_onnx_packages() -> None:
+    try:
+        import onnx  # noqa: F401
+        import onnxscript  # noqa: F401
+    except ImportError as exc:
+        needs = "--format onnx needs the onnx and onnxscript packages"
+        raise ExportError(f"{needs} ({exc}): pip install 'evopop[export]'") from None
+
+
+def _check_output(out: str, run_dir: str) -> None:
+    """Refuse an output that cannot be written, or would land in the run directory, before any work."""
+    for path in (out, out + ".json"):
+        _check_writable(path)
+    if not is_uri(out) and not is_uri(run_dir):
+        run = os.path.abspath(run_dir)
+        if os.path.abspath(out).startswith(run + os.sep):
+            raise ExportError(f"--out {out} is inside the run directory {run_dir}: write exports elsewhere")
+
+
 def _check_writable(out: str) -> None:
-    """Refuse an output that cannot be written, before any work is done."""
     if is_uri(out):
         filesystem_of(out)  # raises on an unknown scheme; permissions show when writing
         return
@@ -138,7 +161,7 @@ def _write(out: str, data: bytes) -> None:
         else:
             with open(out, "wb") as f:
                 f.write(data)
-    except OSError as exc:
+    except (OSError, ValueError) as exc:
         raise ExportError(f"--out {out}: cannot write ({exc})") from None
 
 

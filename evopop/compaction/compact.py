@@ -18,7 +18,7 @@ gated sums, flatten -> linear, ConvTranspose) and keeps whole whatever it does n
 3. Slicing: each synaptic layer keeps the rows of its kept neurons and the columns of the channels
    present in its input; norm layers (and PReLU) keep the parameters and running statistics of
    the channels present in theirs.
-4. Check: the compacted and the masked network are run on the example input and must agree, or
+4. Check: the compacted and the masked network are run on random inputs of the example's shape and must agree, or
    `CompactionError` says so; a wiring evopop misread can never silently change the function.
 
 A layer with no neuron left keeps one (zero weights, zero bias): empty tensors are poorly
@@ -52,7 +52,7 @@ class Compacted:
     neurons: dict[str, int]  # per synaptic layer: neurons kept
     params: int  # every parameter of the compacted network
     macs: int  # synaptic multiply-accumulates of one sample, as `Counts.macs` counts them
-    max_error: float  # largest |compacted - masked| on the example input
+    max_error: float  # largest |compacted - masked| on the check inputs
 
 
 def compact(model: nn.Module, arch: Architecture, genome: Genome, example_input: torch.Tensor) -> Compacted:
@@ -176,7 +176,7 @@ def _slice_per_channel(module: nn.Module, present: torch.Tensor) -> None:
 @torch.no_grad()
 def _max_difference(masked: nn.Module, compacted: nn.Module, example_input: torch.Tensor) -> float:
     """Run both networks; raise `CompactionError` unless they agree within float tolerance."""
-    x = example_input.detach().cpu()
+    x = _check_batch(example_input.detach().cpu())
     expected, _ = tree_flatten(masked(x))
     try:
         got, _ = tree_flatten(compacted(x))
@@ -193,3 +193,12 @@ def _max_difference(masked: nn.Module, compacted: nn.Module, example_input: torc
         if not torch.allclose(g.float(), e.float(), atol=ATOL, rtol=RTOL):
             raise CompactionError(f"the compacted network computes another function (max |difference| {worst:.3g})")
     return worst
+
+
+def _check_batch(example_input: torch.Tensor) -> torch.Tensor:
+    """Two inputs of the example's shape to compare the networks on: random for float inputs (an
+    all-zero example, as tasks often give, would leave the first layer's weights unexercised)."""
+    shape = (2, *example_input.shape[1:])
+    if example_input.is_floating_point():
+        return torch.randn(shape, generator=torch.Generator().manual_seed(0)).to(example_input.dtype)
+    return example_input[:1].expand(shape).clone()

@@ -7,6 +7,7 @@ Absolute times still depend on the machine: compare latencies measured in one ru
 
 from __future__ import annotations
 
+import math
 import time
 
 import torch
@@ -17,22 +18,42 @@ WARMUP = 2  # passes before timing: lazy initialisation, allocator and cache war
 
 @torch.inference_mode()
 def latency_ms(
-    module: nn.Module, example_input: torch.Tensor, batch: int, repeats: int = 10, device: str | torch.device = "cpu"
+    module: nn.Module,
+    example_input: torch.Tensor,
+    batch: int,
+    repeats: int = 10,
+    device: str | torch.device = "cpu",
+    seconds: float = math.inf,
 ) -> float:
-    """Milliseconds of ``module``'s fastest forward pass (of ``repeats``) on a random batch of ``batch``."""
+    """Milliseconds of ``module``'s fastest forward pass (of ``repeats``) on a batch of ``batch`` inputs.
+
+    Timing stops early once ``seconds`` have been spent (after at least one timed pass): a big network
+    on one CPU thread must not cost its trainer minutes.
+    """
     device = torch.device(device)
-    shape = (batch, *example_input.shape[1:])
-    x = torch.randn(shape, generator=torch.Generator().manual_seed(0), dtype=example_input.dtype).to(device)
+    x = _batch(example_input, batch).to(device)
     module = module.to(device).eval()
-    times = []
+    times: list[float] = []
+    started = time.perf_counter()
     for i in range(WARMUP + repeats):
         _sync(device)
         start = time.perf_counter()
         module(x)
         _sync(device)
-        if i >= WARMUP:
+        if i >= WARMUP or time.perf_counter() - started > seconds:
             times.append(time.perf_counter() - start)
+        if times and time.perf_counter() - started > seconds:
+            break
     return min(times) * 1000.0
+
+
+def _batch(example_input: torch.Tensor, batch: int) -> torch.Tensor:
+    """A batch of the example's shape: random for float inputs (a network's speed may depend on the
+    values, e.g. through ReLU sparsity), copies of the example for integer ones (token ids, indices)."""
+    shape = (batch, *example_input.shape[1:])
+    if example_input.is_floating_point():
+        return torch.randn(shape, generator=torch.Generator().manual_seed(0)).to(example_input.dtype)
+    return example_input[:1].expand(shape).clone()
 
 
 def _sync(device: torch.device) -> None:

@@ -14,7 +14,7 @@ from dataclasses import fields, replace
 
 import torch
 
-from ..compaction import CompactionError, compact, latency_ms
+from ..compaction import compact, latency_ms
 from ..config import Config
 from ..records.checkpoints import is_evopop_checkpoint, read_torch_bytes
 from ..records.run import RunRecords
@@ -111,17 +111,22 @@ class Developer:
 
     def _compaction(self, model: torch.nn.Module, genome: Genome) -> Compaction | None:
         """The compacted network's size, and its latency measured here (CPU; the GPU if this trainer has one)."""
-        example = self.task.example_input()
+        example, settings = self.task.example_input(), self.config.compaction
         try:
             compacted = compact(model, self.arch, genome, example)
-        except CompactionError as exc:  # not the individual's fault: it is recorded without compaction
-            warnings.warn(f"could not compact this individual: {exc}", stacklevel=2)
+            network = compacted.module
+            cpu = {
+                batch: latency_ms(network, example, batch, settings.repeats, seconds=settings.seconds)
+                for batch in (1, 32)
+            }
+            gpu = None
+            if self.device.type == "cuda":
+                gpu = latency_ms(network, example, settings.gpu_batch, settings.repeats, self.device, settings.seconds)
+        except Exception as exc:  # a measurement, not the trained individual: it is recorded without compaction
+            warnings.warn(f"could not compact and time this individual: {type(exc).__name__}: {exc}", stacklevel=2)
+            if self.device.type == "cuda":
+                torch.cuda.empty_cache()
             return None
-        settings, network = self.config.compaction, compacted.module
-        cpu = {batch: latency_ms(network, example, batch, settings.repeats) for batch in (1, 32)}
-        gpu = None
-        if self.device.type == "cuda":
-            gpu = latency_ms(network, example, settings.gpu_batch, settings.repeats, self.device)
         return Compaction(
             params=compacted.params,
             macs=compacted.macs,

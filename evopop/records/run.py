@@ -219,6 +219,10 @@ class RunRecords:
             exclude_invalid_files=True,
             ignore_prefixes=[".tmp-", "."],
         )
+        if schema is None:  # files of older schema versions lack later columns: read every file's columns
+            fragments = [fragment.physical_schema for fragment in data.get_fragments()]
+            if any(not f.equals(fragments[0]) for f in fragments[1:]):
+                data = data.replace_schema(pa.unify_schemas([data.schema, *fragments]))
         table = data.to_table()
         if generation is not None:
             table = table.add_column(0, "generation", pa.array([int(generation)] * len(table), pa.int32()))

@@ -376,8 +376,8 @@ class _Tracer:
         sizes = [t.numel() for t in (*module.parameters(recurse=False), *module.buffers(recurse=False)) if t.dim()]
         if src.dim != 1 or any(size not in (src.size, 1) for size in sizes):  # 1: shared, e.g. PReLU()
             return False
-        if params or buffers:
-            self.attachments.append(Attachment(name, params, src, buffers))
+        # recorded even without state: compaction also sets the channel count (num_features, num_groups)
+        self.attachments.append(Attachment(name, params, src, buffers))
         return True
 
     def _cat(self, node, out_shape) -> ChannelMap | None:
