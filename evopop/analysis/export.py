@@ -14,11 +14,11 @@ import math
 import os
 import time
 from dataclasses import dataclass
+from importlib.metadata import PackageNotFoundError, version
 from typing import Any
 
 import yaml
 
-from .. import __version__
 from ..compaction import CompactionError, compact
 from ..compaction.export import FORMATS, exported_bytes
 from ..config import load_config
@@ -97,7 +97,7 @@ def export_individual(run_dir: str, individual_id: str, out: str, fmt: str = "pt
             "neurons": compacted.neurons,
             "max_error_vs_masked": compacted.max_error,
         },
-        "exported_by": f"evopop {__version__}",
+        "exported_by": f"evopop {_evopop_version()}",
         "exported_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     }
     _write(out, program)
@@ -163,6 +163,13 @@ def _write(out: str, data: bytes) -> None:
                 f.write(data)
     except (OSError, ValueError) as exc:
         raise ExportError(f"--out {out}: cannot write ({exc})") from None
+
+
+def _evopop_version() -> str:
+    try:  # the installed distribution's version: importing evopop's package root would import its API
+        return version("evopop")
+    except PackageNotFoundError:
+        return "unknown"
 
 
 def _plain(value: Any) -> Any:
