@@ -21,6 +21,7 @@ from .engine.plan import Plan, plan_run
 from .engine.policy import Evolution
 from .engine.progress import Progress
 from .records.run import RunRecords
+from .records.storage import absolute
 
 
 def default_hooks(config: Config, records: RunRecords, plan: Plan, stream=None) -> list[Hook]:
@@ -44,6 +45,7 @@ def evolution(
     (what `evopop resume` reads), an existing one is resumed, if it was started with the same config
     (``resources`` may differ: they change how a run is carried out, not its records)."""
     plan = plan or plan_run(config)
+    run_dir = absolute(run_dir)  # trainers on other nodes, or in other working directories, must find it
     records = RunRecords(run_dir)
     if not records.exists():
         records.write_config(config.to_yaml())

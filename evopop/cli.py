@@ -69,7 +69,7 @@ def _drive(config: Config, run_dir: str, plan) -> int:
     from .analysis.tables import lineage_table, metrics_first
     from .api import evolve
     from .engine.policy import EvolutionFailed
-    from .records.run import RunLockedError
+    from .records.locks import RunLockedError
 
     try:
         population = evolve(config, run_dir, plan=plan)

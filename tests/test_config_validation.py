@@ -17,7 +17,8 @@ import torch
 from evopop.cli import main
 from evopop.config import ConfigError, load_config
 from evopop.engine.plan import plan_run
-from evopop.records.run import RunLockedError, RunRecords
+from evopop.records.locks import RunLockedError
+from evopop.records.run import RunRecords
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = str(ROOT / "configs" / "tiny.yaml")

@@ -1,26 +1,47 @@
 """The Ray executor: a pool of long-lived trainer actors fed through a ``ray.wait`` loop, results
 streamed as they finish. With `trainer.py`, the only place in evopop that imports Ray.
 
-Each parent's weights and masks go into the object store once, for all its offspring. A trainer
-process that dies (killed, node lost, pre-empted) is replaced, and its individual is run again on
-another trainer, up to ``max_retries`` times; then it is reported as failed. A failure that is the
-individual's own comes back as a failed outcome and is never retried.
+Each parent's weights and masks go into the object store once, for all its offspring. Nothing waits
+forever:
+
+- A trainer gets work only once it has answered (``Trainer.ready``): one the cluster has not placed
+  (more trainers than fit) gets none, and the run goes on with those that answered.
+- A trainer process that dies (killed, node lost, pre-empted, or never started) is replaced, and its
+  individual is run again on another trainer, up to ``max_retries`` times; then it is recorded failed.
+- An individual that runs past ``resources.timeout_s`` has its trainer killed and replaced, and is
+  retried the same way; once out of retries it is recorded failed, timed out.
+- Trainers no node can hold are refused; on a cluster that may add nodes (an autoscaler) the run
+  waits up to ``resources.wait_for_nodes_s`` for one that can (`check_resources`).
+
+A failure that is the individual's own comes back as a failed outcome and is never retried.
 """
 
 from __future__ import annotations
 
+import math
 import os
+import time
 from collections import deque
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 
 import ray
-from ray.exceptions import GetTimeoutError, RayActorError, RayError, RayTaskError
+from ray.exceptions import RayActorError, RayError
 
 from ..config import Config, ConfigError
 from .executor import ParentLoader
 from .jobs import Outcome, Result, Spec
 from .trainer import trainer_class
+
+REPORT_EVERY_S = 30.0  # a progress line this often while trainers or nodes are awaited
+POLL_S = 2.0  # how often the cluster's nodes are looked at while none can hold a trainer
+_EPS = 1e-6  # Ray keeps resources in 1/10000ths
+
+Log = Callable[[str], None]
+
+
+def _print(text: str) -> None:
+    print(text, flush=True)
 
 
 def connect() -> None:
@@ -36,19 +57,130 @@ def connect() -> None:
     ray.init(address="local", include_dashboard=False, dashboard_host="127.0.0.1")
 
 
-def check_resources(config: Config) -> None:
-    """Refuse trainers the cluster can never place (instead of waiting forever)."""
-    total = ray.cluster_resources()
+# -- can the cluster hold a trainer? ----------------------------------------------------------
+def per_trainer(config: Config) -> dict[str, tuple[str, float]]:
+    """What one trainer asks for: Ray resource -> (its config key, amount)."""
     r = config.resources
-    wanted = {"CPU": ("cpus_per_trainer", r.cpus_per_trainer), "GPU": ("gpus_per_trainer", r.gpus_per_trainer)}
+    wanted = {"CPU": ("cpus_per_trainer", r.cpus_per_trainer)}
+    if r.gpus_per_trainer:
+        wanted["GPU"] = ("gpus_per_trainer", r.gpus_per_trainer)
     wanted.update({name: (f"custom.{name}", amount) for name, amount in r.custom.items()})
+    return wanted
+
+
+def check_resources(config: Config, log: Log = _print) -> None:
+    """Refuse trainers the cluster can never place, instead of waiting for them forever.
+
+    A trainer runs on one node, so it must fit in one node's resources (not only in the cluster's
+    total). If no node can hold one now but nodes may come (`may_autoscale`), wait up to
+    ``resources.wait_for_nodes_s`` for one, with a progress line every ``REPORT_EVERY_S``; then
+    refuse, naming the resource. More trainers than the cluster holds at once are never refused:
+    the run goes on with the trainers it places (a trainer gets work only once it has answered).
+    """
+    wanted = per_trainer(config)
+    nodes = wait_for_node(wanted, config.resources.wait_for_nodes_s, log)
+    room = sum(_holds(node, wanted) for node in nodes)
+    if room < config.resources.trainers:
+        log(
+            f"the cluster holds {room} of the {config.resources.trainers} trainers at once now: "
+            f"the run goes on with the trainers it places"
+        )
+
+
+def wait_for_node(wanted: dict[str, tuple[str, float]], limit: float, log: Log, context: str = "") -> list[dict]:
+    """The alive nodes' resources, once one can hold a trainer; ConfigError if none can and none will
+    come: at once where nodes cannot be added, after ``limit`` seconds where they may."""
+    start = time.monotonic()
+    autoscaling, reported = None, -math.inf
+    while True:
+        nodes = _nodes()
+        if any(_holds(node, wanted) for node in nodes):
+            return nodes
+        if autoscaling is None:
+            autoscaling = limit > 0 and may_autoscale(wanted)
+        waited = time.monotonic() - start
+        if not autoscaling or waited >= limit:
+            raise ConfigError(context + _refusal(wanted, nodes, waited if autoscaling else None))
+        if waited - reported >= REPORT_EVERY_S:
+            need = _describe(_lacking(wanted, nodes))
+            log(f"waiting for the cluster to provide a node with {need} for trainers ({waited:.0f} s of {limit:g})")
+            reported = waited
+        time.sleep(min(POLL_S, limit - waited))
+
+
+def may_autoscale(wanted: dict[str, tuple[str, float]]) -> bool:
+    """Whether nodes may join the cluster. Where an autoscaler has published its node types
+    (KubeRay, autoscaler v2), whether one of them can hold a trainer; else whether this driver
+    joined a running cluster (RAY_ADDRESS, as ``ray job submit`` sets it), whose autoscaler, if it
+    has one, starts nodes for trainers waiting to be placed. A cluster this process started (or
+    a test's) gets no nodes: trainers it cannot hold are refused at once."""
+    types = _node_types()
+    if types is not None:
+        return any(_holds(resources, wanted) for resources in types)
+    return bool(os.environ.get("RAY_ADDRESS"))
+
+
+def _nodes() -> list[dict]:
+    return [dict(node.get("Resources") or {}) for node in ray.nodes() if node.get("Alive")]
+
+
+def _node_types() -> list[dict] | None:
+    """The resources of each node type the autoscaler may start, where it says (a private Ray API:
+    None where it is missing or says nothing)."""
+    try:
+        from ray._private.state import state
+
+        config = state.get_cluster_config()
+    except Exception:
+        return None
+    if config is None or not config.node_group_configs:
+        return None
+    return [dict(group.resources) for group in config.node_group_configs if group.max_count != 0]
+
+
+def _holds(node: dict, wanted: dict[str, tuple[str, float]]) -> int:
+    """How many trainers fit in ``node``'s resources."""
+    return min(int((node.get(resource, 0.0) + _EPS) // amount) for resource, (_, amount) in wanted.items())
+
+
+def _lacking(wanted: dict[str, tuple[str, float]], nodes: list[dict]) -> dict[str, tuple[str, float]]:
+    """The resources of a trainer that no node has enough of (all of them, if it is their combination)."""
+    most = {resource: max((node.get(resource, 0.0) for node in nodes), default=0.0) for resource in wanted}
+    lacking = {resource: want for resource, want in wanted.items() if want[1] > most[resource] + _EPS}
+    return lacking or wanted
+
+
+def _unit(resource: str, amount: float | None = None) -> str:
+    if resource not in ("CPU", "GPU"):
+        return ""
+    return f" {resource}" if amount == 1 else f" {resource}s"
+
+
+def _describe(wanted: dict[str, tuple[str, float]]) -> str:
+    return ", ".join(f"{amount:g}{_unit(r, amount) or ' ' + r}" for r, (_, amount) in wanted.items())
+
+
+def _refusal(wanted: dict[str, tuple[str, float]], nodes: list[dict], waited: float | None) -> str:
     for resource, (key, amount) in wanted.items():
-        have = total.get(resource, 0)
-        if amount > have:
-            unit = {"CPU": " CPUs", "GPU": " GPUs"}.get(resource, "")
-            raise ConfigError(f"resources.{key}: {amount}{unit} per trainer, but the cluster has {have:g}{unit}")
+        have = [node.get(resource, 0.0) for node in nodes]
+        total, most, unit = sum(have), max(have, default=0.0), _unit(resource)
+        if amount > total + _EPS:
+            why = f"resources.{key}: {amount}{unit} per trainer, but the cluster has {total:g}{unit}"
+            break
+        if amount > most + _EPS:
+            why = (
+                f"resources.{key}: {amount}{unit} per trainer, but no node of the cluster has that many "
+                f"(at most {most:g}{unit} on one node, {total:g}{unit} in all; a trainer runs on one node)"
+            )
+            break
+    else:
+        why = f"no node of the cluster has all that one trainer asks for at once ({_describe(wanted)})"
+    if waited is not None:
+        why += f"; no node that can hold one joined in {waited:.0f} s (resources.wait_for_nodes_s)"
+    return why + ": ask for less per trainer, or run on nodes that can hold one"
 
 
+# -- the executor -------------------------------------------------------------------------------
 @dataclass
 class _Job:
     spec: Spec
@@ -56,20 +188,34 @@ class _Job:
     attempts: int = 0
 
 
+@dataclass
+class _Running:
+    actor: object
+    job: _Job
+    started: float  # time.monotonic() when it was handed to the trainer
+
+
 class RayExecutor:
-    def __init__(self, config: Config, run_dir: str):
+    def __init__(self, config: Config, run_dir: str, log: Log = _print):
         self.config = config
         self.run_dir = run_dir
-        self.actors: list = []
+        self.log = log
+        self.actors: list = []  # every trainer: answered or not
+        self._idle: list = []  # trainers that answered and have no work
+        self._starting: dict = {}  # ready() reference -> trainer that has not answered yet
 
     def start(self) -> None:
         connect()
-        check_resources(self.config)
+        check_resources(self.config, self.log)
         self._cls = trainer_class(self.config)
-        self.actors = [self._new_actor() for _ in range(self.config.resources.trainers)]
+        self.actors, self._idle, self._starting = [], [], {}
+        for _ in range(self.config.resources.trainers):
+            self._launch()
 
-    def _new_actor(self):
-        return self._cls.remote(self.config, self.run_dir)
+    def _launch(self) -> None:
+        actor = self._cls.remote(self.config, self.run_dir)
+        self.actors.append(actor)
+        self._starting[actor.ready.remote()] = actor
 
     def run(self, specs: Sequence[Spec], load_parent: ParentLoader) -> Iterator[Result]:
         """Yield a `Result` for every spec, in the order they finish."""
@@ -81,44 +227,117 @@ class RayExecutor:
         yield from self._drain(queue)
 
     def _drain(self, queue: deque) -> Iterator[Result]:
-        idle = list(self.actors)
-        running: dict = {}  # future -> (actor, job)
+        """Hand queued jobs to trainers that have answered, as they come free; one ``ray.wait`` loop
+        watches the jobs running, the trainers not answered yet, and each job's deadline."""
+        r = self.config.resources
+        running: dict = {}  # future -> _Running
+        reported = time.monotonic()  # the last line on trainers not ready
         while queue or running:
-            while queue and idle:
-                actor, job = idle.pop(), queue.popleft()
+            while queue and len(self.actors) < r.trainers:  # replace the trainers lost, now that work waits
+                self._launch()
+            while queue and self._idle:
+                actor, job = self._idle.pop(), queue.popleft()
                 job.attempts += 1
-                running[actor.develop.remote(job.spec, job.parent)] = (actor, job)
-            done, _ = ray.wait(list(running), num_returns=1)
-            future = done[0]
-            actor, job = running.pop(future)
-            try:
-                outcome = ray.get(future)
-                idle.append(actor)
-            except RayActorError as exc:  # the process died: replace it, retry the individual
-                self._replace(actor)
-                idle.append(self.actors[-1])
-                if job.attempts <= self.config.resources.max_retries:
-                    queue.appendleft(job)
-                    continue
-                error = f"trainer process died {job.attempts} times; last: {_first_line(exc)}"
-                outcome = Outcome.failed(job.spec.individual_id, error)
-            except (RayTaskError, GetTimeoutError, RayError) as exc:
-                idle.append(actor)
-                outcome = Outcome.failed(job.spec.individual_id, f"{type(exc).__name__}: {_first_line(exc)}")
-            yield Result(job.spec, outcome, job.attempts)
+                running[actor.develop.remote(job.spec, job.parent)] = _Running(actor, job, time.monotonic())
+            now = time.monotonic()
+            deadline = min((run.started + r.timeout_s for run in running.values()), default=math.inf)
+            if self._starting and queue:
+                deadline = min(deadline, reported + REPORT_EVERY_S)
+            stalled = not running  # work waits, but no trainer has answered
+            if stalled:
+                deadline = min(deadline, now + POLL_S)
+            timeout = None if deadline == math.inf else max(0.0, deadline - now)
+            done, _ = ray.wait(list(running) + list(self._starting), num_returns=1, timeout=timeout)
+            for ref in done:
+                if ref in self._starting:
+                    yield from self._answered(ref, queue)
+                else:
+                    yield from self._finished(ref, running.pop(ref), queue)
+            yield from self._time_out(running, queue)
+            now = time.monotonic()
+            if self._starting and queue and now - reported >= REPORT_EVERY_S:
+                ready = len(self.actors) - len(self._starting)
+                self.log(
+                    f"trainers: {ready} of {len(self.actors)} ready, {len(running)} busy, {len(queue)} individuals "
+                    f"waiting (the others are not placed by the cluster yet, or still starting)"
+                )
+                reported = now
+            if stalled and not done and not running:
+                # no trainer answers: fine while they start, but not if no node can hold one any more
+                wait_for_node(
+                    per_trainer(self.config),
+                    r.wait_for_nodes_s,
+                    self.log,
+                    f"{len(queue)} individuals wait, but no trainer can be placed any more: ",
+                )
 
-    def _replace(self, dead) -> None:
-        self.actors.remove(dead)
-        _kill(dead)
-        self.actors.append(self._new_actor())
+    def _answered(self, ref, queue: deque) -> Iterator[Result]:
+        """A trainer answered ``ready()``: it takes work; or it died starting, and is replaced."""
+        actor = self._starting.pop(ref)
+        try:
+            ray.get(ref)
+        except RayError as exc:  # its process died before it answered (the task failed to build, node lost)
+            self._discard(actor)
+            if queue:  # charged to the next individual, as if the trainer had died running it: never a loop
+                job = queue.popleft()
+                job.attempts += 1
+                yield from self._retry(job, queue, f"trainer process could not start: {_first_line(exc)}")
+            return
+        self._idle.append(actor)
+
+    def _finished(self, future, run: _Running, queue: deque) -> Iterator[Result]:
+        try:
+            outcome = ray.get(future)
+            self._idle.append(run.actor)
+        except RayActorError as exc:  # the process died: replace it, retry the individual
+            self._discard(run.actor)
+            yield from self._retry(run.job, queue, f"trainer process died: {_first_line(exc)}")
+            return
+        except RayError as exc:
+            self._idle.append(run.actor)
+            outcome = Outcome.failed(run.job.spec.individual_id, f"{type(exc).__name__}: {_first_line(exc)}")
+        yield Result(run.job.spec, outcome, run.job.attempts)
+
+    def _time_out(self, running: dict, queue: deque) -> Iterator[Result]:
+        """Kill the trainer of every job past ``resources.timeout_s``; retry the job elsewhere."""
+        limit = self.config.resources.timeout_s
+        now = time.monotonic()
+        for future, run in list(running.items()):
+            if now - run.started < limit:
+                continue
+            del running[future]
+            if ray.wait([future], timeout=0)[0]:  # it finished in the meantime after all
+                yield from self._finished(future, run, queue)
+                continue
+            self._discard(run.actor)
+            error = f"TimeoutError: timed out after {limit:g} s (resources.timeout_s); its trainer was killed"
+            yield from self._retry(run.job, queue, error)
+
+    def _retry(self, job: _Job, queue: deque, error: str) -> Iterator[Result]:
+        """Run ``job`` again, first in line; once it has had ``max_retries`` retries, it failed with ``error``."""
+        retries = self.config.resources.max_retries
+        if job.attempts <= retries:
+            queue.appendleft(job)
+            return
+        error = f"{error} ({job.attempts} attempts; resources.max_retries: {retries})"
+        yield Result(job.spec, Outcome.failed(job.spec.individual_id, error), job.attempts)
+
+    def _discard(self, actor) -> None:
+        """Kill a trainer and forget it (a new one is launched when work waits for it)."""
+        if actor in self.actors:
+            self.actors.remove(actor)
+        if actor in self._idle:
+            self._idle.remove(actor)
+        _kill(actor)
 
     def actor_pids(self) -> list[int]:
+        """The pid of every trainer (waits until all have been placed and started)."""
         return ray.get([a.pid.remote() for a in self.actors])
 
     def shutdown(self) -> None:
         for actor in self.actors:
             _kill(actor)
-        self.actors = []
+        self.actors, self._idle, self._starting = [], [], {}
 
 
 def _kill(actor) -> None:

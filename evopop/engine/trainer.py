@@ -30,6 +30,10 @@ class Trainer:
         outcome = self.developer.develop(spec, parent)
         return replace(outcome, node_id=self.node_id, worker_id=self.worker_id)
 
+    def ready(self) -> int:
+        """Answers once the trainer is placed and built (task, data): only then does it get work."""
+        return os.getpid()
+
     def pid(self) -> int:
         return os.getpid()
 

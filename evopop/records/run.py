@@ -22,10 +22,10 @@ import io
 import json
 import os
 import posixpath
-import socket
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
+from urllib.parse import urlsplit
 
 import pandas as pd
 import pyarrow as pa
@@ -35,6 +35,7 @@ from pyarrow.fs import FileSelector, FileType
 
 from .checkpoints import checkpoint_bytes, load_checkpoint_bytes
 from .ids import check_individual_id, natural_key, natural_order
+from .locks import lock_for
 from .schema import (
     DIVERSITY_PAIR_FIELDS,
     DIVERSITY_SUMMARY_FIELDS,
@@ -51,15 +52,11 @@ from .schema import (
     plain_value,
     selection_schema,
 )
-from .storage import Storage, join
+from .storage import Storage, is_uri, join
 
 POPULATION, LAYERS, SELECTION = "population", "layers", "selection"
 DIVERSITY, DIVERSITY_SUMMARY = "diversity", "diversity_summary"
 REPORT = "report"
-
-
-class RunLockedError(RuntimeError):
-    """Another live driver holds the run directory."""
 
 
 @dataclass(frozen=True)
@@ -90,8 +87,9 @@ class RunRecords:
 
     @property
     def run_id(self) -> str:
-        """The run's id: the last part of its directory."""
-        return posixpath.basename(self.uri.replace(os.sep, "/").rstrip("/"))
+        """The run's id: the last part of its directory (of a URI's path, without its options)."""
+        path = urlsplit(self.uri).path if is_uri(self.uri) else self.uri.replace(os.sep, "/")
+        return posixpath.basename(path.rstrip("/"))
 
     @property
     def report_uri(self) -> str:
@@ -115,43 +113,15 @@ class RunRecords:
     # -- one driver at a time -------------------------------------------------------------------
     @contextmanager
     def lock(self):
-        """Hold RUN_DIR/.lock while driving the run, so two drivers never write into one directory.
-
-        A lock left by a driver that died on this host (its pid is gone) is taken over; one from
-        another host cannot be checked and is refused, with the path to remove if it is stale.
-        """
-        path = self.storage.path(".lock")
-        mine = {"host": socket.gethostname(), "pid": os.getpid(), "since": datetime.now(timezone.utc).isoformat()}
-        if self.storage.is_local:
-            self._take_local_lock(path, mine)
-        else:
-            self.storage.write_bytes(".lock", json.dumps(mine).encode())
+        """Hold RUN_DIR/.lock while driving the run, so two drivers never write into one directory
+        (`evopop.records.locks`: atomic on local disks and S3, a take-over of a dead driver's lock
+        on this host, and never the removal of a lock this driver does not hold)."""
+        lock = lock_for(self.storage, self.uri)
+        lock.acquire()
         try:
             yield
         finally:
-            try:
-                self.storage.fs.delete_file(path)
-            except OSError:
-                pass
-
-    def _take_local_lock(self, path: str, mine: dict) -> None:
-        os.makedirs(os.path.dirname(path), exist_ok=True)
-        for _ in range(2):
-            try:
-                fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
-            except FileExistsError:
-                holder = _read_json(path)
-                if holder.get("host") == mine["host"] and not _pid_alive(holder.get("pid")):
-                    os.unlink(path)  # stale: its driver died
-                    continue
-                raise RunLockedError(
-                    f"{self.uri} is being driven by pid {holder.get('pid')} on {holder.get('host')} "
-                    f"since {holder.get('since')}; if that driver is gone, remove {path}"
-                ) from None
-            with os.fdopen(fd, "w") as f:
-                json.dump(mine, f)
-            return
-        raise RunLockedError(f"could not take the lock {path}")
+            lock.release()
 
     # -- writing -----------------------------------------------------------------------------
     @staticmethod
@@ -325,22 +295,4 @@ def _selected(decision: tuple[bool, int | None] | None, kind: str | None) -> boo
         return False
     return None if decision is None else decision[0]
 
-
-def _read_json(path: str) -> dict:
-    try:
-        with open(path) as f:
-            return json.load(f)
-    except (OSError, ValueError):
-        return {}
-
-
-def _pid_alive(pid) -> bool:
-    if not isinstance(pid, int) or pid <= 0:
-        return False
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
     return True

@@ -8,6 +8,7 @@ from __future__ import annotations
 import os
 import posixpath
 import uuid
+from urllib.parse import urlsplit, urlunsplit
 
 import pyarrow.fs as pafs
 
@@ -25,9 +26,17 @@ def filesystem_of(location: str) -> tuple[pafs.FileSystem, str]:
 
 
 def join(location: str, *parts: str) -> str:
-    """``location``/``parts`` as a string: URIs are joined with '/', never through pathlib (which
-    collapses the '//' of ``s3://``)."""
-    return posixpath.join(str(location), *parts) if is_uri(location) else os.path.join(str(location), *parts)
+    """``location``/``parts`` as a string: URIs are joined with '/' on their path, keeping their
+    options (``?endpoint_override=...``), never through pathlib (which collapses the '//' of ``s3://``)."""
+    if not is_uri(location):
+        return os.path.join(str(location), *parts)
+    uri = urlsplit(str(location))
+    return urlunsplit(uri._replace(path=posixpath.join(uri.path or "/", *parts)))
+
+
+def absolute(location: str) -> str:
+    """A local path made absolute (workers on other nodes or in other directories must find it); URIs as given."""
+    return str(location) if is_uri(location) else os.path.abspath(location)
 
 
 class Storage:

@@ -1,0 +1,185 @@
+"""Runs on object storage, end to end, against a real S3-compatible server on loopback (moto's server).
+
+The run directory is an ``s3://`` URI (credentials and endpoint in the URI, as a user would give
+them for an S3-compatible store): a run through Ray trainers, a SIGKILLed driver and its resume,
+``show``, the report, an export, and the records read from the bucket with pandas and DuckDB. The
+run lock is tested on S3 and on a local disk with drivers racing for it.
+"""
+
+from __future__ import annotations
+
+import json
+import multiprocessing
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+moto_server = pytest.importorskip("moto.server")
+boto3 = pytest.importorskip("boto3")
+
+from evopop.cli import main  # noqa: E402
+from evopop.config import load_config  # noqa: E402
+from evopop.records.locks import RunLockedError  # noqa: E402
+from evopop.records.run import RunRecords  # noqa: E402
+from evopop.records.storage import filesystem_of, join  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
+TINY = str(ROOT / "configs" / "tiny.yaml")
+BUCKET = "evopop-test"
+SMALL = ["evolution.generations=3", "evolution.offspring=2", "train.epochs=1", "diversity.enabled=false"]
+
+
+@pytest.fixture(scope="module")
+def s3():
+    """(base URI of the bucket, boto3 client) of a moto S3 server on 127.0.0.1."""
+    server = moto_server.ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server.start()
+    host, port = server.get_host_and_port()
+    client = boto3.client(
+        "s3",
+        endpoint_url=f"http://{host}:{port}",
+        aws_access_key_id="testing",
+        aws_secret_access_key="testing",
+        region_name="us-east-1",
+    )
+    client.create_bucket(Bucket=BUCKET)
+    yield f"s3://testing:testing@{BUCKET}?endpoint_override={host}:{port}&scheme=http&region=us-east-1", client
+    server.stop()
+
+
+def _keys(client, prefix: str) -> list[str]:
+    pages = client.get_paginator("list_objects_v2").paginate(Bucket=BUCKET, Prefix=prefix)
+    return [item["Key"] for page in pages for item in page.get("Contents", [])]
+
+
+@pytest.mark.slow
+def test_a_run_on_s3_through_ray_trainers_is_read_back_by_every_reader(ray_cluster, s3, tmp_path, capsys):
+    base, client = s3
+    run_dir = join(base, "runs", "ray")
+    assert main(["run", TINY, *SMALL, "--run-dir", run_dir]) == 0
+    assert not os.path.exists("s3:")  # nothing landed on the local disk under a folder named after the scheme
+    keys = _keys(client, "runs/ray/")
+    assert "runs/ray/config.yaml" in keys and "runs/ray/.lock" not in keys
+    checkpoints = [k for k in keys if k.startswith("runs/ray/checkpoints/") and k.endswith(".pt")]
+    assert len(checkpoints) == 5, checkpoints  # written by the trainers
+
+    # pandas and DuckDB read the population straight from the bucket
+    import duckdb
+    import pandas as pd
+    import pyarrow.dataset as ds
+
+    fs, path = filesystem_of(join(run_dir, "population"))
+    frame = pd.read_parquet(path, filesystem=fs)
+    assert len(frame) == 5 and frame["individual_id"].is_unique
+    population = ds.dataset(path, filesystem=fs, format="parquet", partitioning="hive")  # noqa: F841
+    rows = duckdb.sql("select count(*), max(generation) from population").fetchall()
+    assert rows == [(5, 3)]
+
+    # show, the report and an export, from the URI
+    capsys.readouterr()
+    assert main(["show", run_dir]) == 0
+    assert "followed lineage" in capsys.readouterr().out
+    assert main(["report", run_dir, "--no-diversity"]) == 0
+    assert "runs/ray/report/index.html" in _keys(client, "runs/ray/report/")
+    assert main(["export", run_dir, "g3-0", "--out", str(tmp_path / "g3-0.pt2")]) == 0
+    assert json.loads((tmp_path / "g3-0.pt2.json").read_text())["individual_id"] == "g3-0"
+
+
+@pytest.mark.slow
+def test_a_sigkilled_driver_on_s3_is_resumed(s3):
+    base, client = s3
+    run_dir = join(base, "runs", "killed")
+    driver = subprocess.Popen(
+        [sys.executable, "-m", "evopop", "run", TINY, *SMALL, "resources.executor=local", "--run-dir", run_dir],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    deadline = time.monotonic() + 120
+    while not any("generation=2" in k for k in _keys(client, "runs/killed/population/")):
+        assert driver.poll() is None and time.monotonic() < deadline, "the driver never reached generation 2"
+        time.sleep(0.2)
+    driver.send_signal(signal.SIGKILL)
+    driver.wait()
+    assert "runs/killed/.lock" in _keys(client, "runs/killed/")  # a dead driver's lock stays behind
+
+    assert main(["resume", run_dir]) == 0  # taken over: its driver died on this host
+    records = RunRecords(run_dir)
+    population = records.population()
+    assert len(population) == 5 and population["individual_id"].is_unique
+    assert population["status"].eq("ok").all()
+    assert "runs/killed/.lock" not in _keys(client, "runs/killed/")
+
+
+def test_the_s3_lock_is_exclusive_and_only_its_holder_removes_it(s3):
+    base, client = s3
+    first, second = RunRecords(join(base, "runs", "lock")), RunRecords(join(base, "runs", "lock"))
+    with first.lock():
+        with pytest.raises(RunLockedError, match=f"being driven by pid {os.getpid()}"):
+            with second.lock():
+                pass
+    assert "runs/lock/.lock" not in _keys(client, "runs/lock/")
+
+    # a lock this driver no longer holds (taken over) is left alone when it ends
+    other = {"host": "elsewhere", "pid": 1, "since": "now", "token": "theirs"}
+    with first.lock():
+        client.put_object(Bucket=BUCKET, Key="runs/lock/.lock", Body=json.dumps(other).encode())
+    body = client.get_object(Bucket=BUCKET, Key="runs/lock/.lock")["Body"].read()
+    assert json.loads(body)["token"] == "theirs"
+    with pytest.raises(RunLockedError, match="on elsewhere"):  # another host's lock cannot be checked
+        with second.lock():
+            pass
+
+    # a stale lock of this host is taken over
+    stale = {"host": socket.gethostname(), "pid": 999_999_999, "since": "then", "token": "dead"}
+    client.put_object(Bucket=BUCKET, Key="runs/lock/.lock", Body=json.dumps(stale).encode())
+    with second.lock():
+        body = client.get_object(Bucket=BUCKET, Key="runs/lock/.lock")["Body"].read()
+        assert json.loads(body)["pid"] == os.getpid()
+
+
+def _race(run_dir: str, barrier, results) -> None:
+    barrier.wait()
+    try:
+        with RunRecords(run_dir).lock():
+            results.put(os.getpid())
+            time.sleep(1.0)  # hold it while the others try
+    except RunLockedError:
+        results.put(None)
+
+
+@pytest.mark.parametrize("storage", ["local", "s3"])
+def test_drivers_racing_for_a_stale_lock_never_both_win(storage, s3, tmp_path):
+    """Four processes take over the same dead driver's lock at the same moment: exactly one wins."""
+    base, client = s3
+    run_dir = str(tmp_path / "run") if storage == "local" else join(base, "runs", "race")
+    stale = {"host": socket.gethostname(), "pid": 999_999_999, "since": "then", "token": "dead"}
+    if storage == "local":
+        (tmp_path / "run").mkdir()
+        (tmp_path / "run" / ".lock").write_text(json.dumps(stale))
+    else:
+        client.put_object(Bucket=BUCKET, Key="runs/race/.lock", Body=json.dumps(stale).encode())
+    context = multiprocessing.get_context("spawn")
+    barrier, results = context.Barrier(4), context.Queue()
+    racers = [context.Process(target=_race, args=(run_dir, barrier, results)) for _ in range(4)]
+    for racer in racers:
+        racer.start()
+    outcomes = [results.get(timeout=60) for _ in racers]
+    for racer in racers:
+        racer.join(timeout=30)
+    winners = [pid for pid in outcomes if pid is not None]
+    assert len(winners) == 1, outcomes
+
+
+def test_local_run_directories_are_made_absolute_before_trainers_see_them(tmp_path, monkeypatch):
+    from evopop.api import evolution
+
+    monkeypatch.chdir(tmp_path)
+    config = load_config(TINY, [*SMALL, "resources.executor=local"])
+    run = evolution(config, "relative/run")
+    assert run.records.uri == str(tmp_path / "relative" / "run")
