@@ -258,8 +258,8 @@ class RayExecutor:
             if self._starting and queue and now - reported >= REPORT_EVERY_S:
                 ready = len(self.actors) - len(self._starting)
                 self.log(
-                    f"trainers: {ready} of {len(self.actors)} ready, {len(running)} busy, {len(queue)} individuals "
-                    f"waiting (the others are not placed by the cluster yet, or still starting)"
+                    f"trainers: {ready} of {len(self.actors)} ready, {len(running)} busy; {_count(len(queue))} "
+                    f"waiting for one (the other trainers are not placed by the cluster yet, or still starting)"
                 )
                 reported = now
             if stalled and not done and not running:
@@ -268,7 +268,7 @@ class RayExecutor:
                     per_trainer(self.config),
                     r.wait_for_nodes_s,
                     self.log,
-                    f"{len(queue)} individuals wait, but no trainer can be placed any more: ",
+                    f"{_count(len(queue))} waiting, but no trainer can be placed any more: ",
                 )
 
     def _answered(self, ref, queue: deque) -> Iterator[Result]:
@@ -345,6 +345,10 @@ def _kill(actor) -> None:
         ray.kill(actor, no_restart=True)
     except Exception:  # already gone
         pass
+
+
+def _count(n: int) -> str:
+    return f"{n} individual" if n == 1 else f"{n} individuals"
 
 
 def _first_line(exc: BaseException) -> str:
