@@ -37,7 +37,6 @@ from .architecture import Architecture
 from .environment import Environment
 from .genome import Genome
 from .layers import SynapticLayer
-from .probability import budget_scale
 from .seeding import derive_seed
 
 
@@ -70,11 +69,7 @@ def sample_clusters(
     """Bool per neuron: the clusters that survive into the offspring (a subset of ``alive``)."""
     if env.is_frozen(layer):
         return alive.clone()
-    c = env.factor(layer)
-    if env.mode == "budget":
-        scale = budget_scale(strengths.float(), alive, z, c)
-    else:
-        scale = c
+    scale = env.scale(layer, strengths.float(), alive, z)
     generator = torch.Generator(device="cpu").manual_seed(derive_seed(seed, "clusters", layer))
     uniforms = torch.rand(strengths.numel(), generator=generator, dtype=torch.float64)
     if math.isinf(scale):

@@ -14,6 +14,10 @@ import math
 from dataclasses import dataclass, field
 from fnmatch import fnmatchcase
 
+import torch
+
+from .probability import budget_scale
+
 MODES = ("scale", "budget")
 
 
@@ -52,6 +56,12 @@ class Environment:
             if fnmatchcase(layer, pattern):
                 return value
         return self.c
+
+    def scale(self, layer: str, strengths: torch.Tensor, alive: torch.Tensor, z: float) -> float:
+        """The factor multiplying P = exp(strength / Z - 1) in ``layer``: C (``scale``), or the s with which
+        an expected fraction C of the ``alive`` entries survives (``budget``; inf: keep them all)."""
+        c = self.factor(layer)
+        return budget_scale(strengths, alive, z, c) if self.mode == "budget" else c
 
 
 @dataclass(frozen=True)

@@ -21,7 +21,7 @@ from .clusters import surviving_clusters
 from .death import kill_orphans
 from .environment import Environment
 from .genome import Genome
-from .probability import budget_scale, chunks, normalizers, probability_chunk
+from .probability import chunks, normalizers, probability_chunk
 from .seeding import derive_seed
 
 
@@ -42,11 +42,7 @@ def layer_scales(
     for layer in arch.layers:
         if env.is_frozen(layer.name):
             continue
-        c = env.factor(layer.name)
-        if env.mode == "budget":
-            scales[layer.name] = budget_scale(weights[layer.name], parent.masks[layer.name], z[layer.name], c)
-        else:
-            scales[layer.name] = c
+        scales[layer.name] = env.scale(layer.name, weights[layer.name], parent.masks[layer.name], z[layer.name])
     return scales
 
 
