@@ -10,7 +10,6 @@ and the output location; each problem is one `ExportError` naming it.
 from __future__ import annotations
 
 import json
-import math
 import os
 import time
 from dataclasses import dataclass
@@ -20,11 +19,11 @@ from typing import Any
 import yaml
 
 from ..compaction import CompactionError, compact
-from ..compaction.export import FORMATS, exported_bytes
+from ..compaction.export import FORMATS, exported_bytes, require_onnx
 from ..config import load_config
 from ..records.ids import natural_key
 from ..records.run import RunRecords
-from ..records.schema import OK
+from ..records.schema import OK, plain_value
 from ..records.storage import filesystem_of, is_uri
 from ..synthesis import Genome
 from ..tasks.registry import built_task
@@ -122,11 +121,9 @@ def _recorded_row(records: RunRecords, individual_id: str) -> dict[str, Any]:
 
 def missing_onnx_packages() -> None:
     try:
-        import onnx  # noqa: F401
-        import onnxscript  # noqa: F401
-    except ImportError as exc:
-        needs = "--format onnx needs the onnx and onnxscript packages"
-        raise ExportError(f"{needs} ({exc}): pip install 'evopop[export]'") from None
+        require_onnx()
+    except RuntimeError as exc:
+        raise ExportError(str(exc)) from None
 
 
 def _check_output(out: str, run_dir: str) -> None:
@@ -173,15 +170,5 @@ def _evopop_version() -> str:
 
 
 def _plain(value: Any) -> Any:
-    """A JSON value: NumPy scalars and arrays unwrapped, NaN and missing as null, times as text."""
-    if value is None:
-        return None
-    if hasattr(value, "isoformat"):
-        return value.isoformat()
-    if hasattr(value, "tolist"):
-        value = value.tolist()
-    if isinstance(value, float) and math.isnan(value):
-        return None
-    if isinstance(value, (list, tuple)):
-        return [_plain(v) for v in value]
-    return value
+    """A JSON value: what the records read back as plain Python (`plain_value`), times as text."""
+    return value.isoformat() if hasattr(value, "isoformat") else plain_value(value)

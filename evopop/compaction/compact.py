@@ -37,6 +37,8 @@ from torch.utils._pytree import tree_flatten
 from evopop.synthesis import Architecture, Genome, effective_genome, parameter_masks
 from evopop.synthesis.wiring import ChannelMap
 
+from .inputs import input_batch
+
 ATOL, RTOL = 1e-4, 1e-4  # float32 sums over thousands of products, reordered by smaller layers
 
 
@@ -55,12 +57,19 @@ class Compacted:
     max_error: float  # largest |compacted - masked| on the check inputs
 
 
-def compact(model: nn.Module, arch: Architecture, genome: Genome, example_input: torch.Tensor) -> Compacted:
-    """The compacted network of ``model`` (trained weights) under ``genome``; ``model`` is untouched."""
+def compact(
+    model: nn.Module,
+    arch: Architecture,
+    genome: Genome,
+    example_input: torch.Tensor,
+    effective: Genome | None = None,
+) -> Compacted:
+    """The compacted network of ``model`` (trained weights) under ``genome``; ``model`` is untouched.
+    ``effective``: ``effective_genome(arch, genome)``, where the caller has it already."""
     genome.validate(arch)
     if not arch.traced:
         raise CompactionError(f"cannot compact a network evopop could not trace: {arch.note}")
-    effective = effective_genome(arch, genome.to("cpu"))
+    effective = (effective or effective_genome(arch, genome)).to("cpu")
     masked = masked_network(model, arch, effective).eval()
     keep = kept_neurons(arch, effective)
     graph = fx.symbolic_trace(copy.deepcopy(masked))
@@ -176,7 +185,7 @@ def _slice_per_channel(module: nn.Module, present: torch.Tensor) -> None:
 @torch.no_grad()
 def _max_difference(masked: nn.Module, compacted: nn.Module, example_input: torch.Tensor) -> float:
     """Run both networks; raise `CompactionError` unless they agree within float tolerance."""
-    x = _check_batch(example_input.detach().cpu())
+    x = input_batch(example_input.detach().cpu(), 2)
     expected, _ = tree_flatten(masked(x))
     try:
         got, _ = tree_flatten(compacted(x))
@@ -193,12 +202,3 @@ def _max_difference(masked: nn.Module, compacted: nn.Module, example_input: torc
         if not torch.allclose(g.float(), e.float(), atol=ATOL, rtol=RTOL):
             raise CompactionError(f"the compacted network computes another function (max |difference| {worst:.3g})")
     return worst
-
-
-def _check_batch(example_input: torch.Tensor) -> torch.Tensor:
-    """Two inputs of the example's shape to compare the networks on: random for float inputs (an
-    all-zero example, as tasks often give, would leave the first layer's weights unexercised)."""
-    shape = (2, *example_input.shape[1:])
-    if example_input.is_floating_point():
-        return torch.randn(shape, generator=torch.Generator().manual_seed(0)).to(example_input.dtype)
-    return example_input[:1].expand(shape).clone()

@@ -50,14 +50,19 @@ def pt2_bytes(module: nn.Module, example_input: torch.Tensor) -> bytes:
     return buffer.getvalue()
 
 
-def onnx_bytes(module: nn.Module, example_input: torch.Tensor) -> bytes:
-    """The ONNX model (one self-contained file, batch dimension named ``batch``)."""
+def require_onnx() -> None:
+    """RuntimeError saying what to install, unless torch's ONNX exporter can run here."""
     try:
         import onnx  # noqa: F401
         import onnxscript  # noqa: F401
     except ImportError as exc:
         needs = "--format onnx needs the onnx and onnxscript packages"
-        raise RuntimeError(f"{needs} ({exc}): pip install evopop[export]") from None
+        raise RuntimeError(f"{needs} ({exc}): pip install 'evopop[export]'") from None
+
+
+def onnx_bytes(module: nn.Module, example_input: torch.Tensor) -> bytes:
+    """The ONNX model (one self-contained file, batch dimension named ``batch``)."""
+    require_onnx()
     example = example_batch(example_input)
     module = module.eval()
     with tempfile.TemporaryDirectory() as tmp:  # the exporter writes files; it is read back whole

@@ -13,6 +13,8 @@ import time
 import torch
 from torch import nn
 
+from .inputs import input_batch
+
 WARMUP = 2  # passes before timing: lazy initialisation, allocator and cache warm-up
 
 
@@ -31,7 +33,7 @@ def latency_ms(
     on one CPU thread must not cost its trainer minutes.
     """
     device = torch.device(device)
-    x = _batch(example_input, batch).to(device)
+    x = input_batch(example_input, batch).to(device)
     module = module.to(device).eval()
     times: list[float] = []
     started = time.perf_counter()
@@ -45,15 +47,6 @@ def latency_ms(
         if times and time.perf_counter() - started > seconds:
             break
     return min(times) * 1000.0
-
-
-def _batch(example_input: torch.Tensor, batch: int) -> torch.Tensor:
-    """A batch of the example's shape: random for float inputs (a network's speed may depend on the
-    values, e.g. through ReLU sparsity), copies of the example for integer ones (token ids, indices)."""
-    shape = (batch, *example_input.shape[1:])
-    if example_input.is_floating_point():
-        return torch.randn(shape, generator=torch.Generator().manual_seed(0)).to(example_input.dtype)
-    return example_input[:1].expand(shape).clone()
 
 
 def _sync(device: torch.device) -> None:

@@ -87,8 +87,9 @@ class Developer:
             {"generation": spec.generation, "parent_id": spec.parent_id, "lineage": list(spec.lineage)},
         )
         counts = count(self.arch, genome)
-        effective = count(self.arch, effective_genome(self.arch, genome))
-        compacted = self._compaction(model, genome) if self.config.compaction.enabled else None
+        living = effective_genome(self.arch, genome)
+        effective = count(self.arch, living)
+        compacted = self._compaction(model, genome, living) if self.config.compaction.enabled else None
         return Outcome(
             individual_id=spec.individual_id,
             status=OK,
@@ -109,11 +110,11 @@ class Developer:
             checkpoint=checkpoint,
         )
 
-    def _compaction(self, model: torch.nn.Module, genome: Genome) -> Compaction | None:
+    def _compaction(self, model: torch.nn.Module, genome: Genome, effective: Genome) -> Compaction | None:
         """The compacted network's size, and its latency measured here (CPU; the GPU if this trainer has one)."""
         example, settings = self.task.example_input(), self.config.compaction
         try:
-            compacted = compact(model, self.arch, genome, example)
+            compacted = compact(model, self.arch, genome, example, effective)
             network = compacted.module
             cpu = {
                 batch: latency_ms(network, example, batch, settings.repeats, seconds=settings.seconds)
