@@ -80,6 +80,30 @@ def _integer_generations(ax, generations) -> None:
     ax.set_xlim(values[0] - 0.5, values[-1] + 0.5)
 
 
+def _plot_lineage(ax, lineage: pd.DataFrame, column: str, label_last: str | None) -> None:
+    """The followed lineage as a red line over the individuals, its last point labelled."""
+    ax.plot(
+        lineage["generation"],
+        lineage[column],
+        "-o",
+        color=LINEAGE_COLOR,
+        lw=2,
+        ms=5,
+        label="followed lineage",
+        zorder=4,
+    )
+    if label_last is not None:
+        last = lineage.iloc[-1]
+        ax.annotate(
+            label_last,
+            (last["generation"], last[column]),
+            textcoords="offset points",
+            xytext=(6, 6),
+            color=LINEAGE_COLOR,
+            fontsize=9,
+        )
+
+
 # -- 1. synapses, MACs and efficiency per generation ------------------------------------------------
 def figure_compression(run: Run) -> Figure:
     """Synapses, MACs and efficiency of every successful individual per generation (log scales)."""
@@ -105,26 +129,9 @@ def figure_compression(run: Run) -> Figure:
         chosen = ok[selected]
         ax.scatter(chosen["generation"], chosen[column], s=36, color=SELECTED_COLOR, label="selected", zorder=3)
         if not lineage.empty and column in lineage:
-            ax.plot(
-                lineage["generation"],
-                lineage[column],
-                "-o",
-                color=LINEAGE_COLOR,
-                lw=2,
-                ms=5,
-                label="followed lineage",
-                zorder=4,
-            )
             last = lineage.iloc[-1]
             text = f"{last[column]:.2f}×" if column == "efficiency" else f"{int(last[column]):,}"
-            ax.annotate(
-                text,
-                (last["generation"], last[column]),
-                textcoords="offset points",
-                xytext=(6, 6),
-                color=LINEAGE_COLOR,
-                fontsize=9,
-            )
+            _plot_lineage(ax, lineage, column, text)
         ax.set_yscale("log")
         _plain_log_axis(ax.yaxis, "×" if column == "efficiency" else "")
         ax.margins(y=0.12)
@@ -515,26 +522,9 @@ def figure_delivered(run: Run) -> Figure:
             ok["generation"] + jitter, ok[column], s=18, color=OTHER_COLOR, alpha=0.8, label="individual", zorder=2
         )
         if not lineage.empty and column in lineage:
-            ax.plot(
-                lineage["generation"],
-                lineage[column],
-                "-o",
-                color=LINEAGE_COLOR,
-                lw=2,
-                ms=5,
-                label="followed lineage",
-                zorder=3,
-            )
             first, last = lineage[column].iloc[0], lineage[column].iloc[-1]
-            if first and last and not (math.isnan(first) or math.isnan(last)):
-                ax.annotate(
-                    f"{first / last:.2f}× faster",
-                    (lineage["generation"].iloc[-1], last),
-                    textcoords="offset points",
-                    xytext=(6, 6),
-                    color=LINEAGE_COLOR,
-                    fontsize=9,
-                )
+            measured = first and last and not (math.isnan(first) or math.isnan(last))
+            _plot_lineage(ax, lineage, column, f"{first / last:.2f}× faster" if measured else None)
         ax.set_ylim(bottom=0)
         ax.set_ylabel("compacted network: ms per forward pass")
         ax.set_title(f"Measured latency: {label}")
