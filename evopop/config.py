@@ -131,7 +131,7 @@ class ResourcesSection(_Section):
     trainers: int = Field(2, ge=1)  # concurrent trainer actors
     cpus_per_trainer: float = Field(1.0, gt=0)
     gpus_per_trainer: float = Field(0.0, ge=0)  # fractions pack several small offspring on one GPU
-    max_retries: int = Field(2, ge=0)  # re-runs of an offspring whose trainer process died or timed out
+    max_retries: int = Field(2, ge=0)  # re-runs of an individual the infrastructure failed (see engine.failures)
     # seconds one individual may take on its trainer; past it the trainer is killed and the individual retried
     timeout_s: float = Field(21600.0, gt=0)
     # seconds to wait, on a cluster that may add nodes, for a node that can hold a trainer; 0: refuse at once

@@ -71,6 +71,12 @@ class Flaky(ShapesTask):
     the individual's seed is set) it draws its fate from the seeded RNG: a NaN loss or an
     out-of-memory error, deterministically per individual. It can also slow training down and
     write the trainer's pid to ``pid_dir`` so a test can kill that process mid-training.
+
+    Failures of the infrastructure, while the file ``<infra_dir>/armed`` exists (a test disarms it
+    before resuming): ``infra="exit"`` the trainer process dies (``os._exit``); ``"storage"`` a
+    storage error; ``"cuda"`` the first process of the run to build its training data has its "CUDA
+    context" broken: every individual it trains fails with a CUDA error (its pid is written to
+    ``<infra_dir>/broken``).
     """
 
     def __init__(
@@ -79,20 +85,40 @@ class Flaky(ShapesTask):
         oom_rate: float = 0.0,
         step_sleep: float = 0.0,
         pid_dir: str | None = None,
+        infra_dir: str | None = None,
+        infra: str = "exit",
+        infra_rate: float = 1.0,
         **kwargs,
     ):
         super().__init__(**kwargs)
         self.nan_rate, self.oom_rate, self.step_sleep, self.pid_dir = nan_rate, oom_rate, step_sleep, pid_dir
+        self.infra_dir, self.infra, self.infra_rate = infra_dir, infra, infra_rate
         self.fate = None
         self.runs = 0
+        self.broken = False
 
     def train_set(self):
         draw = float(torch.rand(()))
         self.fate = "nan" if draw < self.nan_rate else "oom" if draw < self.nan_rate + self.oom_rate else None
+        infra_draw = float(torch.rand(())) if self.infra_dir else 1.0
+        if self.infra_dir and Path(self.infra_dir, "armed").exists() and infra_draw < self.infra_rate:
+            if self.infra == "cuda":  # this process's context breaks (for good) at its next training step
+                self.broken = self.broken or self._claim_break()
+            else:
+                self.fate = self.infra
         if self.pid_dir:
             self.runs += 1
             Path(self.pid_dir, f"{os.getpid()}.{self.runs}").touch()
         return super().train_set()
+
+    def _claim_break(self) -> bool:
+        try:
+            fd = os.open(Path(self.infra_dir, "broken"), os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+        except FileExistsError:
+            return False
+        os.write(fd, str(os.getpid()).encode())
+        os.close(fd)
+        return True
 
     def loss(self, output, target):
         loss = super().loss(output, target)
@@ -100,6 +126,14 @@ class Flaky(ShapesTask):
             return loss  # evaluation
         if self.step_sleep:
             time.sleep(self.step_sleep)
+        if self.broken:
+            raise RuntimeError("CUDA error: an illegal memory access was encountered (injected)")
+        if self.fate == "exit":
+            os._exit(1)
+        if self.fate == "storage":
+            from evopop.engine.failures import StorageError
+
+            raise StorageError("could not write the checkpoint (injected)")
         if self.fate == "oom":
             raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 20.00 GiB (injected)")
         if self.fate == "nan":

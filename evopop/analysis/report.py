@@ -195,6 +195,7 @@ def _failures(run: Run) -> pd.DataFrame:
             "generation": failed["generation"],
             "individual_id": failed["individual_id"],
             "attempts": failed.get("attempts"),
+            "failure": failed["failure"] if "failure" in failed else None,  # whose fault; older runs lack it
             "error": first,
         }
     )

@@ -1,8 +1,8 @@
 """Develop one individual: synthesize its genome, train it, measure it, checkpoint it.
 
 Plain Python (no Ray): every executor holds one `Developer` per worker and calls `develop` per
-individual, and tests can call it directly. The individual's own failures (diverged loss, out of
-memory, a broken user model) come back as failed `Outcome`s; only a dead process is retried.
+individual, and tests can call it directly. Failures come back as failed `Outcome`s that say whose
+fault they were (`evopop.engine.failures`): the executor retries those of the infrastructure.
 """
 
 from __future__ import annotations
@@ -33,6 +33,7 @@ from ..synthesis import (
 from ..synthesis.baselines import KINDS as BASELINE_KINDS
 from ..tasks.registry import built_task
 from ..training.loop import Recipe, TrainResult, evaluate, train_and_evaluate
+from .failures import StorageError, classify, gpu_share
 from .jobs import Compaction, Outcome, ParentState, Spec
 
 
@@ -54,12 +55,15 @@ class Developer:
     def develop(self, spec: Spec, parent: ParentState | None) -> Outcome:
         """Outcome of one individual: measurements on success, the error on failure."""
         start = time.perf_counter()
+        if self.device.type == "cuda":  # the peak of this individual alone tells whose an OOM is
+            torch.cuda.reset_peak_memory_stats(self.device)
         try:
             outcome = self._develop(spec, parent)
-        except Exception as exc:  # the individual's own failure: record it, the generation goes on
+        except Exception as exc:  # recorded failed, the generation goes on; the executor retries what is not its own
+            failure = classify(exc, gpu_share(self.device, self.config.resources.gpus_per_trainer))
             error = f"{type(exc).__name__}: {exc}\n{traceback.format_exc(limit=8)}"[-4000:]
-            outcome = Outcome.failed(spec.individual_id, error)
-            if self.device.type == "cuda":
+            outcome = Outcome.failed(spec.individual_id, error, failure)
+            if self.device.type == "cuda" and not failure.replace_trainer:
                 torch.cuda.empty_cache()
         return replace(outcome, wall_seconds=time.perf_counter() - start)
 
@@ -80,12 +84,11 @@ class Developer:
             recipe = recipe_of(self.config, spec.epochs)
             result = train_and_evaluate(model, self.task, recipe, spec.train_seed, masks, self.device)
         weights = {k: v.detach().cpu() for k, v in model.state_dict().items()}
-        checkpoint = self.records.write_checkpoint(
-            spec.individual_id,
-            weights,
-            genome.state_dict(),
-            {"generation": spec.generation, "parent_id": spec.parent_id, "lineage": list(spec.lineage)},
-        )
+        meta = {"generation": spec.generation, "parent_id": spec.parent_id, "lineage": list(spec.lineage)}
+        try:
+            checkpoint = self.records.write_checkpoint(spec.individual_id, weights, genome.state_dict(), meta)
+        except OSError as exc:  # the storage's failure, not the individual's: retried
+            raise StorageError(f"could not write the checkpoint to {self.records.uri}: {exc}") from exc
         counts = count(self.arch, genome)
         living = effective_genome(self.arch, genome)
         effective = count(self.arch, living)

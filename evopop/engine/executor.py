@@ -4,7 +4,8 @@ is loaded when the executor asks for it (``load_parent(parent_id)``), one parent
 driver never holds a generation's parents in memory at once.
 
 - `LocalExecutor` (``resources.executor: local``): one `Developer` in this process, one individual
-  after another. No Ray: for debugging with pdb, and for fast tests of the policy.
+  after another. No Ray: for debugging with pdb, and for fast tests of the policy. It retries the
+  infrastructure's failures in place, except those that break the process.
 - `evopop.engine.ray_executor.RayExecutor` (``resources.executor: ray``, the default): long-lived
   trainer actors on a Ray cluster, parents in the object store once, dead processes retried.
 
@@ -58,7 +59,17 @@ class LocalExecutor:
             if spec.parent_id is not None and loaded[0] != spec.parent_id:
                 loaded = (spec.parent_id, load_parent(spec.parent_id))
             parent = loaded[1] if spec.parent_id is not None else None
-            yield Result(spec, self.developer.develop(spec, parent), attempts=1)
+            yield self._develop(spec, parent)
+
+    def _develop(self, spec: Spec, parent: ParentState | None) -> Result:
+        """Develop ``spec``, again while the infrastructure fails it (up to ``resources.max_retries``
+        times); not after a failure that breaks this process (a CUDA error): `evopop resume` retries it."""
+        attempts = 0
+        while True:
+            attempts += 1
+            outcome = self.developer.develop(spec, parent)
+            if not outcome.retried or outcome.replace_trainer or attempts > self.config.resources.max_retries:
+                return Result(spec, outcome, attempts)
 
     def shutdown(self) -> None:
         if self._threads is not None:

@@ -28,6 +28,7 @@ class Batch:
     total: int  # individuals in the batch
     already: int  # of which already recorded (a resumed run)
     kind: str = OFFSPRING  # OFFSPRING (a generation's offspring, or the ancestor) | BASELINES
+    retrying: int = 0  # recorded as failed by the infrastructure, and run again (a resumed run)
 
 
 class Hook:

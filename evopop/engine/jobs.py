@@ -14,6 +14,7 @@ import torch
 
 from ..records.schema import FAILED, OFFSPRING, IndividualRecord, LayerRecord
 from ..synthesis import Environment, efficiency
+from .failures import INFRASTRUCTURE, OWN, Failure
 
 
 @dataclass(frozen=True)
@@ -79,6 +80,8 @@ class Outcome:
     individual_id: str
     status: str  # OK | FAILED
     error: str | None = None
+    failure: str | None = None  # a failure's cause: INDIVIDUAL | INFRASTRUCTURE (`evopop.engine.failures`)
+    replace_trainer: bool = False  # the trainer that met the failure cannot go on (a broken CUDA context)
     metrics: dict[str, float] = field(default_factory=dict)  # "<eval set>_<metric>" -> value
     synapses: int | None = None
     neurons: int | None = None
@@ -99,8 +102,13 @@ class Outcome:
     wall_seconds: float | None = None
 
     @classmethod
-    def failed(cls, individual_id: str, error: str) -> Outcome:
-        return cls(individual_id, FAILED, error=error)
+    def failed(cls, individual_id: str, error: str, failure: Failure = OWN) -> Outcome:
+        return cls(individual_id, FAILED, error=error, failure=failure.cause, replace_trainer=failure.replace_trainer)
+
+    @property
+    def retried(self) -> bool:
+        """A failure of the infrastructure, not of the individual: it is run again."""
+        return self.status == FAILED and self.failure == INFRASTRUCTURE
 
 
 @dataclass(frozen=True)
@@ -111,8 +119,11 @@ class Result:
     outcome: Outcome
     attempts: int
 
-    def record(self, run_id: str, metric_columns: list[str], parent: IndividualRecord | None) -> IndividualRecord:
-        """The population row of this individual (the only place one is made from an outcome)."""
+    def record(
+        self, run_id: str, metric_columns: list[str], parent: IndividualRecord | None, earlier_attempts: int = 0
+    ) -> IndividualRecord:
+        """The population row of this individual (the only place one is made from an outcome);
+        ``earlier_attempts``: those of earlier drivers of the run (an infrastructure failure resumed)."""
         spec, out = self.spec, self.outcome
         ok = out.status != FAILED
         synapses = out.synapses if ok else None
@@ -160,9 +171,10 @@ class Result:
             samples_per_second=out.samples_per_second,
             node_id=out.node_id,
             worker_id=out.worker_id,
-            attempts=self.attempts,
+            attempts=earlier_attempts + self.attempts,
             status=out.status,
             error=out.error,
+            failure=out.failure if not ok else None,
             checkpoint=out.checkpoint,
             mask_digest=out.mask_digest,
         )

@@ -6,7 +6,8 @@ individual as it finishes, and `Hook`s watch (progress output, diversity). Nothi
 
 The policy keeps no population in memory: every individual goes to storage as it finishes, and
 each generation's ancestors are read back from the records. That is also what makes a run
-resumable: `run` skips every individual that already has a record.
+resumable: `run` skips every individual that already has a record, except those the
+infrastructure failed in a generation not yet decided (`Evolution.retryable`).
 """
 
 from __future__ import annotations
@@ -17,8 +18,9 @@ import pandas as pd
 
 from ..config import Config
 from ..records.run import RunRecords
-from ..records.schema import IndividualRecord, SelectionRecord, population_schema
+from ..records.schema import FAILED, IndividualRecord, SelectionRecord, is_baseline, population_schema
 from .executor import Executor
+from .failures import INFRASTRUCTURE
 from .hooks import BASELINES, OFFSPRING, Batch, Hook
 from .jobs import ParentState, Spec
 from .plan import Plan
@@ -63,17 +65,37 @@ class Evolution:
     def develop(
         self, generation: int, specs: list[Spec], parents: list[IndividualRecord], kind: str = OFFSPRING
     ) -> None:
-        """Develop every spec without a record, writing each record as its result arrives."""
+        """Develop every spec without a record, or whose record is a failure of the infrastructure
+        that may still be retried (`retryable`), writing each record as its result arrives."""
         recorded = self.records.recorded_ids(generation)
-        pending = [s for s in specs if s.individual_id not in recorded]
-        batch = Batch(generation, len(specs), len(specs) - len(pending), kind)
+        retry = self.retryable(generation, kind) if recorded else {}
+        pending = [s for s in specs if s.individual_id not in recorded or s.individual_id in retry]
+        batch = Batch(generation, len(specs), len(specs) - len(pending), kind, retrying=len(retry))
         self._notify("batch_started", batch)
         parent_of = {p.individual_id: p for p in parents}
         for result in self.executor.run(pending, self._load_parent):
-            record = result.record(self.records.run_id, self.plan.metric_columns, parent_of.get(result.spec.parent_id))
+            spec = result.spec
+            earlier = retry.get(spec.individual_id, 0)
+            record = result.record(
+                self.records.run_id, self.plan.metric_columns, parent_of.get(spec.parent_id), earlier
+            )
             self.records.write_individual(generation, record, list(result.outcome.layers), self.schema)
             self._notify("recorded", record)
         self._notify("batch_finished", batch)
+
+    def retryable(self, generation: int, kind: str = OFFSPRING) -> dict[str, int]:
+        """Individual id -> attempts so far, of the generation's individuals that the infrastructure
+        failed (a resumed run runs them again). Once a generation's selection is recorded, its
+        offspring are final: later generations descend from that selection, and running one again
+        could change it. Baselines select nothing: theirs are always run again."""
+        if kind == OFFSPRING and self.records.has_selection(generation):
+            return {}
+        baselines = kind == BASELINES
+        return {
+            r.individual_id: r.attempts
+            for r in self.records.individuals(generation)
+            if r.status == FAILED and r.failure == INFRASTRUCTURE and is_baseline(r.kind) == baselines
+        }
 
     def select(self, generation: int, ids: list[str]) -> list[IndividualRecord]:
         """Record which of ``ids`` survive into the next generation; EvolutionFailed if none can."""

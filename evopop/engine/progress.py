@@ -28,8 +28,11 @@ class Progress(Hook):
         self.best = None
         self.best_synapses = None
         self.t0 = time.perf_counter()
-        if not self.live:
-            self._print(f"generation {generation}{self.label}: {total} individuals ({already} already recorded)")
+        retrying = f", {batch.retrying} the infrastructure failed run again" if batch.retrying else ""
+        if not self.live or batch.retrying:
+            self._print(
+                f"generation {generation}{self.label}: {total} individuals ({already} already recorded{retrying})"
+            )
 
     def recorded(self, record: IndividualRecord) -> None:
         self.done += 1

@@ -13,7 +13,10 @@ forever:
 - Trainers no node can hold are refused; on a cluster that may add nodes (an autoscaler) the run
   waits up to ``resources.wait_for_nodes_s`` for one that can (`check_resources`).
 
-A failure that is the individual's own comes back as a failed outcome and is never retried.
+Every failure that is not the individual's own (`evopop.engine.failures`: a storage error, a
+neighbour's out-of-memory, a CUDA error, whose trainer is replaced too) is retried the same way,
+and if it is out of retries, recorded failed with ``failure: infrastructure`` for ``evopop resume``
+to run again. A failure that is the individual's own is recorded failed and never retried.
 """
 
 from __future__ import annotations
@@ -30,6 +33,7 @@ from ray.exceptions import RayActorError, RayError
 
 from ..config import Config, ConfigError
 from .executor import ParentLoader
+from .failures import INFRASTRUCTURE, Failure
 from .jobs import Outcome, Result, Spec
 from .trainer import trainer_class
 
@@ -288,14 +292,21 @@ class RayExecutor:
     def _finished(self, future, run: _Running, queue: deque) -> Iterator[Result]:
         try:
             outcome = ray.get(future)
-            self._idle.append(run.actor)
         except RayActorError as exc:  # the process died: replace it, retry the individual
             self._discard(run.actor)
             yield from self._retry(run.job, queue, f"trainer process died: {_first_line(exc)}")
             return
-        except RayError as exc:
+        except RayError as exc:  # Ray could not run the call (a lost object, a system error): retried
             self._idle.append(run.actor)
-            outcome = Outcome.failed(run.job.spec.individual_id, f"{type(exc).__name__}: {_first_line(exc)}")
+            yield from self._retry(run.job, queue, f"{type(exc).__name__}: {_first_line(exc)}")
+            return
+        if outcome.replace_trainer:  # its CUDA context is broken: every later individual would fail there
+            self._discard(run.actor)
+        else:
+            self._idle.append(run.actor)
+        if outcome.retried:  # the infrastructure's failure (storage, a neighbour's OOM, a CUDA error)
+            yield from self._retry(run.job, queue, outcome.error or "infrastructure failure")
+            return
         yield Result(run.job.spec, outcome, run.job.attempts)
 
     def _time_out(self, running: dict, queue: deque) -> Iterator[Result]:
@@ -320,7 +331,8 @@ class RayExecutor:
             queue.appendleft(job)
             return
         error = f"{error} ({job.attempts} attempts; resources.max_retries: {retries})"
-        yield Result(job.spec, Outcome.failed(job.spec.individual_id, error), job.attempts)
+        outcome = Outcome.failed(job.spec.individual_id, error, Failure(INFRASTRUCTURE))
+        yield Result(job.spec, outcome, job.attempts)
 
     def _discard(self, actor) -> None:
         """Kill a trainer and forget it (a new one is launched when work waits for it)."""

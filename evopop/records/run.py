@@ -145,6 +145,10 @@ class RunRecords:
         table = pa.Table.from_pylist([dataclasses.asdict(r) for r in rows], schema=selection_schema())
         self.storage.write_bytes(self._part(SELECTION, generation), parquet_bytes(table))
 
+    def has_selection(self, generation: int) -> bool:
+        """Whether the generation is decided: its selection is recorded."""
+        return self.storage.exists(self._part(SELECTION, generation))
+
     def write_diversity(self, generation: int, pairs: pd.DataFrame, summary: pd.DataFrame, note: str = "") -> None:
         """One generation's diversity (pairs, summary), atomically; a rewrite replaces it (idempotent).
 

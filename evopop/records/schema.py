@@ -23,7 +23,7 @@ import pyarrow as pa
 
 from ..synthesis.baselines import KINDS as BASELINE_KINDS
 
-SCHEMA_VERSION = "3"
+SCHEMA_VERSION = "4"
 PARTITIONING = pa.schema([("generation", pa.int32())])
 
 ANCESTOR, OFFSPRING = "ancestor", "offspring"
@@ -100,6 +100,8 @@ class IndividualRecord:
     attempts: int = arrow(pa.int32(), 1)
     status: str = arrow(pa.string(), OK)  # OK | FAILED
     error: str | None = arrow(pa.string())
+    # whose fault a failure was: "individual" (final) or "infrastructure" (retried, also by `evopop resume`)
+    failure: str | None = arrow(pa.string())
     checkpoint: str | None = arrow(pa.string())  # path relative to the run directory
     mask_digest: str | None = arrow(pa.string())  # blake2b of the masks: equal digests, identical genomes
     selected: bool | None = arrow(pa.bool_())  # null in the files; the loaders fill it from selection/
