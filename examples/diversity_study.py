@@ -108,7 +108,7 @@ def run_evolution(args, c: float, ancestor: str | None, run_dir: Path):
     evolve(config, str(run_dir))
     task = build_task(config.task.name, config.task.args)
     arch = trace_architecture(task.build_model(), task.example_input())
-    outputs = checkpoint_outputs(records, task, held_out_batch(task, BATCH))
+    outputs = checkpoint_outputs(task, held_out_batch(task, BATCH))
     for generation in records.generations():
         write_generation_diversity(
             records, generation, arch, outputs=outputs, note=f"argmax disagreement on val[:{BATCH}]"

@@ -159,14 +159,16 @@ def test_functional_disagreement_of_dense_maps_is_per_pixel():
 METRICS = ["val_loss", "val_accuracy"]
 
 
-def write_generation(run_dir, genomes: dict, parents: dict, metrics: dict, failed=(), generation: int = 2):
+def write_generation(
+    run_dir, genomes: dict, parents: dict, metrics: dict, failed=(), generation: int = 2, probes: dict | None = None
+):
     records = RunRecords(str(run_dir))
     records.write_config("run: {name: hand, seed: 1}\ntask: {name: not-a-task}\nselection: {metric: val_accuracy}\n")
     schema = population_schema(METRICS, ["fc", "conv"])
     for individual_id, masks in {**genomes, **{f: None for f in failed}}.items():
         ok = individual_id not in failed
         if ok:
-            records.write_checkpoint(individual_id, {}, masks, {})
+            records.write_checkpoint(individual_id, {}, masks, {}, (probes or {}).get(individual_id))
         row = {
             "run_id": "hand",
             "individual_id": individual_id,
@@ -182,15 +184,16 @@ def write_generation(run_dir, genomes: dict, parents: dict, metrics: dict, faile
 
 
 def test_generation_diversity_from_records(tmp_path):
+    outs = {"g2-0": _logits([0, 1, 2, 0]), "g2-1": _logits([0, 1, 1, 1]), "g2-2": _logits([2, 1, 2, 0])}
     records = write_generation(
         tmp_path / "run",
         {"g2-0": A, "g2-1": B, "g2-2": C},
         {"g2-0": "p", "g2-1": "p", "g2-2": "q", "g2-3": "q"},
         {"g2-0": 0.5, "g2-1": 0.7, "g2-2": 0.9},
         failed=("g2-3",),
+        probes=outs,  # as a trainer stores them beside the weights
     )
-    outs = {"g2-0": _logits([0, 1, 2, 0]), "g2-1": _logits([0, 1, 1, 1]), "g2-2": _logits([2, 1, 2, 0])}
-    pairs, summary = generation_diversity(records, 2, LAYERS, ["val_accuracy"], outputs=outs.__getitem__)
+    pairs, summary = generation_diversity(records, 2, LAYERS, ["val_accuracy"], outputs=lambda ckpt: ckpt["probe"])
     assert (pairs["generation"] == 2).all()
     assert len(pairs) == 3 * 3  # 3 pairs x (network + 2 layers); the failed individual is left out
     net = pairs[pairs["scope"] == NETWORK].set_index(["a", "b"])
@@ -243,3 +246,55 @@ def test_generation_without_individuals_gives_empty_frames(tmp_path):
     pairs, summary = generation_diversity(records, 3, LAYERS)
     assert pairs.empty and summary.empty
     assert "jaccard" in pairs and "quantity" in summary
+
+
+@pytest.mark.slow
+def test_the_driver_runs_no_network_and_reads_each_checkpoint_once_a_generation(ray_cluster, tmp_path, monkeypatch):
+    """The trainers store each individual's outputs on the held-out batch in its checkpoint: the
+    driver's diversity step reads every checkpoint once and computes nothing (issue 12, part 5)."""
+    from collections import Counter
+    from pathlib import Path
+
+    import importlib
+
+    from evopop.api import evolve
+    from evopop.config import load_config
+    from evopop.tasks.registry import build_task
+    from evopop.training.probe import held_out_batch
+
+    gd = importlib.import_module("evopop.analysis.generation_diversity")  # the package exports a function by its name
+
+    def no_network(*args, **kwargs):
+        raise AssertionError("the driver ran a network for the functional probe")
+
+    reads = Counter()
+    read_checkpoint = RunRecords.read_checkpoint
+
+    def counted(self, individual_id):
+        reads[individual_id] += 1
+        return read_checkpoint(self, individual_id)
+
+    monkeypatch.setattr(gd, "checkpoint_outputs", no_network)  # only the driver: trainers are other processes
+    monkeypatch.setattr(RunRecords, "read_checkpoint", counted)
+    config = load_config(Path(__file__).parents[1] / "configs" / "tiny.yaml", ["diversity.functional_batch=16"])
+    run_dir = tmp_path / "run"
+    RunRecords(str(run_dir)).write_config(config.to_yaml())
+    population = evolve(config, str(run_dir))
+
+    records = RunRecords(str(run_dir))
+    pairs = records.diversity_pairs()
+    assert pairs[pairs["scope"] == NETWORK]["functional_disagreement"].notna().all()
+    parents = set(population["parent_id"].dropna())
+    for individual_id in population["individual_id"]:
+        # once for the diversity of its generation, once more (in the next) if it is a parent
+        expected = 1 + (individual_id in parents)
+        assert reads[individual_id] == expected, (individual_id, reads[individual_id], expected)
+
+    # what the trainer stored is what the network computes
+    monkeypatch.undo()
+    task = build_task(config.task.name, config.task.args)
+    batch = held_out_batch(task, 16)
+    checkpoint = records.read_checkpoint("g2-0")
+    assert checkpoint["meta"]["probe"] == {"eval_set": batch.eval_set, "size": len(batch.inputs), "requested": 16}
+    recomputed = gd.checkpoint_outputs(task, batch)(checkpoint)
+    torch.testing.assert_close(checkpoint["probe"], recomputed, rtol=1e-4, atol=1e-5)

@@ -16,7 +16,7 @@ import torch
 
 from evopop.analysis.diversity import NETWORK
 from evopop.analysis.figures import FIGURES, pareto_front
-from evopop.analysis.generation_diversity import task_probe, write_generation_diversity
+from evopop.analysis.generation_diversity import TaskProbe, write_generation_diversity
 from evopop.analysis.loading import load_run
 from evopop.analysis.report import build_report
 from evopop.records.run import RunRecords
@@ -225,9 +225,9 @@ def tiny_run(ray_cluster, tmp_path_factory):
     # what the engine records after each generation
     task = build_task(config.task.name, config.task.args)
     arch = trace_architecture(task.build_model(), task.example_input())
-    outputs, note = task_probe(task, records, batch_size=32)
+    probe = TaskProbe(task, 32)
     for generation in records.generations():
-        write_generation_diversity(records, generation, arch, outputs=outputs, note=note)
+        write_generation_diversity(records, generation, arch, outputs=probe, note=f"on {32} held-out inputs")
     return Path(run_dir)
 
 

@@ -2,7 +2,9 @@
 
 After a generation's offspring are all recorded (before selection), it measures the generation's
 structural and functional diversity (`evopop.analysis.diversity`) and has the records write it to
-RUN_DIR/diversity/. An analysis must never fail the run it analyses: errors become warnings.
+RUN_DIR/diversity/. It reads each checkpoint once (masks, and the outputs on the held-out batch
+that the trainer stored there) and runs no network. An analysis must never fail the run it
+analyses: errors become warnings.
 """
 
 from __future__ import annotations
@@ -13,14 +15,14 @@ from ..config import Config
 from ..engine.hooks import OFFSPRING, Batch, Hook
 from ..records.run import RunRecords
 from ..tasks.registry import built_task
-from .generation_diversity import task_probe, write_generation_diversity
+from .generation_diversity import TaskProbe, generation_diversity
 
 
 class DiversityRecorder(Hook):
     def __init__(self, config: Config, records: RunRecords, metric_columns: list[str]):
         self.config, self.records, self.metric_columns = config, records, metric_columns
         self._developed: set[int] = set()  # generations with offspring developed by this process
-        self._probe = None  # (outputs callable, note), built on first use: it loads the eval data
+        self._probe: TaskProbe | None = None
 
     def batch_started(self, batch: Batch) -> None:
         if batch.kind == OFFSPRING and batch.already < batch.total:
@@ -32,17 +34,19 @@ class DiversityRecorder(Hook):
             return
         try:
             built = built_task(self.config.task.name, self.config.task.args)
-            outputs, note = self._outputs(built.task)
-            write_generation_diversity(self.records, generation, built.arch, self.metric_columns, outputs, note=note)
+            probe = self._outputs(built.task)
+            pairs, summary = generation_diversity(self.records, generation, built.arch, self.metric_columns, probe)
+            self.records.write_diversity(generation, pairs, summary, probe.note if probe else "")
         except Exception as exc:  # an analysis must never fail the run it analyses
             warnings.warn(
                 f"diversity of generation {generation} not recorded: {type(exc).__name__}: {exc}", stacklevel=2
             )
 
-    def _outputs(self, task):
+    def _outputs(self, task) -> TaskProbe | None:
+        """The functional probe: the trainers' stored outputs (computed here only where missing)."""
         batch = self.config.diversity.functional_batch
         if not batch:
-            return None, ""
+            return None
         if self._probe is None:
-            self._probe = task_probe(task, self.records, batch)
+            self._probe = TaskProbe(task, batch)
         return self._probe

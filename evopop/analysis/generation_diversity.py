@@ -2,8 +2,8 @@
 mathematics of `evopop.analysis.diversity` applied, the result as (pairs, summary) DataFrames in the
 records' schemas (`DiversityPair`, `DiversitySummary`), which `RunRecords.write_diversity` stores.
 
-Functional diversity needs the networks' outputs on one fixed held-out batch: `task_probe` gives a
-callable that computes them from each individual's checkpoint.
+Functional diversity needs the networks' outputs on one fixed held-out batch: the trainers store
+them in the checkpoints, and `TaskProbe` reads them there (or computes them where they are missing).
 """
 
 from __future__ import annotations
@@ -21,6 +21,7 @@ from ..records.ids import natural_key
 from ..records.schema import DIVERSITY_PAIR_FIELDS, DIVERSITY_SUMMARY_FIELDS, EVOLVED_KINDS, OK, plain_value
 from ..synthesis.layers import SynapticLayer
 from ..tasks.registry import built_task
+from ..training.probe import ProbeBatch, held_out_batch, probe_outputs
 from .diversity import (
     NETWORK,
     PAIR_QUANTITIES,
@@ -34,42 +35,62 @@ from .diversity import (
     synapse_distances,
 )
 
-
 # -- outputs of recorded individuals on a held-out batch -------------------------------------------
-def held_out_batch(task, size: int = 32, eval_set: str | None = None) -> torch.Tensor:
-    """The first ``size`` inputs of the task's first (or named) evaluation set, stacked: a fixed batch."""
-    sets = task.eval_sets()
-    name = eval_set or next(iter(sets))
-    dataset = sets[name]
-    n = min(int(size), len(dataset))
-    return torch.stack([torch.as_tensor(dataset[i][0]) for i in range(n)])
+Outputs = Callable[[dict], torch.Tensor]  # a checkpoint's payload -> its network's outputs on one fixed batch
 
 
-def checkpoint_outputs(
-    records,
-    task,
-    batch: torch.Tensor,
-    device: str | torch.device = "cpu",
-) -> Callable[[str], torch.Tensor]:
-    """``f(individual_id) -> outputs`` of the recorded individual on ``batch`` (eval mode, float32, CPU).
+def checkpoint_outputs(task, batch: torch.Tensor | ProbeBatch, device: str | torch.device = "cpu") -> Outputs:
+    """``f(checkpoint) -> outputs`` of a recorded individual's network on ``batch`` (eval mode,
+    float32, CPU), computed here from the checkpoint's weights.
 
     One model is built (under a forked RNG: the caller's random state is untouched) and reloaded
     with each checkpoint's weights; dead synapses are exactly zero in them, so the outputs are those
     of the masked network that was measured.
     """
+    inputs = batch.inputs if isinstance(batch, ProbeBatch) else batch
     with torch.random.fork_rng(devices=[]):
         model = task.build_model()
-    device = torch.device(device)
-    model.to(device).eval()
-    batch = batch.to(device)
+    model.to(torch.device(device))
 
-    @torch.no_grad()
-    def outputs(individual_id: str) -> torch.Tensor:
-        weights = records.read_checkpoint(individual_id)["weights"]
-        model.load_state_dict(weights, strict=True)
-        return model(batch).float().cpu()
+    def outputs(checkpoint: dict) -> torch.Tensor:
+        model.load_state_dict(checkpoint["weights"], strict=True)
+        return probe_outputs(model, inputs)
 
     return outputs
+
+
+class TaskProbe:
+    """The outputs of each individual on the first ``size`` items of the task's first evaluation set
+    (``diversity.functional_batch``), as `generation_diversity` wants them (``f(checkpoint)``).
+
+    The trainers compute them, right after evaluation, and store them in the checkpoint; these are
+    used as they are. Only a checkpoint without them (an older run, or one trained with another
+    batch size) has its network run here, on the batch built on first need.
+    """
+
+    def __init__(self, task, size: int = 32, device: str | torch.device = "cpu"):
+        self.task, self.size, self.device = task, int(size), device
+        self.batch: dict | None = None  # what the outputs were computed on (`ProbeBatch.describe`)
+        self.computed = 0  # outputs computed here, not by the trainers
+        self._compute: Outputs | None = None
+
+    def __call__(self, checkpoint: dict) -> torch.Tensor:
+        stored, described = checkpoint.get("probe"), checkpoint.get("meta", {}).get("probe")
+        if stored is not None and described and described.get("requested") == self.size:
+            self.batch = described
+            return stored.float()
+        if self._compute is None:
+            batch = held_out_batch(self.task, self.size)
+            self._compute, self.batch = checkpoint_outputs(self.task, batch, self.device), batch.describe()
+        self.computed += 1
+        return self._compute(checkpoint)
+
+    @property
+    def note(self) -> str:
+        """What the functional disagreement was measured on, for the diversity file's metadata."""
+        if self.batch is None:
+            return ""
+        return f"argmax disagreement on {self.batch['eval_set']}[:{self.batch['size']}]"
 
 
 # -- one generation from the records ---------------------------------------------------------------
@@ -102,7 +123,7 @@ def generation_diversity(
     generation: int,
     arch=None,
     metric_columns: Sequence[str] | None = None,
-    outputs: Callable[[str], torch.Tensor] | None = None,
+    outputs: Outputs | None = None,
     kind: str = "auto",
 ) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Diversity of the successful individuals of one generation: (pairs, summary) DataFrames.
@@ -110,8 +131,9 @@ def generation_diversity(
     records: a `RunRecords`. arch: an `Architecture` or list of `SynapticLayer` (layer order and
     neuron semantics); None builds it from the run's config (falling back to mask shapes).
     metric_columns: metrics whose spread to summarise (default: all the run's metric columns).
-    outputs: optional ``f(individual_id) -> tensor`` on one fixed batch (see `checkpoint_outputs`);
-    it adds ``functional_disagreement`` to the network-scope pairs. kind: see `predictions`.
+    outputs: optional ``f(checkpoint) -> tensor`` on one fixed batch (`TaskProbe`, `checkpoint_outputs`);
+    it adds ``functional_disagreement`` to the network-scope pairs. kind: see `predictions`. Each
+    individual's checkpoint is read once.
 
     pairs: one row per unordered pair (a < b) and scope ("network", then each layer) with the
     columns of `DIVERSITY_PAIR_FIELDS` plus ``generation``. summary: rows of
@@ -145,9 +167,9 @@ def generation_diversity(
             continue
         payload = records.read_checkpoint(individual_id)
         packer.add(payload["masks"], individual_id)
-        del payload
         if outputs is not None:
-            outs.append(outputs(individual_id))
+            outs.append(outputs(payload))
+        del payload
         kept.append(row)
     ok = pd.DataFrame(kept).reset_index(drop=True) if kept else ok.iloc[0:0]
     packed = packer.done()
@@ -275,7 +297,7 @@ def write_generation_diversity(
     generation: int,
     arch=None,
     metric_columns: Sequence[str] | None = None,
-    outputs: Callable[[str], torch.Tensor] | None = None,
+    outputs: Outputs | None = None,
     kind: str = "auto",
     note: str = "",
 ) -> tuple[pd.DataFrame, pd.DataFrame]:
@@ -288,11 +310,3 @@ def write_generation_diversity(
     pairs, summary = generation_diversity(records, generation, arch, metric_columns, outputs, kind)
     records.write_diversity(generation, pairs, summary, note)
     return pairs, summary
-
-
-def task_probe(task, records, batch_size: int = 32, device: str | torch.device = "cpu"):
-    """(outputs callable, note) for `write_generation_diversity`: ``task``'s network on the first
-    ``batch_size`` items of its first evaluation set."""
-    batch = held_out_batch(task, batch_size)
-    name = next(iter(task.eval_set_names()), "eval")
-    return checkpoint_outputs(records, task, batch, device), f"argmax disagreement on {name}[:{len(batch)}]"

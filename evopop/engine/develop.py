@@ -1,4 +1,5 @@
-"""Develop one individual: synthesize its genome, train it, measure it, checkpoint it.
+"""Develop one individual: synthesize its genome, train it, measure it (its outputs on the diversity
+probe's batch too), checkpoint it.
 
 Plain Python (no Ray): every executor holds one `Developer` per worker and calls `develop` per
 individual, and tests can call it directly. Failures come back as failed `Outcome`s that say whose
@@ -18,7 +19,7 @@ from ..compaction import compact, latency_ms
 from ..config import Config
 from ..records.checkpoints import is_evopop_checkpoint, read_torch_bytes
 from ..records.run import RunRecords
-from ..records.schema import OK, LayerRecord
+from ..records.schema import EVOLVED_KINDS, OK, LayerRecord
 from ..records.storage import read_uri
 from ..synthesis import (
     Genome,
@@ -33,6 +34,7 @@ from ..synthesis import (
 from ..synthesis.baselines import KINDS as BASELINE_KINDS
 from ..tasks.registry import built_task
 from ..training.loop import Recipe, TrainResult, evaluate, train_and_evaluate
+from ..training.probe import ProbeBatch, held_out_batch, probe_outputs
 from .failures import StorageError, classify, gpu_share
 from .jobs import Compaction, Outcome, ParentState, Spec
 
@@ -51,6 +53,17 @@ class Developer:
         self.records = RunRecords(run_dir)
         wants_gpu = config.resources.gpus_per_trainer > 0 and torch.cuda.is_available()
         self.device = torch.device(device or ("cuda" if wants_gpu else "cpu"))
+        self._probe_batch: ProbeBatch | None = None
+
+    @property
+    def probe_batch(self) -> ProbeBatch | None:
+        """The held-out batch of the functional diversity probe (built once; None when it is off)."""
+        diversity = self.config.diversity
+        if not (diversity.enabled and diversity.functional_batch):
+            return None
+        if self._probe_batch is None:
+            self._probe_batch = held_out_batch(self.task, diversity.functional_batch)
+        return self._probe_batch
 
     def develop(self, spec: Spec, parent: ParentState | None) -> Outcome:
         """Outcome of one individual: measurements on success, the error on failure."""
@@ -85,8 +98,12 @@ class Developer:
             result = train_and_evaluate(model, self.task, recipe, spec.train_seed, masks, self.device)
         weights = {k: v.detach().cpu() for k, v in model.state_dict().items()}
         meta = {"generation": spec.generation, "parent_id": spec.parent_id, "lineage": list(spec.lineage)}
+        probe = None
+        if spec.kind in EVOLVED_KINDS and self.probe_batch is not None:  # the diversity study's, not baselines'
+            probe = probe_outputs(model, self.probe_batch.inputs)
+            meta["probe"] = self.probe_batch.describe()
         try:
-            checkpoint = self.records.write_checkpoint(spec.individual_id, weights, genome.state_dict(), meta)
+            checkpoint = self.records.write_checkpoint(spec.individual_id, weights, genome.state_dict(), meta, probe)
         except OSError as exc:  # the storage's failure, not the individual's: retried
             raise StorageError(f"could not write the checkpoint to {self.records.uri}: {exc}") from exc
         counts = count(self.arch, genome)

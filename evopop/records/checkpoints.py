@@ -1,4 +1,5 @@
-"""Checkpoint files: weights + masks (+ metadata), read with ``weights_only=True`` (no code runs)."""
+"""Checkpoint files: weights + masks (+ metadata, + the functional probe's outputs where the trainer
+computed them), read with ``weights_only=True`` (no code runs)."""
 
 from __future__ import annotations
 
@@ -8,9 +9,13 @@ import json
 import torch
 
 
-def checkpoint_bytes(weights: dict, masks: dict, meta: dict) -> bytes:
+def checkpoint_bytes(weights: dict, masks: dict, meta: dict, probe: torch.Tensor | None = None) -> bytes:
+    """``probe``: the network's outputs on the run's held-out batch (``meta["probe"]`` says which)."""
+    payload = {"weights": weights, "masks": masks, "meta": json.dumps(meta)}
+    if probe is not None:
+        payload["probe"] = probe
     buffer = io.BytesIO()
-    torch.save({"weights": weights, "masks": masks, "meta": json.dumps(meta)}, buffer)
+    torch.save(payload, buffer)
     return buffer.getvalue()
 
 
@@ -28,7 +33,7 @@ def is_evopop_checkpoint(payload) -> bool:
 
 
 def load_checkpoint_bytes(data: bytes) -> dict:
-    """A checkpoint's {"weights", "masks", "meta"}; tensors only (``weights_only=True``)."""
+    """A checkpoint's {"weights", "masks", "meta"[, "probe"]}; tensors only (``weights_only=True``)."""
     payload = read_torch_bytes(data)
     if not is_evopop_checkpoint(payload):
         raise ValueError("not an evopop checkpoint: expected a dict with 'weights' and 'masks'")

@@ -281,9 +281,9 @@ class RunRecords:
     def checkpoint_path(individual_id: str) -> str:
         return f"checkpoints/{check_individual_id(individual_id)}.pt"
 
-    def write_checkpoint(self, individual_id: str, weights: dict, masks: dict, meta: dict) -> str:
+    def write_checkpoint(self, individual_id: str, weights: dict, masks: dict, meta: dict, probe=None) -> str:
         rel = self.checkpoint_path(individual_id)
-        self.storage.write_bytes(rel, checkpoint_bytes(weights, masks, meta))
+        self.storage.write_bytes(rel, checkpoint_bytes(weights, masks, meta, probe))
         return rel
 
     def read_checkpoint(self, individual_id: str) -> dict:

@@ -1,0 +1,43 @@
+"""The functional probe: a trained network's outputs on one fixed held-out batch.
+
+Siblings' functional diversity compares these outputs (`evopop.analysis.diversity`). The trainer
+computes them right after evaluation, on its own device, and stores them in the checkpoint, so the
+driver never runs a network (issue 12: 8 full-width saliency offspring are ~8.9 TMAC a generation).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+
+@dataclass(frozen=True)
+class ProbeBatch:
+    """The first ``len(inputs)`` items of evaluation set ``eval_set``; ``requested``: the size asked for
+    (``diversity.functional_batch``; the set may hold fewer)."""
+
+    inputs: torch.Tensor
+    eval_set: str
+    requested: int
+
+    def describe(self) -> dict:
+        """What the checkpoint records about the batch its probe outputs were computed on."""
+        return {"eval_set": self.eval_set, "size": len(self.inputs), "requested": self.requested}
+
+
+def held_out_batch(task, size: int = 32, eval_set: str | None = None) -> ProbeBatch:
+    """The first ``size`` inputs of the task's first (or named) evaluation set, stacked: a fixed batch."""
+    sets = task.eval_sets()
+    name = eval_set or next(iter(sets))
+    dataset = sets[name]
+    n = min(int(size), len(dataset))
+    return ProbeBatch(torch.stack([torch.as_tensor(dataset[i][0]) for i in range(n)]), name, int(size))
+
+
+@torch.no_grad()
+def probe_outputs(model: torch.nn.Module, inputs: torch.Tensor) -> torch.Tensor:
+    """``model``'s outputs on ``inputs`` (eval mode, on the model's device, full precision), as float32 on CPU."""
+    model.eval()
+    device = next((p.device for p in model.parameters()), torch.device("cpu"))
+    return model(inputs.to(device)).float().cpu()
