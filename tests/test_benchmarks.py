@@ -28,3 +28,52 @@ def test_compaction_benchmark_quick_mode(tmp_path):
     assert {r["encoding"] for r in rows} == {"synapse", "cluster"}
     # cluster-driven synthesis removes whole filters: the compacted network computes fewer MACs
     assert all(r["macs_reduction"] > 1.2 for r in rows if r["encoding"] == "cluster")
+
+
+@pytest.mark.slow
+def test_cluster_benchmark_quick_mode(tmp_path):
+    """bench_cluster.py starts its own simulated cluster (head + 2 worker nodes) in a subprocess,
+    measures scaling, the driver's cost and record writes, and shuts everything down."""
+    import json
+
+    out = tmp_path / "cluster.json"
+    proc = subprocess.Popen(
+        [sys.executable, str(BENCHMARKS / "bench_cluster.py"), "--quick", "--json", str(out)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        stdout, stderr = proc.communicate(timeout=300)
+    except subprocess.TimeoutExpired:
+        proc.terminate()  # SIGTERM: the script unwinds and shuts its cluster down
+        stdout, stderr = proc.communicate(timeout=60)
+        pytest.fail(f"bench_cluster.py --quick ran past 300 s:\n{stdout[-3000:]}\n{stderr[-3000:]}")
+    assert proc.returncode == 0, stderr[-5000:]
+
+    results = json.loads(out.read_text())
+    summary = results["summary"]
+    # the printed summary block is the JSON's, one `key: value` per line
+    block = stdout.split("\nsummary\n", 1)[1].splitlines()
+    printed = dict(line.split(": ", 1) for line in block if ": " in line and not line.startswith("figures"))
+    assert set(printed) == set(summary)
+
+    for n in (1, 2, 4):
+        assert summary[f"generation_s_trainers_{n}"] > 0
+        assert summary[f"efficiency_trainers_{n}"] > 0
+        assert summary[f"efficiency_cores_trainers_{n}"] >= summary[f"efficiency_trainers_{n}"]
+    assert summary["efficiency_trainers_1"] == pytest.approx(1.0)
+    assert summary["generation_s_local"] > 0 and summary["ray_1_trainer_vs_local"] > 0
+    assert results["scaling"]["nodes_used"]["trainers=1"] == 1  # trainers run on the worker nodes only
+    assert results["scaling"]["nodes_used"]["trainers=2"] >= 1
+    assert summary["driver_cpu_ms_per_individual"] > 0 and summary["max_dispatch_per_s"] > 0
+    assert 0 < summary["driver_record_writes_share"] < 1
+    for key in ("record_writes_per_s_local", "record_writes_per_s_local_bare_row", "checkpoint_writes_per_s_local"):
+        assert summary[key] > 0
+    try:
+        import boto3  # noqa: F401
+        import moto.server  # noqa: F401
+    except ImportError:
+        return
+    assert summary["record_writes_per_s_s3"] > 0 and summary["checkpoint_writes_per_s_s3"] > 0
+    assert summary["requests_per_record_s3"] >= summary["requests_per_record_s3_bare_files"] > 0

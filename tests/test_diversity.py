@@ -252,10 +252,9 @@ def test_generation_without_individuals_gives_empty_frames(tmp_path):
 def test_the_driver_runs_no_network_and_reads_each_checkpoint_once_a_generation(ray_cluster, tmp_path, monkeypatch):
     """The trainers store each individual's outputs on the held-out batch in its checkpoint: the
     driver's diversity step reads every checkpoint once and computes nothing (issue 12, part 5)."""
+    import importlib
     from collections import Counter
     from pathlib import Path
-
-    import importlib
 
     from evopop.api import evolve
     from evopop.config import load_config

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+import ray
 import torch
 
 from evopop.api import evolution, evolve
@@ -236,3 +237,40 @@ def test_driver_sigkilled_mid_generation_then_resumed_equals_uninterrupted(ray_c
     pd.testing.assert_frame_equal(
         resumed[columns].reset_index(drop=True), reference[columns].reset_index(drop=True), check_dtype=False
     )
+
+
+def test_offspring_land_on_nodes_of_distinct_sizes_and_survive_losing_one(ray_cluster, tmp_path):
+    """A cluster of a head and two workers of different sizes: trainers on both workers, offspring
+    recorded from each; one worker removed mid-run, its offspring finished on the other."""
+    pid_dir = tmp_path / "pids"
+    pid_dir.mkdir()
+    small = ray_cluster.add_node(num_cpus=1, resources={"pool": 1, "small": 1})
+    large = ray_cluster.add_node(num_cpus=2, resources={"pool": 2})
+    ray_cluster.wait_for_nodes()
+    config, run_dir = new_run(
+        tmp_path,
+        "run",
+        FLAKY,
+        f"task.args.pid_dir={pid_dir}",
+        "task.args.step_sleep=0.1",
+        "evolution.generations=3",
+        "evolution.offspring=6",
+        "resources.trainers=3",
+        "resources.custom={pool: 1}",
+    )
+    small_node_id = next(n["NodeID"] for n in ray.nodes() if n["Alive"] and "small" in n["Resources"])
+    thread, box = run_in_thread(evolution(config, run_dir))
+    records = RunRecords(run_dir)
+    # generation 2 done on both workers, generation 3 starting: then the small worker goes
+    wait_for(lambda: records.has_selection(2), 240)
+    ray_cluster.remove_node(small)
+    gen2 = records.population(2)
+    thread.join(timeout=300)
+    ray_cluster.remove_node(large)
+    assert "error" not in box, box.get("error")
+    population = box["population"]
+    assert_complete(population, run_dir, expected_ids([6, 6]))
+    assert (population["status"] == "ok").all()
+    assert gen2["node_id"].nunique() == 2 and small_node_id in set(gen2["node_id"]), "offspring on each worker"
+    gen3 = population[population["generation"] == 3]
+    assert (gen3["node_id"] != small_node_id).sum() >= 1, "generation 3 finished on the large worker"
