@@ -23,7 +23,7 @@ from evopop.analysis.diversity import (
     spread,
     synapse_distances,
 )
-from evopop.analysis.generation_diversity import generation_diversity, write_generation_diversity
+from evopop.analysis.generation_diversity import TaskProbe, generation_diversity, write_generation_diversity
 from evopop.records.run import RunRecords
 from evopop.records.schema import IndividualRecord, population_schema
 from evopop.synthesis import Genome, SynapticLayer
@@ -168,7 +168,10 @@ def write_generation(
     for individual_id, masks in {**genomes, **{f: None for f in failed}}.items():
         ok = individual_id not in failed
         if ok:
-            records.write_checkpoint(individual_id, {}, masks, {}, (probes or {}).get(individual_id))
+            records.write_checkpoint(individual_id, {}, masks, {})
+            if probes:  # as a trainer stores them: beside the bit-packed masks
+                described = {"probe": {"eval_set": "val", "size": 4, "requested": 4}}
+                records.write_genome(individual_id, masks, probes[individual_id], described)
         row = {
             "run_id": "hand",
             "individual_id": individual_id,
@@ -193,7 +196,9 @@ def test_generation_diversity_from_records(tmp_path):
         failed=("g2-3",),
         probes=outs,  # as a trainer stores them beside the weights
     )
-    pairs, summary = generation_diversity(records, 2, LAYERS, ["val_accuracy"], outputs=lambda ckpt: ckpt["probe"])
+    probe = TaskProbe(task=None, size=4)  # the stored outputs serve: no task needed
+    pairs, summary = generation_diversity(records, 2, LAYERS, ["val_accuracy"], outputs=probe)
+    assert probe.computed == 0 and probe.note == "argmax disagreement on val[:4]"
     assert (pairs["generation"] == 2).all()
     assert len(pairs) == 3 * 3  # 3 pairs x (network + 2 layers); the failed individual is left out
     net = pairs[pairs["scope"] == NETWORK].set_index(["a", "b"])
@@ -249,9 +254,9 @@ def test_generation_without_individuals_gives_empty_frames(tmp_path):
 
 
 @pytest.mark.slow
-def test_the_driver_runs_no_network_and_reads_each_checkpoint_once_a_generation(ray_cluster, tmp_path, monkeypatch):
-    """The trainers store each individual's outputs on the held-out batch in its checkpoint: the
-    driver's diversity step reads every checkpoint once and computes nothing (issue 12, part 5)."""
+def test_the_driver_runs_no_network_and_reads_no_checkpoint_for_diversity(ray_cluster, tmp_path, monkeypatch):
+    """The trainers store each individual's masks and outputs on the held-out batch in a genome file:
+    the driver's diversity step reads those, no checkpoint, and computes nothing (issue 12, part 5)."""
     import importlib
     from collections import Counter
     from pathlib import Path
@@ -285,15 +290,32 @@ def test_the_driver_runs_no_network_and_reads_each_checkpoint_once_a_generation(
     assert pairs[pairs["scope"] == NETWORK]["functional_disagreement"].notna().all()
     parents = set(population["parent_id"].dropna())
     for individual_id in population["individual_id"]:
-        # once for the diversity of its generation, once more (in the next) if it is a parent
-        expected = 1 + (individual_id in parents)
+        # only parents' checkpoints are read (in the next generation, to make their offspring)
+        expected = int(individual_id in parents)
         assert reads[individual_id] == expected, (individual_id, reads[individual_id], expected)
+        genome = records.read_genome(individual_id)
+        assert genome["probe"].shape[0] == 16, "the diversity read the genome file instead"
 
     # what the trainer stored is what the network computes
     monkeypatch.undo()
     task = build_task(config.task.name, config.task.args)
     batch = held_out_batch(task, 16)
-    checkpoint = records.read_checkpoint("g2-0")
-    assert checkpoint["meta"]["probe"] == {"eval_set": batch.eval_set, "size": len(batch.inputs), "requested": 16}
+    genome, checkpoint = records.read_genome("g2-0"), records.read_checkpoint("g2-0")
+    assert genome["meta"]["probe"] == {"eval_set": batch.eval_set, "size": len(batch.inputs), "requested": 16}
+    for name, mask in checkpoint["masks"].items():
+        assert torch.equal(genome["masks"][name], mask.bool()), "bit-packing loses nothing"
     recomputed = gd.checkpoint_outputs(task, batch)(checkpoint)
-    torch.testing.assert_close(checkpoint["probe"], recomputed, rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(genome["probe"], recomputed, rtol=1e-4, atol=1e-5)
+
+    # a run recorded before genome files (or with them lost): the checkpoints serve, the driver computes
+    import shutil
+
+    shutil.rmtree(run_dir / "genomes")
+    probe = gd.TaskProbe(task, 16)
+    pairs_again, _ = generation_diversity(records, 3, outputs=probe)
+    assert probe.computed == 3 and probe.note == f"argmax disagreement on {batch.eval_set}[:16]"
+    recorded = pairs[(pairs["generation"] == 3)].reset_index(drop=True)
+    np.testing.assert_allclose(
+        pairs_again["functional_disagreement"].to_numpy(float), recorded["functional_disagreement"].to_numpy(float)
+    )
+    assert pairs_again["jaccard"].tolist() == recorded["jaccard"].tolist()

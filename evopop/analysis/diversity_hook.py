@@ -2,8 +2,8 @@
 
 After a generation's offspring are all recorded (before selection), it measures the generation's
 structural and functional diversity (`evopop.analysis.diversity`) and has the records write it to
-RUN_DIR/diversity/. It reads each checkpoint once (masks, and the outputs on the held-out batch
-that the trainer stored there) and runs no network. An analysis must never fail the run it
+RUN_DIR/diversity/. It reads each individual's genome file once (its masks, and its outputs on the
+held-out batch, stored there by its trainer): no checkpoint, and no network run. An analysis must never fail the run it
 analyses: errors become warnings.
 """
 

@@ -3,7 +3,8 @@ mathematics of `evopop.analysis.diversity` applied, the result as (pairs, summar
 records' schemas (`DiversityPair`, `DiversitySummary`), which `RunRecords.write_diversity` stores.
 
 Functional diversity needs the networks' outputs on one fixed held-out batch: the trainers store
-them in the checkpoints, and `TaskProbe` reads them there (or computes them where they are missing).
+them in each individual's genome file (beside its bit-packed masks), and `TaskProbe` reads them
+there (or computes them from the checkpoint where they are missing).
 """
 
 from __future__ import annotations
@@ -63,9 +64,10 @@ class TaskProbe:
     """The outputs of each individual on the first ``size`` items of the task's first evaluation set
     (``diversity.functional_batch``), as `generation_diversity` wants them (``f(checkpoint)``).
 
-    The trainers compute them, right after evaluation, and store them in the checkpoint; these are
-    used as they are. Only a checkpoint without them (an older run, or one trained with another
-    batch size) has its network run here, on the batch built on first need.
+    The trainers compute them, right after evaluation, and store them in the individual's genome file
+    (`RunRecords.write_genome`); these are used as they are. Only where there are none (an older run,
+    or another batch size) is the network run here, from the checkpoint, on the batch built on first
+    need.
     """
 
     def __init__(self, task, size: int = 32, device: str | torch.device = "cpu"):
@@ -74,16 +76,21 @@ class TaskProbe:
         self.computed = 0  # outputs computed here, not by the trainers
         self._compute: Outputs | None = None
 
-    def __call__(self, checkpoint: dict) -> torch.Tensor:
-        stored, described = checkpoint.get("probe"), checkpoint.get("meta", {}).get("probe")
-        if stored is not None and described and described.get("requested") == self.size:
-            self.batch = described
-            return stored.float()
+    def stored(self, payload: dict) -> bool:
+        """Whether ``payload`` (a genome file) holds outputs computed on this probe's batch."""
+        described = payload.get("meta", {}).get("probe")
+        return payload.get("probe") is not None and bool(described) and described.get("requested") == self.size
+
+    def __call__(self, payload: dict) -> torch.Tensor:
+        """The outputs stored in ``payload``; else computed here from its weights (a checkpoint)."""
+        if self.stored(payload):
+            self.batch = payload["meta"]["probe"]
+            return payload["probe"].float()
         if self._compute is None:
             batch = held_out_batch(self.task, self.size)
             self._compute, self.batch = checkpoint_outputs(self.task, batch, self.device), batch.describe()
         self.computed += 1
-        return self._compute(checkpoint)
+        return self._compute(payload)
 
     @property
     def note(self) -> str:
@@ -133,7 +140,7 @@ def generation_diversity(
     metric_columns: metrics whose spread to summarise (default: all the run's metric columns).
     outputs: optional ``f(checkpoint) -> tensor`` on one fixed batch (`TaskProbe`, `checkpoint_outputs`);
     it adds ``functional_disagreement`` to the network-scope pairs. kind: see `predictions`. Each
-    individual's checkpoint is read once.
+    individual is read once: its genome file where it serves, else its checkpoint.
 
     pairs: one row per unordered pair (a < b) and scope ("network", then each layer) with the
     columns of `DIVERSITY_PAIR_FIELDS` plus ``generation``. summary: rows of
@@ -160,12 +167,12 @@ def generation_diversity(
     kept, outs = [], []
     for _, row in ok.iterrows():
         individual_id = row["individual_id"]
-        if not records.has_checkpoint(individual_id):
+        payload = _read_individual(records, individual_id, outputs)
+        if payload is None:
             warnings.warn(
                 f"{individual_id}: recorded ok but its checkpoint is missing; left out of the diversity", stacklevel=2
             )
             continue
-        payload = records.read_checkpoint(individual_id)
         packer.add(payload["masks"], individual_id)
         if outputs is not None:
             outs.append(outputs(payload))
@@ -181,6 +188,18 @@ def generation_diversity(
     summary = _summary_frame(packed, ok, parents, pairs, list(metric_columns))
     summary.insert(0, "generation", np.int32(generation))
     return pairs, summary
+
+
+def _read_individual(records, individual_id: str, outputs: Outputs | None) -> dict | None:
+    """What the diversity of one individual needs, read once: its genome file (masks, probe outputs;
+    a fraction of the checkpoint's size) where it has one that serves ``outputs``, else its
+    checkpoint (weights, masks); None if it has neither."""
+    genome = records.read_genome(individual_id)
+    if genome is not None and (outputs is None or isinstance(outputs, TaskProbe) and outputs.stored(genome)):
+        return genome
+    if not records.has_checkpoint(individual_id):
+        return None
+    return records.read_checkpoint(individual_id)
 
 
 def _pairs_frame(packed: PackedGenomes, parents: list, disagreement: torch.Tensor | None) -> pd.DataFrame:

@@ -98,12 +98,14 @@ class Developer:
             result = train_and_evaluate(model, self.task, recipe, spec.train_seed, masks, self.device)
         weights = {k: v.detach().cpu() for k, v in model.state_dict().items()}
         meta = {"generation": spec.generation, "parent_id": spec.parent_id, "lineage": list(spec.lineage)}
-        probe = None
-        if spec.kind in EVOLVED_KINDS and self.probe_batch is not None:  # the diversity study's, not baselines'
-            probe = probe_outputs(model, self.probe_batch.inputs)
-            meta["probe"] = self.probe_batch.describe()
+        probe = self._probe(model) if spec.kind in EVOLVED_KINDS and self.config.diversity.enabled else None
         try:
-            checkpoint = self.records.write_checkpoint(spec.individual_id, weights, genome.state_dict(), meta, probe)
+            if (
+                probe is not None
+            ):  # the diversity study's (not baselines'): read by the driver instead of the checkpoint
+                outputs, described = probe
+                self.records.write_genome(spec.individual_id, genome.state_dict(), outputs, {**meta, **described})
+            checkpoint = self.records.write_checkpoint(spec.individual_id, weights, genome.state_dict(), meta)
         except OSError as exc:  # the storage's failure, not the individual's: retried
             raise StorageError(f"could not write the checkpoint to {self.records.uri}: {exc}") from exc
         counts = count(self.arch, genome)
@@ -129,6 +131,13 @@ class Developer:
             mask_digest=genome.digest(),
             checkpoint=checkpoint,
         )
+
+    def _probe(self, model: torch.nn.Module) -> tuple[torch.Tensor | None, dict]:
+        """(outputs on the probe's held-out batch, computed here on the trainer's device; what the
+        genome file's metadata says of them): (None, {}) when the functional probe is off."""
+        if self.probe_batch is None:
+            return None, {}
+        return probe_outputs(model, self.probe_batch.inputs), {"probe": self.probe_batch.describe()}
 
     def _compaction(self, model: torch.nn.Module, genome: Genome, effective: Genome) -> Compaction | None:
         """The compacted network's size, and its latency measured here (CPU; the GPU if this trainer has one)."""

@@ -1,19 +1,47 @@
-"""Checkpoint files: weights + masks (+ metadata, + the functional probe's outputs where the trainer
-computed them), read with ``weights_only=True`` (no code runs)."""
+"""Checkpoint files (weights + masks + metadata) and genome files (the masks bit-packed, and the
+network's outputs on the diversity probe's batch: what the diversity study reads, a fraction of a
+checkpoint's size), all read with ``weights_only=True`` (no code runs)."""
 
 from __future__ import annotations
 
 import io
 import json
+import math
 
+import numpy as np
 import torch
 
 
-def checkpoint_bytes(weights: dict, masks: dict, meta: dict, probe: torch.Tensor | None = None) -> bytes:
-    """``probe``: the network's outputs on the run's held-out batch (``meta["probe"]`` says which)."""
-    payload = {"weights": weights, "masks": masks, "meta": json.dumps(meta)}
+def checkpoint_bytes(weights: dict, masks: dict, meta: dict) -> bytes:
+    return _torch_bytes({"weights": weights, "masks": masks, "meta": json.dumps(meta)})
+
+
+def genome_bytes(masks: dict[str, torch.Tensor], probe: torch.Tensor | None, meta: dict) -> bytes:
+    """The masks packed 8 to a byte, and ``probe`` (outputs on the held-out batch ``meta["probe"]`` names)."""
+    packed = {name: torch.from_numpy(np.packbits(mask.cpu().numpy().reshape(-1))) for name, mask in masks.items()}
+    shapes = {name: list(mask.shape) for name, mask in masks.items()}
+    payload = {"packed_masks": packed, "meta": json.dumps({**meta, "mask_shapes": shapes})}
     if probe is not None:
         payload["probe"] = probe
+    return _torch_bytes(payload)
+
+
+def load_genome_bytes(data: bytes) -> dict:
+    """A genome file's {"masks" (bool tensors), "meta"[, "probe"]}."""
+    payload = read_torch_bytes(data)
+    if not isinstance(payload, dict) or "packed_masks" not in payload:
+        raise ValueError("not an evopop genome file: expected a dict with 'packed_masks'")
+    meta = json.loads(payload.get("meta") or "{}")
+    shapes = meta.pop("mask_shapes", {})
+    masks = {}
+    for name, packed in payload.pop("packed_masks").items():
+        shape = tuple(shapes[name])
+        bits = np.unpackbits(packed.numpy(), count=math.prod(shape)).astype(bool)
+        masks[name] = torch.from_numpy(bits.reshape(shape))
+    return {**payload, "masks": masks, "meta": meta}
+
+
+def _torch_bytes(payload: dict) -> bytes:
     buffer = io.BytesIO()
     torch.save(payload, buffer)
     return buffer.getvalue()
@@ -33,7 +61,7 @@ def is_evopop_checkpoint(payload) -> bool:
 
 
 def load_checkpoint_bytes(data: bytes) -> dict:
-    """A checkpoint's {"weights", "masks", "meta"[, "probe"]}; tensors only (``weights_only=True``)."""
+    """A checkpoint's {"weights", "masks", "meta"}; tensors only (``weights_only=True``)."""
     payload = read_torch_bytes(data)
     if not is_evopop_checkpoint(payload):
         raise ValueError("not an evopop checkpoint: expected a dict with 'weights' and 'masks'")

@@ -7,10 +7,11 @@
     RUN_DIR/diversity/generation=G/part-0.parquet                  pairwise diversity of the generation
     RUN_DIR/diversity_summary/generation=G/part-0.parquet          its per-generation summary
     RUN_DIR/checkpoints/<individual_id>.pt                         weights + masks
+    RUN_DIR/genomes/<individual_id>.pt                             masks (bit-packed) + probe outputs
     RUN_DIR/report/                                                `evopop report` (see `report_storage`)
     RUN_DIR/.lock                                                  held by the driving process
 
-A record is written only after its checkpoint is durable, and a part is named after its individual,
+A record is written only after its checkpoint (and genome file) is durable, and a part is named after its individual,
 so writing it twice (a retry after a crash) replaces it instead of doubling it. This module is the
 only one that knows these paths.
 """
@@ -33,7 +34,7 @@ import pyarrow.dataset as ds
 import pyarrow.parquet as pq
 from pyarrow.fs import FileSelector, FileType
 
-from .checkpoints import checkpoint_bytes, load_checkpoint_bytes
+from .checkpoints import checkpoint_bytes, genome_bytes, load_checkpoint_bytes, load_genome_bytes
 from .ids import check_individual_id, natural_key, natural_order
 from .locks import lock_for
 from .schema import (
@@ -56,6 +57,7 @@ from .storage import Storage, is_uri, join
 
 POPULATION, LAYERS, SELECTION = "population", "layers", "selection"
 DIVERSITY, DIVERSITY_SUMMARY = "diversity", "diversity_summary"
+GENOMES = "genomes"
 REPORT = "report"
 
 
@@ -281,9 +283,9 @@ class RunRecords:
     def checkpoint_path(individual_id: str) -> str:
         return f"checkpoints/{check_individual_id(individual_id)}.pt"
 
-    def write_checkpoint(self, individual_id: str, weights: dict, masks: dict, meta: dict, probe=None) -> str:
+    def write_checkpoint(self, individual_id: str, weights: dict, masks: dict, meta: dict) -> str:
         rel = self.checkpoint_path(individual_id)
-        self.storage.write_bytes(rel, checkpoint_bytes(weights, masks, meta, probe))
+        self.storage.write_bytes(rel, checkpoint_bytes(weights, masks, meta))
         return rel
 
     def read_checkpoint(self, individual_id: str) -> dict:
@@ -291,6 +293,24 @@ class RunRecords:
 
     def has_checkpoint(self, individual_id: str) -> bool:
         return self.storage.exists(self.checkpoint_path(individual_id))
+
+    # -- genomes: what the diversity study reads -------------------------------------------
+    @staticmethod
+    def genome_path(individual_id: str) -> str:
+        return f"{GENOMES}/{check_individual_id(individual_id)}.pt"
+
+    def write_genome(self, individual_id: str, masks: dict, probe, meta: dict) -> None:
+        """The masks (bit-packed) and ``probe`` outputs of an individual, beside its checkpoint."""
+        self.storage.write_bytes(self.genome_path(individual_id), genome_bytes(masks, probe, meta))
+
+    def read_genome(self, individual_id: str) -> dict | None:
+        """{"masks", "meta"[, "probe"]} of an individual; None where it has no genome file (runs
+        recorded before evopop wrote them, or with diversity off)."""
+        try:
+            data = self.storage.read_bytes(self.genome_path(individual_id))
+        except FileNotFoundError:
+            return None
+        return load_genome_bytes(data)
 
 
 def _selected(decision: tuple[bool, int | None] | None, kind: str | None) -> bool | None:
