@@ -319,3 +319,33 @@ def test_the_driver_runs_no_network_and_reads_no_checkpoint_for_diversity(ray_cl
         pairs_again["functional_disagreement"].to_numpy(float), recorded["functional_disagreement"].to_numpy(float)
     )
     assert pairs_again["jaccard"].tolist() == recorded["jaccard"].tolist()
+
+
+def test_diversity_is_recorded_in_the_background_and_awaited_when_the_run_ends(tmp_path, monkeypatch):
+    """Selection and the next generation do not wait for a generation's diversity; the run's end does."""
+    import threading
+    import time
+    from pathlib import Path
+
+    from evopop.analysis.diversity_hook import DiversityRecorder
+    from evopop.config import load_config
+    from evopop.engine.hooks import Batch
+
+    config = load_config(Path(__file__).parents[1] / "configs" / "tiny.yaml")
+    recorder = DiversityRecorder(config, RunRecords(str(tmp_path / "run")), [])
+    started, release, recorded = threading.Event(), threading.Event(), []
+
+    def slow_record(generation):
+        started.set()
+        release.wait(10)
+        recorded.append((generation, threading.current_thread().name))
+
+    monkeypatch.setattr(recorder, "_record", slow_record)
+    recorder.batch_started(Batch(2, 3, 0))
+    t0 = time.perf_counter()
+    recorder.generation_developed(2)
+    assert time.perf_counter() - t0 < 1.0 and started.wait(10), "handed to the background at once"
+    assert recorded == []
+    release.set()
+    recorder.run_finished()
+    assert [g for g, _ in recorded] == [2] and recorded[0][1].startswith("evopop-diversity")

@@ -313,13 +313,28 @@ def functional_disagreement(outputs: Sequence[torch.Tensor], kind: str = "auto")
     Entry (i, j) is the fraction of samples (classification) or pixels (dense outputs) whose
     prediction differs between network i and network j (see `predictions`); the diagonal is 0.
     """
-    n = len(outputs)
+    shapes = {tuple(o.shape) for o in outputs}
+    if len(shapes) > 1:
+        raise ValueError(f"outputs must all have the same shape (one batch), got {sorted(shapes)}")
+    return prediction_disagreement([compact_labels(predictions(o, kind)) for o in outputs])
+
+
+def compact_labels(labels: torch.Tensor) -> torch.Tensor:
+    """``labels`` in the smallest integer type that holds them (uint8 for up to 256 classes): a
+    generation's predictions on a dense batch are held at once (64 saliency maps of 32 x 224 x 224)."""
+    if labels.numel() == 0 or (labels.min() >= 0 and labels.max() < 256):
+        return labels.to(torch.uint8)
+    return labels
+
+
+def prediction_disagreement(labels: Sequence[torch.Tensor]) -> torch.Tensor:
+    """Pairwise disagreement (n x n, float64) of n networks' flat predictions (`predictions`)."""
+    n = len(labels)
     if n == 0:
         return torch.zeros(0, 0, dtype=torch.float64)
-    shapes = {tuple(o.shape) for o in outputs}
-    if len(shapes) != 1:
-        raise ValueError(f"outputs must all have the same shape (one batch), got {sorted(shapes)}")
-    preds = torch.stack([predictions(o, kind) for o in outputs])  # (n, M)
+    if len({tuple(x.shape) for x in labels}) != 1:
+        raise ValueError("predictions must all have the same length (one batch)")
+    preds = torch.stack(list(labels))  # (n, M)
     out = torch.zeros(n, n, dtype=torch.float64)
     for i in range(n):
         out[i, i:] = (preds[i] != preds[i:]).double().mean(dim=1)

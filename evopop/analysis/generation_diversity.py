@@ -28,10 +28,12 @@ from .diversity import (
     PAIR_QUANTITIES,
     GenomePacker,
     PackedGenomes,
-    functional_disagreement,
+    compact_labels,
     living_fractions,
     neuron_distances,
     neuron_fractions,
+    prediction_disagreement,
+    predictions,
     spread,
     synapse_distances,
 )
@@ -174,14 +176,14 @@ def generation_diversity(
             )
             continue
         packer.add(payload["masks"], individual_id)
-        if outputs is not None:
-            outs.append(outputs(payload))
+        if outputs is not None:  # held as labels, not outputs: a generation's are held at once
+            outs.append(compact_labels(predictions(outputs(payload), kind)))
         del payload
         kept.append(row)
     ok = pd.DataFrame(kept).reset_index(drop=True) if kept else ok.iloc[0:0]
     packed = packer.done()
     parents = [(plain_value(p)) for p in ok["parent_id"]] if len(ok) else []
-    disagreement = functional_disagreement(outs, kind) if outputs is not None else None
+    disagreement = prediction_disagreement(outs) if outputs is not None else None
 
     pairs = _pairs_frame(packed, parents, disagreement)
     pairs.insert(0, "generation", np.int32(generation))

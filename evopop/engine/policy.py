@@ -50,6 +50,7 @@ class Evolution:
                     ancestors = self.generation(generation, ancestors)
             finally:
                 self.executor.shutdown()
+                self._notify("run_finished")
         return self.records.population()
 
     def generation(self, generation: int, ancestors: list[IndividualRecord]) -> list[IndividualRecord]:

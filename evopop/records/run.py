@@ -195,6 +195,8 @@ class RunRecords:
             exclude_invalid_files=True,
             ignore_prefixes=[".tmp-", "."],
         )
+        if not data.files:  # a folder whose first file is still being written (a concurrent reader)
+            return None
         if schema is None:  # files of older schema versions lack later columns: read every file's columns
             fragments = [fragment.physical_schema for fragment in data.get_fragments()]
             if any(not f.equals(fragments[0]) for f in fragments[1:]):
