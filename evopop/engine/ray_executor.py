@@ -1,8 +1,8 @@
 """The Ray executor: a pool of long-lived trainer actors fed through a ``ray.wait`` loop, results
 streamed as they finish. With `trainer.py`, the only place in evopop that imports Ray.
 
-Each parent's weights and masks go into the object store once, for all its offspring. Nothing waits
-forever:
+Each parent's weights and masks go into the object store once, for all its offspring, when the
+first of them is handed out. Nothing waits forever:
 
 - A trainer gets work only once it has answered (``Trainer.ready``): one the cluster has not placed
   (more trainers than fit) gets none, and the run goes on with those that answered.
@@ -185,10 +185,26 @@ def _refusal(wanted: dict[str, tuple[str, float]], nodes: list[dict], waited: fl
 
 
 # -- the executor -------------------------------------------------------------------------------
+class _Parent:
+    """A parent's state in the object store, loaded and put there when its first offspring is handed
+    out: the first trainers start once one parent is loaded, not all of a generation's parents (each
+    a checkpoint read, 325 MB for the reference network). Siblings share one; it leaves the object
+    store with the last of their jobs."""
+
+    def __init__(self, parent_id: str | None, load: ParentLoader):
+        self.parent_id, self._load, self._ref = parent_id, load, None
+
+    def ref(self):
+        """The ObjectRef of the parent's state (loaded and put on first use); None for the root."""
+        if self.parent_id is not None and self._ref is None:
+            self._ref = ray.put(self._load(self.parent_id))
+        return self._ref
+
+
 @dataclass
 class _Job:
     spec: Spec
-    parent: object  # ObjectRef of the parent's state, or None
+    parent: _Parent
     attempts: int = 0
 
 
@@ -223,11 +239,9 @@ class RayExecutor:
 
     def run(self, specs: Sequence[Spec], load_parent: ParentLoader) -> Iterator[Result]:
         """Yield a `Result` for every spec, in the order they finish."""
-        needed = dict.fromkeys(spec.parent_id for spec in specs if spec.parent_id is not None)
-        # one parent at a time: loaded, put into the object store, and dropped from this process
-        refs = {parent_id: ray.put(load_parent(parent_id)) for parent_id in needed}
-        queue = deque(_Job(spec, refs.get(spec.parent_id)) for spec in specs)
-        del refs  # the jobs hold the references: the parents leave the object store with them
+        parents = {parent_id: _Parent(parent_id, load_parent) for parent_id in {spec.parent_id for spec in specs}}
+        queue = deque(_Job(spec, parents[spec.parent_id]) for spec in specs)
+        del parents  # the jobs hold them
         yield from self._drain(queue)
 
     def _drain(self, queue: deque) -> Iterator[Result]:
@@ -242,7 +256,7 @@ class RayExecutor:
             while queue and self._idle:
                 actor, job = self._idle.pop(), queue.popleft()
                 job.attempts += 1
-                running[actor.develop.remote(job.spec, job.parent)] = _Running(actor, job, time.monotonic())
+                running[actor.develop.remote(job.spec, job.parent.ref())] = _Running(actor, job, time.monotonic())
             now = time.monotonic()
             deadline = min((run.started + r.timeout_s for run in running.values()), default=math.inf)
             if self._starting and queue:
