@@ -1,12 +1,12 @@
 """Command line: ``evopop run | resume | show``.
 
     evopop run CONFIG [dotted.key=value ...] [--run-dir DIR]   start a run, print its directory
-    evopop resume RUN_DIR                                       finish an interrupted run
+    evopop resume RUN_DIR [resources.trainers=8 ...]            finish an interrupted run
     evopop show RUN_DIR                                         the population so far
     evopop report RUN_DIR [--out DIR]                           an HTML report with figures
     evopop export RUN_DIR ID --out FILE [--format pt2|onnx]     one individual, compacted, standalone
 
-Exit codes: 0 done, 1 the evolution failed (records intact), 2 bad config or input.
+Exit codes: 0 done, 1 the evolution stopped (records intact: `evopop resume` goes on), 2 bad config or input.
 """
 
 from __future__ import annotations
@@ -59,7 +59,7 @@ def cmd_resume(args) -> int:
 
     from .engine.plan import plan_run
 
-    config = load_config(yaml.safe_load(_records(args.run_dir).read_config()))
+    config = load_config(yaml.safe_load(_records(args.run_dir).read_config()), args.overrides)
     plan = plan_run(config)
     print(f"resuming: {args.run_dir}", flush=True)
     return _drive(config, args.run_dir, plan)
@@ -68,13 +68,13 @@ def cmd_resume(args) -> int:
 def _drive(config: Config, run_dir: str, plan) -> int:
     from .analysis.tables import lineage_table, metrics_first
     from .api import evolve
-    from .engine.policy import EvolutionFailed
+    from .engine.failures import RunStopped
     from .records.locks import RunLockedError
 
     try:
         population = evolve(config, run_dir, plan=plan)
-    except EvolutionFailed as exc:
-        print(f"evolution failed: {exc}", file=sys.stderr)
+    except RunStopped as exc:
+        print(f"evolution stopped: {exc}", file=sys.stderr)
         return EXIT_FAILED
     except RunLockedError as exc:
         print(f"evopop: {exc}", file=sys.stderr)
@@ -134,6 +134,7 @@ def build_parser() -> argparse.ArgumentParser:
     run.set_defaults(func=cmd_run)
     resume = sub.add_parser("resume", help="finish an interrupted run")
     resume.add_argument("run_dir")
+    resume.add_argument("overrides", nargs="*", help="resources.* / compaction.* overrides (another cluster, say)")
     resume.set_defaults(func=cmd_resume)
     show = sub.add_parser("show", help="print the population of a run")
     show.add_argument("run_dir")

@@ -132,6 +132,9 @@ class ResourcesSection(_Section):
     cpus_per_trainer: float = Field(1.0, gt=0)
     gpus_per_trainer: float = Field(0.0, ge=0)  # fractions pack several small offspring on one GPU
     max_retries: int = Field(2, ge=0)  # re-runs of an individual the infrastructure failed (see engine.failures)
+    # an individual the infrastructure still failed after its retries: stop before its generation is
+    # decided (`evopop resume` runs it again), or continue and decide the generation without it
+    on_infrastructure_failure: Literal["stop", "continue"] = "stop"
     # seconds one individual may take on its trainer; past it the trainer is killed and the individual retried
     timeout_s: float = Field(21600.0, gt=0)
     # seconds to wait, on a cluster that may add nodes, for a node that can hold a trainer; 0: refuse at once

@@ -320,6 +320,18 @@ def test_the_driver_runs_no_network_and_reads_no_checkpoint_for_diversity(ray_cl
     )
     assert pairs_again["jaccard"].tolist() == recorded["jaccard"].tolist()
 
+    # the recorder's background thread never builds a network (it would race the random state that
+    # seeds training): such a generation is handed back to the driver's thread
+    from evopop.analysis.diversity_hook import DiversityRecorder
+    from evopop.engine.hooks import Batch
+
+    shutil.rmtree(run_dir / "diversity" / "generation=3")
+    recorder = DiversityRecorder(config, records, records.metadata().metric_columns)
+    recorder.batch_started(Batch(3, 3, 0))
+    recorder.generation_developed(3)
+    recorder.run_finished(completed=True)
+    assert records.has_diversity(3) and recorder._probe.computed == 3, "computed in the driver's thread"
+
 
 def test_diversity_is_recorded_in_the_background_and_awaited_when_the_run_ends(tmp_path, monkeypatch):
     """Selection and the next generation do not wait for a generation's diversity; the run's end does."""
@@ -335,10 +347,10 @@ def test_diversity_is_recorded_in_the_background_and_awaited_when_the_run_ends(t
     recorder = DiversityRecorder(config, RunRecords(str(tmp_path / "run")), [])
     started, release, recorded = threading.Event(), threading.Event(), []
 
-    def slow_record(generation):
+    def slow_record(generation, built, background):
         started.set()
         release.wait(10)
-        recorded.append((generation, threading.current_thread().name))
+        recorded.append((generation, threading.current_thread().name, background))
 
     monkeypatch.setattr(recorder, "_record", slow_record)
     recorder.batch_started(Batch(2, 3, 0))
@@ -347,5 +359,5 @@ def test_diversity_is_recorded_in_the_background_and_awaited_when_the_run_ends(t
     assert time.perf_counter() - t0 < 1.0 and started.wait(10), "handed to the background at once"
     assert recorded == []
     release.set()
-    recorder.run_finished()
-    assert [g for g, _ in recorded] == [2] and recorded[0][1].startswith("evopop-diversity")
+    recorder.run_finished(completed=True)
+    assert [g for g, _, _ in recorded] == [2] and recorded[0][1].startswith("evopop-diversity") and recorded[0][2]

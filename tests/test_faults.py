@@ -259,14 +259,18 @@ def test_offspring_land_on_nodes_of_distinct_sizes_and_survive_losing_one(ray_cl
         "resources.custom={pool: 1}",
     )
     small_node_id = next(n["NodeID"] for n in ray.nodes() if n["Alive"] and "small" in n["Resources"])
-    thread, box = run_in_thread(evolution(config, run_dir))
-    records = RunRecords(run_dir)
-    # generation 2 done on both workers, generation 3 starting: then the small worker goes
-    wait_for(lambda: records.has_selection(2), 240)
-    ray_cluster.remove_node(small)
-    gen2 = records.population(2)
-    thread.join(timeout=300)
-    ray_cluster.remove_node(large)
+    workers = [small, large]
+    try:
+        thread, box = run_in_thread(evolution(config, run_dir))
+        records = RunRecords(run_dir)
+        # generation 2 done on both workers, generation 3 starting: then the small worker goes
+        wait_for(lambda: records.has_selection(2), 240)
+        ray_cluster.remove_node(workers.pop(0))
+        gen2 = records.population(2)
+        thread.join(timeout=300)
+    finally:  # the session's cluster goes on to the other tests as it was
+        for node in workers:
+            ray_cluster.remove_node(node)
     assert "error" not in box, box.get("error")
     population = box["population"]
     assert_complete(population, run_dir, expected_ids([6, 6]))

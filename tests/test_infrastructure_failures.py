@@ -18,11 +18,12 @@ from evopop.engine.failures import (
     INDIVIDUAL,
     INFRASTRUCTURE,
     GpuShare,
+    RunStopped,
     StorageError,
     classify,
     requested_bytes,
 )
-from evopop.engine.policy import EvolutionFailed
+from evopop.engine.policy import EvolutionFailed, InfrastructureFailed
 from evopop.engine.specs import root_spec
 from evopop.records.run import RunRecords
 
@@ -110,7 +111,7 @@ def flaky_run(tmp_path, infra_dir, infra, *overrides):
 def test_resume_retries_what_the_infrastructure_failed(tmp_path, capsys):
     infra_dir = armed(tmp_path)
     config, run_dir = flaky_run(tmp_path, infra_dir, "storage", "resources.executor=local", "resources.max_retries=1")
-    with pytest.raises(EvolutionFailed, match="every individual of generation 2 failed"):
+    with pytest.raises(InfrastructureFailed, match="generation 2: the infrastructure failed 3 individual"):
         evolve(config, run_dir)
     failed = RunRecords(run_dir).population(2)
     assert (failed["status"] == "failed").all() and (failed["failure"] == INFRASTRUCTURE).all()
@@ -127,6 +128,35 @@ def test_resume_retries_what_the_infrastructure_failed(tmp_path, capsys):
     assert offspring["checkpoint"].notna().all()
 
 
+def test_a_generation_with_infrastructure_failures_is_not_decided_until_resumed(tmp_path):
+    """The default (resources.on_infrastructure_failure: stop): a few offspring failed by the
+    infrastructure, the others fine; the run stops before selecting, the resume runs the few."""
+    infra_dir = armed(tmp_path)
+    config, run_dir = flaky_run(
+        tmp_path,
+        infra_dir,
+        "storage",
+        "task.args.infra_rate=0.5",
+        "resources.executor=local",
+        "resources.max_retries=0",
+        "evolution.offspring=6",
+    )
+    with pytest.raises(InfrastructureFailed, match="once the cause is fixed, `evopop resume"):
+        evolve(config, run_dir)
+    records = RunRecords(run_dir)
+    first = records.population(2)
+    failed = set(first[first["status"] == "failed"]["individual_id"])
+    assert 0 < len(failed) < 6 and not records.has_selection(2), "some failed, and nothing was selected"
+
+    (infra_dir / "armed").unlink()
+    resumed = evolve(config, run_dir)
+    assert_complete(resumed, run_dir, expected_ids([6, 6]))
+    offspring = resumed[resumed["generation"] == 2].set_index("individual_id")
+    assert (offspring["status"] == "ok").all()
+    assert (offspring.loc[sorted(failed), "attempts"] == 2).all()
+    assert (offspring.drop(index=sorted(failed))["attempts"] == 1).all(), "the others ran once"
+
+
 def test_a_decided_generations_infrastructure_failures_are_final(tmp_path):
     infra_dir = armed(tmp_path)
     config, run_dir = flaky_run(
@@ -136,6 +166,7 @@ def test_a_decided_generations_infrastructure_failures_are_final(tmp_path):
         "task.args.infra_rate=0.5",
         "resources.executor=local",
         "resources.max_retries=0",
+        "resources.on_infrastructure_failure=continue",
         "evolution.offspring=6",
     )
     first = evolve(config, run_dir)
@@ -176,7 +207,7 @@ def test_trainer_whose_cuda_context_broke_is_replaced(ray_cluster, tmp_path):
     assert_complete(population, run_dir, expected_ids([4, 4]))
     assert (population["status"] == "ok").all(), "no individual fails in the broken trainer after the first"
     assert (population["attempts"] == 2).sum() == 1, "the individual that met the CUDA error ran again"
-    broken_pid = int((infra_dir / "broken").read_text())
+    broken_pid = int((infra_dir / "broken").read_text().split()[0])
     # ray.kill returns before the process is gone
     wait_for(lambda: not Path(f"/proc/{broken_pid}").exists() or _is_zombie(broken_pid), timeout=30)
 
@@ -199,3 +230,46 @@ def test_the_policy_counts_earlier_attempts_once(tmp_path):
     parts = sorted(p.name for p in (Path(run_dir) / "population" / "generation=2").glob("*.parquet"))
     assert parts == [f"part-g2-{i}.parquet" for i in range(3)]
     assert (RunRecords(run_dir).population(2)["attempts"] == 2).all()
+
+
+@pytest.mark.slow
+def test_an_infrastructure_failure_is_retried_on_another_trainer(ray_cluster, tmp_path):
+    infra_dir = armed(tmp_path)
+    # two offspring on two trainers: the one failed at its first step is retried while the other still
+    # trains, so its own trainer is the idle one, and the retry waits for the other
+    config, run_dir = flaky_run(
+        tmp_path,
+        infra_dir,
+        "storage",
+        "task.args.infra_once=true",
+        "task.args.step_sleep=0.05",
+        "evolution.generations=2",
+        "evolution.offspring=2",
+        "resources.trainers=2",
+    )
+    population = evolve(config, run_dir)
+    assert_complete(population, run_dir, expected_ids([2]))
+    retried = population[population["attempts"] == 2]
+    assert len(retried) == 1 and (population["status"] == "ok").all()
+    failed_on = (infra_dir / "claimed").read_text().split()[1]
+    assert retried.iloc[0]["worker_id"] != failed_on, "the retry ran on the other trainer"
+
+
+def test_the_local_executor_stops_once_its_process_is_broken(tmp_path):
+    infra_dir = armed(tmp_path)
+    config, run_dir = flaky_run(tmp_path, infra_dir, "cuda", "resources.executor=local")
+    with pytest.raises(RunStopped, match="broke this process's CUDA context"):
+        evolve(config, run_dir)
+    population = RunRecords(run_dir).population(2)
+    assert len(population) == 1, "nothing more ran in the broken process"
+    assert population.iloc[0]["failure"] == INFRASTRUCTURE and not RunRecords(run_dir).has_selection(2)
+
+
+def test_out_of_memory_on_a_gpu_of_its_own_is_the_individuals():
+    whole = GpuShare(peak_reserved=10 * GIB, total=80 * GIB, fraction=1.0)
+    assert classify(torch.cuda.OutOfMemoryError(OOM), whole).cause == INDIVIDUAL
+    half = GpuShare(peak_reserved=10 * GIB, total=80 * GIB, fraction=0.5)
+    alloc = classify(RuntimeError("CUDA error: out of memory"), half)
+    assert alloc.cause == INFRASTRUCTURE and not alloc.replace_trainer, "an allocation failure keeps the context"
+    cublas = classify(RuntimeError("CUBLAS_STATUS_ALLOC_FAILED when calling `cublasCreate(handle)`"), whole)
+    assert cublas.cause == INDIVIDUAL and not cublas.replace_trainer

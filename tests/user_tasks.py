@@ -88,35 +88,44 @@ class Flaky(ShapesTask):
         infra_dir: str | None = None,
         infra: str = "exit",
         infra_rate: float = 1.0,
+        infra_once: bool = False,
         **kwargs,
     ):
         super().__init__(**kwargs)
         self.nan_rate, self.oom_rate, self.step_sleep, self.pid_dir = nan_rate, oom_rate, step_sleep, pid_dir
-        self.infra_dir, self.infra, self.infra_rate = infra_dir, infra, infra_rate
+        self.infra_dir, self.infra, self.infra_rate, self.infra_once = infra_dir, infra, infra_rate, infra_once
         self.fate = None
         self.runs = 0
         self.broken = False
+        self.infra_due = False
 
     def train_set(self):
         draw = float(torch.rand(()))
         self.fate = "nan" if draw < self.nan_rate else "oom" if draw < self.nan_rate + self.oom_rate else None
         infra_draw = float(torch.rand(())) if self.infra_dir else 1.0
-        if self.infra_dir and Path(self.infra_dir, "armed").exists() and infra_draw < self.infra_rate:
-            if self.infra == "cuda":  # this process's context breaks (for good) at its next training step
-                self.broken = self.broken or self._claim_break()
-            else:
-                self.fate = self.infra
+        # decided at the first training step: train_set is also called to build the data, not only to train
+        self.infra_due = (
+            bool(self.infra_dir) and Path(self.infra_dir, "armed").exists() and infra_draw < self.infra_rate
+        )
         if self.pid_dir:
             self.runs += 1
             Path(self.pid_dir, f"{os.getpid()}.{self.runs}").touch()
         return super().train_set()
 
-    def _claim_break(self) -> bool:
+    def _claim(self, name: str) -> bool:
+        """Whether this process is the first to claim ``name``; it writes its pid and Ray worker id there."""
         try:
-            fd = os.open(Path(self.infra_dir, "broken"), os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+            fd = os.open(Path(self.infra_dir, name), os.O_CREAT | os.O_EXCL | os.O_WRONLY)
         except FileExistsError:
             return False
-        os.write(fd, str(os.getpid()).encode())
+        worker = ""
+        try:
+            import ray
+
+            worker = ray.get_runtime_context().get_worker_id() if ray.is_initialized() else ""
+        except Exception:
+            pass
+        os.write(fd, f"{os.getpid()} {worker}".encode())
         os.close(fd)
         return True
 
@@ -126,6 +135,12 @@ class Flaky(ShapesTask):
             return loss  # evaluation
         if self.step_sleep:
             time.sleep(self.step_sleep)
+        if self.infra_due:
+            self.infra_due = False
+            if self.infra == "cuda":  # this process's context breaks, for good
+                self.broken = self.broken or self._claim("broken")
+            elif not self.infra_once or self._claim("claimed"):
+                self.fate = self.infra
         if self.broken:
             raise RuntimeError("CUDA error: an illegal memory access was encountered (injected)")
         if self.fate == "exit":

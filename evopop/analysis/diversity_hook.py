@@ -18,7 +18,7 @@ from ..config import Config
 from ..engine.hooks import OFFSPRING, Batch, Hook
 from ..records.run import RunRecords
 from ..tasks.registry import built_task
-from .generation_diversity import TaskProbe, generation_diversity
+from .generation_diversity import OutputsMissing, TaskProbe, generation_diversity
 
 
 class DiversityRecorder(Hook):
@@ -27,8 +27,10 @@ class DiversityRecorder(Hook):
         self._developed: set[int] = set()  # generations with offspring developed by this process
         self._probe: TaskProbe | None = None
         self._worker: ThreadPoolExecutor | None = None  # one generation at a time, in order
+        self._deferred: list[int] = []  # generations the background could not do: outputs to compute
 
     def batch_started(self, batch: Batch) -> None:
+        self._record_deferred()
         if batch.kind == OFFSPRING and batch.already < batch.total:
             self._developed.add(batch.generation)
 
@@ -37,32 +39,49 @@ class DiversityRecorder(Hook):
         nothing new was developed: selection and the next generation do not wait for it."""
         if generation not in self._developed and self.records.has_diversity(generation):
             return
+        # built here, in the driver's thread: building a network draws from the global random state
+        built = built_task(self.config.task.name, self.config.task.args)
         if self._worker is None:
             self._worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="evopop-diversity")
-        self._worker.submit(self._record, generation)
+        self._worker.submit(self._record, generation, built, background=True)
 
-    def run_finished(self) -> None:
-        """Wait for the generations' diversity still being recorded."""
+    def run_finished(self, completed: bool) -> None:
+        """Wait for the generations' diversity still being recorded; a run stopped by an error or an
+        interrupt drops those not started (a resumed run records them)."""
         if self._worker is not None:
-            self._worker.shutdown(wait=True)
+            self._worker.shutdown(wait=True, cancel_futures=not completed)
             self._worker = None
+        if completed:
+            self._record_deferred()
 
-    def _record(self, generation: int) -> None:
+    def _record_deferred(self) -> None:
+        while self._deferred:
+            generation = self._deferred.pop(0)
+            self._record(generation, built_task(self.config.task.name, self.config.task.args), background=False)
+
+    def _record(self, generation: int, built, background: bool) -> None:
         try:
-            built = built_task(self.config.task.name, self.config.task.args)
-            probe = self._outputs(built.task)
+            probe = self._outputs(built.task, background)
             pairs, summary = generation_diversity(self.records, generation, built.arch, self.metric_columns, probe)
             self.records.write_diversity(generation, pairs, summary, probe.note if probe else "")
+        except OutputsMissing:  # checkpoints without stored outputs (an older run): done in the driver's thread
+            self._deferred.append(generation)
         except Exception as exc:  # an analysis must never fail the run it analyses
             warnings.warn(
                 f"diversity of generation {generation} not recorded: {type(exc).__name__}: {exc}", stacklevel=2
             )
 
-    def _outputs(self, task) -> TaskProbe | None:
-        """The functional probe: the trainers' stored outputs (computed here only where missing)."""
+    def _outputs(self, task, background: bool) -> TaskProbe | None:
+        """The functional probe: the trainers' stored outputs; where they are missing, computed in
+        the driver's thread only (a network built in another thread would race the random state
+        that seeds the networks the driver's thread builds)."""
         batch = self.config.diversity.functional_batch
         if not batch:
             return None
+        if background:
+            probe = TaskProbe(task, batch)
+            probe.may_compute = False
+            return probe
         if self._probe is None:
             self._probe = TaskProbe(task, batch)
         return self._probe

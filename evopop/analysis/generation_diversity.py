@@ -62,6 +62,10 @@ def checkpoint_outputs(task, batch: torch.Tensor | ProbeBatch, device: str | tor
     return outputs
 
 
+class OutputsMissing(LookupError):
+    """A `TaskProbe` not allowed to run networks met an individual without stored outputs."""
+
+
 class TaskProbe:
     """The outputs of each individual on the first ``size`` items of the task's first evaluation set
     (``diversity.functional_batch``), as `generation_diversity` wants them (``f(checkpoint)``).
@@ -76,6 +80,7 @@ class TaskProbe:
         self.task, self.size, self.device = task, int(size), device
         self.batch: dict | None = None  # what the outputs were computed on (`ProbeBatch.describe`)
         self.computed = 0  # outputs computed here, not by the trainers
+        self.may_compute = True  # False: raise OutputsMissing instead (off the thread that seeds training)
         self._compute: Outputs | None = None
 
     def stored(self, payload: dict) -> bool:
@@ -88,6 +93,8 @@ class TaskProbe:
         if self.stored(payload):
             self.batch = payload["meta"]["probe"]
             return payload["probe"].float()
+        if not self.may_compute:
+            raise OutputsMissing("no stored outputs on the probe's batch: the network must run here")
         if self._compute is None:
             batch = held_out_batch(self.task, self.size)
             self._compute, self.batch = checkpoint_outputs(self.task, batch, self.device), batch.describe()
@@ -196,9 +203,10 @@ def _read_individual(records, individual_id: str, outputs: Outputs | None) -> di
     """What the diversity of one individual needs, read once: its genome file (masks, probe outputs;
     a fraction of the checkpoint's size) where it has one that serves ``outputs``, else its
     checkpoint (weights, masks); None if it has neither."""
-    genome = records.read_genome(individual_id)
-    if genome is not None and (outputs is None or isinstance(outputs, TaskProbe) and outputs.stored(genome)):
-        return genome
+    if outputs is None or isinstance(outputs, TaskProbe):  # other outputs want the weights
+        genome = records.read_genome(individual_id)
+        if genome is not None and (outputs is None or outputs.stored(genome)):
+            return genome
     if not records.has_checkpoint(individual_id):
         return None
     return records.read_checkpoint(individual_id)

@@ -68,9 +68,9 @@ class Developer:
     def develop(self, spec: Spec, parent: ParentState | None) -> Outcome:
         """Outcome of one individual: measurements on success, the error on failure."""
         start = time.perf_counter()
-        if self.device.type == "cuda":  # the peak of this individual alone tells whose an OOM is
-            torch.cuda.reset_peak_memory_stats(self.device)
         try:
+            if self.device.type == "cuda":  # the peak of this individual alone tells whose an OOM is
+                torch.cuda.reset_peak_memory_stats(self.device)
             outcome = self._develop(spec, parent)
         except Exception as exc:  # recorded failed, the generation goes on; the executor retries what is not its own
             failure = classify(exc, gpu_share(self.device, self.config.resources.gpus_per_trainer))
@@ -98,12 +98,10 @@ class Developer:
             result = train_and_evaluate(model, self.task, recipe, spec.train_seed, masks, self.device)
         weights = {k: v.detach().cpu() for k, v in model.state_dict().items()}
         meta = {"generation": spec.generation, "parent_id": spec.parent_id, "lineage": list(spec.lineage)}
-        probe = self._probe(model) if spec.kind in EVOLVED_KINDS and self.config.diversity.enabled else None
+        genome_file = spec.kind in EVOLVED_KINDS and self.config.diversity.enabled  # not baselines'
+        outputs, described = self._probe(model) if genome_file else (None, {})
         try:
-            if (
-                probe is not None
-            ):  # the diversity study's (not baselines'): read by the driver instead of the checkpoint
-                outputs, described = probe
+            if genome_file:  # read by the driver's diversity study instead of the checkpoint
                 self.records.write_genome(spec.individual_id, genome.state_dict(), outputs, {**meta, **described})
             checkpoint = self.records.write_checkpoint(spec.individual_id, weights, genome.state_dict(), meta)
         except OSError as exc:  # the storage's failure, not the individual's: retried
@@ -134,10 +132,18 @@ class Developer:
 
     def _probe(self, model: torch.nn.Module) -> tuple[torch.Tensor | None, dict]:
         """(outputs on the probe's held-out batch, computed here on the trainer's device; what the
-        genome file's metadata says of them): (None, {}) when the functional probe is off."""
-        if self.probe_batch is None:
+        genome file's metadata says of them): (None, {}) when the functional probe is off, or failed
+        (a measurement for the diversity study: the trained individual stands, the driver computes them)."""
+        try:
+            if self.probe_batch is None:
+                return None, {}
+            outputs = probe_outputs(model, self.probe_batch.inputs, self.config.train.eval_batch_size)
+            return outputs, {"probe": self.probe_batch.describe()}
+        except Exception as exc:
+            warnings.warn(f"no outputs on the diversity probe's batch: {type(exc).__name__}: {exc}", stacklevel=2)
+            if self.device.type == "cuda":
+                torch.cuda.empty_cache()
             return None, {}
-        return probe_outputs(model, self.probe_batch.inputs), {"probe": self.probe_batch.describe()}
 
     def _compaction(self, model: torch.nn.Module, genome: Genome, effective: Genome) -> Compaction | None:
         """The compacted network's size, and its latency measured here (CPU; the GPU if this trainer has one)."""

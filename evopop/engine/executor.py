@@ -5,7 +5,7 @@ driver never holds a generation's parents in memory at once.
 
 - `LocalExecutor` (``resources.executor: local``): one `Developer` in this process, one individual
   after another. No Ray: for debugging with pdb, and for fast tests of the policy. It retries the
-  infrastructure's failures in place, except those that break the process.
+  infrastructure's failures in place; one that breaks the process (a CUDA error) stops the run.
 - `evopop.engine.ray_executor.RayExecutor` (``resources.executor: ray``, the default): long-lived
   trainer actors on a Ray cluster, parents in the object store once, dead processes retried.
 
@@ -15,12 +15,14 @@ Both give the same records for the same seeds: an individual is a pure function 
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Sequence
+from dataclasses import replace
 from typing import Protocol
 
 import torch
 
 from ..config import Config
 from .develop import Developer
+from .failures import RunStopped
 from .jobs import ParentState, Result, Spec
 
 ParentLoader = Callable[[str], ParentState]
@@ -59,22 +61,35 @@ class LocalExecutor:
             if spec.parent_id is not None and loaded[0] != spec.parent_id:
                 loaded = (spec.parent_id, load_parent(spec.parent_id))
             parent = loaded[1] if spec.parent_id is not None else None
-            yield self._develop(spec, parent)
+            result = self._develop(spec, parent)
+            yield result
+            if result.outcome.replace_trainer:  # nothing can run in this process any more
+                raise RunStopped(
+                    f"{spec.individual_id} broke this process's CUDA context: {_first_line(result.outcome.error)}; "
+                    "`evopop resume` goes on in a fresh process"
+                )
 
     def _develop(self, spec: Spec, parent: ParentState | None) -> Result:
         """Develop ``spec``, again while the infrastructure fails it (up to ``resources.max_retries``
         times); not after a failure that breaks this process (a CUDA error): `evopop resume` retries it."""
-        attempts = 0
+        retries, attempts = self.config.resources.max_retries, 0
         while True:
             attempts += 1
             outcome = self.developer.develop(spec, parent)
-            if not outcome.retried or outcome.replace_trainer or attempts > self.config.resources.max_retries:
+            if not outcome.retried or outcome.replace_trainer:
                 return Result(spec, outcome, attempts)
+            if attempts > retries:
+                error = f"{outcome.error} ({attempts} attempts; resources.max_retries: {retries})"
+                return Result(spec, replace(outcome, error=error), attempts)
 
     def shutdown(self) -> None:
         if self._threads is not None:
             torch.set_num_threads(self._threads)
         self.developer, self._threads = None, None
+
+
+def _first_line(text: str | None) -> str:
+    return (text or "").strip().split("\n", 1)[0]
 
 
 def trainer_threads(config: Config) -> int:

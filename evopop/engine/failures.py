@@ -23,6 +23,8 @@ INDIVIDUAL, INFRASTRUCTURE = "individual", "infrastructure"
 
 # how CUDA errors read (torch raises most as RuntimeError, or AcceleratorError since torch 2.8)
 _CUDA_MARKERS = ("cuda error", "cublas_status", "cudnn_status", "cudnn error", "cuda driver", "nccl", "no cuda gpus")
+# CUDA errors that are out-of-memory by another name: the context survives them
+_CUDA_OUT_OF_MEMORY = ("out of memory", "cublas_status_alloc_failed", "cudnn_status_alloc_failed")
 _ALLOCATION = re.compile(r"tried to allocate ([\d.]+) ?([kmgt]?i?b)", re.IGNORECASE)
 # what a process holds on its GPU outside PyTorch's allocator (CUDA context, kernels, fragmentation)
 CUDA_OVERHEAD = 2**30
@@ -62,32 +64,43 @@ class StorageError(OSError):
     """Writing the individual's checkpoint failed: the storage's fault, not the individual's."""
 
 
+class RunStopped(RuntimeError):
+    """The run stopped with its records intact; ``evopop resume`` goes on from them."""
+
+
 def classify(exc: BaseException, gpu: GpuShare | None = None) -> Failure:
     """Whose fault ``exc``, raised while developing an individual, is.
 
     - `StorageError` (the checkpoint could not be written): the infrastructure's.
-    - CUDA out of memory: the individual's own when it asked for more than its share of the GPU
-      (what it had reserved at its peak, plus the allocation that failed, plus `CUDA_OVERHEAD`,
-      against ``gpus_per_trainer`` x the GPU's memory); a neighbour's on a shared GPU (the
-      infrastructure's) when it stayed within its share. Without GPU figures (``gpu`` None),
-      its own.
+    - CUDA out of memory (or a CUDA library's failed allocation): the individual's own when it
+      asked for more than its share of the GPU (what it had reserved at its peak, plus the
+      allocation that failed, plus `CUDA_OVERHEAD`, against ``gpus_per_trainer`` x the GPU's
+      memory); a neighbour's (the infrastructure's) when it stayed within its share of a shared
+      GPU. On a GPU of its own, or without GPU figures (``gpu`` None), its own.
     - Any other CUDA error: the trainer is replaced; the infrastructure's, unless it is a device-side
       assert (the program's own bug).
     - Everything else: the individual's own.
     """
     if isinstance(exc, StorageError):
         return Failure(INFRASTRUCTURE)
-    if isinstance(exc, torch.cuda.OutOfMemoryError):
-        if gpu is None or gpu.total <= 0:
-            return OWN
-        within_share = gpu.peak_reserved + requested_bytes(str(exc)) + CUDA_OVERHEAD <= gpu.share
-        return Failure(INFRASTRUCTURE) if within_share else OWN
     text = str(exc).lower()
-    if _is_cuda_error(exc, text):
+    cuda = _is_cuda_error(exc, text)
+    if isinstance(exc, torch.cuda.OutOfMemoryError) or cuda and any(m in text for m in _CUDA_OUT_OF_MEMORY):
+        return _out_of_memory(exc, gpu)
+    if cuda:
         if "device-side assert" in text:
             return Failure(INDIVIDUAL, replace_trainer=True)
         return Failure(INFRASTRUCTURE, replace_trainer=True)
     return OWN
+
+
+def _out_of_memory(exc: BaseException, gpu: GpuShare | None) -> Failure:
+    """A neighbour's (the infrastructure's) only on a shared GPU, and only if this trainer stayed
+    within its share; its own otherwise (on a GPU of its own, nobody else is there to blame)."""
+    if gpu is None or gpu.total <= 0 or gpu.fraction >= 1:
+        return OWN
+    within_share = gpu.peak_reserved + requested_bytes(str(exc)) + CUDA_OVERHEAD <= gpu.share
+    return Failure(INFRASTRUCTURE) if within_share else OWN
 
 
 def requested_bytes(message: str) -> int:

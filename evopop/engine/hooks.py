@@ -8,7 +8,7 @@ The policy calls each hook at fixed points of a generation, in this order (EvoTo
     generation_developed(generation)      the generation's offspring are all recorded, before selection
     selected(generation, ids)             the generation's selection is recorded
     batch_started .. batch_finished       again for the baselines at matched sparsity, when enabled
-    run_finished()                        the run ended: finished, stopped by a failure, or interrupted
+    run_finished(completed)               the run ended: finished, stopped by a failure, or interrupted
 
 A hook only observes: it never changes what the policy decides. A hook may work in the background
 (the diversity study does, off the generations' critical path) if it finishes in ``run_finished``.
@@ -50,5 +50,6 @@ class Hook:
     def selected(self, generation: int, selected: list[str]) -> None:
         pass
 
-    def run_finished(self) -> None:
-        """A hook that works in the background finishes here (the run's lock is still held)."""
+    def run_finished(self, completed: bool) -> None:
+        """A hook that works in the background finishes here (the run's lock is still held);
+        ``completed``: every generation ran, rather than the run stopping on an error or interrupt."""

@@ -20,7 +20,7 @@ from ..config import Config
 from ..records.run import RunRecords
 from ..records.schema import FAILED, IndividualRecord, SelectionRecord, is_baseline, population_schema
 from .executor import Executor
-from .failures import INFRASTRUCTURE
+from .failures import INFRASTRUCTURE, RunStopped
 from .hooks import BASELINES, OFFSPRING, Batch, Hook
 from .jobs import ParentState, Spec
 from .plan import Plan
@@ -28,8 +28,13 @@ from .selection import select
 from .specs import baseline_specs, offspring_specs, root_spec
 
 
-class EvolutionFailed(RuntimeError):
+class EvolutionFailed(RunStopped):
     """A generation in which no individual succeeded: the run stops, its records stay intact."""
+
+
+class InfrastructureFailed(EvolutionFailed):
+    """Individuals the infrastructure still failed after their retries: their generation is not
+    decided, and ``evopop resume`` runs them again (``resources.on_infrastructure_failure: stop``)."""
 
 
 class Evolution:
@@ -44,36 +49,43 @@ class Evolution:
         """Run (or finish) every generation; returns the population records."""
         with self.records.lock():
             self.executor.start()
+            completed = False
             try:
                 ancestors: list[IndividualRecord] = []
                 for generation in range(1, self.config.evolution.generations + 1):
                     ancestors = self.generation(generation, ancestors)
+                completed = True
             finally:
-                self.executor.shutdown()
-                self._notify("run_finished")
+                try:
+                    self.executor.shutdown()
+                finally:
+                    self._notify("run_finished", completed)
         return self.records.population()
 
     def generation(self, generation: int, ancestors: list[IndividualRecord]) -> list[IndividualRecord]:
         """Develop, record and select one generation; returns its selected individuals, best first."""
         specs = [root_spec(self.config)] if generation == 1 else offspring_specs(self.config, generation, ancestors)
-        self.develop(generation, specs, ancestors)
+        self.stop_on_infrastructure_failures(generation, self.develop(generation, specs, ancestors))
         self._notify("generation_developed", generation)
         selected = self.select(generation, [s.individual_id for s in specs])
         if self.config.baselines.enabled and generation > 1:
-            self.develop(generation, baseline_specs(self.config, generation, selected), ancestors, BASELINES)
+            baselines = baseline_specs(self.config, generation, selected)
+            self.stop_on_infrastructure_failures(generation, self.develop(generation, baselines, ancestors, BASELINES))
         return selected
 
     def develop(
         self, generation: int, specs: list[Spec], parents: list[IndividualRecord], kind: str = OFFSPRING
-    ) -> None:
+    ) -> list[IndividualRecord]:
         """Develop every spec without a record, or whose record is a failure of the infrastructure
-        that may still be retried (`retryable`), writing each record as its result arrives."""
+        that may still be retried (`retryable`), writing each record as its result arrives. Returns
+        the records of those the infrastructure failed (after their retries)."""
         recorded = self.records.recorded_ids(generation)
         retry = self.retryable(generation, kind) if recorded else {}
         pending = [s for s in specs if s.individual_id not in recorded or s.individual_id in retry]
         batch = Batch(generation, len(specs), len(specs) - len(pending), kind, retrying=len(retry))
         self._notify("batch_started", batch)
         parent_of = {p.individual_id: p for p in parents}
+        infrastructure_failed = []
         for result in self.executor.run(pending, self._load_parent):
             spec = result.spec
             earlier = retry.get(spec.individual_id, 0)
@@ -82,7 +94,25 @@ class Evolution:
             )
             self.records.write_individual(generation, record, list(result.outcome.layers), self.schema)
             self._notify("recorded", record)
+            if record.failure == INFRASTRUCTURE:
+                infrastructure_failed.append(record)
         self._notify("batch_finished", batch)
+        return infrastructure_failed
+
+    def stop_on_infrastructure_failures(self, generation: int, failed: list[IndividualRecord]) -> None:
+        """Stop before deciding a generation the infrastructure failed individuals of (after their
+        retries), so that ``evopop resume`` runs them again; unless configured to go on without them."""
+        if not failed or self.config.resources.on_infrastructure_failure == "continue":
+            return
+        first = failed[0]
+        reason = (first.error or "unknown").strip().splitlines()[0][:300]
+        ids = ", ".join(r.individual_id for r in failed[:8]) + (", ..." if len(failed) > 8 else "")
+        raise InfrastructureFailed(
+            f"generation {generation}: the infrastructure failed {len(failed)} individual(s) after their retries "
+            f"({ids}; {first.individual_id}: {reason}). The records are intact and the generation is not decided: "
+            f"once the cause is fixed, `evopop resume {self.records.uri}` runs them again "
+            "(resources.on_infrastructure_failure: continue goes on without them)"
+        )
 
     def retryable(self, generation: int, kind: str = OFFSPRING) -> dict[str, int]:
         """Individual id -> attempts so far, of the generation's individuals that the infrastructure

@@ -26,14 +26,14 @@ import os
 import time
 from collections import deque
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import ray
-from ray.exceptions import RayActorError, RayError
+from ray.exceptions import RayActorError, RayError, RayTaskError
 
 from ..config import Config, ConfigError
 from .executor import ParentLoader
-from .failures import INFRASTRUCTURE, Failure
+from .failures import INFRASTRUCTURE, Failure, classify
 from .jobs import Outcome, Result, Spec
 from .trainer import trainer_class
 
@@ -206,6 +206,7 @@ class _Job:
     spec: Spec
     parent: _Parent
     attempts: int = 0
+    avoid: object = None  # the trainer it last failed on, alive: its retry goes to another where there is one
 
 
 @dataclass
@@ -253,10 +254,16 @@ class RayExecutor:
         while queue or running:
             while queue and len(self.actors) < r.trainers:  # replace the trainers lost, now that work waits
                 self._launch()
+            passed_over = []  # idle trainers whose every waiting job last failed on them
             while queue and self._idle:
-                actor, job = self._idle.pop(), queue.popleft()
+                actor = self._idle.pop()
+                job = self._next_job(actor, queue)
+                if job is None:
+                    passed_over.append(actor)
+                    continue
                 job.attempts += 1
                 running[actor.develop.remote(job.spec, job.parent.ref())] = _Running(actor, job, time.monotonic())
+            self._idle.extend(passed_over)
             now = time.monotonic()
             deadline = min((run.started + r.timeout_s for run in running.values()), default=math.inf)
             if self._starting and queue:
@@ -289,6 +296,18 @@ class RayExecutor:
                     f"{_count(len(queue))} waiting, but no trainer can be placed any more: ",
                 )
 
+    def _next_job(self, actor, queue: deque) -> _Job | None:
+        """The first job waiting that did not last fail on ``actor`` (a retry goes to another trainer);
+        None if all did and another trainer that has answered is there to take them."""
+        for i, job in enumerate(queue):
+            if job.avoid is not actor:
+                del queue[i]
+                return job
+        starting = list(self._starting.values())
+        if any(other is not actor and other not in starting for other in self.actors):
+            return None
+        return queue.popleft()
+
     def _answered(self, ref, queue: deque) -> Iterator[Result]:
         """A trainer answered ``ready()``: it takes work; or it died starting, and is replaced."""
         actor = self._starting.pop(ref)
@@ -310,16 +329,23 @@ class RayExecutor:
             self._discard(run.actor)
             yield from self._retry(run.job, queue, f"trainer process died: {_first_line(exc)}")
             return
-        except RayError as exc:  # Ray could not run the call (a lost object, a system error): retried
-            self._idle.append(run.actor)
+        except RayTaskError as exc:  # raised outside the Developer's own handling (a parent that did not load)
+            self._discard(run.actor)
+            cause = exc.cause if isinstance(getattr(exc, "cause", None), BaseException) else exc
+            outcome = Outcome.failed(run.job.spec.individual_id, f"{type(cause).__name__}: {_first_line(cause)}")
+            outcome = replace(outcome, failure=classify(cause).cause)
+        except RayError as exc:  # Ray could not run the call (a lost object, the worker killed for memory)
+            self._discard(run.actor)
             yield from self._retry(run.job, queue, f"{type(exc).__name__}: {_first_line(exc)}")
             return
-        if outcome.replace_trainer:  # its CUDA context is broken: every later individual would fail there
-            self._discard(run.actor)
         else:
-            self._idle.append(run.actor)
+            if outcome.replace_trainer:  # its CUDA context is broken: every later individual would fail there
+                self._discard(run.actor)
+            else:
+                self._idle.append(run.actor)
         if outcome.retried:  # the infrastructure's failure (storage, a neighbour's OOM, a CUDA error)
-            yield from self._retry(run.job, queue, outcome.error or "infrastructure failure")
+            run.job.avoid = run.actor  # on another trainer, where there is one, and after the others
+            yield from self._retry(run.job, queue, outcome.error or "infrastructure failure", last=True)
             return
         yield Result(run.job.spec, outcome, run.job.attempts)
 
@@ -338,11 +364,12 @@ class RayExecutor:
             error = f"TimeoutError: timed out after {limit:g} s (resources.timeout_s); its trainer was killed"
             yield from self._retry(run.job, queue, error)
 
-    def _retry(self, job: _Job, queue: deque, error: str) -> Iterator[Result]:
-        """Run ``job`` again, first in line; once it has had ``max_retries`` retries, it failed with ``error``."""
+    def _retry(self, job: _Job, queue: deque, error: str, last: bool = False) -> Iterator[Result]:
+        """Run ``job`` again, first in line (``last``: after the jobs waiting, e.g. for a neighbour's
+        memory to free up); once it has had ``max_retries`` retries, it failed with ``error``."""
         retries = self.config.resources.max_retries
         if job.attempts <= retries:
-            queue.appendleft(job)
+            queue.append(job) if last else queue.appendleft(job)
             return
         error = f"{error} ({job.attempts} attempts; resources.max_retries: {retries})"
         outcome = Outcome.failed(job.spec.individual_id, error, Failure(INFRASTRUCTURE))

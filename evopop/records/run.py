@@ -306,11 +306,11 @@ class RunRecords:
         self.storage.write_bytes(self.genome_path(individual_id), genome_bytes(masks, probe, meta))
 
     def read_genome(self, individual_id: str) -> dict | None:
-        """{"masks", "meta"[, "probe"]} of an individual; None where it has no genome file (runs
-        recorded before evopop wrote them, or with diversity off)."""
+        """{"masks", "meta"[, "probe"]} of an individual; None where it has none that can be read
+        (runs recorded before evopop wrote them, or with diversity off): the checkpoint serves."""
         try:
             data = self.storage.read_bytes(self.genome_path(individual_id))
-        except FileNotFoundError:
+        except OSError:  # missing (or, on S3 without s3:ListBucket, forbidden: 403 for a missing key)
             return None
         return load_genome_bytes(data)
 

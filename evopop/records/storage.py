@@ -1,7 +1,7 @@
 """Run storage through pyarrow.fs: a local path, or any filesystem pyarrow knows (s3://, gs://,
 hdfs://), with the same code. Every write is atomic, so a crash never leaves a half-written file
-for readers or resume to trip over: on a filesystem, a temporary name then a rename; on an object
-store, one upload, which is atomic there by itself (an object appears whole when its upload
+for readers or resume to trip over: on a filesystem (and GCS), a temporary name then a rename; on
+S3, one upload, which is atomic there by itself (an object appears whole when its upload
 completes), without the copy, delete and directory markers a rename costs (22 requests a record
 against 6, measured in benchmarks/bench_cluster.py).
 """
@@ -54,9 +54,10 @@ class Storage:
         return isinstance(self.fs, pafs.LocalFileSystem)
 
     @property
-    def is_object_store(self) -> bool:
-        """S3 or GCS: objects under keys, no directories, atomic uploads, no atomic rename."""
-        return self.fs.type_name in ("s3", "gcs")
+    def uploads_atomically(self) -> bool:
+        """S3: an object appears whole when its upload completes (a failed upload leaves no object:
+        pyarrow does not complete it), no directories, and a rename is a copy and a delete."""
+        return self.fs.type_name == "s3"
 
     def path(self, *parts: str) -> str:
         return posixpath.join(self.root, *parts) if parts else self.root
@@ -70,7 +71,7 @@ class Storage:
     def write_bytes(self, rel: str, data: bytes) -> None:
         """Write ``data`` to ``rel`` atomically (readers see the old file or the whole new one)."""
         final = self.path(rel)
-        if self.is_object_store:
+        if self.uploads_atomically:
             with self.fs.open_output_stream(final) as out:
                 out.write(data)
             return

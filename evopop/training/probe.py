@@ -1,8 +1,8 @@
 """The functional probe: a trained network's outputs on one fixed held-out batch.
 
 Siblings' functional diversity compares these outputs (`evopop.analysis.diversity`). The trainer
-computes them right after evaluation, on its own device, and stores them in the checkpoint, so the
-driver never runs a network (issue 12: 8 full-width saliency offspring are ~8.9 TMAC a generation).
+computes them right after evaluation, on its own device, and stores them in the individual's genome
+file, so the driver never runs a network (8 full-width saliency offspring are ~8.9 TMAC a generation).
 """
 
 from __future__ import annotations
@@ -27,7 +27,8 @@ class ProbeBatch:
 
 
 def held_out_batch(task, size: int = 32, eval_set: str | None = None) -> ProbeBatch:
-    """The first ``size`` inputs of the task's first (or named) evaluation set, stacked: a fixed batch."""
+    """The first ``size`` inputs of the task's first (or named) evaluation set, stacked: a fixed batch
+    (the same in every trainer and in the driver)."""
     sets = task.eval_sets()
     name = eval_set or next(iter(sets))
     dataset = sets[name]
@@ -36,8 +37,10 @@ def held_out_batch(task, size: int = 32, eval_set: str | None = None) -> ProbeBa
 
 
 @torch.no_grad()
-def probe_outputs(model: torch.nn.Module, inputs: torch.Tensor) -> torch.Tensor:
-    """``model``'s outputs on ``inputs`` (eval mode, on the model's device, full precision), as float32 on CPU."""
+def probe_outputs(model: torch.nn.Module, inputs: torch.Tensor, batch_size: int | None = None) -> torch.Tensor:
+    """``model``'s outputs on ``inputs`` (eval mode, on the model's device, full precision), as float32
+    on CPU; ``batch_size`` inputs at a time (the evaluation's batch size: no more memory than it)."""
     model.eval()
     device = next((p.device for p in model.parameters()), torch.device("cpu"))
-    return model(inputs.to(device)).float().cpu()
+    step = batch_size or len(inputs) or 1
+    return torch.cat([model(chunk.to(device)).float().cpu() for chunk in inputs.split(step)])
