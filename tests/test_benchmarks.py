@@ -77,3 +77,22 @@ def test_cluster_benchmark_quick_mode(tmp_path):
         return
     assert summary["record_writes_per_s_s3"] > 0 and summary["checkpoint_writes_per_s_s3"] > 0
     assert summary["requests_per_record_s3"] >= summary["requests_per_record_s3_bare_files"] > 0
+
+
+@pytest.mark.slow
+def test_diversity_benchmark_quick_mode(tmp_path):
+    out = tmp_path / "figures.json"
+    result = subprocess.run(
+        [sys.executable, str(BENCHMARKS / "bench_diversity.py"), "--quick", "--json", str(out)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert result.returncode == 0, result.stderr
+    import json
+
+    figures = json.loads(out.read_text())
+    quickstart = figures["sizes"]["saliency_quickstart"]
+    assert quickstart["genome_mb"] < quickstart["checkpoint_mb"], "the genome file is the smaller read"
+    (generation,) = figures["generations"]
+    assert generation["individuals"] == 4 and generation["diversity_s"] > 0

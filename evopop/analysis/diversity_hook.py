@@ -5,7 +5,7 @@ structural and functional diversity (`evopop.analysis.diversity`) and has the re
 RUN_DIR/diversity/. It reads each individual's genome file once (its masks, and its outputs on the
 held-out batch, stored there by its trainer): no checkpoint, and no network run. It works in a
 background thread, so that the next generation's trainers do not wait for it (64 offspring of the
-reference network take ~40 s of a 2-core driver); the run waits for it before it ends. An analysis
+reference network take ~50 s of a 2-core driver); the run waits for it before it ends. An analysis
 must never fail the run it analyses: errors become warnings.
 """
 
