@@ -23,6 +23,7 @@ from ..records.schema import EVOLVED_KINDS, OK, LayerRecord
 from ..records.storage import read_uri
 from ..synthesis import (
     Genome,
+    MaskedParameters,
     count,
     effective_genome,
     genome_from_weights,
@@ -212,8 +213,9 @@ def _layer_record(individual_id: str, layer) -> LayerRecord:
 
 
 def load_ancestor(path: str, model: torch.nn.Module, arch) -> Genome:
-    """Load an ancestor checkpoint into ``model``: an evopop checkpoint (weights + masks) or a plain
-    state_dict (its zero weights become dead synapses). Raises ValueError saying what does not fit."""
+    """Load an ancestor checkpoint into ``model``, masked by its genome: an evopop checkpoint (weights
+    + masks) or a plain state_dict (its zero weights become dead synapses, then neuron death).
+    Raises ValueError saying what does not fit."""
     try:
         data = read_uri(path)
     except OSError as exc:
@@ -230,12 +232,16 @@ def load_ancestor(path: str, model: torch.nn.Module, arch) -> Genome:
         raise ValueError(f"ancestor checkpoint {path} holds a {type(weights).__name__}, not a state_dict")
     load_weights(model, weights, f"ancestor checkpoint {path}")
     if not masks:
-        return genome_from_weights(arch, model)
-    genome = Genome.from_state_dict(masks)
-    try:
-        genome.validate(arch)
-    except ValueError as exc:
-        raise ValueError(f"ancestor checkpoint {path}: {exc}") from None
+        genome = genome_from_weights(arch, model)
+    else:
+        genome = Genome.from_state_dict(masks)
+        try:
+            genome.validate(arch)
+        except ValueError as exc:
+            raise ValueError(f"ancestor checkpoint {path}: {exc}") from None
+    # what the genome says is dead is zero before the ancestor is measured: a neuron that died of an
+    # all-zero filter still passes its norm's bias on, and the synapses it feeds are nonzero
+    MaskedParameters(model, parameter_masks(arch, genome))
     return genome
 
 

@@ -1,0 +1,59 @@
+"""A loaded ancestor is measured and checkpointed as its genome says (issue 13, part 2): what is dead
+in its genome is zero in its weights, before evaluation, including what dies with a dead neuron."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from evopop.config import load_config
+from evopop.engine.develop import Developer, recipe_of
+from evopop.engine.specs import root_spec
+from evopop.records.run import RunRecords
+from evopop.synthesis import Genome, MaskedParameters, parameter_masks
+from evopop.tasks.registry import built_task
+from evopop.training.loop import evaluate
+
+TINY = Path(__file__).resolve().parents[1] / "configs" / "tiny.yaml"
+DEAD = 2  # the filter of features.0 zeroed in the plain state_dict
+
+
+def plain_state_dict_with_a_zero_filter(tmp_path) -> tuple[str, dict]:
+    config = load_config(TINY)
+    task = built_task(config.task.name, config.task.args).task
+    torch.manual_seed(0)
+    state = task.build_model().state_dict()
+    state["features.0.weight"][DEAD] = 0.0
+    state["features.1.bias"][DEAD] = 0.5  # the dead neuron's norm would still pass this on, unmasked
+    path = tmp_path / "ancestor.pt"
+    torch.save(state, path)
+    return str(path), state
+
+
+def test_a_plain_state_dict_ancestor_is_masked_before_it_is_measured(tmp_path):
+    path, state = plain_state_dict_with_a_zero_filter(tmp_path)
+    config = load_config(TINY, [f"ancestor.checkpoint={path}", "compaction.enabled=false"])
+    run_dir = tmp_path / "run"
+    developer = Developer(config, str(run_dir))
+    outcome = developer.develop(root_spec(config), None)
+    assert outcome.status == "ok", outcome.error
+
+    checkpoint = RunRecords(str(run_dir)).read_checkpoint("g1-0")
+    weights, genome = checkpoint["weights"], Genome.from_state_dict(checkpoint["masks"])
+    assert not bool(genome.masks["features.4"][:, DEAD].any()), "the synapses a dead neuron fed are dead"
+    assert torch.count_nonzero(weights["features.4.weight"][:, DEAD]) == 0, "and zero in the checkpoint"
+    assert weights["features.1.bias"][DEAD] == 0 and weights["features.1.weight"][DEAD] == 0
+
+    # its metrics are those of the network its genome describes
+    arch = developer.arch
+    model = developer.task.build_model()
+    model.load_state_dict(state)
+    MaskedParameters(model, parameter_masks(arch, genome))
+    expected = evaluate(model, developer.task, recipe_of(config, 1), torch.device("cpu"))
+    assert outcome.metrics == expected
+    unmasked = developer.task.build_model()
+    unmasked.load_state_dict(state)
+    assert evaluate(unmasked, developer.task, recipe_of(config, 1), torch.device("cpu")) != expected, (
+        "the unmasked network computes something else: the test would see a missing mask"
+    )
