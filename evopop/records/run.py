@@ -214,7 +214,7 @@ class RunRecords:
             if fields is None:
                 return None
             table = pa.schema(list(PARTITIONING) + list(fields)).empty_table()
-        frame = table.to_pandas()
+        frame = table.to_pandas(types_mapper=nullable_integer)
         frame["generation"] = frame["generation"].astype("int32")
         return frame[["generation"] + [c for c in frame.columns if c != "generation"]]
 
@@ -313,6 +313,25 @@ class RunRecords:
         except OSError:  # missing (or, on S3 without s3:ListBucket, forbidden: 403 for a missing key)
             return None
         return load_genome_bytes(data)
+
+
+_NULLABLE_INTEGERS = {
+    pa.int8(): pd.Int8Dtype(),
+    pa.int16(): pd.Int16Dtype(),
+    pa.int32(): pd.Int32Dtype(),
+    pa.int64(): pd.Int64Dtype(),
+    pa.uint8(): pd.UInt8Dtype(),
+    pa.uint16(): pd.UInt16Dtype(),
+    pa.uint32(): pd.UInt32Dtype(),
+    pa.uint64(): pd.UInt64Dtype(),
+}
+
+
+def nullable_integer(arrow_type: pa.DataType):
+    """pandas' nullable integer dtype for an Arrow integer (else None: pyarrow's default). Without
+    it an integer column with a null (the root ancestor's seed) reads back as float64, and a 64-bit
+    seed loses its last digits: re-synthesis from it would draw another genome."""
+    return _NULLABLE_INTEGERS.get(arrow_type)
 
 
 def _selected(decision: tuple[bool, int | None] | None, kind: str | None) -> bool | None:

@@ -131,6 +131,22 @@ class IndividualRecord:
         )
 
 
+_NULLABLE = {pa.int8(): "Int8", pa.int16(): "Int16", pa.int32(): "Int32", pa.int64(): "Int64"}
+
+
+def pandas_metadata(fields) -> str:
+    """The ``pandas`` schema metadata that makes ``pandas.read_parquet`` read the integer columns as
+    pandas' nullable integers: without it an integer column with a null (the root's ``seed``) reads
+    back as float64, and a 64-bit seed loses its last digits."""
+    columns = [
+        {"name": name, "field_name": name, "pandas_type": str(type_), "numpy_type": _NULLABLE[type_], "metadata": None}
+        for name, type_ in fields
+        if type_ in _NULLABLE
+    ]
+    meta = {"index_columns": [], "column_indexes": [], "columns": columns, "attributes": {}}
+    return json.dumps({**meta, "creator": {"library": "evopop"}, "pandas_version": pd.__version__})
+
+
 def population_schema(
     metric_columns: list[str], layer_names: list[str], selection: tuple[str, str] | None = None
 ) -> pa.Schema:
@@ -146,6 +162,7 @@ def population_schema(
         "evopop.schema_version": SCHEMA_VERSION,
         "evopop.layers": json.dumps(list(layer_names)),
         "evopop.metrics": json.dumps(list(metric_columns)),
+        "pandas": pandas_metadata(fields),
     }
     if selection is not None:
         metadata["evopop.selection"] = json.dumps({"metric": selection[0], "direction": selection[1]})
@@ -225,7 +242,8 @@ DIVERSITY_SUMMARY_FIELDS = arrow_fields(DiversitySummary)
 
 
 def _versioned(fields, **metadata: str) -> pa.Schema:
-    return pa.schema(fields, metadata={"evopop.schema_version": SCHEMA_VERSION, **metadata})
+    versioned = {"evopop.schema_version": SCHEMA_VERSION, "pandas": pandas_metadata(fields), **metadata}
+    return pa.schema(fields, metadata=versioned)
 
 
 def layer_schema() -> pa.Schema:

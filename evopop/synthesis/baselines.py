@@ -53,7 +53,7 @@ def matched_genome(
         if kind == "magnitude":
             scores = weights[layer.name].detach().abs().float().cpu()
         else:
-            generator = torch.Generator().manual_seed(derive_seed(seed, "random-baseline", layer.name))
+            generator = torch.Generator().manual_seed(derive_seed(int(seed), "random-baseline", layer.name))
             scores = torch.rand(living.shape, generator=generator)
         masks[layer.name] = _keep_top(scores, living, k)
     return Genome(masks)

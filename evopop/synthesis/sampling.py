@@ -81,6 +81,7 @@ def synthesize(
     survivors.
     """
     parent.validate(arch)
+    seed = int(seed)  # seeds are hashed by repr: a NumPy integer (read from a table) must draw as the int does
     for layer in arch.layers:
         shape = tuple(weights[layer.name].shape)
         if shape != layer.weight_shape:
