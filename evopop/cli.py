@@ -98,6 +98,7 @@ def cmd_show(args) -> int:
     print(population_table(run.population, run.metric).to_string(index=False))
     print("\nfollowed lineage:")
     print(lineage_table(run.population, run.ordered_metrics).to_string(index=False))
+    print(f"\n{run.progress()}")
     return 0
 
 

@@ -98,6 +98,16 @@ class EnvironmentSection(_Section):
 ENCODINGS = ("synapse", "cluster")
 
 
+class StopSection(_Section):
+    """When the run ends before ``evolution.generations``, judged on the followed lineage (the best
+    selected individual) after each generation's selection. Both off by default (the paper's run)."""
+
+    # the lineage's metric fell more than this fraction below the ancestor's (0.03: a 3 % relative loss)
+    max_drop: float | None = Field(None, gt=0)
+    efficiency: float | None = Field(None, gt=1)  # the lineage reached this many times fewer synapses
+    metric: str | None = None  # "<eval set>_<metric>" judged by max_drop; default: the selection metric
+
+
 class EvolutionSection(_Section):
     generations: int = Field(4, ge=1)  # generation 1 is the ancestor, as in the paper's table
     offspring: int = Field(4, ge=1)  # per ancestor
@@ -108,6 +118,7 @@ class EvolutionSection(_Section):
     normalizer: Literal["layer", "global"] = "layer"  # Z: max |w| of the layer's or the network's living synapses
     init: Literal["inherit", "reinit"] = "inherit"  # offspring start from the parent's surviving weights, or fresh
     epochs: int | None = Field(None, ge=1)  # epochs per offspring; default train.epochs
+    stop: StopSection = Field(default_factory=StopSection)  # end the run early (see StopSection)
 
     @model_validator(mode="after")
     def _clusters_need_their_encoding(self):
@@ -241,9 +252,14 @@ def load_config(source: str | Path | dict | None = None, overrides: list[str] | 
         if not path.is_file():
             raise ConfigError(f"config file not found: {path}")
         try:
-            data = yaml.safe_load(path.read_text()) or {}
+            data = yaml.safe_load(path.read_text())
         except yaml.YAMLError as exc:
             raise ConfigError(f"{path}: not valid YAML: {exc}") from exc
+        if data is None:  # an empty file is a mistake (a wrong path, an unsaved editor), not "the defaults"
+            raise ConfigError(
+                f"{path}: the config file is empty; give at least the task (task: {{name: shapes}}), "
+                "or start from configs/quickstart.yaml"
+            )
         if not isinstance(data, dict):
             raise ConfigError(f"{path}: the top level must be a mapping of sections, got {type(data).__name__}")
     data = apply_overrides(data, overrides or [])

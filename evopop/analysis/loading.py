@@ -51,6 +51,7 @@ class Run:
     layer_names: list[str] = field(default_factory=list)
     metric: str | None = None  # the selection metric
     direction: str = "max"  # of the selection metric
+    stop: dict | None = None  # {"generation", "reason"} of a run evolution.stop ended early
 
     @property
     def run_id(self) -> str:
@@ -80,8 +81,8 @@ class Run:
 
     @property
     def finished(self) -> bool:
-        planned = self.planned_generations
-        return bool(planned) and self.decided_generations() == list(range(1, planned + 1))
+        last = self.stop["generation"] if self.stop else self.planned_generations
+        return bool(last) and self.decided_generations() == list(range(1, last + 1))
 
     def progress(self) -> str:
         """One line: finished, or where the run stands."""
@@ -89,6 +90,9 @@ class Run:
         gens, decided = self.generations(), self.decided_generations()
         if not gens:
             return "no individual recorded yet"
+        if self.finished and self.stop:
+            g = self.stop["generation"]
+            return f"stopped after generation {g} of {planned}: {self.stop['reason']}"
         if self.finished:
             return f"finished: {planned} generations, {len(self.population)} individuals"
         last = gens[-1]
@@ -145,6 +149,7 @@ def load_run(run_dir: str) -> Run:
         layer_names,
         metric,
         direction,
+        records.read_stop(),
     )
 
 

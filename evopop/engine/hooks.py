@@ -8,6 +8,7 @@ The policy calls each hook at fixed points of a generation, in this order (EvoTo
     generation_developed(generation)      the generation's offspring are all recorded, before selection
     selected(generation, ids)             the generation's selection is recorded
     batch_started .. batch_finished       again for the baselines at matched sparsity, when enabled
+    stopped(generation, reason)           evolution.stop ends the run after this generation
     run_finished(completed)               the run ended: finished, stopped by a failure, or interrupted
 
 A hook only observes: it never changes what the policy decides. A hook may work in the background
@@ -49,6 +50,9 @@ class Hook:
 
     def selected(self, generation: int, selected: list[str]) -> None:
         pass
+
+    def stopped(self, generation: int, reason: str) -> None:
+        """``evolution.stop`` ends the run after ``generation`` (its selection is recorded)."""
 
     def run_finished(self, completed: bool) -> None:
         """A hook that works in the background finishes here (the run's lock is still held);

@@ -7,6 +7,7 @@ from fnmatch import fnmatchcase
 
 from ..config import Config, ConfigError
 from ..tasks.registry import built_task
+from .stopping import StopRule
 
 
 @dataclass(frozen=True)
@@ -16,6 +17,7 @@ class Plan:
     metric_columns: list[str]
     layer_names: list[str]
     dense_synapses: int
+    stop: StopRule | None = None  # evolution.stop, its metric resolved
 
 
 def selection_metric(
@@ -54,6 +56,15 @@ def plan_run(config: Config) -> Plan:
                         f"evolution.{section}.{field}: pattern {pattern!r} matches no synaptic layer; "
                         f"layers are: {', '.join(arch.names)}"
                     )
+    stop = config.evolution.stop
+    if stop.metric is not None and stop.metric not in columns:
+        raise ConfigError(
+            f"evolution.stop.metric: {stop.metric!r} is not measured by task {config.task.name!r}; "
+            f"allowed: {', '.join(columns)}"
+        )
+    stop_metric, stop_direction = (metric, direction)
+    if stop.metric is not None and stop.metric != metric:
+        stop_metric, stop_direction = selection_metric(stop.metric, None, stop.metric, task.default_direction)
     if config.ancestor.checkpoint:
         from .develop import load_ancestor
 
@@ -61,4 +72,5 @@ def plan_run(config: Config) -> Plan:
             load_ancestor(config.ancestor.checkpoint, task.build_model(), arch)
         except ValueError as exc:
             raise ConfigError(f"ancestor.checkpoint: {exc}") from None
-    return Plan(metric, direction, columns, arch.names, arch.synapses)
+    rule = StopRule.of(stop, stop_metric, stop_direction)
+    return Plan(metric, direction, columns, arch.names, arch.synapses, rule)

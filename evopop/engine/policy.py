@@ -54,6 +54,10 @@ class Evolution:
                 ancestors: list[IndividualRecord] = []
                 for generation in range(1, self.config.evolution.generations + 1):
                     ancestors = self.generation(generation, ancestors)
+                    if generation == 1:
+                        root = ancestors[0]
+                    elif self.stopped(generation, root, ancestors[0]):
+                        break
                 completed = True
             finally:
                 try:
@@ -98,6 +102,16 @@ class Evolution:
                 infrastructure_failed.append(record)
         self._notify("batch_finished", batch)
         return infrastructure_failed
+
+    def stopped(self, generation: int, root: IndividualRecord, best: IndividualRecord) -> bool:
+        """Whether ``evolution.stop`` ends the run after ``generation`` (recorded, and said, if so)."""
+        rule = self.plan.stop
+        reason = rule.reason(root, best) if rule is not None and generation > 1 else None
+        if reason is None:
+            return False
+        self.records.write_stop(generation, reason)
+        self._notify("stopped", generation, reason)
+        return True
 
     def stop_on_infrastructure_failures(self, generation: int, failed: list[IndividualRecord]) -> None:
         """Stop before deciding a generation the infrastructure failed individuals of (after their

@@ -61,6 +61,9 @@ class Progress(Hook):
                 f"selected {', '.join(selected) or '-'}"
             )
 
+    def stopped(self, generation: int, reason: str) -> None:
+        self._print(f"stopped after generation {generation}: {reason}")
+
     def batch_finished(self, batch: Batch) -> None:
         """End a batch that selects nothing (e.g. baselines); offspring batches end at selection."""
         if batch.kind not in LABELS:

@@ -8,6 +8,7 @@
     RUN_DIR/diversity_summary/generation=G/part-0.parquet          its per-generation summary
     RUN_DIR/checkpoints/<individual_id>.pt                         weights + masks
     RUN_DIR/genomes/<individual_id>.pt                             masks (bit-packed) + probe outputs
+    RUN_DIR/stop.json                                              why the run ended early (evolution.stop)
     RUN_DIR/report/                                                `evopop report` (see `report_storage`)
     RUN_DIR/.lock                                                  held by the driving process
 
@@ -58,6 +59,7 @@ from .storage import Storage, is_uri, join
 POPULATION, LAYERS, SELECTION = "population", "layers", "selection"
 DIVERSITY, DIVERSITY_SUMMARY = "diversity", "diversity_summary"
 GENOMES = "genomes"
+STOP = "stop.json"
 REPORT = "report"
 
 
@@ -146,6 +148,18 @@ class RunRecords:
     def write_selection(self, generation: int, rows: list[SelectionRecord]) -> None:
         table = pa.Table.from_pylist([dataclasses.asdict(r) for r in rows], schema=selection_schema())
         self.storage.write_bytes(self._part(SELECTION, generation), parquet_bytes(table))
+
+    # -- an early stop (evolution.stop) ------------------------------------------------------
+    def write_stop(self, generation: int, reason: str) -> None:
+        """Record that the run ended after ``generation``, and why (a resumed run rewrites the same)."""
+        self.storage.write_bytes(STOP, json.dumps({"generation": int(generation), "reason": reason}).encode())
+
+    def read_stop(self) -> dict | None:
+        """{"generation", "reason"} of a run that stopped early; None otherwise."""
+        try:
+            return json.loads(self.storage.read_bytes(STOP))
+        except FileNotFoundError:
+            return None
 
     def has_selection(self, generation: int) -> bool:
         """Whether the generation is decided: its selection is recorded."""
