@@ -144,7 +144,16 @@ def test_procedural_task_end_to_end():
     assert isinstance(task, Task)
     task.validate()
     assert task.default_metric == "val_fbeta_max" and task.default_direction == "max"
-    assert task.metric_names() == ["mae", "fbeta_adaptive", "fbeta_max", "fbeta_mean"]
+    assert task.metric_names() == [
+        "mae",
+        "fbeta_adaptive",
+        "fbeta_max",
+        "fbeta_mean",
+        "smeasure",
+        "emeasure_adaptive",
+        "emeasure_max",
+        "emeasure_mean",
+    ]
     assert list(task.eval_sets()) == task.eval_set_names() == ["val", "test"]
     assert len(task.train_set()) == 6 and len(task.eval_sets()["test"]) == 3
     images = torch.stack([task.train_set()[i][0] for i in range(2)])

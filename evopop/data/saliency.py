@@ -13,6 +13,11 @@ list, an image without a mask and the reverse, an image or mask PIL cannot ident
 another size than its image. These checks read file headers only; damage past the header (a
 truncated JPEG) is found when the item is loaded, and is also reported as a `DatasetError` naming
 the file. Masks are 0..255 grayscale; a pixel is salient iff its value is > 128.
+
+Evaluation sets keep each mask at its original size (``original_masks=True``), as the field's
+evaluation code does: the image is resized for the network, the mask is not, and the metric resizes
+the prediction to the mask. Such items do not stack into a batch; the data set's `collate_fn`
+(`collate_original_masks`) stacks the images and keeps the masks as a list.
 """
 
 from __future__ import annotations
@@ -26,7 +31,7 @@ from PIL import Image
 from torch.utils.data import Dataset
 from torchvision.transforms.v2.functional import pil_to_tensor
 
-from .transforms import SaliencyTransform
+from .transforms import SaliencyTransform, binarize_mask
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
 MASK_EXTENSIONS = (".png", ".bmp", ".gif", ".jpg", ".jpeg", ".tif", ".tiff")
@@ -95,6 +100,12 @@ def _read(path: Path, mode: str) -> torch.Tensor:
         return pil_to_tensor(image.convert(mode))
 
 
+def collate_original_masks(batch: Sequence[tuple[torch.Tensor, torch.Tensor]]) -> tuple[torch.Tensor, list]:
+    """A batch of ``(image, mask)`` items with masks of any sizes: (stacked images, list of masks)."""
+    images, masks = zip(*batch)
+    return torch.stack(images), list(masks)
+
+
 class SaliencyFolder(Dataset):
     """Images in ``images_dir`` paired by stem with 0..255 masks in ``masks_dir``.
 
@@ -102,6 +113,8 @@ class SaliencyFolder(Dataset):
     item and every image and mask must have its partner. Items are ``(image, mask)`` as described in
     `evopop.data.transforms` at ``size`` (int or (height, width); None keeps each file's size),
     randomly flipped when ``hflip``. ``check=False`` skips the header checks of `validate`.
+    ``original_masks`` (evaluation): the mask stays at the file's size, float (1, H, W) in {0, 1},
+    while the image is resized; a DataLoader then needs ``collate_fn=dataset.collate_fn``.
     """
 
     def __init__(
@@ -114,10 +127,15 @@ class SaliencyFolder(Dataset):
         transform=None,
         check: bool = True,
         label: str | None = None,
+        original_masks: bool = False,
     ):
+        if original_masks and hflip:
+            raise ValueError("original_masks is for evaluation: it cannot be combined with hflip")
         self.images_dir, self.masks_dir = Path(images_dir), Path(masks_dir)
         self.label = label or f"saliency data {self.images_dir} + {self.masks_dir}"
         self.transform = transform or SaliencyTransform(size, hflip=hflip)
+        self.original_masks = original_masks
+        self.collate_fn = collate_original_masks if original_masks else None
         self.items = self._pair(names)
         if check:
             self.validate()
@@ -166,6 +184,8 @@ class SaliencyFolder(Dataset):
         if image.shape[-2:] != mask.shape[-2:]:
             (mh, mw), (ih, iw) = mask.shape[-2:], image.shape[-2:]
             raise DatasetError(f"mask {mask_path} is {mw}x{mh} but its image {image_path} is {iw}x{ih}")
+        if self.original_masks:
+            return self.transform(image, mask)[0], binarize_mask(mask)
         return self.transform(image, mask)
 
     @staticmethod
@@ -177,9 +197,15 @@ class SaliencyFolder(Dataset):
 
 
 def msra_b(
-    root: PathLike, split: str, size: int | tuple[int, int] | None = 224, hflip: bool | None = None, check: bool = True
+    root: PathLike,
+    split: str,
+    size: int | tuple[int, int] | None = 224,
+    hflip: bool | None = None,
+    check: bool = True,
+    original_masks: bool = False,
 ) -> SaliencyFolder:
-    """MSRA-B ``split`` ("train", "valid"/"val", "test"); flipped at random when training by default."""
+    """MSRA-B ``split`` ("train", "valid"/"val", "test"); flipped at random when training by default.
+    ``original_masks``: see `SaliencyFolder`."""
     if split not in MSRA_B_SPLITS:
         raise ValueError(f"MSRA-B split must be one of {sorted(MSRA_B_SPLITS)}, got {split!r}")
     root = Path(root)
@@ -193,10 +219,16 @@ def msra_b(
         hflip=hflip,
         check=check,
         label=f"MSRA-B {split} ({root})",
+        original_masks=original_masks,
     )
 
 
-def hku_is(root: PathLike, size: int | tuple[int, int] | None = 224, check: bool = True) -> SaliencyFolder:
-    """HKU-IS, whole (a test set)."""
+def hku_is(
+    root: PathLike, size: int | tuple[int, int] | None = 224, check: bool = True, original_masks: bool = False
+) -> SaliencyFolder:
+    """HKU-IS, whole (a test set). ``original_masks``: see `SaliencyFolder`."""
     root = Path(root)
-    return SaliencyFolder(root / "imgs", root / "gt", size=size, check=check, label=f"HKU-IS ({root})")
+    label = f"HKU-IS ({root})"
+    return SaliencyFolder(
+        root / "imgs", root / "gt", size=size, check=check, label=label, original_masks=original_masks
+    )

@@ -11,15 +11,21 @@ Data sets (``dataset``):
 Extra evaluation sets, for any of them: ``hku_is_root`` (eval set "hku_is") and ``extra_eval_sets =
 {name: {"images": dir, "masks": dir}}`` (ECSSD, PASCAL-S, DUTS-TE, ...).
 
-Images and masks are resized to ``size`` (square int or (height, width)) and evaluated at that
-size. The network outputs 2-class logits; the loss is the cross-entropy against the mask, and the
-metrics read softmax channel 1 as the saliency map. Every metric is recorded per eval set as
-``<set>_<metric>``; populations are selected on ``val_fbeta_max`` by default.
+Training images and masks are resized to ``size`` (square int or (height, width)). Evaluation
+follows the field's evaluation code (PySODMetrics; `evopop.metrics.saliency`): evaluation images are
+resized to ``size`` for the network, and each prediction is resized (bilinear) to its mask's
+original size and scored there (``eval_original_size``, default true; false scores at ``size``);
+each map is min-max normalised per image first (``normalize_maps``, default true). The procedural
+data are generated at ``size``: there the two coincide. The network outputs 2-class logits; the
+loss is the cross-entropy against the mask (at evaluation, against the original-size masks, the
+logits resized to each, averaged per image), and the metrics read softmax channel 1 as the saliency
+map: MAE, F-beta (adaptive, max, mean), S-measure, E-measure (adaptive, max, mean). Every metric is
+recorded per eval set as ``<set>_<metric>``; populations are selected on ``val_fbeta_max`` by default.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -28,7 +34,7 @@ from torch.utils.data import Dataset
 
 from ..data.procedural import ProceduralSaliency
 from ..data.saliency import SaliencyFolder, hku_is, msra_b
-from ..metrics.saliency import METRIC_NAMES, SaliencyMetric
+from ..metrics.saliency import METRIC_NAMES, SaliencyMetric, same_size_groups
 from ..models.saliency import SaliencyNet, load_vgg16_imagenet, vgg16_imagenet_path
 from .base import Metric, Task
 
@@ -63,6 +69,8 @@ class SaliencyTask(Task):
         folders: Mapping[str, Mapping[str, str]] | None = None,
         hku_is_root: str | None = None,
         extra_eval_sets: Mapping[str, Mapping[str, str]] | None = None,
+        normalize_maps: bool = True,
+        eval_original_size: bool = True,
     ):
         if dataset not in DATASETS:
             raise ValueError(f"saliency dataset must be one of {DATASETS}, got {dataset!r}")
@@ -91,6 +99,7 @@ class SaliencyTask(Task):
         self.folders = {k: dict(v) for k, v in (folders or {}).items()}
         self.hku_is_root = hku_is_root
         self.extra_eval_sets = {k: dict(v) for k, v in extra.items()}
+        self.normalize_maps, self.eval_original_size = bool(normalize_maps), bool(eval_original_size)
         self._check_eval_names()
         self._train: Dataset | None = None
         self._eval: dict[str, Dataset] | None = None
@@ -132,8 +141,9 @@ class SaliencyTask(Task):
             self._eval = self._build_eval()
         return self._eval
 
-    def _folder(self, spec: Mapping[str, str], hflip: bool = False) -> SaliencyFolder:
-        return SaliencyFolder(spec["images"], spec["masks"], size=self.size, hflip=hflip)
+    def _folder(self, spec: Mapping[str, str], hflip: bool = False, evaluation: bool = False) -> SaliencyFolder:
+        original = evaluation and self.eval_original_size
+        return SaliencyFolder(spec["images"], spec["masks"], size=self.size, hflip=hflip, original_masks=original)
 
     def _build_train(self) -> Dataset:
         if self.dataset == "procedural":
@@ -150,16 +160,17 @@ class SaliencyTask(Task):
                 "test": ProceduralSaliency(self.test_n, size, self.seed + 2),
             }
         elif self.dataset == "msra_b":
+            original = self.eval_original_size
             sets = {
-                "val": msra_b(self.root, "valid", size=self.size),
-                "test": msra_b(self.root, "test", size=self.size),
+                "val": msra_b(self.root, "valid", size=self.size, original_masks=original),
+                "test": msra_b(self.root, "test", size=self.size, original_masks=original),
             }
         else:
-            sets = {name: self._folder(spec) for name, spec in self.folders.items() if name != "train"}
+            sets = {name: self._folder(spec, evaluation=True) for name, spec in self.folders.items() if name != "train"}
         if self.hku_is_root:
-            sets["hku_is"] = hku_is(self.hku_is_root, size=self.size)
+            sets["hku_is"] = hku_is(self.hku_is_root, size=self.size, original_masks=self.eval_original_size)
         for name, spec in self.extra_eval_sets.items():
-            sets[name] = self._folder(spec)
+            sets[name] = self._folder(spec, evaluation=True)
         return sets
 
     def _square_size(self) -> int:
@@ -168,12 +179,23 @@ class SaliencyTask(Task):
         return self.size
 
     # -- objective ------------------------------------------------------------------------------
-    def loss(self, output: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-        labels = target[:, 0] if target.dim() == 4 else target
-        return F.cross_entropy(output, labels.long())
+    def loss(self, output: torch.Tensor, target: torch.Tensor | Sequence[torch.Tensor]) -> torch.Tensor:
+        """Cross-entropy against batched masks; against a list of masks of any sizes (evaluation at
+        the original size), the logits are resized (bilinear) to each mask and the loss is the mean
+        over images of each image's mean."""
+        if isinstance(target, torch.Tensor):
+            labels = target[:, 0] if target.dim() == 4 else target
+            return F.cross_entropy(output, labels.long())
+        total = output.new_zeros((), dtype=torch.float32)
+        for items, masks in same_size_groups(target):
+            logits = output[items]
+            if logits.shape[-2:] != masks.shape[-2:]:
+                logits = F.interpolate(logits, size=masks.shape[-2:], mode="bilinear", align_corners=False)
+            total = total + F.cross_entropy(logits.float(), masks.long()) * logits.shape[0]
+        return total / output.shape[0]
 
     def metrics(self) -> Metric:
-        return SaliencyMetric()
+        return SaliencyMetric(normalize=self.normalize_maps)
 
     def metric_names(self) -> list[str]:
         return list(METRIC_NAMES)

@@ -150,17 +150,33 @@ def train_and_evaluate(
     )
 
 
+def _to_device(targets, device):
+    """A batch of targets on ``device``: a tensor, or a list of per-item tensors (targets of
+    different sizes, from a data set's own ``collate_fn``)."""
+    if isinstance(targets, torch.Tensor):
+        return targets.to(device)
+    return [target.to(device) for target in targets]
+
+
 @torch.no_grad()
 def evaluate(model: nn.Module, task: Task, recipe: Recipe, device, amp=None) -> dict[str, float]:
-    """Every metric of the task on every evaluation set, as "<set>_<metric>"."""
+    """Every metric of the task on every evaluation set, as "<set>_<metric>".
+
+    An evaluation set with a ``collate_fn`` attribute (not None) is batched with it: its targets may
+    then be a list of per-item tensors, which ``task.loss`` and the task's metric must accept."""
     model.eval()
     results: dict[str, float] = {}
     for set_name, dataset in task.eval_sets().items():
         metric = task.metrics()
         loss_sum, count = torch.zeros((), device=device, dtype=torch.float64), 0
-        loader = DataLoader(dataset, batch_size=recipe.eval_batch_size, num_workers=recipe.num_workers)
+        loader = DataLoader(
+            dataset,
+            batch_size=recipe.eval_batch_size,
+            num_workers=recipe.num_workers,
+            collate_fn=getattr(dataset, "collate_fn", None),
+        )
         for inputs, targets in loader:
-            inputs, targets = inputs.to(device), targets.to(device)
+            inputs, targets = inputs.to(device), _to_device(targets, device)
             with torch.autocast(device.type, dtype=amp, enabled=amp is not None):
                 output = model(inputs)
             output = output.float()
