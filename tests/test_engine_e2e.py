@@ -6,6 +6,7 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+import torch
 
 from evopop.api import evolve
 from evopop.config import load_config
@@ -130,7 +131,9 @@ def test_resume_skips_recorded_individuals(ray_cluster, tmp_path):
 
 
 def test_baselines_at_matched_sparsity(ray_cluster, tmp_path):
-    config, run_dir, population = run_config(tmp_path, "baselines.enabled=true", "evolution.offspring=2")
+    config, run_dir, population = run_config(
+        tmp_path, "baselines.enabled=true", "baselines.kinds=[magnitude, random]", "evolution.offspring=2"
+    )
     kinds = population.groupby("kind").size().to_dict()
     assert kinds == {"ancestor": 1, "offspring": 4, "magnitude": 2, "random": 2}
     records = RunRecords(run_dir)
@@ -163,3 +166,44 @@ def test_baselines_at_matched_sparsity(ray_cluster, tmp_path):
         population[(population["kind"] == "offspring") & population["selected"].astype(bool)]["individual_id"]
     )
     assert "Baselines at matched sparsity" in build_report(run_dir).read_text()
+
+
+def test_iterative_magnitude_pruning_follows_a_lineage_of_its_own(tmp_path):
+    config, run_dir, population = run_config(
+        tmp_path,
+        "resources.executor=local",
+        "compaction.enabled=false",
+        "evolution.generations=4",
+        "evolution.offspring=2",
+        "baselines.enabled=true",
+        "baselines.kinds=[imp, imp_rewind]",
+    )
+    by_id = population.set_index("individual_id")
+    best = {g: by_id[(by_id["generation"] == g) & by_id["selected"].astype(bool)].index[0] for g in (1, 2, 3, 4)}
+    layers = RunRecords(run_dir).layers().set_index(["individual_id", "layer"])["synapses"]
+    records = RunRecords(run_dir)
+    for kind in ("imp", "imp_rewind"):
+        chain = [f"{best[g]}-{kind}" for g in (2, 3, 4)]
+        assert (by_id.loc[chain, "status"] == "ok").all()
+        # each prunes the previous one of its kind (the root first), not the evolved parent
+        assert list(by_id.loc[chain, "parent_id"]) == ["g1-0", chain[0], chain[1]]
+        for g, individual_id in zip((2, 3, 4), chain):
+            assert layers.loc[individual_id].equals(layers.loc[best[g]]), "the followed lineage's per-layer counts"
+        # magnitude: what survives is the strongest of its parent's living synapses
+        parent, child = records.read_checkpoint(chain[0]), records.read_checkpoint(chain[1])
+        w, alive, kept = (
+            parent["weights"]["classifier.1.weight"].abs(),
+            parent["masks"]["classifier.1"],
+            child["masks"]["classifier.1"],
+        )
+        assert w[kept].min() >= w[alive & ~kept].max()
+    # both prune the root to the same mask; rewinding starts the training from the root's initial weights
+    imp, rewind = records.read_checkpoint(f"{best[2]}-imp"), records.read_checkpoint(f"{best[2]}-imp_rewind")
+    assert all(torch.equal(imp["masks"][name], rewind["masks"][name]) for name in imp["masks"])
+    assert not torch.equal(imp["weights"]["classifier.1.weight"], rewind["weights"]["classifier.1.weight"])
+    # the report draws them against synthesis
+    from evopop.analysis.report import build_report
+
+    html = build_report(run_dir).read_text()
+    assert '<img src="baselines.png"' in html and (Path(run_dir) / "report" / "baselines.png").stat().st_size > 0
+    assert "imp_rewind" in html

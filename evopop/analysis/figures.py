@@ -537,6 +537,66 @@ def figure_delivered(run: Run) -> Figure:
     return fig
 
 
+# -- baselines at matched sparsity ------------------------------------------------------------------
+BASELINE_STYLES = {
+    "magnitude": ("#1f77b4", "s"),
+    "random": ("#7f7f7f", "x"),
+    "imp": ("#2ca02c", "^"),
+    "imp_rewind": ("#9467bd", "v"),
+}
+
+
+def figure_baselines(run: Run) -> Figure:
+    """Metric against efficiency: every evolved offspring, the followed lineage, and each baseline
+    kind (a line through its individuals in efficiency order). ``run`` includes the baselines."""
+    ok = _ok(run)
+    if ok.empty or not run.metric or "kind" not in ok:
+        raise MissingData("no baseline recorded yet")
+    ok = ok.dropna(subset=["efficiency", run.metric])
+    baselines = ok[~ok["kind"].isin(["ancestor", "offspring"])]
+    if baselines.empty:
+        raise MissingData("no successful baseline recorded yet")
+    evolved = ok[ok["kind"].isin(["ancestor", "offspring"])]
+    fig = new_figure(7.5, 5.0)
+    ax = fig.subplots()
+    ax.scatter(evolved["efficiency"], evolved[run.metric], s=22, color="#bbbbbb", label="offspring", zorder=2)
+    lineage = run.lineage.dropna(subset=["efficiency", run.metric]) if not run.lineage.empty else run.lineage
+    if not lineage.empty:
+        ax.plot(
+            lineage["efficiency"],
+            lineage[run.metric],
+            "-o",
+            color=LINEAGE_COLOR,
+            lw=2,
+            ms=5,
+            label="followed lineage (synthesis)",
+            zorder=4,
+        )
+    for kind, group in baselines.groupby("kind"):
+        color, marker = BASELINE_STYLES.get(kind, ("black", "d"))
+        group = group.sort_values("efficiency")
+        ax.plot(
+            group["efficiency"],
+            group[run.metric],
+            ls="--",
+            marker=marker,
+            color=color,
+            lw=1.2,
+            ms=6,
+            label=kind,
+            zorder=3,
+        )
+    ax.set_xscale("log")
+    _plain_log_axis(ax.xaxis, "×")
+    ax.margins(x=0.08, y=0.1)
+    ax.set_xlabel("efficiency (ancestor synapses / own synapses, ×, log scale)")
+    ax.set_ylabel(_metric_label(run))
+    ax.set_title(f"{run.metric} vs efficiency: synthesis and the baselines at matched sparsity")
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend(loc="best", fontsize=8)
+    return fig
+
+
 FIGURES = {
     "compression": (
         figure_compression,

@@ -47,7 +47,7 @@ def build_report(
             )
     storage = RunRecords(run_dir).report_storage(None if out_dir is None else str(out_dir))
     sections = []
-    from .figures import FIGURES, MissingData, render
+    from .figures import FIGURES, MissingData, figure_baselines, render
 
     evolved = _without_baselines(run)  # figures follow the method's individuals only
     for name, (make, title, caption) in FIGURES.items():
@@ -65,7 +65,8 @@ def build_report(
             f'<section><h2>{_e(title)}</h2><figure><img src="{name}.png" alt="{_e(title)}">'
             f"<figcaption>{_e(caption)}</figcaption></figure></section>"
         )
-    page = _page(run, sections, notes)
+    baselines_figure = _write_figure(storage, "baselines", lambda: figure_baselines(run))
+    page = _page(run, sections, notes, baselines_figure)
     storage.write_bytes("index.html", page.encode("utf-8"))
     target = storage.path("index.html")
     return Path(target) if storage.is_local else target  # type: ignore[return-value]
@@ -247,7 +248,22 @@ def _config_line(run: Run) -> str:
     return " · ".join(parts)
 
 
-def _page(run: Run, sections: list[str], notes: list[str]) -> str:
+def _write_figure(storage, name: str, make) -> str | None:
+    """Draw and store one figure; its file name, or None where there is nothing to draw (or it failed)."""
+    from .figures import MissingData, render
+
+    try:
+        fig = make()
+    except MissingData:
+        return None
+    except Exception as exc:  # a broken figure must not cost the rest of the report
+        warnings.warn(f"figure {name} failed: {type(exc).__name__}: {exc}", stacklevel=2)
+        return None
+    storage.write_bytes(f"{name}.png", render(fig, "png"))
+    return f"{name}.png"
+
+
+def _page(run: Run, sections: list[str], notes: list[str], baselines_figure: str | None = None) -> str:
     metrics = run.ordered_metrics
     lineage = lineage_table(best_first(run.population), metrics) if not run.population.empty else pd.DataFrame()
     population = run.population
@@ -277,7 +293,7 @@ def _page(run: Run, sections: list[str], notes: list[str]) -> str:
 <p class="meta">Offspring of the same parent, whole network: mean pairwise distances (averaged over parents
 where several), and the spread (population std, max − min) of the selection metric among them.</p>
 {_table(diversity_table(run), "No diversity recorded yet.")}</section>
-{_baselines_section(run)}
+{_baselines_section(run, baselines_figure)}
 <section><h2>Population</h2>{failed_html}
 <details><summary>All {len(run.population)} recorded individuals</summary>
 {_table(population, "No individual recorded yet.")}</details></section>
@@ -285,13 +301,21 @@ where several), and the spread (population std, max − min) of the selection me
 """
 
 
-def _baselines_section(run: Run) -> str:
+def _baselines_section(run: Run, figure: str | None = None) -> str:
     table = baseline_table(run)
     if table.empty:
         return ""
+    image = (
+        f'<figure><img src="{figure}" alt="synthesis and the baselines"><figcaption>Every evolved offspring '
+        "(grey), the followed lineage (red) and each baseline kind at the same efficiency.</figcaption></figure>"
+        if figure
+        else ""
+    )
     return (
-        '<section><h2>Baselines at matched sparsity</h2><p class="meta">Each selected offspring beside the same '
-        "parent pruned to the offspring's per-layer synapse counts by magnitude and at random, trained with the "
-        "same recipe and seed (positive differences: synthesis is better for a metric to maximise).</p>"
-        f"{_table(table, '')}</section>"
+        '<section><h2>Baselines at matched sparsity</h2><p class="meta">Each selected offspring beside networks '
+        "pruned to its per-layer synapse counts, trained with the same recipe and seed: its parent pruned by "
+        "magnitude and at random (one shot), and iterative magnitude pruning along a lineage of its own, "
+        "fine-tuned (imp) or rewound to the ancestor's initial weights (imp_rewind). Positive differences: "
+        "synthesis is better for a metric to maximise.</p>"
+        f"{image}{_table(table, '')}</section>"
     )

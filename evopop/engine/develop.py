@@ -32,12 +32,14 @@ from ..synthesis import (
     synaptic_weights,
     synthesize,
 )
+from ..synthesis.baselines import IMP_REWIND
 from ..synthesis.baselines import KINDS as BASELINE_KINDS
 from ..tasks.registry import built_task
 from ..training.loop import Recipe, TrainResult, evaluate, train_and_evaluate
 from ..training.probe import ProbeBatch, held_out_batch, probe_outputs
 from .failures import StorageError, classify, gpu_share
 from .jobs import Compaction, Outcome, ParentState, Spec
+from .specs import ROOT_ID, train_seed
 
 
 def recipe_of(config: Config, epochs: int) -> Recipe:
@@ -55,6 +57,7 @@ class Developer:
         wants_gpu = config.resources.gpus_per_trainer > 0 and torch.cuda.is_available()
         self.device = torch.device(device or ("cuda" if wants_gpu else "cpu"))
         self._probe_batch: ProbeBatch | None = None
+        self._rewind_to: dict[str, torch.Tensor] | None = None  # imp_rewind's start, built once
 
     @property
     def probe_batch(self) -> ProbeBatch | None:
@@ -131,6 +134,11 @@ class Developer:
             checkpoint=checkpoint,
         )
 
+    def _initial_weights(self) -> dict[str, torch.Tensor]:
+        if self._rewind_to is None:
+            self._rewind_to = _initial_weights_of(self.config, self.task)
+        return self._rewind_to
+
     def _probe(self, model: torch.nn.Module) -> tuple[torch.Tensor | None, dict]:
         """(outputs on the probe's held-out batch, computed here on the trainer's device; what the
         genome file's metadata says of them): (None, {}) when the functional probe is off, or failed
@@ -193,9 +201,23 @@ class Developer:
         if spec.kind in BASELINE_KINDS:
             match = Genome.from_state_dict(self.records.read_checkpoint(spec.match_id)["masks"])
             counts = {name: int(torch.count_nonzero(mask)) for name, mask in match.masks.items()}
-            return matched_genome(spec.kind, self.arch, weights, parent_genome, counts, spec.seed or 0)
+            genome = matched_genome(spec.kind, self.arch, weights, parent_genome, counts, spec.seed or 0)
+            if spec.kind == IMP_REWIND:  # the pruned network trains on from the ancestor's start (lottery tickets)
+                load_weights(model, self._initial_weights(), "the ancestor's initial weights")
+            return genome
         normalizer = self.config.evolution.normalizer
         return synthesize(self.arch, weights, parent_genome, spec.environment, spec.seed, normalizer, spec.clusters)
+
+
+def _initial_weights_of(config: Config, task) -> dict[str, torch.Tensor]:
+    """The weights the root ancestor started from: its seeded initialisation (rebuilt here, the
+    caller's random state untouched), or the loaded ancestor's weights when it was not trained here."""
+    if config.ancestor.checkpoint:
+        payload = read_torch_bytes(read_uri(config.ancestor.checkpoint))
+        return payload["weights"] if is_evopop_checkpoint(payload) else payload
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(train_seed(config, ROOT_ID))  # as `_develop` seeds the ancestor
+        return task.build_model().state_dict()
 
 
 def _layer_record(individual_id: str, layer) -> LayerRecord:

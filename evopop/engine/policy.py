@@ -19,6 +19,7 @@ import pandas as pd
 from ..config import Config
 from ..records.run import RunRecords
 from ..records.schema import FAILED, IndividualRecord, SelectionRecord, is_baseline, population_schema
+from ..synthesis.baselines import LINEAGE_KINDS
 from .executor import Executor
 from .failures import INFRASTRUCTURE, RunStopped
 from .hooks import BASELINES, OFFSPRING, Batch, Hook
@@ -73,9 +74,25 @@ class Evolution:
         self._notify("generation_developed", generation)
         selected = self.select(generation, [s.individual_id for s in specs])
         if self.config.baselines.enabled and generation > 1:
-            baselines = baseline_specs(self.config, generation, selected)
-            self.stop_on_infrastructure_failures(generation, self.develop(generation, baselines, ancestors, BASELINES))
+            chains = self.lineage_baseline_parents(generation, ancestors)
+            baselines = baseline_specs(self.config, generation, selected, chains)
+            parents = ancestors + list(chains.values())
+            self.stop_on_infrastructure_failures(generation, self.develop(generation, baselines, parents, BASELINES))
         return selected
+
+    def lineage_baseline_parents(
+        self, generation: int, ancestors: list[IndividualRecord]
+    ) -> dict[str, IndividualRecord]:
+        """Kind -> parent of each iterative baseline (imp, imp_rewind) at ``generation``: the root at
+        generation 2, else the previous generation's one of that kind, if it succeeded."""
+        kinds = [kind for kind in self.config.baselines.kinds if kind in LINEAGE_KINDS]
+        if not kinds or not ancestors:
+            return {}
+        if generation == 2:
+            return dict.fromkeys(kinds, ancestors[0])
+        previous = {r.individual_id: r for r in self.records.individuals(generation - 1)}
+        chains = {kind: previous.get(f"{ancestors[0].individual_id}-{kind}") for kind in kinds}
+        return {kind: record for kind, record in chains.items() if record is not None and record.ok}
 
     def develop(
         self, generation: int, specs: list[Spec], parents: list[IndividualRecord], kind: str = OFFSPRING

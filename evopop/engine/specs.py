@@ -5,6 +5,7 @@ from __future__ import annotations
 from ..config import Config
 from ..records.schema import ANCESTOR, OFFSPRING, IndividualRecord
 from ..synthesis import Environment, Schedule, derive_seed, offspring_seed
+from ..synthesis.baselines import LINEAGE_KINDS
 from .jobs import Spec
 
 ROOT_ID = "g1-0"
@@ -68,30 +69,48 @@ def offspring_specs(config: Config, generation: int, ancestors: list[IndividualR
     return specs
 
 
-def baseline_specs(config: Config, generation: int, selected: list[IndividualRecord]) -> list[Spec]:
-    """Baselines at matched sparsity for each selected offspring: same parent, same training seed
-    and recipe, the offspring's per-layer synapse counts; ids "<offspring id>-<kind>"."""
+def baseline_specs(
+    config: Config,
+    generation: int,
+    selected: list[IndividualRecord],
+    lineage_parents: dict[str, IndividualRecord] | None = None,
+) -> list[Spec]:
+    """Baselines at matched sparsity, each trained with the matched offspring's training seed and
+    recipe to its per-layer synapse counts; ids "<offspring id>-<kind>".
+
+    One-shot kinds (magnitude, random): for each selected offspring, from that offspring's parent.
+    Lineage kinds (imp, imp_rewind): for the best selected offspring only (the followed lineage),
+    from ``lineage_parents[kind]``: the previous generation's individual of that kind (the root
+    ancestor at generation 2); a kind without one (its chain broke on a failure) is left out.
+    """
     environment = schedule_of(config).at(generation)
     epochs = config.evolution.epochs or config.train.epochs
-    specs = []
-    for record in selected:
-        if record.kind != OFFSPRING:
-            continue
-        for kind in config.baselines.kinds:
-            individual_id = f"{record.individual_id}-{kind}"
-            specs.append(
-                Spec(
-                    generation=generation,
-                    individual_id=individual_id,
-                    parent_id=record.parent_id,
-                    lineage=tuple(record.lineage[:-1]) + (individual_id,),
-                    offspring_index=record.offspring_index,
-                    seed=record.seed,
-                    train_seed=record.train_seed,
-                    environment=environment,
-                    epochs=epochs,
-                    kind=kind,
-                    match_id=record.individual_id,
-                )
-            )
+    offspring = [record for record in selected if record.kind == OFFSPRING]
+
+    def spec(record: IndividualRecord, kind: str, parent_id: str, lineage: tuple[str, ...]) -> Spec:
+        individual_id = f"{record.individual_id}-{kind}"
+        return Spec(
+            generation=generation,
+            individual_id=individual_id,
+            parent_id=parent_id,
+            lineage=lineage + (individual_id,),
+            offspring_index=record.offspring_index,
+            seed=record.seed,
+            train_seed=record.train_seed,
+            environment=environment,
+            epochs=epochs,
+            kind=kind,
+            match_id=record.individual_id,
+        )
+
+    specs = [
+        spec(record, kind, record.parent_id, tuple(record.lineage[:-1]))
+        for record in offspring
+        for kind in config.baselines.kinds
+        if kind not in LINEAGE_KINDS
+    ]
+    for kind in config.baselines.kinds:
+        parent = (lineage_parents or {}).get(kind)
+        if kind in LINEAGE_KINDS and offspring and parent is not None:
+            specs.append(spec(offspring[0], kind, parent.individual_id, tuple(parent.lineage)))
     return specs

@@ -16,7 +16,14 @@ from .architecture import Architecture
 from .genome import Genome
 from .seeding import derive_seed
 
-KINDS = ("magnitude", "random")
+# one-shot, from the evolved offspring's own parent: "magnitude" (Han et al. 2015) and "random"
+ONE_SHOT_KINDS = ("magnitude", "random")
+# iterative magnitude pruning along a lineage of its own: each generation prunes the previous
+# generation's IMP network by magnitude to the followed lineage's counts, then trains it on from its
+# weights ("imp", as Han et al.) or from the ancestor's initial weights ("imp_rewind", lottery tickets)
+IMP, IMP_REWIND = "imp", "imp_rewind"
+LINEAGE_KINDS = (IMP, IMP_REWIND)
+KINDS = ONE_SHOT_KINDS + LINEAGE_KINDS
 
 
 def _keep_top(scores: torch.Tensor, living: torch.Tensor, k: int) -> torch.Tensor:
@@ -39,8 +46,8 @@ def matched_genome(
     counts: Mapping[str, int],
     seed: int = 0,
 ) -> Genome:
-    """``parent`` pruned to ``counts[layer]`` living synapses per layer: the largest |w| ("magnitude")
-    or a uniformly random subset of the living synapses ("random", seeded)."""
+    """``parent`` pruned to ``counts[layer]`` living synapses per layer: the largest |w| (every kind
+    but "random"), or a uniformly random subset of the living synapses ("random", seeded)."""
     if kind not in KINDS:
         raise ValueError(f"baseline kind must be one of {KINDS}, got {kind!r}")
     parent.validate(arch)
@@ -50,7 +57,7 @@ def matched_genome(
         k = int(counts[layer.name])
         if k < 0:
             raise ValueError(f"layer {layer.name!r}: cannot keep {k} synapses")
-        if kind == "magnitude":
+        if kind != "random":  # magnitude, and iterative magnitude pruning's step
             scores = weights[layer.name].detach().abs().float().cpu()
         else:
             generator = torch.Generator().manual_seed(derive_seed(int(seed), "random-baseline", layer.name))
