@@ -106,6 +106,8 @@ class StopSection(_Section):
     max_drop: float | None = Field(None, gt=0)
     efficiency: float | None = Field(None, gt=1)  # the lineage reached this many times fewer synapses
     metric: str | None = None  # "<eval set>_<metric>" judged by max_drop; default: the selection metric
+    # of that metric; default: the selection's for the selection metric, else min for *_loss / *_mae, max otherwise
+    direction: Literal["max", "min"] | None = None
 
 
 class EvolutionSection(_Section):
@@ -175,8 +177,10 @@ class DiversitySection(_Section):
 
 
 class BaselinesSection(_Section):
-    """For each selected offspring, the same network pruned to its per-layer synapse counts by
-    magnitude and at random, trained with the same recipe and seed: rows of their own kind."""
+    """For each selected offspring, networks pruned to its per-layer synapse counts and trained with
+    the same recipe and seed, rows of their own kind: its parent by magnitude and at random (one
+    shot), and iterative magnitude pruning along a lineage of its own (imp, imp_rewind; see
+    `evopop.synthesis.baselines`)."""
 
     enabled: bool = False
     kinds: list[Literal[BASELINE_KINDS]] = Field(default_factory=lambda: list(BASELINE_KINDS))

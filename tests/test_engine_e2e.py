@@ -201,6 +201,15 @@ def test_iterative_magnitude_pruning_follows_a_lineage_of_its_own(tmp_path):
     imp, rewind = records.read_checkpoint(f"{best[2]}-imp"), records.read_checkpoint(f"{best[2]}-imp_rewind")
     assert all(torch.equal(imp["masks"][name], rewind["masks"][name]) for name in imp["masks"])
     assert not torch.equal(imp["weights"]["classifier.1.weight"], rewind["weights"]["classifier.1.weight"])
+    # rewinding starts from the root's initialisation, as the root's own training started
+    from evopop.engine.develop import _initial_weights_of
+    from evopop.engine.specs import ROOT_ID, train_seed
+
+    torch.manual_seed(train_seed(config, ROOT_ID))
+    task = build_task(config.task.name, config.task.args)
+    expected = task.build_model().state_dict()
+    start = _initial_weights_of(config, task)
+    assert all(torch.equal(start[name], expected[name]) for name in expected)
     # the report draws them against synthesis
     from evopop.analysis.report import build_report
 

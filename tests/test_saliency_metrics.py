@@ -173,7 +173,8 @@ AGREEMENT = 1e-4
 def reference(preds, gts, normalize=True) -> dict[str, float]:
     """PySODMetrics' values of evopop's metric names; preds/gts as its users feed it: uint8 0..255
     (``normalize=False``: float maps in [0, 1] and bool masks)."""
-    py_sod_metrics = pytest.importorskip("py_sod_metrics")
+    import py_sod_metrics  # a test dependency: its absence fails the test, never skips it
+
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # Fmeasure announces FmeasureV2; both compute the same
         fm, mae_, sm, em = (

@@ -101,3 +101,42 @@ def test_a_run_that_reaches_its_efficiency_target_stops_and_says_why(tmp_path, c
 
     again = evolve(config, run_dir)  # resumed: the same decision, nothing new developed
     assert len(again) == len(population) and "g4-0" not in set(again["individual_id"])
+
+
+def test_a_lineage_whose_metric_is_no_longer_a_number_has_collapsed():
+    rule = StopRule(max_drop=0.03, efficiency=None, metric="val_accuracy", direction="max")
+    assert "is nan" in rule.reason(ANCESTOR, individual("g5-0", float("nan"), 0.3, 50.0))
+
+
+def test_the_direction_of_a_stop_metric_other_than_the_selection_metric(tmp_path):
+    config = load_config(ROOT / "configs" / "saliency_quickstart.yaml", ["evolution.stop.max_drop=0.1"])
+    assert plan_run(config).stop.direction == "max"  # val_fbeta_max, the selection metric
+    mae = load_config(
+        ROOT / "configs" / "saliency_quickstart.yaml", ["evolution.stop.max_drop=0.1", "evolution.stop.metric=val_mae"]
+    )
+    rule = plan_run(mae).stop
+    assert (rule.metric, rule.direction) == ("val_mae", "min"), "an error is minimised"
+    told = load_config(
+        ROOT / "configs" / "saliency_quickstart.yaml",
+        ["evolution.stop.max_drop=0.1", "evolution.stop.metric=val_smeasure", "evolution.stop.direction=max"],
+    )
+    assert plan_run(told).stop.direction == "max"
+    a = IndividualRecord(individual_id="g1-0", metrics={"val_mae": 0.06})
+    assert rule.reason(a, IndividualRecord(individual_id="g3-0", metrics={"val_mae": 0.05})) is None, "better"
+    assert rule.reason(a, IndividualRecord(individual_id="g3-0", metrics={"val_mae": 0.5})) is not None
+
+
+def test_the_last_generation_ends_the_run_without_a_stop_record(tmp_path):
+    config = load_config(
+        TINY,
+        [
+            "resources.executor=local",
+            "compaction.enabled=false",
+            "evolution.generations=2",
+            "evolution.stop.efficiency=1.2",
+        ],
+    )
+    run_dir = str(tmp_path / "run")
+    RunRecords(run_dir).write_config(config.to_yaml())
+    evolve(config, run_dir)
+    assert RunRecords(run_dir).read_stop() is None and load_run(run_dir).progress().startswith("finished: 2")

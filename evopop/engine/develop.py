@@ -32,7 +32,7 @@ from ..synthesis import (
     synaptic_weights,
     synthesize,
 )
-from ..synthesis.baselines import IMP_REWIND
+from ..synthesis.baselines import IMP, IMP_REWIND
 from ..synthesis.baselines import KINDS as BASELINE_KINDS
 from ..tasks.registry import built_task
 from ..training.loop import Recipe, TrainResult, evaluate, train_and_evaluate
@@ -204,6 +204,8 @@ class Developer:
             genome = matched_genome(spec.kind, self.arch, weights, parent_genome, counts, spec.seed or 0)
             if spec.kind == IMP_REWIND:  # the pruned network trains on from the ancestor's start (lottery tickets)
                 load_weights(model, self._initial_weights(), "the ancestor's initial weights")
+            elif spec.kind == IMP:  # trains on from its parent's weights, whatever evolution.init says
+                load_weights(model, parent_weights, f"parent {spec.parent_id}")
             return genome
         normalizer = self.config.evolution.normalizer
         return synthesize(self.arch, weights, parent_genome, spec.environment, spec.seed, normalizer, spec.clusters)
@@ -215,7 +217,8 @@ def _initial_weights_of(config: Config, task) -> dict[str, torch.Tensor]:
     if config.ancestor.checkpoint:
         payload = read_torch_bytes(read_uri(config.ancestor.checkpoint))
         return payload["weights"] if is_evopop_checkpoint(payload) else payload
-    with torch.random.fork_rng(devices=[]):
+    devices = list(range(torch.cuda.device_count())) if torch.cuda.is_available() else []
+    with torch.random.fork_rng(devices=devices):  # manual_seed seeds CUDA too: restore every generator
         torch.manual_seed(train_seed(config, ROOT_ID))  # as `_develop` seeds the ancestor
         return task.build_model().state_dict()
 

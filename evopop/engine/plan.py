@@ -9,6 +9,8 @@ from ..config import Config, ConfigError
 from ..tasks.registry import built_task
 from .stopping import StopRule
 
+MINIMISED_SUFFIXES = ("_loss", "_mae")  # metrics a stop rule judges as "lower is better" unless told
+
 
 @dataclass(frozen=True)
 class Plan:
@@ -62,9 +64,10 @@ def plan_run(config: Config) -> Plan:
             f"evolution.stop.metric: {stop.metric!r} is not measured by task {config.task.name!r}; "
             f"allowed: {', '.join(columns)}"
         )
-    stop_metric, stop_direction = (metric, direction)
+    stop_metric, stop_direction = (metric, stop.direction or direction)
     if stop.metric is not None and stop.metric != metric:
-        stop_metric, stop_direction = selection_metric(stop.metric, None, stop.metric, task.default_direction)
+        minimised = stop.metric.endswith(MINIMISED_SUFFIXES)
+        stop_metric, stop_direction = stop.metric, stop.direction or ("min" if minimised else "max")
     if config.ancestor.checkpoint:
         from .develop import load_ancestor
 

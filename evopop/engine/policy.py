@@ -57,7 +57,9 @@ class Evolution:
                     ancestors = self.generation(generation, ancestors)
                     if generation == 1:
                         root = ancestors[0]
-                    elif self.stopped(generation, root, ancestors[0]):
+                    elif generation < self.config.evolution.generations and self.stopped(
+                        generation, root, ancestors[0]
+                    ):  # the last generation ends the run anyway
                         break
                 completed = True
             finally:
@@ -82,17 +84,22 @@ class Evolution:
 
     def lineage_baseline_parents(
         self, generation: int, ancestors: list[IndividualRecord]
-    ) -> dict[str, IndividualRecord]:
-        """Kind -> parent of each iterative baseline (imp, imp_rewind) at ``generation``: the root at
-        generation 2, else the previous generation's one of that kind, if it succeeded."""
+    ) -> dict[tuple[str, str], IndividualRecord]:
+        """(parent id, kind) -> the parent of the iterative baseline (imp, imp_rewind) of each offspring
+        of that parent: the same kind's baseline of the parent (its own lineage, pruned generation after
+        generation), or the root ancestor at generation 2 and wherever that baseline failed (the chain
+        restarts from the root, pruning to the current counts)."""
         kinds = [kind for kind in self.config.baselines.kinds if kind in LINEAGE_KINDS]
         if not kinds or not ancestors:
             return {}
-        if generation == 2:
-            return dict.fromkeys(kinds, ancestors[0])
-        previous = {r.individual_id: r for r in self.records.individuals(generation - 1)}
-        chains = {kind: previous.get(f"{ancestors[0].individual_id}-{kind}") for kind in kinds}
-        return {kind: record for kind, record in chains.items() if record is not None and record.ok}
+        root = self.records.individuals(1)[0] if generation > 2 else ancestors[0]
+        previous = {r.individual_id: r for r in self.records.individuals(generation - 1)} if generation > 2 else {}
+        chains = {}
+        for parent in ancestors:
+            for kind in kinds:
+                member = previous.get(f"{parent.individual_id}-{kind}")
+                chains[(parent.individual_id, kind)] = member if member is not None and member.ok else root
+        return chains
 
     def develop(
         self, generation: int, specs: list[Spec], parents: list[IndividualRecord], kind: str = OFFSPRING

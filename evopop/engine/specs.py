@@ -73,44 +73,41 @@ def baseline_specs(
     config: Config,
     generation: int,
     selected: list[IndividualRecord],
-    lineage_parents: dict[str, IndividualRecord] | None = None,
+    lineage_parents: dict[tuple[str, str], IndividualRecord] | None = None,
 ) -> list[Spec]:
-    """Baselines at matched sparsity, each trained with the matched offspring's training seed and
-    recipe to its per-layer synapse counts; ids "<offspring id>-<kind>".
+    """Baselines at matched sparsity for each selected offspring, each trained with the offspring's
+    training seed and recipe to its per-layer synapse counts; ids "<offspring id>-<kind>".
 
-    One-shot kinds (magnitude, random): for each selected offspring, from that offspring's parent.
-    Lineage kinds (imp, imp_rewind): for the best selected offspring only (the followed lineage),
-    from ``lineage_parents[kind]``: the previous generation's individual of that kind (the root
-    ancestor at generation 2); a kind without one (its chain broke on a failure) is left out.
+    One-shot kinds (magnitude, random) prune the offspring's parent. Lineage kinds (imp, imp_rewind)
+    prune ``lineage_parents[(offspring's parent id, kind)]``: the same kind's baseline of the
+    offspring's parent (a lineage of its own beside the evolved one), or the root ancestor.
     """
     environment = schedule_of(config).at(generation)
     epochs = config.evolution.epochs or config.train.epochs
-    offspring = [record for record in selected if record.kind == OFFSPRING]
-
-    def spec(record: IndividualRecord, kind: str, parent_id: str, lineage: tuple[str, ...]) -> Spec:
-        individual_id = f"{record.individual_id}-{kind}"
-        return Spec(
-            generation=generation,
-            individual_id=individual_id,
-            parent_id=parent_id,
-            lineage=lineage + (individual_id,),
-            offspring_index=record.offspring_index,
-            seed=record.seed,
-            train_seed=record.train_seed,
-            environment=environment,
-            epochs=epochs,
-            kind=kind,
-            match_id=record.individual_id,
-        )
-
-    specs = [
-        spec(record, kind, record.parent_id, tuple(record.lineage[:-1]))
-        for record in offspring
-        for kind in config.baselines.kinds
-        if kind not in LINEAGE_KINDS
-    ]
-    for kind in config.baselines.kinds:
-        parent = (lineage_parents or {}).get(kind)
-        if kind in LINEAGE_KINDS and offspring and parent is not None:
-            specs.append(spec(offspring[0], kind, parent.individual_id, tuple(parent.lineage)))
+    specs = []
+    for record in selected:
+        if record.kind != OFFSPRING:
+            continue
+        for kind in config.baselines.kinds:
+            parent = (lineage_parents or {}).get((record.parent_id, kind)) if kind in LINEAGE_KINDS else None
+            if kind in LINEAGE_KINDS and parent is None:
+                continue
+            individual_id = f"{record.individual_id}-{kind}"
+            parent_id = parent.individual_id if parent else record.parent_id
+            lineage = tuple(parent.lineage) if parent else tuple(record.lineage[:-1])
+            specs.append(
+                Spec(
+                    generation=generation,
+                    individual_id=individual_id,
+                    parent_id=parent_id,
+                    lineage=lineage + (individual_id,),
+                    offspring_index=record.offspring_index,
+                    seed=record.seed,
+                    train_seed=record.train_seed,
+                    environment=environment,
+                    epochs=epochs,
+                    kind=kind,
+                    match_id=record.individual_id,
+                )
+            )
     return specs

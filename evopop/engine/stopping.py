@@ -37,7 +37,10 @@ class StopRule:
     def reason(self, ancestor: IndividualRecord, best: IndividualRecord) -> str | None:
         """Why the run stops after ``best``'s generation, or None if it goes on."""
         if self.max_drop is not None:
-            drop = relative_drop(ancestor.metric(self.metric), best.metric(self.metric), self.direction)
+            before, after = ancestor.metric(self.metric), best.metric(self.metric)
+            if _finite(before) and not _finite(after):  # a lineage that no longer yields a number has collapsed
+                return f"the lineage's {self.metric} is {after} ({best.individual_id}): evolution.stop.max_drop"
+            drop = relative_drop(before, after, self.direction)
             if drop is not None and drop > self.max_drop:
                 return (
                     f"the lineage's {self.metric} ({best.metric(self.metric):.4f}, {best.individual_id}) fell "
@@ -59,3 +62,7 @@ def relative_drop(ancestor: float | None, value: float | None, direction: str) -
         return None
     worse = ancestor - value if direction == "max" else value - ancestor
     return worse / abs(ancestor)
+
+
+def _finite(value: float | None) -> bool:
+    return value is not None and math.isfinite(value)

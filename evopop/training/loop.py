@@ -173,7 +173,7 @@ def evaluate(model: nn.Module, task: Task, recipe: Recipe, device, amp=None) -> 
             dataset,
             batch_size=recipe.eval_batch_size,
             num_workers=recipe.num_workers,
-            collate_fn=getattr(dataset, "collate_fn", None),
+            collate_fn=_collate_of(dataset),
         )
         for inputs, targets in loader:
             inputs, targets = inputs.to(device), _to_device(targets, device)
@@ -187,3 +187,13 @@ def evaluate(model: nn.Module, task: Task, recipe: Recipe, device, amp=None) -> 
         for name, value in metric.compute().items():
             results[f"{set_name}_{name}"] = float(value)
     return results
+
+
+def _collate_of(dataset):
+    """The ``collate_fn`` a data set carries, also through ``Subset``-style wrappers (``.dataset``)."""
+    while dataset is not None:
+        collate = getattr(dataset, "collate_fn", None)
+        if collate is not None:
+            return collate
+        dataset = getattr(dataset, "dataset", None)
+    return None
