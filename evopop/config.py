@@ -110,6 +110,14 @@ class StopSection(_Section):
     direction: Literal["max", "min"] | None = None
 
 
+class DistillSection(_Section):
+    """Heredity of function: every individual with a parent also learns its parent's outputs
+    (`evopop.training.loop.Distillation`). weight 0 (the default) is the paper's training."""
+
+    weight: float = Field(0.0, ge=0, lt=1)  # of the distillation loss; the task's loss gets 1 - weight
+    temperature: float = Field(2.0, gt=0)  # softens both outputs before they are compared
+
+
 class EvolutionSection(_Section):
     generations: int = Field(4, ge=1)  # generation 1 is the ancestor, as in the paper's table
     offspring: int = Field(4, ge=1)  # per ancestor
@@ -121,6 +129,16 @@ class EvolutionSection(_Section):
     init: Literal["inherit", "reinit"] = "inherit"  # offspring start from the parent's surviving weights, or fresh
     epochs: int | None = Field(None, ge=1)  # epochs per offspring; default train.epochs
     stop: StopSection = Field(default_factory=StopSection)  # end the run early (see StopSection)
+    distill: DistillSection = Field(default_factory=DistillSection)  # learn the parent's outputs too
+
+    @model_validator(mode="after")
+    def _distillation_needs_a_parent(self):
+        if self.distill.weight > 0 and self.generations < 2:
+            raise ValueError(
+                "distill.weight is set, but with generations: 1 no individual has a parent to learn from: "
+                "set generations to 2 or more, or remove distill"
+            )
+        return self
 
     @model_validator(mode="after")
     def _clusters_need_their_encoding(self):

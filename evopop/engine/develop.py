@@ -35,7 +35,7 @@ from ..synthesis import (
 from ..synthesis.baselines import IMP, IMP_REWIND
 from ..synthesis.baselines import KINDS as BASELINE_KINDS
 from ..tasks.registry import built_task
-from ..training.loop import Recipe, TrainResult, evaluate, train_and_evaluate
+from ..training.loop import Distillation, Recipe, TrainResult, evaluate, train_and_evaluate
 from ..training.probe import ProbeBatch, held_out_batch, probe_outputs
 from .failures import StorageError, classify, gpu_share
 from .jobs import Compaction, Outcome, ParentState, Spec
@@ -99,7 +99,8 @@ class Developer:
         else:
             masks = parameter_masks(self.arch, genome)
             recipe = recipe_of(self.config, spec.epochs)
-            result = train_and_evaluate(model, self.task, recipe, spec.train_seed, masks, self.device)
+            distill = self._distillation(parent)
+            result = train_and_evaluate(model, self.task, recipe, spec.train_seed, masks, self.device, distill)
         weights = {k: v.detach().cpu() for k, v in model.state_dict().items()}
         meta = {"generation": spec.generation, "parent_id": spec.parent_id, "lineage": list(spec.lineage)}
         genome_file = spec.kind in EVOLVED_KINDS and self.config.diversity.enabled  # not baselines'
@@ -133,6 +134,17 @@ class Developer:
             mask_digest=genome.digest(),
             checkpoint=checkpoint,
         )
+
+    def _distillation(self, parent: ParentState | None) -> Distillation | None:
+        """The parent as the teacher, where ``evolution.distill`` asks for one (not for the root)."""
+        settings = self.config.evolution.distill
+        if parent is None or settings.weight <= 0:
+            return None
+        devices = list(range(torch.cuda.device_count())) if torch.cuda.is_available() else []
+        with torch.random.fork_rng(devices=devices):  # building the teacher draws nothing the student sees
+            teacher = self.task.build_model()
+        load_weights(teacher, parent.tensors()[0], "the parent (distillation teacher)")
+        return Distillation(teacher, settings.weight, settings.temperature)
 
     def _initial_weights(self) -> dict[str, torch.Tensor]:
         if self._rewind_to is None:

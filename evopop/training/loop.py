@@ -40,6 +40,31 @@ class Recipe:
     num_workers: int = 0
 
 
+@dataclass(frozen=True)
+class Distillation:
+    """Heredity of function: the offspring learns its parent's outputs beside the task's targets.
+
+    loss = (1 - weight) * task loss + weight * distillation loss, where the distillation loss is
+    Hinton et al.'s T^2-scaled KL divergence between the softened outputs over dimension 1
+    (classifier logits, or dense per-pixel logits), or the mean squared difference for outputs of a
+    single channel. ``teacher``: the parent network, used in eval mode and never trained."""
+
+    teacher: nn.Module
+    weight: float
+    temperature: float = 2.0
+
+
+def distillation_loss(student: torch.Tensor, teacher: torch.Tensor, temperature: float) -> torch.Tensor:
+    """How far ``student``'s outputs are from ``teacher``'s (see `Distillation`)."""
+    if student.dim() < 2 or student.shape[1] == 1:
+        return nn.functional.mse_loss(student.float(), teacher.float())
+    t = temperature
+    log_student = nn.functional.log_softmax(student.float() / t, dim=1)
+    log_teacher = nn.functional.log_softmax(teacher.float() / t, dim=1)
+    per_sample = (log_teacher.exp() * (log_teacher - log_student)).sum(dim=1)  # KL over the classes
+    return per_sample.mean() * t * t
+
+
 @dataclass
 class TrainResult:
     metrics: dict[str, float]  # "<eval set>_<metric>" -> value
@@ -91,10 +116,13 @@ def train_and_evaluate(
     seed: int,
     masks: dict[str, torch.Tensor] | None = None,
     device: torch.device | str = "cpu",
+    distill: Distillation | None = None,
 ) -> TrainResult:
     device = torch.device(device)
     torch.manual_seed(seed)
     model.to(device)
+    if distill is not None:
+        distill.teacher.to(device).eval()
     optimizer = make_optimizer(model, recipe)
     masked = MaskedParameters(model, masks).attach(optimizer) if masks else None
     loader = DataLoader(
@@ -119,7 +147,13 @@ def train_and_evaluate(
             inputs = inputs.to(device, non_blocking=True)
             targets = targets.to(device, non_blocking=True)
             with torch.autocast(device.type, dtype=amp, enabled=amp is not None):
-                loss = task.loss(model(inputs), targets)
+                outputs = model(inputs)
+                loss = task.loss(outputs, targets)
+                if distill is not None:
+                    with torch.no_grad():
+                        taught = distill.teacher(inputs)
+                    imitation = distillation_loss(outputs, taught, distill.temperature)
+                    loss = (1 - distill.weight) * loss + distill.weight * imitation
             optimizer.zero_grad(set_to_none=True)
             if scaler is not None:
                 scaler.scale(loss).backward()
