@@ -47,7 +47,6 @@ import os
 import platform
 import shutil
 import signal
-import statistics
 import sys
 import tempfile
 import threading
@@ -65,6 +64,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import ray
 import torch
+from bench_engine import LoadSampler, median  # noqa: E402  (this folder; pure helpers, never shipped to Ray)
 
 import evopop
 from evopop.api import evolution
@@ -86,10 +86,6 @@ TRIVIAL_TASK = "task.args={train_size: 128, val_size: 64, image_size: 16, widths
 BUCKET = "evopop-bench"
 
 
-def median(values):
-    return statistics.median(values) if values else float("nan")
-
-
 def cores() -> int:
     try:
         return len(os.sched_getaffinity(0))
@@ -97,24 +93,7 @@ def cores() -> int:
         return os.cpu_count() or 1
 
 
-class LoadSampler(threading.Thread):
-    """The machine's 1-minute load average every few seconds (this benchmark adds 1-2 while it trains)."""
-
-    def __init__(self, every: float = 5.0):
-        super().__init__(daemon=True)
-        self.every, self.samples, self._halt = every, [], threading.Event()
-
-    def run(self):
-        while not self._halt.wait(self.every):
-            self.samples.append(os.getloadavg()[0])
-
-    def stop(self) -> dict:
-        self._halt.set()
-        now = os.getloadavg()[0]
-        return {"mean": statistics.fmean(self.samples) if self.samples else now, "max": max(self.samples, default=now)}
-
-
-def _niceness() -> int:
+def _niceness() -> int:  # defined here, not imported: Ray ships this script's functions by value
     return os.nice(0)
 
 

@@ -208,7 +208,7 @@ def test_iterative_magnitude_pruning_follows_a_lineage_of_its_own(tmp_path):
     torch.manual_seed(train_seed(config, ROOT_ID))
     task = build_task(config.task.name, config.task.args)
     expected = task.build_model().state_dict()
-    start = _initial_weights_of(config, task)
+    start = _initial_weights_of(config, task, trace_architecture(task.build_model(), task.example_input()))
     assert all(torch.equal(start[name], expected[name]) for name in expected)
     # the report draws them against synthesis
     from evopop.analysis.report import build_report

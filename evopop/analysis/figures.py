@@ -161,6 +161,17 @@ def pareto_front(points: pd.DataFrame, x: str, y: str, y_direction: str = "max")
     return points.loc[keep].sort_values(x)
 
 
+def _metric_vs_efficiency_axes(ax, run: Run, title: str) -> None:
+    """Efficiency on a log x axis against the selection metric: the Pareto and baselines figures."""
+    ax.set_xscale("log")
+    _plain_log_axis(ax.xaxis, "×")
+    ax.margins(x=0.08, y=0.1)
+    ax.set_xlabel("efficiency (ancestor synapses / own synapses, ×, log scale)")
+    ax.set_ylabel(_metric_label(run))
+    ax.set_title(title)
+    ax.grid(True, which="both", alpha=0.3)
+
+
 def figure_pareto(run: Run) -> Figure:
     ok = _ok(run)
     if ok.empty or not run.metric or run.metric not in ok or ok[run.metric].isna().all():
@@ -203,13 +214,7 @@ def figure_pareto(run: Run) -> Figure:
             fontsize=8,
             color=LINEAGE_COLOR,
         )
-    ax.set_xscale("log")
-    _plain_log_axis(ax.xaxis, "×")
-    ax.margins(x=0.08, y=0.1)
-    ax.set_xlabel("efficiency (ancestor synapses / own synapses, ×, log scale)")
-    ax.set_ylabel(_metric_label(run))
-    ax.set_title(f"{run.metric} vs efficiency: {len(front)} individuals on the Pareto front")
-    ax.grid(True, which="both", alpha=0.3)
+    _metric_vs_efficiency_axes(ax, run, f"{run.metric} vs efficiency: {len(front)} individuals on the Pareto front")
     cbar = fig.colorbar(sc, ax=ax)
     cbar.set_label("generation")
     cbar.locator = MaxNLocator(integer=True)
@@ -586,13 +591,7 @@ def figure_baselines(run: Run) -> Figure:
             label=kind,
             zorder=3,
         )
-    ax.set_xscale("log")
-    _plain_log_axis(ax.xaxis, "×")
-    ax.margins(x=0.08, y=0.1)
-    ax.set_xlabel("efficiency (ancestor synapses / own synapses, ×, log scale)")
-    ax.set_ylabel(_metric_label(run))
-    ax.set_title(f"{run.metric} vs efficiency: synthesis and the baselines at matched sparsity")
-    ax.grid(True, which="both", alpha=0.3)
+    _metric_vs_efficiency_axes(ax, run, f"{run.metric} vs efficiency: synthesis and the baselines at matched sparsity")
     ax.legend(loc="best", fontsize=8)
     return fig
 

@@ -140,15 +140,13 @@ class Developer:
         settings = self.config.evolution.distill
         if parent is None or settings.weight <= 0:
             return None
-        devices = list(range(torch.cuda.device_count())) if torch.cuda.is_available() else []
-        with torch.random.fork_rng(devices=devices):  # building the teacher draws nothing the student sees
-            teacher = self.task.build_model()
+        teacher = built_aside(self.task)  # draws nothing the student would see
         load_weights(teacher, parent.tensors()[0], "the parent (distillation teacher)")
         return Distillation(teacher, settings.weight, settings.temperature)
 
     def _initial_weights(self) -> dict[str, torch.Tensor]:
         if self._rewind_to is None:
-            self._rewind_to = _initial_weights_of(self.config, self.task)
+            self._rewind_to = _initial_weights_of(self.config, self.task, self.arch)
         return self._rewind_to
 
     def _probe(self, model: torch.nn.Module) -> tuple[torch.Tensor | None, dict]:
@@ -223,16 +221,24 @@ class Developer:
         return synthesize(self.arch, weights, parent_genome, spec.environment, spec.seed, normalizer, spec.clusters)
 
 
-def _initial_weights_of(config: Config, task) -> dict[str, torch.Tensor]:
-    """The weights the root ancestor started from: its seeded initialisation (rebuilt here, the
-    caller's random state untouched), or the loaded ancestor's weights when it was not trained here."""
-    if config.ancestor.checkpoint:
-        payload = read_torch_bytes(read_uri(config.ancestor.checkpoint))
-        return payload["weights"] if is_evopop_checkpoint(payload) else payload
+def built_aside(task, seed: int | None = None) -> torch.nn.Module:
+    """A new network of ``task`` (seeded with ``seed`` where given), built without drawing from or
+    reseeding the caller's random state, on the CPU or any GPU."""
     devices = list(range(torch.cuda.device_count())) if torch.cuda.is_available() else []
-    with torch.random.fork_rng(devices=devices):  # manual_seed seeds CUDA too: restore every generator
-        torch.manual_seed(train_seed(config, ROOT_ID))  # as `_develop` seeds the ancestor
-        return task.build_model().state_dict()
+    with torch.random.fork_rng(devices=devices):
+        if seed is not None:
+            torch.manual_seed(seed)
+        return task.build_model()
+
+
+def _initial_weights_of(config: Config, task, arch) -> dict[str, torch.Tensor]:
+    """The weights the root ancestor started from: its seeded initialisation, as `_develop` seeds it,
+    or the loaded ancestor (masked by its genome) when it was not trained here."""
+    if config.ancestor.checkpoint:
+        model = built_aside(task)
+        load_ancestor(config.ancestor.checkpoint, model, arch)
+        return model.state_dict()
+    return built_aside(task, train_seed(config, ROOT_ID)).state_dict()
 
 
 def _layer_record(individual_id: str, layer) -> LayerRecord:
