@@ -15,7 +15,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from .records.storage import is_uri
 from .synthesis.baselines import KINDS as BASELINE_KINDS
-from .synthesis.environment import MODES, check_factor
+from .synthesis.environment import MAX_SHARPNESS, MODES, check_factor
 
 SELECTION_RULES = ("best", "topk", "all")  # see evopop.engine.selection
 
@@ -45,8 +45,10 @@ class TrainSection(_Section):
     lr: float = Field(0.05, gt=0)
     momentum: float = Field(0.9, ge=0, lt=1)
     weight_decay: float = Field(5e-4, ge=0)
-    schedule: Literal["constant", "cosine", "step"] = "cosine"
+    # restarts: cosine with warm restarts (SGDR), `cycles` equal cycles per training
+    schedule: Literal["constant", "cosine", "step", "restarts"] = "cosine"
     step_size: int = Field(1, ge=1)
+    cycles: int = Field(2, ge=1)
     gamma: float = Field(0.1, gt=0, le=1)
     warmup_steps: int = Field(0, ge=0)
     mixed_precision: Literal["auto", "bf16", "fp16", "off"] = "auto"
@@ -66,12 +68,30 @@ class AncestorSection(_Section):
         return value
 
 
+class AdaptSection(_Section):
+    """C adapted per lineage to its observed loss (`evopop.engine.adaptation`); off when absent."""
+
+    max_drop: float = Field(gt=0, lt=1)  # the relative loss of the selection metric per generation to stay under
+    factor: float = Field(2.0, gt=1)  # how fast the removed fraction 1 - C shrinks and grows
+    min_c: float = Field(0.05, gt=0, le=1)  # the harshest environment it may reach
+
+
 class EnvironmentSection(_Section):
     c: float = 0.4
     mode: Literal[MODES] = "scale"
     layers: dict[str, float] = Field(default_factory=dict)  # glob pattern on layer names -> C
     frozen: list[str] = Field(default_factory=list)  # glob patterns of layers that never mutate
     schedule: dict[int, float] = Field(default_factory=dict)  # generation -> C from then on
+    # k in P(s | w) = exp(k (|w| / Z - 1)): how much likelier strong synapses (clusters) survive than weak
+    # ones (e^k times); 1 is the paper's model, larger moves synthesis towards magnitude pruning
+    sharpness: float = Field(1.0, gt=0, le=MAX_SHARPNESS)
+    adapt: AdaptSection | None = None  # C follows each lineage's loss (the synapses' environment only)
+
+    @model_validator(mode="after")
+    def _adapt_or_schedule(self):
+        if self.adapt is not None and self.schedule:
+            raise ValueError("adapt and schedule both set C per generation: keep one of them")
+        return self
 
     @field_validator("c")
     @classmethod
@@ -137,6 +157,15 @@ class EvolutionSection(_Section):
             raise ValueError(
                 "distill.weight is set, but with generations: 1 no individual has a parent to learn from: "
                 "set generations to 2 or more, or remove distill"
+            )
+        return self
+
+    @model_validator(mode="after")
+    def _clusters_do_not_adapt(self):
+        if self.clusters.adapt is not None:
+            raise ValueError(
+                "clusters.adapt is not supported: C adapts for the synapses' environment only "
+                "(evolution.environment.adapt)"
             )
         return self
 

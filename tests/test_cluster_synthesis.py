@@ -574,7 +574,7 @@ def test_config_accepts_cluster_encoding():
         ({"encoding": "filters"}, "evolution.encoding: Input should be 'synapse' or 'cluster'"),
         ({"encoding": "cluster", "clusters": {"c": 0}}, "evolution.clusters.c: C must be in (0, 1]"),
         ({"clusters": {"c": 1.5}}, "evolution.clusters.c: C must be in (0, 1]"),
-        ({"clusters": {"mode": "linear"}}, "evolution.clusters.mode: Input should be 'scale' or 'budget'"),
+        ({"clusters": {"mode": "linear"}}, "evolution.clusters.mode: Input should be 'scale', 'budget' or 'network'"),
         ({"clusters": {"layers": {"fc*": 0}}}, "C of layers 'fc*' must be in (0, 1]"),
         ({"clusters": {"schedule": {1: 0.5}}}, "schedule generations start at 2"),
         ({"clusters": {"cc": 0.5}}, "evolution.clusters.cc: unknown key; did you mean 'c'?"),

@@ -29,10 +29,12 @@ from evopop.synthesis import (
     budget_scale,
     count,
     normalizers,
+    synaptic_probability,
     synaptic_weights,
     synthesize,
     trace_architecture,
 )
+from evopop.synthesis.clusters import cluster_probability
 
 N_SD = 5.0  # acceptance band in standard deviations (see module docstring)
 
@@ -356,3 +358,123 @@ def test_schedule_at():
     assert Schedule(base).at(9) == base
     with pytest.raises(ValueError, match="C"):
         Schedule(base, steps=((1, 1.5),)).at(1)
+
+
+# ---- sharpness: P(s_k | w_k) = exp(k (|w_k| / Z - 1)) ------------------------------------------------
+
+
+def p_sharp(weight: torch.Tensor, z: float, k: float) -> torch.Tensor:
+    """The sharpened model in float64, independently of evopop."""
+    return torch.exp(k * (weight.detach().double().abs() / z - 1.0))
+
+
+@pytest.mark.parametrize("k", [0.5, 4.0, 12.0, 40.0])
+@pytest.mark.parametrize("c", [0.1, 0.5, 0.9])
+def test_budget_scale_is_exact_for_a_sharp_model(c, k):
+    n = 20000
+    w = heavy_tailed(n, seed=21)
+    mask = torch.rand(n, generator=torch.Generator().manual_seed(22)) < 0.8
+    z = float((w.abs() * mask).max())
+    s = budget_scale(w, mask, z, c, sharpness=k)
+    p = p_sharp(w, z, k)[mask]
+    assert float((s * p).clamp(max=1.0).sum()) / p.numel() == pytest.approx(c, rel=1e-6)
+
+
+@pytest.mark.parametrize("k", [1.0, 8.0])
+def test_sharp_scale_mode_keeps_synapses_at_the_sharpened_probability(k):
+    torch.manual_seed(3)
+    model = nn.Sequential(OrderedDict(fc1=nn.Linear(200, 300, bias=False)))
+    arch, weights = setup(model, 200)
+    w = weights["fc1"]
+    q = 0.9 * p_sharp(w, float(w.abs().max()), k).reshape(-1)
+    draws = 5
+    env = Environment(0.9, sharpness=k)
+    kept = sum(int(synthesize(arch, weights, Genome.full(arch), env, seed=d).masks["fc1"].sum()) for d in range(draws))
+    tol = assert_within(kept, q, draws, f"scale, k={k}")
+    if k != 1.0:  # the paper's model would keep far more: it can fail
+        paper = 0.9 * p_model(w, float(w.abs().max())).reshape(-1)
+        assert draws * float(paper.sum() - q.sum()) > 3 * tol
+
+
+def test_sharpness_moves_synthesis_towards_magnitude_pruning():
+    """In budget mode at C = 0.5 the paper's model keeps about half of the strongest half; a sharp
+    one keeps nearly exactly the strongest half, and the strongest synapse is e^k times likelier
+    to survive than the weakest."""
+    torch.manual_seed(4)
+    model = nn.Sequential(OrderedDict(fc1=nn.Linear(300, 300, bias=False)))
+    arch, weights = setup(model, 300)
+    w = weights["fc1"].abs().reshape(-1)
+    strongest_half = w >= w.median()
+
+    def overlap(k: float) -> float:
+        child = synthesize(arch, weights, Genome.full(arch), Environment(0.5, "budget", sharpness=k), seed=7)
+        kept = child.masks["fc1"].reshape(-1)
+        return float((kept & strongest_half).sum()) / float(kept.sum())
+
+    assert 0.5 < overlap(1.0) < 0.7
+    assert overlap(40.0) > 0.95
+    p = synaptic_probability(weights["fc1"], torch.ones_like(weights["fc1"], dtype=torch.bool), float(w.max()), 6.0)
+    assert float(p.max() / p.min()) == pytest.approx(math.exp(6.0) ** float((w.max() - w.min()) / w.max()), rel=1e-4)
+
+
+def test_sharp_cluster_model():
+    s = torch.tensor([1.0, 2.0, 4.0], dtype=torch.float64)
+    alive = torch.tensor([True, True, False])
+    p = cluster_probability(s, alive, 4.0, sharpness=3.0)
+    assert p.tolist() == pytest.approx([math.exp(3 * (0.25 - 1)), math.exp(3 * (0.5 - 1)), 0.0])
+
+
+@pytest.mark.parametrize("bad", [0, -1, 50.5, "sharp"])
+def test_sharpness_out_of_range_is_refused(bad):
+    with pytest.raises(ValueError, match="sharpness must be"):
+        Environment(0.5, sharpness=bad)
+
+
+def test_schedule_keeps_the_sharpness():
+    env = Schedule(Environment(0.5, "budget", sharpness=6.0), ((3, 0.3),)).at(4)
+    assert (env.c, env.mode, env.sharpness) == (0.3, "budget", 6.0)
+
+
+# ---- network budget: one scale for the whole network ---------------------------------------------------
+
+
+@pytest.mark.parametrize("k", [1.0, 10.0])
+@pytest.mark.parametrize("c", [0.2, 0.8])
+def test_network_budget_keeps_c_of_the_network_in_expectation(c, k):
+    """One s for every layer: the expected kept count is C of the network's living synapses exactly,
+    while the layers keep different fractions (a per-layer budget would give each exactly C)."""
+    model = linear_net([64, 256, 512, 10], seed=5, scales=[3.0, 1.0, 0.2])
+    arch, weights = setup(model, 64)
+    parent = Genome.full(arch)
+    env = Environment(c, "network", sharpness=k)
+    z = normalizers(weights, parent.masks, "global")
+    scales = env.scales({name: (weights[name], parent.masks[name], z[name]) for name in weights})
+    assert len(set(scales.values())) == 1
+    q = {name: (scales[name] * p_sharp(weights[name], z[name], k)).clamp(max=1.0) for name in weights}
+    n = sum(w.numel() for w in weights.values())
+    assert sum(float(v.sum()) for v in q.values()) == pytest.approx(c * n, rel=1e-6)
+    fractions = {name: float(v.mean()) for name, v in q.items()}
+    assert fractions["fc1"] > fractions["fc2"] > fractions["fc3"]  # the strong layer keeps more, the weak less
+    if k > 1:
+        assert fractions["fc1"] > c + 0.05 and fractions["fc3"] < c - 0.05
+    draws = 3
+    kept = {name: 0 for name in weights}
+    for d in range(draws):
+        child = synthesize(arch, weights, parent, env, seed=d, normalizer="global")
+        for name in weights:
+            kept[name] += int(child.masks[name].sum())
+    # fc1's synapses can lose none of their outputs' readers (fc2 keeps some of every neuron's at these sizes)
+    assert_within(kept["fc2"], q["fc2"].reshape(-1), draws, "network budget, fc2")
+
+
+def test_network_budget_respects_layers_with_their_own_c():
+    model = linear_net([64, 256, 128], seed=6)
+    arch, weights = setup(model, 64)
+    parent = Genome.full(arch)
+    env = Environment(0.3, "network", layer_c=(("fc2", 0.9),))
+    z = normalizers(weights, parent.masks)
+    scales = env.scales({name: (weights[name], parent.masks[name], z[name]) for name in weights})
+    q2 = (scales["fc2"] * p_model(weights["fc2"], z["fc2"])).clamp(max=1.0)
+    assert float(q2.mean()) == pytest.approx(0.9, rel=1e-6)
+    q1 = (scales["fc1"] * p_model(weights["fc1"], z["fc1"])).clamp(max=1.0)
+    assert float(q1.mean()) == pytest.approx(0.3, rel=1e-6)  # the only layer left in the shared budget

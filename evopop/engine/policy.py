@@ -20,6 +20,7 @@ from ..config import Config
 from ..records.run import RunRecords
 from ..records.schema import FAILED, IndividualRecord, SelectionRecord, is_baseline, population_schema
 from ..synthesis.baselines import LINEAGE_KINDS
+from .adaptation import Adaptation
 from .executor import Executor
 from .failures import INFRASTRUCTURE, RunStopped
 from .hooks import BASELINES, OFFSPRING, Batch, Hook
@@ -71,7 +72,10 @@ class Evolution:
 
     def generation(self, generation: int, ancestors: list[IndividualRecord]) -> list[IndividualRecord]:
         """Develop, record and select one generation; returns its selected individuals, best first."""
-        specs = [root_spec(self.config)] if generation == 1 else offspring_specs(self.config, generation, ancestors)
+        if generation == 1:
+            specs = [root_spec(self.config)]
+        else:
+            specs = offspring_specs(self.config, generation, ancestors, self.adapted_factors(generation, ancestors))
         self.stop_on_infrastructure_failures(generation, self.develop(generation, specs, ancestors))
         self._notify("generation_developed", generation)
         selected = self.select(generation, [s.individual_id for s in specs])
@@ -81,6 +85,15 @@ class Evolution:
             parents = ancestors + list(chains.values())
             self.stop_on_infrastructure_failures(generation, self.develop(generation, baselines, parents, BASELINES))
         return selected
+
+    def adapted_factors(self, generation: int, ancestors: list[IndividualRecord]) -> dict[str, float] | None:
+        """Ancestor id -> its offspring's C where ``evolution.environment.adapt`` is set, else None."""
+        adaptation = Adaptation.of(self.config.evolution.environment.adapt)
+        if adaptation is None:
+            return None
+        parents = {r.individual_id: r for r in self.records.individuals(generation - 2)} if generation > 2 else {}
+        base_c = self.config.evolution.environment.c
+        return adaptation.factors(ancestors, parents, base_c, self.plan.metric, self.plan.direction)
 
     def lineage_baseline_parents(
         self, generation: int, ancestors: list[IndividualRecord]

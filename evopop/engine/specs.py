@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 from ..config import Config
 from ..records.schema import ANCESTOR, OFFSPRING, IndividualRecord
 from ..synthesis import Environment, Schedule, derive_seed, offspring_seed
@@ -19,7 +21,7 @@ def schedule_of(config: Config, level: str = "synapses") -> Schedule:
     synapses = config.evolution.environment
     env = synapses if level == "synapses" else config.evolution.clusters
     frozen = tuple(env.frozen) + tuple(p for p in synapses.frozen if p not in env.frozen)
-    base = Environment(env.c, env.mode, tuple(env.layers.items()), frozen)
+    base = Environment(env.c, env.mode, tuple(env.layers.items()), frozen, env.sharpness)
     return Schedule(base, tuple(env.schedule.items()))
 
 
@@ -39,17 +41,22 @@ def root_spec(config: Config) -> Spec:
     return Spec(1, ROOT_ID, None, (ROOT_ID,), None, None, train_seed(config, ROOT_ID), None, epochs, kind=ANCESTOR)
 
 
-def offspring_specs(config: Config, generation: int, ancestors: list[IndividualRecord]) -> list[Spec]:
+def offspring_specs(
+    config: Config, generation: int, ancestors: list[IndividualRecord], factors: dict[str, float] | None = None
+) -> list[Spec]:
     """Offspring of ``ancestors`` (ranked, each with individual_id and lineage) in generation G.
 
-    Offspring i of the ancestor ranked r gets the id g<G>-<r * offspring + i>.
+    Offspring i of the ancestor ranked r gets the id g<G>-<r * offspring + i>. ``factors``: the C of
+    each ancestor's offspring where the environment adapts (`evopop.engine.adaptation`).
     """
-    environment = schedule_of(config).at(generation)
+    scheduled = schedule_of(config).at(generation)
     clusters = cluster_environment(config, generation)
     n = config.evolution.offspring
     epochs = config.evolution.epochs or config.train.epochs
     specs = []
     for r, ancestor in enumerate(ancestors):
+        c = (factors or {}).get(ancestor.individual_id)
+        environment = scheduled if c is None else dataclasses.replace(scheduled, c=c)
         for i in range(n):
             individual_id = f"g{generation}-{r * n + i}"
             specs.append(
@@ -82,12 +89,15 @@ def baseline_specs(
     prune ``lineage_parents[(offspring's parent id, kind)]``: the same kind's baseline of the
     offspring's parent (a lineage of its own beside the evolved one), or the root ancestor.
     """
-    environment = schedule_of(config).at(generation)
+    scheduled = schedule_of(config).at(generation)
     epochs = config.evolution.epochs or config.train.epochs
     specs = []
     for record in selected:
         if record.kind != OFFSPRING:
             continue
+        # the environment of the offspring it matches (its C may have adapted): recorded, not used
+        c = record.env_factor
+        environment = scheduled if c is None else dataclasses.replace(scheduled, c=c)
         for kind in config.baselines.kinds:
             parent = (lineage_parents or {}).get((record.parent_id, kind)) if kind in LINEAGE_KINDS else None
             if kind in LINEAGE_KINDS and parent is None:

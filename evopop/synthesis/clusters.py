@@ -12,7 +12,8 @@ The offspring's architecture is drawn from
   |w_j| (the papers write the sum of "truncated" weights; we read the truncation as the magnitude,
   which keeps S_c from cancelling between signs), and P(s_c | W_c) = exp(S_c / Z_c - 1) with Z_c
   the largest S_c among the layer's living clusters (or the network's, with ``normalizer: global``),
-  exactly as the synaptic model normalises |w_k| by the largest living weight.
+  exactly as the synaptic model normalises |w_k| by the largest living weight. The cluster
+  environment's sharpness k makes it exp(k (S_c / Z_c - 1)), as for synapses.
 - Neurons the network's output reads directly (``Architecture.sinks``: a classifier's class units,
   a segmentation head's class maps) are not clusters that can die: losing one would remove a class,
   not a feature. Their synapses are still sampled.
@@ -57,24 +58,33 @@ def cluster_normalizers(strengths: Mapping[str, torch.Tensor], kind: str = "laye
     return per_layer
 
 
-def cluster_probability(strengths: torch.Tensor, alive: torch.Tensor, z: float) -> torch.Tensor:
-    """P(s_c | W_c) = exp(S_c / Z_c - 1) per cluster (0 for dead clusters; 1 for all when Z_c = 0)."""
-    p = torch.ones_like(strengths) if z <= 0 else torch.exp(strengths / z - 1.0)
+def cluster_probability(strengths: torch.Tensor, alive: torch.Tensor, z: float, sharpness: float = 1.0) -> torch.Tensor:
+    """P(s_c | W_c) = exp(k (S_c / Z_c - 1)) per cluster, k the sharpness (0 for dead clusters; 1 for all
+    when Z_c = 0)."""
+    p = torch.ones_like(strengths) if z <= 0 else torch.exp(sharpness * (strengths / z - 1.0))
     return p * alive
 
 
 def sample_clusters(
-    strengths: torch.Tensor, alive: torch.Tensor, z: float, env: Environment, layer: str, seed: int
+    strengths: torch.Tensor,
+    alive: torch.Tensor,
+    z: float,
+    env: Environment,
+    layer: str,
+    seed: int,
+    scale: float | None = None,
 ) -> torch.Tensor:
-    """Bool per neuron: the clusters that survive into the offspring (a subset of ``alive``)."""
+    """Bool per neuron: the clusters that survive into the offspring (a subset of ``alive``).
+    ``scale``: the factor multiplying P, where it was solved for several layers at once (``network``)."""
     if env.is_frozen(layer):
         return alive.clone()
-    scale = env.scale(layer, strengths.float(), alive, z)
+    if scale is None:
+        scale = env.scale(layer, strengths.float(), alive, z)
     generator = torch.Generator(device="cpu").manual_seed(derive_seed(seed, "clusters", layer))
     uniforms = torch.rand(strengths.numel(), generator=generator, dtype=torch.float64)
     if math.isinf(scale):
         return alive.clone()
-    return (scale * cluster_probability(strengths, alive, z) >= uniforms) & alive
+    return (scale * cluster_probability(strengths, alive, z, env.sharpness) >= uniforms) & alive
 
 
 def surviving_clusters(
@@ -88,11 +98,18 @@ def surviving_clusters(
     """Per layer, bool per neuron: the clusters drawn to survive under the cluster environment ``env``."""
     strengths = {l.name: cluster_strengths(l, weights[l.name], parent.masks[l.name]) for l in arch.layers}
     z = cluster_normalizers(strengths, normalizer)
-    survivors = {}
+    candidates, outputs = {}, {}
     for layer in arch.layers:
         alive = parent.neurons(layer).cpu()
-        outputs = arch.sinks.get(layer.name, torch.zeros_like(alive)) & alive
+        outputs[layer.name] = arch.sinks.get(layer.name, torch.zeros_like(alive)) & alive
         # the network's outputs (a class's unit) are not clusters to lose, nor counted in a budget
-        drawn = sample_clusters(strengths[layer.name], alive & ~outputs, z[layer.name], env, layer.name, seed)
-        survivors[layer.name] = drawn | outputs
+        candidates[layer.name] = alive & ~outputs[layer.name]
+    scales = env.scales(
+        {name: (strengths[name].float(), candidates[name], z[name]) for name in candidates if not env.is_frozen(name)}
+    )
+    survivors = {}
+    for layer in arch.layers:
+        name = layer.name
+        drawn = sample_clusters(strengths[name], candidates[name], z[name], env, name, seed, scales.get(name))
+        survivors[name] = drawn | outputs[name]
     return survivors

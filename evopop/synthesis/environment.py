@@ -3,6 +3,13 @@
 - ``scale`` (the literal equation): P(h_k) = C * P(s_k | w_k).
 - ``budget`` (the stated intent, "no more than C of the ancestor's synapses"): P(h_k) =
   min(1, s * P(s_k | w_k)) with s chosen per layer so that the *expected* kept fraction is exactly C.
+- ``network``: the same budget over the whole network: one s for all layers, so that the network keeps
+  C of its synapses in expectation and each layer loses what its weights say it can spare (a small
+  layer of strong synapses, the first convolution, keeps more than a large layer of weak ones, as
+  global magnitude pruning does). Layers with their own C keep a budget of their own.
+
+The environment also sets how sharply it tells strong synapses from weak ones: the sharpness k of
+the probability model it reads, P(s_k | w_k) = exp(k (|w_k| / Z - 1)) (k = 1 is the paper's model).
 
 C can be overridden per layer (glob patterns on layer names, first match wins), layers can be frozen
 (no sampling: only synapses from dead neurons die), and C can follow a per-generation schedule.
@@ -10,15 +17,30 @@ C can be overridden per layer (glob patterns on layer names, first match wins), 
 
 from __future__ import annotations
 
+import dataclasses
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from fnmatch import fnmatchcase
 
 import torch
 
-from .probability import budget_scale
+from .probability import Part, budget_scale, shared_budget_scale
 
-MODES = ("scale", "budget")
+MODES = ("scale", "budget", "network")
+
+
+MAX_SHARPNESS = 50.0  # e^-50 ~ 2e-22: past this the weakest synapses' P underflows float32's normal range
+
+
+def check_sharpness(value: float) -> float:
+    try:
+        value = float(value)
+    except (TypeError, ValueError):
+        raise ValueError(f"sharpness must be a number in (0, {MAX_SHARPNESS:g}], got {value!r}") from None
+    if not (0.0 < value <= MAX_SHARPNESS):
+        raise ValueError(f"sharpness must be in (0, {MAX_SHARPNESS:g}], got {value}")
+    return value
 
 
 def check_factor(value: float, where: str = "C") -> float:
@@ -38,10 +60,12 @@ class Environment:
     layer_c: tuple[tuple[str, float], ...] = ()  # (glob pattern, C)
     frozen: tuple[str, ...] = ()  # glob patterns of layers whose synapses are not sampled (they still
     # lose the synapses that read neurons which died upstream: neuron death is not optional)
+    sharpness: float = 1.0  # k in P(s_k | w_k) = exp(k (|w_k| / Z - 1)); 1 is the paper's model
 
     def __post_init__(self):
         # store floats, so that C given as text ("0.5") is converted here or refused here
         object.__setattr__(self, "c", check_factor(self.c))
+        object.__setattr__(self, "sharpness", check_sharpness(self.sharpness))
         if self.mode not in MODES:
             raise ValueError(f"environment mode must be one of {MODES}, got {self.mode!r}")
         layer_c = tuple((str(p), check_factor(v, f"C for layers {p!r}")) for p, v in self.layer_c)
@@ -52,16 +76,37 @@ class Environment:
 
     def factor(self, layer: str) -> float:
         """C for ``layer``: its first matching override, else the environment's C."""
+        own = self._override(layer)
+        return self.c if own is None else own
+
+    def _override(self, layer: str) -> float | None:
         for pattern, value in self.layer_c:
             if fnmatchcase(layer, pattern):
                 return value
-        return self.c
+        return None
+
+    def scales(self, parts: Mapping[str, Part]) -> dict[str, float]:
+        """The factor multiplying P in each layer of ``parts`` (layer -> (strengths, alive, Z)): per layer
+        (`scale`), except in ``network`` mode, where the layers without a C of their own share one."""
+        if self.mode != "network":
+            return {layer: self.scale(layer, *part) for layer, part in parts.items()}
+        own = {layer: self._override(layer) for layer in parts}
+        scales = {
+            layer: budget_scale(*parts[layer], c, sharpness=self.sharpness) for layer, c in own.items() if c is not None
+        }
+        shared = [layer for layer, c in own.items() if c is None]
+        if shared:
+            s = shared_budget_scale([parts[layer] for layer in shared], self.c, sharpness=self.sharpness)
+            scales.update(dict.fromkeys(shared, s))
+        return scales
 
     def scale(self, layer: str, strengths: torch.Tensor, alive: torch.Tensor, z: float) -> float:
-        """The factor multiplying P = exp(strength / Z - 1) in ``layer``: C (``scale``), or the s with which
-        an expected fraction C of the ``alive`` entries survives (``budget``; inf: keep them all)."""
+        """The factor multiplying P = exp(k (strength / Z - 1)) in ``layer``: C (``scale``), or the s with
+        which an expected fraction C of the ``alive`` entries survives (``budget``; inf: keep them all)."""
         c = self.factor(layer)
-        return budget_scale(strengths, alive, z, c) if self.mode == "budget" else c
+        if self.mode != "scale":  # a network budget of one layer is that layer's budget
+            return budget_scale(strengths, alive, z, c, sharpness=self.sharpness)
+        return c
 
 
 @dataclass(frozen=True)
@@ -80,4 +125,4 @@ class Schedule:
         for start, value in sorted(self.steps):
             if generation >= start:
                 c = value
-        return Environment(c, self.base.mode, self.base.layer_c, self.base.frozen)
+        return dataclasses.replace(self.base, c=c)

@@ -38,16 +38,18 @@ def layer_scales(
     z: Mapping[str, float],
 ) -> dict[str, float]:
     """The factor multiplying P(s_k | w_k) in each non-frozen layer (C, or the budget's solved s)."""
-    scales = {}
-    for layer in arch.layers:
-        if env.is_frozen(layer.name):
-            continue
-        scales[layer.name] = env.scale(layer.name, weights[layer.name], parent.masks[layer.name], z[layer.name])
-    return scales
+    parts = {
+        layer.name: (weights[layer.name], parent.masks[layer.name], z[layer.name])
+        for layer in arch.layers
+        if not env.is_frozen(layer.name)
+    }
+    return env.scales(parts)
 
 
-def sample_layer(weight: torch.Tensor, parent_mask: torch.Tensor, z: float, scale: float, seed: int) -> torch.Tensor:
-    """Offspring mask of one layer: parent_mask & (scale * exp(|w|/Z - 1) >= U(0,1))."""
+def sample_layer(
+    weight: torch.Tensor, parent_mask: torch.Tensor, z: float, scale: float, seed: int, sharpness: float = 1.0
+) -> torch.Tensor:
+    """Offspring mask of one layer: parent_mask & (scale * exp(k (|w|/Z - 1)) >= U(0,1)), k the sharpness."""
     generator = torch.Generator(device="cpu").manual_seed(seed)
     w = weight.detach().reshape(-1)
     parent = parent_mask.to(weight.device).reshape(-1)
@@ -59,7 +61,7 @@ def sample_layer(weight: torch.Tensor, parent_mask: torch.Tensor, z: float, scal
     uniforms = torch.empty(min(w.numel(), 1 << 20), dtype=torch.float32)
     for s in chunks(w.numel()):
         u = uniforms[: s.stop - s.start].uniform_(generator=generator)
-        p = probability_chunk(w[s], z, log_scale)
+        p = probability_chunk(w[s], z, log_scale, sharpness)
         torch.ge(p, u.to(p.device, non_blocking=True), out=child[s])
         child[s] &= parent[s]
     return child.view(parent_mask.shape)
@@ -99,7 +101,7 @@ def synthesize(
             continue
         layer_seed = derive_seed(seed, layer.name)
         masks[layer.name] = sample_layer(
-            weights[layer.name], parent.masks[layer.name], z[layer.name], scales[layer.name], layer_seed
+            weights[layer.name], parent.masks[layer.name], z[layer.name], scales[layer.name], layer_seed, env.sharpness
         )
     child = Genome(masks)
     kill_orphans(arch, child)

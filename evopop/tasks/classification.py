@@ -37,13 +37,17 @@ class ShapesTask(Task):
         widths=(16, 32, 64),
         hidden: int = 128,
         seed: int = 0,
+        test_size: int = 0,
     ):
         for name, value in (("train_size", train_size), ("val_size", val_size), ("image_size", image_size)):
             if int(value) < 1:
                 raise ValueError(f"task.args.{name} must be >= 1, got {value}")
+        if int(test_size) < 0:
+            raise ValueError(f"task.args.test_size must be >= 0, got {test_size}")
         self.train_size, self.val_size, self.image_size = train_size, val_size, image_size
+        self.test_size = int(test_size)
         self.num_classes, self.widths, self.hidden, self.seed = num_classes, tuple(widths), hidden, seed
-        self._train = self._val = None
+        self._train = self._val = self._test = None
 
     def build_model(self) -> nn.Module:
         return SmallConvNet(3, self.num_classes, self.widths, self.hidden)
@@ -59,10 +63,12 @@ class ShapesTask(Task):
     def eval_sets(self):
         if self._val is None:  # a different seed: no overlap with the training images
             self._val = ProceduralShapes(self.val_size, self.image_size, self.seed + 7919, self.num_classes)
-        return {"val": self._val}
+        if self._test is None and self.test_size:  # never read by training or selection
+            self._test = ProceduralShapes(self.test_size, self.image_size, self.seed + 15485, self.num_classes)
+        return {"val": self._val, **({"test": self._test} if self.test_size else {})}
 
     def eval_set_names(self) -> list[str]:
-        return ["val"]
+        return ["val", "test"] if self.test_size else ["val"]
 
     def loss(self, output, target):
         return F.cross_entropy(output, target)

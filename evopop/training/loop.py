@@ -31,8 +31,9 @@ class Recipe:
     lr: float = 0.05
     momentum: float = 0.9
     weight_decay: float = 5e-4
-    schedule: str = "cosine"  # constant | cosine | step
+    schedule: str = "cosine"  # constant | cosine | step | restarts
     step_size: int = 1  # epochs per decay, for "step"
+    cycles: int = 2  # cosine cycles of equal length, for "restarts"
     gamma: float = 0.1
     warmup_steps: int = 0
     mixed_precision: str = "auto"  # auto | bf16 | fp16 | off (GPU only)
@@ -85,13 +86,21 @@ def make_optimizer(model: nn.Module, recipe: Recipe) -> torch.optim.Optimizer:
 
 
 def make_schedule(optimizer, recipe: Recipe, steps_per_epoch: int):
+    """The learning-rate factor per step. ``restarts`` is SGDR (Loshchilov & Hutter, 2017) with
+    ``cycles`` equal cosine cycles: each restart lifts the rate back to ``lr``, which lets a pruned
+    network leave the basin its parent's weights put it in before settling again."""
     total = max(1, recipe.epochs * steps_per_epoch)
+    cycle = max(1, -(-total // recipe.cycles))  # the last cycle may be shorter by a few steps
 
     def factor(step: int) -> float:
         if step < recipe.warmup_steps:
             return (step + 1) / recipe.warmup_steps
         if recipe.schedule == "cosine":
             return 0.5 * (1 + math.cos(math.pi * min(step, total) / total))
+        if recipe.schedule == "restarts":
+            start = min(step, total - 1) // cycle * cycle
+            length = min(cycle, total - start)
+            return 0.5 * (1 + math.cos(math.pi * (step - start) / length))
         if recipe.schedule == "step":
             return recipe.gamma ** (step // max(1, recipe.step_size * steps_per_epoch))
         return 1.0
