@@ -72,7 +72,7 @@ class AdaptSection(_Section):
     """C adapted per lineage to its observed loss (`evopop.engine.adaptation`); off when absent."""
 
     max_drop: float = Field(gt=0, lt=1)  # the relative loss of the selection metric per generation to stay under
-    factor: float = Field(2.0, gt=1)  # how fast the removed fraction 1 - C shrinks and grows
+    factor: float = Field(1.5, gt=1)  # how fast the pressure -ln C grows and backs off
     min_c: float = Field(0.05, gt=0, le=1)  # the harshest environment it may reach
 
 

@@ -28,23 +28,23 @@ def record(individual_id, parent_id, accuracy, c=None) -> IndividualRecord:
     )
 
 
-def test_the_removed_fraction_backs_off_after_a_loss_and_grows_after_none():
+def test_the_pressure_backs_off_after_a_loss_and_grows_after_none():
     rule = Adaptation(max_drop=0.02, factor=2.0, min_c=0.1)
-    assert rule.next_factor(0.4, 0.05) == pytest.approx(0.7)  # lost 5 % > 2 %: removes 0.3 instead of 0.6
-    assert rule.next_factor(0.7, 0.001) == pytest.approx(0.4)  # lost 0.1 % < 1 %: removes 0.6 instead of 0.3
-    assert rule.next_factor(0.7, -0.01) == pytest.approx(0.4)  # gained: the same
-    assert rule.next_factor(0.7, 0.015) == 0.7  # between half of max_drop and max_drop: C stays
-    assert rule.next_factor(0.3, 0.0) == pytest.approx(0.1)  # would remove 1.4: bounded by min_c
-    assert rule.next_factor(0.5, None) == 0.5  # an unknown loss changes nothing
+    assert rule.next_factor(0.25, 0.05) == pytest.approx(0.5)  # lost 5 % > 2 %: -ln C halves
+    assert rule.next_factor(0.5, 0.001) == pytest.approx(0.25)  # lost 0.1 % < 1 %: -ln C doubles
+    assert rule.next_factor(0.5, -0.01) == pytest.approx(0.25)  # gained: the same
+    assert rule.next_factor(0.5, 0.015) == 0.5  # between half of max_drop and max_drop: C stays
+    assert rule.next_factor(0.25, 0.0) == pytest.approx(0.1)  # would be 0.0625: bounded by min_c
+    assert rule.next_factor(0.5, None) == 0.5 and rule.next_factor(1.0, 0.0) == 1.0
 
 
 def test_each_lineage_gets_its_own_c_and_the_roots_offspring_the_configured_one():
     rule = Adaptation(max_drop=0.02, factor=2.0, min_c=0.05)
     root = record("g1-0", None, 0.90)
-    parents = {"g2-0": record("g2-0", "g1-0", 0.90, 0.5)}
-    ancestors = [record("g3-1", "g2-0", 0.80, 0.5), record("g3-2", "g2-0", 0.90, 0.5)]
+    parents = {"g2-0": record("g2-0", "g1-0", 0.90, 0.25)}
+    ancestors = [record("g3-1", "g2-0", 0.80, 0.25), record("g3-2", "g2-0", 0.90, 0.25)]
     assert rule.factors([root], {}, 0.5, "val_accuracy", "max") == {"g1-0": 0.5}
-    assert rule.factors(ancestors, parents, 0.5, "val_accuracy", "max") == pytest.approx({"g3-1": 0.75, "g3-2": 0.05})
+    assert rule.factors(ancestors, parents, 0.5, "val_accuracy", "max") == pytest.approx({"g3-1": 0.5, "g3-2": 0.0625})
 
 
 def test_an_adaptive_run_records_each_lineages_c_and_replays_it_on_resume(tmp_path):

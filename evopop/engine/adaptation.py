@@ -3,10 +3,13 @@
 The paper's environment is fixed: every generation loses the same fraction of synapses, whether
 the lineage has room to spare or is already at its limit. Here each lineage carries its own C. After
 an individual is selected, its relative loss of the selection metric against its parent decides
-the C its offspring are synthesized under, by the fraction of synapses it removes, r = 1 - C:
+the C its offspring are synthesized under, through the pressure -ln C (the log of how many times
+fewer synapses a generation keeps, so that pressures add up over generations like efficiencies
+multiply):
 
-- lost more than ``max_drop``: r is divided by ``factor`` (a milder environment);
-- lost less than half of ``max_drop`` (or gained): r is multiplied by ``factor``, up to 1 - ``min_c``;
+- lost more than ``max_drop``: the pressure is divided by ``factor`` (C = 0.25 becomes 0.5 at factor 2);
+- lost less than half of ``max_drop`` (or gained): it is multiplied by ``factor`` (0.5 becomes 0.25),
+  down to C = ``min_c``;
 - in between: C stays.
 
 A multiplicative increase / decrease controller, as in congestion control: pressure grows while the
@@ -16,6 +19,7 @@ replays the same C, and each individual's record keeps the C it was synthesized 
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterable
 from dataclasses import dataclass
 
@@ -36,14 +40,14 @@ class Adaptation:
 
     def next_factor(self, c: float, drop: float | None) -> float:
         """The C after a generation that synthesized under ``c`` and lost ``drop`` (None: unknown, C stays)."""
-        if drop is None:
+        if drop is None or c >= 1.0:  # C = 1 has no pressure to scale: it stays
             return c
-        removed = 1.0 - c
+        pressure = -math.log(c)
         if drop > self.max_drop:
-            removed /= self.factor
+            pressure /= self.factor
         elif drop < self.max_drop / 2:
-            removed = min(removed * self.factor, 1.0 - self.min_c)
-        return min(1.0, max(self.min_c, 1.0 - removed))
+            pressure *= self.factor
+        return min(1.0, max(self.min_c, math.exp(-pressure)))
 
     def factors(
         self,
