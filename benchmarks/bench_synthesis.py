@@ -38,7 +38,8 @@ from evopop.synthesis import Environment, Genome, synaptic_weights, synthesize, 
 
 C = 0.4
 SEED = 1234
-MODES = ("scale", "budget")
+MODES = ("scale", "budget", "network")  # network: configs/efficient.yaml's (one budget, sharpness 5)
+SHARPNESS = {"network": 5.0}
 
 
 # -- networks ----------------------------------------------------------------------------------
@@ -105,7 +106,7 @@ def baseline(weights: dict[str, torch.Tensor], probs: dict[str, torch.Tensor]) -
 def synthesis(arch, weights, mode: str):
     """A no-argument call of synthesize from the ancestor (every synapse alive)."""
     parent = Genome.full(arch, device=next(iter(weights.values())).device)
-    env = Environment(c=C, mode=mode)
+    env = Environment(c=C, mode=mode, sharpness=SHARPNESS.get(mode, 1.0))
     return lambda: synthesize(arch, weights, parent, env, SEED)
 
 

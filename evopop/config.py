@@ -72,8 +72,8 @@ class AdaptSection(_Section):
     """C adapted per lineage to its observed loss (`evopop.engine.adaptation`); off when absent."""
 
     max_drop: float = Field(gt=0, lt=1)  # the relative loss of the selection metric per generation to stay under
-    factor: float = Field(1.5, gt=1)  # how fast the pressure -ln C grows and backs off
-    min_c: float = Field(0.05, gt=0, le=1)  # the harshest environment it may reach
+    factor: float = Field(1.5, gt=1, le=10)  # how fast the pressure -ln C grows and backs off
+    min_c: float = Field(0.05, gt=0, lt=1)  # the harshest environment it may reach
 
 
 class EnvironmentSection(_Section):
@@ -85,12 +85,19 @@ class EnvironmentSection(_Section):
     # k in P(s | w) = exp(k (|w| / Z - 1)): how much likelier strong synapses (clusters) survive than weak
     # ones (e^k times); 1 is the paper's model, larger moves synthesis towards magnitude pruning
     sharpness: float = Field(1.0, gt=0, le=MAX_SHARPNESS)
-    adapt: AdaptSection | None = None  # C follows each lineage's loss (the synapses' environment only)
+    # C follows each lineage's loss (the synapses' environment only; layers with a C of their own keep it)
+    adapt: AdaptSection | None = None
 
     @model_validator(mode="after")
     def _adapt_or_schedule(self):
-        if self.adapt is not None and self.schedule:
+        if self.adapt is None:
+            return self
+        if self.schedule:
             raise ValueError("adapt and schedule both set C per generation: keep one of them")
+        if self.c >= 1:
+            raise ValueError("adapt needs c below 1: at c = 1 there is no pressure -ln C to adapt")
+        if self.adapt.min_c > self.c:
+            raise ValueError(f"adapt.min_c ({self.adapt.min_c}) must not exceed c ({self.c}): it bounds C from below")
         return self
 
     @field_validator("c")

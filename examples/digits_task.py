@@ -32,10 +32,11 @@ class DigitsTask(Task):
 
         digits = load_digits()
         images = torch.tensor(digits.images, dtype=torch.float32).unsqueeze(1) / 16.0  # 0..16 -> 0..1
-        images = (images - images.mean()) / images.std()
         labels = torch.tensor(digits.target, dtype=torch.long)
         order = torch.randperm(len(labels), generator=torch.Generator().manual_seed(split_seed))
         parts = order[:TRAIN], order[TRAIN : TRAIN + VAL], order[TRAIN + VAL :]
+        train = images[parts[0]]
+        images = (images - train.mean()) / train.std()  # the training images' statistics only
         self.train, self.val, self.test = (TensorDataset(images[p], labels[p]) for p in parts)
         self.widths, self.hidden = tuple(widths), hidden
 

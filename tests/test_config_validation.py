@@ -43,6 +43,9 @@ CONFIG_CASES = [
     ),
     (["evolution.environment.adapt={factor: 2}"], "evolution.environment.adapt.max_drop: Field required"),
     (["evolution.environment.adapt={max_drop: 0.01, factor: 1}"], "adapt.factor: Input should be greater than 1"),
+    (["evolution.environment.adapt={max_drop: 0.01, factor: .inf}"], "adapt.factor: Input should be less than or"),
+    (["evolution.environment={c: 0.03, adapt: {max_drop: 0.01}}"], "adapt.min_c (0.05) must not exceed c (0.03)"),
+    (["evolution.environment={c: 1.0, adapt: {max_drop: 0.01}}"], "adapt needs c below 1"),
     (
         ["evolution.environment.adapt={max_drop: 0.01}", "evolution.environment.schedule={3: 0.5}"],
         "adapt and schedule both set C per generation",

@@ -13,6 +13,7 @@ import torch
 from evopop.api import evolve
 from evopop.config import load_config
 from evopop.engine.adaptation import Adaptation
+from evopop.engine.hooks import Hook
 from evopop.records.run import RunRecords
 from evopop.records.schema import IndividualRecord
 from evopop.training.loop import Recipe, make_schedule
@@ -47,6 +48,22 @@ def test_each_lineage_gets_its_own_c_and_the_roots_offspring_the_configured_one(
     assert rule.factors(ancestors, parents, 0.5, "val_accuracy", "max") == pytest.approx({"g3-1": 0.5, "g3-2": 0.0625})
 
 
+class Interrupt(Hook):
+    """Ends the run once ``generation`` is selected, as a killed driver would (its records stay)."""
+
+    def __init__(self, generation: int):
+        self.generation = generation
+
+    def selected(self, generation, selected):
+        if generation == self.generation:
+            raise KeyboardInterrupt
+
+
+def env_factors(run_dir: str, generations) -> dict[str, float]:
+    records = RunRecords(run_dir)
+    return {r.individual_id: r.env_factor for g in generations for r in records.individuals(g)}
+
+
 def test_an_adaptive_run_records_each_lineages_c_and_replays_it_on_resume(tmp_path):
     overrides = LOCAL + [
         "evolution.generations=4",
@@ -56,7 +73,7 @@ def test_an_adaptive_run_records_each_lineages_c_and_replays_it_on_resume(tmp_pa
     ]
     config = load_config(TINY, overrides)
     run_dir = str(tmp_path / "run")
-    population = evolve(config, run_dir)
+    evolve(config, run_dir)
     records = RunRecords(run_dir)
     rule = Adaptation.of(config.evolution.environment.adapt)
     generation_of = {r.individual_id: g for g in (1, 2, 3, 4) for r in records.individuals(g)}
@@ -71,8 +88,14 @@ def test_an_adaptive_run_records_each_lineages_c_and_replays_it_on_resume(tmp_pa
         drop = (grandparent.metric("val_accuracy") - parent.metric("val_accuracy")) / grandparent.metric("val_accuracy")
         assert child.env_factor == pytest.approx(rule.next_factor(parent.env_factor, drop))
     assert len({r.env_factor for r in offspring}) > 1  # it did adapt: with max_drop 0.1 %, C moves every time
-    again = evolve(config, run_dir)  # a finished run: the same records, nothing developed again
-    assert len(again) == len(population)
+
+    # Interrupted once generation 2 is selected, then resumed: generations 3 and 4 get the same C.
+    interrupted = str(tmp_path / "interrupted")
+    with pytest.raises(KeyboardInterrupt):
+        evolve(config, interrupted, hooks=[Interrupt(2)])
+    assert RunRecords(interrupted).individuals(3) == []
+    evolve(config, interrupted)
+    assert env_factors(interrupted, (2, 3, 4)) == env_factors(run_dir, (2, 3, 4))
 
 
 def test_warm_restarts_lift_the_rate_back_at_each_cycle():
@@ -92,6 +115,22 @@ def test_warm_restarts_lift_the_rate_back_at_each_cycle():
         cosine.step()
         once.step()
     assert cosine.param_groups[0]["lr"] < 0.9  # plain cosine does not restart after 4 steps
+
+
+@pytest.mark.parametrize("steps, cycles", [(10, 4), (5, 3), (7, 2), (3, 5), (1, 3)])
+def test_every_warm_restart_cycle_anneals_to_zero_whatever_the_step_count(steps, cycles):
+    model = torch.nn.Linear(2, 2)
+    optimizer = torch.optim.SGD(model.parameters(), lr=1.0)
+    schedule = make_schedule(optimizer, Recipe(epochs=1, schedule="restarts", cycles=cycles), steps_per_epoch=steps)
+    rates = []
+    for _ in range(steps + 1):
+        rates.append(optimizer.param_groups[0]["lr"])
+        optimizer.step()
+        schedule.step()
+    assert rates[0] == 1.0 and rates[-1] == pytest.approx(0.0, abs=1e-12)  # ends annealed, never at full rate
+    restarts = [i for i in range(1, steps) if rates[i] > rates[i - 1]]
+    assert len(restarts) == max(0, min(cycles, steps // 2) - 1) if steps > 1 else not restarts
+    assert all(rates[i - 1] < 1.0 for i in restarts)  # each cycle had annealed before its restart
 
 
 def test_a_run_under_a_network_budget_with_a_sharp_model(tmp_path):

@@ -10,10 +10,10 @@ The offspring's architecture is drawn from
   compacted network can turn into speed (`evopop.compaction`); scattered synapses cannot.
 - The cluster's strength is the sum of the magnitudes of its living synapses, S_c = sum_{j in c}
   |w_j| (the papers write the sum of "truncated" weights; we read the truncation as the magnitude,
-  which keeps S_c from cancelling between signs), and P(s_c | W_c) = exp(S_c / Z_c - 1) with Z_c
+  which keeps S_c from cancelling between signs), and P(s_c | W_c) = exp(k (S_c / Z_c - 1)) with Z_c
   the largest S_c among the layer's living clusters (or the network's, with ``normalizer: global``),
-  exactly as the synaptic model normalises |w_k| by the largest living weight. The cluster
-  environment's sharpness k makes it exp(k (S_c / Z_c - 1)), as for synapses.
+  exactly as the synaptic model normalises |w_k| by the largest living weight; k is the cluster
+  environment's sharpness (1, the papers' model, by default), as for synapses.
 - Neurons the network's output reads directly (``Architecture.sinks``: a classifier's class units,
   a segmentation head's class maps) are not clusters that can die: losing one would remove a class,
   not a feature. Their synapses are still sampled.

@@ -4,9 +4,11 @@
 - ``budget`` (the stated intent, "no more than C of the ancestor's synapses"): P(h_k) =
   min(1, s * P(s_k | w_k)) with s chosen per layer so that the *expected* kept fraction is exactly C.
 - ``network``: the same budget over the whole network: one s for all layers, so that the network keeps
-  C of its synapses in expectation and each layer loses what its weights say it can spare (a small
-  layer of strong synapses, the first convolution, keeps more than a large layer of weak ones, as
-  global magnitude pruning does). Layers with their own C keep a budget of their own.
+  C of its synapses in expectation and layers keep different fractions: a layer whose synapses are
+  mostly weak next to its strongest loses more than one whose synapses are all strong (with
+  ``normalizer: global``, weak next to the network's strongest: global magnitude pruning). Layers with
+  their own C, and layers whose living weights are all zero (Z = 0, P = 1: strong only by
+  convention), keep a budget of their own.
 
 The environment also sets how sharply it tells strong synapses from weak ones: the sharpness k of
 the probability model it reads, P(s_k | w_k) = exp(k (|w_k| / Z - 1)) (k = 1 is the paper's model).
@@ -30,7 +32,9 @@ from .probability import Part, budget_scale, shared_budget_scale
 MODES = ("scale", "budget", "network")
 
 
-MAX_SHARPNESS = 50.0  # e^-50 ~ 2e-22: past this the weakest synapses' P underflows float32's normal range
+# e^-50 ~ 2e-22: far below the 2^-24 resolution of the float32 uniforms synapses are drawn against,
+# so a sharper model could not make a difference; the cap keeps k a number a person would mean
+MAX_SHARPNESS = 50.0
 
 
 def check_sharpness(value: float) -> float:
@@ -91,6 +95,7 @@ class Environment:
         if self.mode != "network":
             return {layer: self.scale(layer, *part) for layer, part in parts.items()}
         own = {layer: self._override(layer) for layer in parts}
+        own.update({layer: self.c for layer, part in parts.items() if own[layer] is None and part[2] <= 0})
         scales = {
             layer: budget_scale(*parts[layer], c, sharpness=self.sharpness) for layer, c in own.items() if c is not None
         }

@@ -7,6 +7,7 @@ precision (bf16 autocast where supported, else fp16 with loss scaling) unless to
 
 from __future__ import annotations
 
+import bisect
 import math
 import time
 from dataclasses import dataclass, field
@@ -87,10 +88,12 @@ def make_optimizer(model: nn.Module, recipe: Recipe) -> torch.optim.Optimizer:
 
 def make_schedule(optimizer, recipe: Recipe, steps_per_epoch: int):
     """The learning-rate factor per step. ``restarts`` is SGDR (Loshchilov & Hutter, 2017) with
-    ``cycles`` equal cosine cycles: each restart lifts the rate back to ``lr``, which lets a pruned
-    network leave the basin its parent's weights put it in before settling again."""
+    ``cycles`` cosine cycles of (nearly) equal length, each ending at rate 0: each restart lifts the
+    rate back to ``lr``, which lets a pruned network leave the basin its parent's weights put it in
+    before settling again."""
     total = max(1, recipe.epochs * steps_per_epoch)
-    cycle = max(1, -(-total // recipe.cycles))  # the last cycle may be shorter by a few steps
+    cycles = max(1, min(recipe.cycles, total // 2))  # a cycle of one step would never anneal
+    starts = [i * total // cycles for i in range(cycles)] + [total]  # cycles as equal as whole steps allow
 
     def factor(step: int) -> float:
         if step < recipe.warmup_steps:
@@ -98,8 +101,9 @@ def make_schedule(optimizer, recipe: Recipe, steps_per_epoch: int):
         if recipe.schedule == "cosine":
             return 0.5 * (1 + math.cos(math.pi * min(step, total) / total))
         if recipe.schedule == "restarts":
-            start = min(step, total - 1) // cycle * cycle
-            length = min(cycle, total - start)
+            step = min(step, total)
+            i = min(bisect.bisect_right(starts, step) - 1, cycles - 1)  # the cycle holding this step
+            start, length = starts[i], starts[i + 1] - starts[i]
             return 0.5 * (1 + math.cos(math.pi * (step - start) / length))
         if recipe.schedule == "step":
             return recipe.gamma ** (step // max(1, recipe.step_size * steps_per_epoch))
