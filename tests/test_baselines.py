@@ -52,3 +52,34 @@ def test_bad_kind_and_more_than_living(net):
         matched_genome("lottery", arch, weights, parent, counts)
     everything = {name: mask.numel() for name, mask in parent.masks.items()}
     assert matched_genome("magnitude", arch, weights, parent, everything).digest() == parent.digest()
+
+
+def test_iterative_baselines_follow_each_selected_lineage_under_topk(tmp_path):
+    """With two lineages followed (topk), each selected offspring's imp baseline prunes the imp
+    baseline of that offspring's own parent, to that offspring's counts."""
+    from pathlib import Path
+
+    from evopop.api import evolve
+    from evopop.config import load_config
+
+    tiny = Path(__file__).resolve().parents[1] / "configs" / "tiny.yaml"
+    overrides = [
+        "resources.executor=local",
+        "compaction.enabled=false",
+        "diversity.enabled=false",
+        "evolution.generations=4",
+        "selection.rule=topk",
+        "selection.k=2",
+        "baselines.enabled=true",
+        "baselines.kinds=[imp]",
+    ]
+    population = evolve(load_config(tiny, overrides), str(tmp_path / "run")).set_index("individual_id")
+    imp = population[population["kind"] == "imp"]
+    selected = population[population["selected"].fillna(False).astype(bool) & (population["kind"] == "offspring")]
+    assert len(imp) == len(selected) == 6  # 2 selected offspring in each of generations 2-4
+    for offspring_id, offspring in selected.iterrows():
+        baseline = imp.loc[f"{offspring_id}-imp"]
+        assert baseline["synapses"] == offspring["synapses"]
+        expected_parent = "g1-0" if offspring["generation"] == 2 else f"{offspring['parent_id']}-imp"
+        assert baseline["parent_id"] == expected_parent
+        assert list(baseline["lineage"])[-2] == expected_parent
