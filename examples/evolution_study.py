@@ -83,7 +83,15 @@ TASKS = {  # task section, selection metric, the held-out metric reported beside
     "saliency": (
         {
             "name": "saliency",
-            "args": {"dataset": "procedural", "width": 0.125, "batch_norm": True, "size": 64, "train_n": 1000},
+            "args": {  # the saliency quickstart's network and data
+                "dataset": "procedural",
+                "width": 0.125,
+                "batch_norm": True,
+                "size": 64,
+                "train_n": 1000,
+                "val_n": 200,
+                "test_n": 200,
+            },
         },
         "val_fbeta_max",
         "test_fbeta_max",
