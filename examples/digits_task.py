@@ -13,20 +13,15 @@ from __future__ import annotations
 
 import torch
 from torch import nn
-from torch.nn import functional as F
 from torch.utils.data import TensorDataset
 
 from evopop.models.small import SmallConvNet
-from evopop.tasks.base import Metric, Task
-from evopop.tasks.classification import Accuracy
+from evopop.tasks.classification import ClassificationTask
 
 TRAIN, VAL = 1000, 397  # the rest (400) is the test set
 
 
-class DigitsTask(Task):
-    default_metric = "val_accuracy"
-    default_direction = "max"
-
+class DigitsTask(ClassificationTask):
     def __init__(self, widths=(32, 64), hidden: int = 128, split_seed: int = 0):
         from sklearn.datasets import load_digits  # a task dependency, not evopop's
 
@@ -54,15 +49,6 @@ class DigitsTask(Task):
 
     def eval_set_names(self) -> list[str]:
         return ["val", "test"]
-
-    def loss(self, output, target):
-        return F.cross_entropy(output, target)
-
-    def metrics(self) -> Metric:
-        return Accuracy()
-
-    def metric_names(self) -> list[str]:
-        return ["accuracy"]
 
 
 def digits(**kwargs) -> DigitsTask:

@@ -24,10 +24,24 @@ class Accuracy(Metric):
         return {"accuracy": self.correct / self.total if self.total else float("nan")}
 
 
-class ShapesTask(Task):
+class ClassificationTask(Task):
+    """What every classifier shares: cross-entropy on logits, judged by accuracy (``val_accuracy``).
+    A subclass supplies the network, the example input and the data."""
+
     default_metric = "val_accuracy"
     default_direction = "max"
 
+    def loss(self, output, target):
+        return F.cross_entropy(output, target)
+
+    def metrics(self) -> Metric:
+        return Accuracy()
+
+    def metric_names(self) -> list[str]:
+        return ["accuracy"]
+
+
+class ShapesTask(ClassificationTask):
     def __init__(
         self,
         train_size: int = 3000,
@@ -69,15 +83,6 @@ class ShapesTask(Task):
 
     def eval_set_names(self) -> list[str]:
         return ["val", "test"] if self.test_size else ["val"]
-
-    def loss(self, output, target):
-        return F.cross_entropy(output, target)
-
-    def metrics(self) -> Metric:
-        return Accuracy()
-
-    def metric_names(self) -> list[str]:
-        return ["accuracy"]
 
 
 def shapes(**kwargs) -> ShapesTask:
