@@ -57,3 +57,16 @@ def test_a_plain_state_dict_ancestor_is_masked_before_it_is_measured(tmp_path):
     assert evaluate(unmasked, developer.task, recipe_of(config, 1), torch.device("cpu")) != expected, (
         "the unmasked network computes something else: the test would see a missing mask"
     )
+
+
+def test_rewinding_from_a_loaded_ancestor_starts_from_its_masked_weights(tmp_path):
+    """imp_rewind's start is the loaded ancestor (never trained here), masked by its genome."""
+    from evopop.engine.develop import _initial_weights_of
+
+    path, state = plain_state_dict_with_a_zero_filter(tmp_path)
+    config = load_config(TINY, [f"ancestor.checkpoint={path}"])
+    built = built_task(config.task.name, config.task.args)
+    start = _initial_weights_of(config, built.task, built.arch)
+    assert torch.equal(start["features.0.weight"], state["features.0.weight"])  # the loaded weights
+    assert start["features.1.bias"][DEAD] == 0, "masked: the dead neuron passes nothing on"
+    assert torch.count_nonzero(start["features.4.weight"][:, DEAD]) == 0

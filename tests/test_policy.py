@@ -175,6 +175,17 @@ def test_baselines_are_a_batch_of_their_own_after_selection(tmp_path):
     assert baseline["kind"] == "random" and not baseline["selected"]
 
 
+def test_an_iterative_baseline_whose_chain_member_failed_restarts_from_the_root(tmp_path):
+    script = {"g2-1": 0.9, "g2-1-imp": None, "g3-0": 0.8}
+    _, _, executor, _, run = scripted_run(tmp_path, script, "baselines.enabled=true", "baselines.kinds=[imp]")
+    population = run.run().set_index("individual_id")
+    assert population.loc["g2-1-imp", "status"] == FAILED
+    assert executor.calls[-1] == ["g3-0-imp"]
+    # the failed member has no weights to prune on: the chain starts again from the root ancestor
+    assert population.loc["g3-0-imp", "parent_id"] == "g1-0"
+    assert population.loc["g3-0-imp", "lineage"].tolist() == ["g1-0", "g3-0-imp"]
+
+
 def test_typed_records_keep_exact_integers_beside_nulls(tmp_path):
     """A null seed beside a seed past float64's exact integers: both survive the round trip."""
     records = RunRecords(str(tmp_path / "run"))
