@@ -186,11 +186,27 @@ class EvolutionSection(_Section):
         return self
 
 
+class HalvingSection(_Section):
+    """Successive halving of each generation's offspring (`evopop.engine.halving`): all train to
+    ``min_epochs``, the best 1/``eta`` by the selection metric train on to ``eta`` times as many
+    epochs, and so on to the full epochs; the others stop early (recorded ``stopped``)."""
+
+    eta: int = Field(2, ge=2)  # 1/eta of a rung's offspring continue to the next
+    min_epochs: int = Field(1, ge=1)  # the first rung's epochs
+
+
 class SelectionSection(_Section):
     rule: Literal[SELECTION_RULES] = "best"
     k: int = Field(1, ge=1)
     metric: str | None = None  # "<eval set>_<metric>"; default: the task's
     direction: Literal["max", "min"] | None = None
+    halving: HalvingSection | None = None  # off: every offspring trains for the full epochs
+
+    @model_validator(mode="after")
+    def _halving_needs_a_choice(self):
+        if self.halving is not None and self.rule == "all":
+            raise ValueError("halving stops offspring early, but rule 'all' selects every offspring: use best or topk")
+        return self
 
 
 class ResourcesSection(_Section):
@@ -267,6 +283,26 @@ class Config(_Section):
     compaction: CompactionSection = Field(default_factory=CompactionSection)
     storage: StorageSection = Field(default_factory=StorageSection)
 
+    @model_validator(mode="after")
+    def _halving_fits_the_generation(self):
+        halving = self.selection.halving
+        if halving is None:
+            return self
+        full = self.evolution.epochs or self.train.epochs
+        if halving.min_epochs >= full:
+            raise ValueError(
+                f"selection.halving.min_epochs ({halving.min_epochs}) must be below the offspring's epochs "
+                f"({full}, evolution.epochs or train.epochs): the first rung would already be the full training"
+            )
+        kept = self.selection.k if self.selection.rule == "topk" else 1
+        if kept >= self.evolution.offspring:
+            raise ValueError(
+                f"selection.halving keeps at least the {kept} offspring selection needs, and a generation "
+                f"descending from one parent has {self.evolution.offspring} (evolution.offspring): none would stop "
+                "early; raise evolution.offspring or remove halving"
+            )
+        return self
+
     def to_yaml(self) -> str:
         return yaml.safe_dump(self.model_dump(mode="json"), sort_keys=False)
 
@@ -338,7 +374,7 @@ def format_errors(exc: ValidationError) -> str:
         got = err.get("input")
         plain = isinstance(got, (dict, list)) or got is None or "got" in msg or str(got) in msg
         shown = "" if plain else f" (got {got!r})"
-        lines.append(f"{loc}: {msg}{shown}")
+        lines.append(f"{loc}: {msg}{shown}" if loc else f"{msg}{shown}")  # a check across sections names its fields
     return "invalid config:\n  " + "\n  ".join(lines)
 
 

@@ -19,7 +19,7 @@ import torch
 import yaml
 
 from ..records.ids import natural_key
-from ..records.schema import DIVERSITY_PAIR_FIELDS, DIVERSITY_SUMMARY_FIELDS, EVOLVED_KINDS, OK, plain_value
+from ..records.schema import DIVERSITY_PAIR_FIELDS, DIVERSITY_SUMMARY_FIELDS, EVOLVED_KINDS, MEASURED, plain_value
 from ..synthesis.layers import SynapticLayer
 from ..tasks.registry import built_task
 from ..training.probe import ProbeBatch, held_out_batch, probe_outputs
@@ -162,7 +162,7 @@ def generation_diversity(
         empty_pairs.insert(0, "generation", pd.Series(dtype="int32"))
         empty_summary.insert(0, "generation", pd.Series(dtype="int32"))
         return empty_pairs, empty_summary
-    ok = population[population["status"] == OK]
+    ok = population[population["status"].isin(MEASURED)]  # offspring halving stopped early have genomes too
     if "kind" in ok:  # baselines at matched sparsity are not offspring of the method
         ok = ok[ok["kind"].isin(EVOLVED_KINDS) | ok["kind"].isna()]
     ok = ok.sort_values("individual_id", key=lambda c: c.map(natural_key)).reset_index(drop=True)

@@ -35,7 +35,7 @@ from ..synthesis import (
 from ..synthesis.baselines import IMP, IMP_REWIND
 from ..synthesis.baselines import KINDS as BASELINE_KINDS
 from ..tasks.registry import built_task
-from ..training.loop import Distillation, Recipe, TrainResult, evaluate, train_and_evaluate
+from ..training.loop import Distillation, Recipe, TrainingState, TrainResult, evaluate, train_and_evaluate
 from ..training.probe import ProbeBatch, held_out_batch, probe_outputs
 from .failures import StorageError, classify, gpu_share
 from .jobs import Compaction, Outcome, ParentState, Spec
@@ -88,19 +88,26 @@ class Developer:
     def _develop(self, spec: Spec, parent: ParentState | None) -> Outcome:
         torch.manual_seed(spec.train_seed)
         model = self.task.build_model()
+        resume = None
         if parent is None:
             genome, trained = self._ancestor(model)
+        elif spec.rung:  # a later rung of successive halving: the same genome, its training continued
+            genome, resume, trained = *self._stored_training(spec), False
         else:
             genome, trained = self._offspring(model, spec, parent), False
         if trained:  # a loaded ancestor is measured as it is
             model.to(self.device)
             metrics = evaluate(model, self.task, recipe_of(self.config, 1), self.device)
-            result = TrainResult(metrics, train_seconds=0.0, samples_per_second=float("nan"))
+            result = TrainResult(metrics, train_seconds=0.0, samples_per_second=float("nan"), epochs=None)
         else:
             masks = parameter_masks(self.arch, genome)
             recipe = recipe_of(self.config, spec.epochs)
             distill = self._distillation(parent)
-            result = train_and_evaluate(model, self.task, recipe, spec.train_seed, masks, self.device, distill)
+            result = train_and_evaluate(
+                model, self.task, recipe, spec.train_seed, masks, self.device, distill, spec.train_until, resume
+            )
+        if result.state is not None:  # stopped at a rung: the next rung continues from here
+            self._store_training(spec, genome, result.state)
         weights = {k: v.detach().cpu() for k, v in model.state_dict().items()}
         meta = {"generation": spec.generation, "parent_id": spec.parent_id, "lineage": list(spec.lineage)}
         genome_file = spec.kind in EVOLVED_KINDS and self.config.diversity.enabled  # not baselines'
@@ -129,11 +136,29 @@ class Developer:
             effective_macs=effective.macs,
             compact=compacted,
             layers=tuple(_layer_record(spec.individual_id, layer) for layer in counts.layers),
+            epochs=result.epochs,
             train_seconds=result.train_seconds,
             samples_per_second=result.samples_per_second,
             mask_digest=genome.digest(),
             checkpoint=checkpoint,
         )
+
+    def _stored_training(self, spec: Spec) -> tuple[Genome, TrainingState]:
+        """The genome and the training its previous rung stored (`_store_training`)."""
+        try:
+            stored = self.records.read_training_state(spec.individual_id, spec.rung - 1)
+        except OSError as exc:  # the storage's failure: retried
+            where = f"rung {spec.rung - 1} from {self.records.uri}"
+            raise StorageError(f"could not read the training of {where}: {exc}") from exc
+        return Genome.from_state_dict(stored["masks"]), TrainingState.from_payload(stored["training"])
+
+    def _store_training(self, spec: Spec, genome: Genome, state: TrainingState) -> None:
+        try:
+            payload = {"masks": genome.state_dict(), "training": state.payload()}
+            self.records.write_training_state(spec.individual_id, spec.rung or 0, payload)
+        except OSError as exc:
+            where = f"rung {spec.rung} to {self.records.uri}"
+            raise StorageError(f"could not store the training of {where}: {exc}") from exc
 
     def _distillation(self, parent: ParentState | None) -> Distillation | None:
         """The parent as the teacher, where ``evolution.distill`` asks for one (not for the root)."""

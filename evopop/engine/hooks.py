@@ -11,6 +11,10 @@ The policy calls each hook at fixed points of a generation, in this order (EvoTo
     stopped(generation, reason)           evolution.stop ends the run after this generation
     run_finished(completed)               the run ended: finished, stopped by a failure, or interrupted
 
+Under successive halving (``selection.halving``) a generation's offspring come in rungs: each rung
+but the last is a batch whose results are ``rung_recorded``, then ``promoted`` says which continue
+(those that stop are ``recorded`` then, as stopped); the last rung's batch records as above.
+
 A hook only observes: it never changes what the policy decides. A hook may work in the background
 (the diversity study does, off the generations' critical path) if it finishes in ``run_finished``.
 Subclass `Hook` and override what you need; a hook that raises stops the run (catch inside the hook
@@ -33,6 +37,8 @@ class Batch:
     already: int  # of which already recorded (a resumed run)
     kind: str = OFFSPRING  # OFFSPRING (a generation's offspring, or the ancestor) | BASELINES
     retrying: int = 0  # recorded as failed by the infrastructure, and run again (a resumed run)
+    rung: int | None = None  # successive halving: the rung (0 first) ...
+    epochs: int | None = None  # ... and the epochs its offspring will have trained at its end
 
 
 class Hook:
@@ -44,6 +50,12 @@ class Hook:
 
     def batch_finished(self, batch: Batch) -> None:
         pass
+
+    def rung_recorded(self, record: IndividualRecord) -> None:
+        """An offspring's result at a rung before the last of successive halving (``record.rung``)."""
+
+    def promoted(self, generation: int, rung: int, promoted: list[str], stopped: list[str]) -> None:
+        """A rung is decided: ``promoted`` continue (best first), ``stopped`` were just recorded as such."""
 
     def generation_developed(self, generation: int) -> None:
         pass

@@ -33,6 +33,10 @@ class Spec:
     kind: str = OFFSPRING  # ANCESTOR | OFFSPRING | a baseline kind ("magnitude", "random")
     match_id: str | None = None  # baselines: the offspring whose per-layer synapse counts they match
     clusters: Environment | None = None  # the cluster environment F_c(E) of cluster-driven synthesis
+    # successive halving (`evopop.engine.halving`): the rung this job trains, to ``train_until`` of
+    # ``epochs`` (a later rung continues the training its previous rung stored)
+    rung: int | None = None
+    train_until: int | None = None
 
 
 @dataclass(frozen=True)
@@ -93,6 +97,7 @@ class Outcome:
     effective_macs: int | None = None
     compact: Compaction | None = None  # the compacted network's size and measured latency
     layers: tuple[LayerRecord, ...] = ()
+    epochs: int | None = None  # epochs trained (over every rung); None for a loaded ancestor
     train_seconds: float | None = None
     samples_per_second: float | None = None
     mask_digest: str | None = None
@@ -166,6 +171,8 @@ class Result:
             latency_cpu_b32_ms=out.compact.cpu_b32_ms if out.compact else None,
             latency_gpu_ms=out.compact.gpu_ms if out.compact else None,
             layer_fractions=tuple(layer.living_fraction for layer in out.layers) or None,
+            epochs=out.epochs,
+            rung=spec.rung,
             metrics={c: out.metrics[c] for c in metric_columns if c in out.metrics},
             train_seconds=out.train_seconds,
             samples_per_second=out.samples_per_second,

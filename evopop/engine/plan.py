@@ -7,6 +7,7 @@ from fnmatch import fnmatchcase
 
 from ..config import Config, ConfigError
 from ..tasks.registry import built_task
+from .halving import Rungs
 from .stopping import StopRule
 
 MINIMISED_SUFFIXES = ("_loss", "_mae")  # metrics a stop rule judges as "lower is better" unless told
@@ -20,6 +21,7 @@ class Plan:
     layer_names: list[str]
     dense_synapses: int
     stop: StopRule | None = None  # evolution.stop, its metric resolved
+    rungs: Rungs | None = None  # selection.halving: the epochs of each rung
 
 
 def selection_metric(
@@ -76,4 +78,5 @@ def plan_run(config: Config) -> Plan:
         except ValueError as exc:
             raise ConfigError(f"ancestor.checkpoint: {exc}") from None
     rule = StopRule.of(stop, stop_metric, stop_direction)
-    return Plan(metric, direction, columns, arch.names, arch.synapses, rule)
+    rungs = Rungs.of(config.selection.halving, config.evolution.epochs or config.train.epochs)
+    return Plan(metric, direction, columns, arch.names, arch.synapses, rule, rungs)

@@ -12,17 +12,27 @@ infrastructure failed in a generation not yet decided (`Evolution.retryable`).
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Sequence
 
 import pandas as pd
 
 from ..config import Config
 from ..records.run import RunRecords
-from ..records.schema import FAILED, IndividualRecord, SelectionRecord, is_baseline, population_schema
+from ..records.schema import (
+    FAILED,
+    STOPPED,
+    IndividualRecord,
+    PromotionRecord,
+    SelectionRecord,
+    is_baseline,
+    population_schema,
+)
 from ..synthesis.baselines import LINEAGE_KINDS
 from .adaptation import Adaptation
 from .executor import Executor
 from .failures import INFRASTRUCTURE, RunStopped
+from .halving import promote
 from .hooks import BASELINES, OFFSPRING, Batch, Hook
 from .jobs import ParentState, Spec
 from .plan import Plan
@@ -76,9 +86,15 @@ class Evolution:
             specs = [root_spec(self.config)]
         else:
             specs = offspring_specs(self.config, generation, ancestors, self.adapted_factors(generation, ancestors))
-        self.stop_on_infrastructure_failures(generation, self.develop(generation, specs, ancestors))
+        halving = self.plan.rungs is not None and generation > 1
+        if halving:
+            self.develop_in_rungs(generation, specs, ancestors)
+        else:
+            self.stop_on_infrastructure_failures(generation, self.develop(generation, specs, ancestors))
         self._notify("generation_developed", generation)
         selected = self.select(generation, [s.individual_id for s in specs])
+        if halving:  # decided: no offspring of this generation trains on
+            self.records.delete_training_states(s.individual_id for s in specs)
         if self.config.baselines.enabled and generation > 1:
             chains = self.lineage_baseline_parents(generation, ancestors)
             baselines = baseline_specs(self.config, generation, selected, chains)
@@ -114,16 +130,75 @@ class Evolution:
                 chains[(parent.individual_id, kind)] = member if member is not None and member.ok else root
         return chains
 
+    def develop_in_rungs(self, generation: int, specs: list[Spec], ancestors: list[IndividualRecord]) -> None:
+        """Successive halving (`evopop.engine.halving`): the offspring train rung by rung, the best
+        of each rung continuing; those that stop are recorded ``stopped`` as the rung is decided."""
+        rungs, selection = self.plan.rungs, self.config.selection
+        needed = selection.k if selection.rule == "topk" else 1
+        alive = list(specs)
+        for rung, epochs in enumerate(rungs.epochs):
+            until = epochs if rung < rungs.last else None  # the last rung trains to the end
+            jobs = [dataclasses.replace(s, rung=rung, train_until=until) for s in alive]
+            self.stop_on_infrastructure_failures(generation, self.develop(generation, jobs, ancestors, rung=rung))
+            if rung < rungs.last:
+                alive = self.promote(generation, rung, alive, rungs.kept(len(alive), needed))
+
+    def promote(self, generation: int, rung: int, alive: list[Spec], kept: int) -> list[Spec]:
+        """Decide which of a rung's offspring continue (the recorded decision, where a resumed run
+        has one), record the others as stopped; returns the specs that continue."""
+        results = {r.individual_id: r for r in self.records.rung_records(generation, rung)}
+        decision = self.records.promotion(generation, rung)
+        if decision is None:
+            candidates = [results[s.individual_id] for s in alive if s.individual_id in results]
+            ranking, promoted = promote(candidates, kept, self.plan.metric, self.plan.direction)
+            rank_of = {individual_id: i for i, individual_id in enumerate(ranking)}
+            decision = [
+                PromotionRecord(s.individual_id, rung, s.individual_id in promoted, rank_of.get(s.individual_id))
+                for s in alive
+            ]
+            self.records.write_promotion(generation, rung, decision)  # before it is acted on
+        promoted = [d.individual_id for d in sorted(decision, key=_by_rank) if d.promoted]
+        if not promoted:
+            raise EvolutionFailed(
+                f"every offspring of generation {generation} failed at rung {rung} of successive halving "
+                f"(see the 'error' column: evopop show {self.records.uri}); the records so far are intact"
+            )
+        recorded = self.records.recorded_ids(generation)
+        stopped = []
+        for d in decision:
+            result = results.get(d.individual_id)
+            if d.promoted or result is None or d.individual_id in recorded:
+                continue
+            record = dataclasses.replace(result, status=STOPPED) if result.ok else result
+            self.records.write_individual(generation, record, [], self.schema)  # its layers: with its rung
+            self._notify("recorded", record)
+            stopped.append(d.individual_id)
+        self._notify("promoted", generation, rung, promoted, stopped)
+        return [s for s in alive if s.individual_id in set(promoted)]
+
     def develop(
-        self, generation: int, specs: list[Spec], parents: list[IndividualRecord], kind: str = OFFSPRING
+        self,
+        generation: int,
+        specs: list[Spec],
+        parents: list[IndividualRecord],
+        kind: str = OFFSPRING,
+        rung: int | None = None,
     ) -> list[IndividualRecord]:
         """Develop every spec without a record, or whose record is a failure of the infrastructure
         that may still be retried (`retryable`), writing each record as its result arrives. Returns
-        the records of those the infrastructure failed (after their retries)."""
-        recorded = self.records.recorded_ids(generation)
-        retry = self.retryable(generation, kind) if recorded else {}
+        the records of those the infrastructure failed (after their retries).
+
+        ``rung``: the rung of successive halving the specs train; a rung before the last records
+        its results in rungs/ only (they decide who continues), the last in the population too."""
+        interim = rung is not None and rung < self.plan.rungs.last
+        if interim:
+            recorded, retry = self.rung_status(generation, rung)
+        else:
+            recorded = self.records.recorded_ids(generation)
+            retry = self.retryable(generation, kind) if recorded else {}
         pending = [s for s in specs if s.individual_id not in recorded or s.individual_id in retry]
-        batch = Batch(generation, len(specs), len(specs) - len(pending), kind, retrying=len(retry))
+        epochs = (specs[0].train_until or specs[0].epochs) if rung is not None and specs else None
+        batch = Batch(generation, len(specs), len(specs) - len(pending), kind, len(retry), rung, epochs)
         self._notify("batch_started", batch)
         parent_of = {p.individual_id: p for p in parents}
         infrastructure_failed = []
@@ -133,12 +208,30 @@ class Evolution:
             record = result.record(
                 self.records.run_id, self.plan.metric_columns, parent_of.get(spec.parent_id), earlier
             )
-            self.records.write_individual(generation, record, list(result.outcome.layers), self.schema)
-            self._notify("recorded", record)
+            layers = list(result.outcome.layers)
+            if rung is not None:
+                self.records.write_rung(generation, record, layers, self.schema)
+            if interim:
+                self._notify("rung_recorded", record)
+            else:
+                self.records.write_individual(generation, record, layers, self.schema)
+                self._notify("recorded", record)
             if record.failure == INFRASTRUCTURE:
                 infrastructure_failed.append(record)
         self._notify("batch_finished", batch)
         return infrastructure_failed
+
+    def rung_status(self, generation: int, rung: int) -> tuple[set[str], dict[str, int]]:
+        """(ids with a result at ``rung``, id -> attempts of those the infrastructure failed, to run
+        again while the rung is undecided: once its decision is recorded, it stands)."""
+        results = self.records.rung_records(generation, rung)
+        decided = self.records.promotion(generation, rung) is not None
+        retry = {
+            r.individual_id: r.attempts
+            for r in results
+            if not decided and r.status == FAILED and r.failure == INFRASTRUCTURE
+        }
+        return {r.individual_id for r in results}, retry
 
     def stopped(self, generation: int, root: IndividualRecord, best: IndividualRecord) -> bool:
         """Whether ``evolution.stop`` ends the run after ``generation`` (recorded, and said, if so)."""
@@ -206,3 +299,7 @@ class Evolution:
     def _notify(self, event: str, *args) -> None:
         for hook in self.hooks:
             getattr(hook, event)(*args)
+
+
+def _by_rank(decision: PromotionRecord) -> tuple[int, int]:
+    return (decision.rank is None, decision.rank or 0)

@@ -9,7 +9,7 @@ import math
 import sys
 import time
 
-from ..records.schema import IndividualRecord
+from ..records.schema import STOPPED, IndividualRecord
 from .hooks import BASELINES, Batch, Hook
 
 LABELS = {BASELINES: "baselines at matched sparsity"}
@@ -25,6 +25,8 @@ class Progress(Hook):
         generation, total, already = batch.generation, batch.total, batch.already
         self.generation, self.total, self.done, self.failed = generation, total, already, 0
         self.label = f" {LABELS[batch.kind]}" if batch.kind in LABELS else ""
+        if batch.rung is not None:
+            self.label += f" rung {batch.rung} ({batch.epochs} epoch{'' if batch.epochs == 1 else 's'})"
         self.best = None
         self.best_synapses = None
         self.t0 = time.perf_counter()
@@ -35,6 +37,8 @@ class Progress(Hook):
             )
 
     def recorded(self, record: IndividualRecord) -> None:
+        if record.status == STOPPED:  # recorded as its rung is decided: `promoted` says so
+            return
         self.done += 1
         value = record.metric(self.metric)
         if not record.ok:
@@ -50,6 +54,17 @@ class Progress(Hook):
                 f"  {record.individual_id}: {record.status}, {self.metric}={shown}, "
                 f"synapses={record.synapses or 0:,} ({self.done}/{self.total})"
             )
+
+    def rung_recorded(self, record: IndividualRecord) -> None:
+        self.recorded(record)
+
+    def promoted(self, generation: int, rung: int, promoted: list[str], stopped: list[str]) -> None:
+        text = f"{self._line()}, continue {', '.join(promoted)}; stopped {', '.join(stopped) or '-'}"
+        if self.live:
+            self.stream.write("\r" + text + "\n")
+            self.stream.flush()
+        else:
+            self._print(f"generation {generation} rung {rung} done in {time.perf_counter() - self.t0:.1f}s: {text}")
 
     def selected(self, generation: int, selected: list[str]) -> None:
         if self.live:

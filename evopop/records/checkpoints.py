@@ -13,7 +13,7 @@ import torch
 
 
 def checkpoint_bytes(weights: dict, masks: dict, meta: dict) -> bytes:
-    return _torch_bytes({"weights": weights, "masks": masks, "meta": json.dumps(meta)})
+    return torch_bytes({"weights": weights, "masks": masks, "meta": json.dumps(meta)})
 
 
 def genome_bytes(masks: dict[str, torch.Tensor], probe: torch.Tensor | None, meta: dict) -> bytes:
@@ -23,7 +23,7 @@ def genome_bytes(masks: dict[str, torch.Tensor], probe: torch.Tensor | None, met
     payload = {"packed_masks": packed, "meta": json.dumps({**meta, "mask_shapes": shapes})}
     if probe is not None:
         payload["probe"] = probe
-    return _torch_bytes(payload)
+    return torch_bytes(payload)
 
 
 def load_genome_bytes(data: bytes) -> dict:
@@ -41,7 +41,7 @@ def load_genome_bytes(data: bytes) -> dict:
     return {**payload, "masks": masks, "meta": meta}
 
 
-def _torch_bytes(payload: dict) -> bytes:
+def torch_bytes(payload: dict) -> bytes:
     buffer = io.BytesIO()
     torch.save(payload, buffer)
     return buffer.getvalue()

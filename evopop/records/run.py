@@ -4,6 +4,9 @@
     RUN_DIR/population/generation=G/part-<individual_id>.parquet   one row per individual, ever
     RUN_DIR/layers/generation=G/part-<individual_id>.parquet       per-layer counts
     RUN_DIR/selection/generation=G/part-0.parquet                  which individuals were selected
+    RUN_DIR/rungs/generation=G/part-<id>-r<rung>.parquet           successive halving: each rung's result
+    RUN_DIR/promotion/generation=G/part-r<rung>.parquet            which offspring continued past a rung
+    RUN_DIR/training/<individual_id>-r<rung>.pt                    training stopped at a rung, to continue
     RUN_DIR/diversity/generation=G/part-0.parquet                  pairwise diversity of the generation
     RUN_DIR/diversity_summary/generation=G/part-0.parquet          its per-generation summary
     RUN_DIR/checkpoints/<individual_id>.pt                         weights + masks
@@ -24,6 +27,7 @@ import io
 import json
 import os
 import posixpath
+from collections.abc import Iterable
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -35,7 +39,14 @@ import pyarrow.dataset as ds
 import pyarrow.parquet as pq
 from pyarrow.fs import FileSelector, FileType
 
-from .checkpoints import checkpoint_bytes, genome_bytes, load_checkpoint_bytes, load_genome_bytes
+from .checkpoints import (
+    checkpoint_bytes,
+    genome_bytes,
+    load_checkpoint_bytes,
+    load_genome_bytes,
+    read_torch_bytes,
+    torch_bytes,
+)
 from .ids import check_individual_id, natural_key, natural_order
 from .locks import lock_for
 from .schema import (
@@ -43,15 +54,18 @@ from .schema import (
     DIVERSITY_SUMMARY_FIELDS,
     LAYER_FIELDS,
     PARTITIONING,
+    PROMOTION_FIELDS,
     SELECTION_FIELDS,
     IndividualRecord,
     LayerRecord,
+    PromotionRecord,
     SelectionRecord,
     diversity_pairs_schema,
     diversity_summary_schema,
     is_baseline,
     layer_schema,
     plain_value,
+    promotion_schema,
     selection_schema,
 )
 from .storage import Storage, is_uri, join
@@ -59,6 +73,7 @@ from .storage import Storage, is_uri, join
 POPULATION, LAYERS, SELECTION = "population", "layers", "selection"
 DIVERSITY, DIVERSITY_SUMMARY = "diversity", "diversity_summary"
 GENOMES = "genomes"
+RUNGS, PROMOTION, TRAINING = "rungs", "promotion", "training"
 STOP = "stop.json"
 REPORT = "report"
 
@@ -144,6 +159,26 @@ class RunRecords:
         row["finished_at"] = row.get("finished_at") or datetime.now(timezone.utc)
         table = pa.Table.from_pylist([row], schema=schema)
         self.storage.write_bytes(self._part(POPULATION, generation, individual_id), parquet_bytes(table))
+
+    def write_rung(
+        self, generation: int, record: IndividualRecord, layers: list[LayerRecord], schema: pa.Schema
+    ) -> None:
+        """One rung's result of an offspring under successive halving (``record.rung``), in the
+        population's schema; its per-layer rows too (its genome is the same at every rung)."""
+        individual_id = check_individual_id(record.individual_id)
+        if layers:
+            table = pa.Table.from_pylist([dataclasses.asdict(r) for r in layers], schema=layer_schema())
+            self.storage.write_bytes(self._part(LAYERS, generation, individual_id), parquet_bytes(table))
+        row = record.row()
+        row["finished_at"] = row.get("finished_at") or datetime.now(timezone.utc)
+        table = pa.Table.from_pylist([row], schema=schema)
+        part = self._part(RUNGS, generation, f"{individual_id}-r{int(record.rung)}")
+        self.storage.write_bytes(part, parquet_bytes(table))
+
+    def write_promotion(self, generation: int, rung: int, rows: list[PromotionRecord]) -> None:
+        """A rung's decision, in one file: written before it is acted on, it is what a resumed run replays."""
+        table = pa.Table.from_pylist([dataclasses.asdict(r) for r in rows], schema=promotion_schema())
+        self.storage.write_bytes(self._part(PROMOTION, generation, f"r{int(rung)}"), parquet_bytes(table))
 
     def write_selection(self, generation: int, rows: list[SelectionRecord]) -> None:
         table = pa.Table.from_pylist([dataclasses.asdict(r) for r in rows], schema=selection_schema())
@@ -268,6 +303,56 @@ class RunRecords:
     def layers(self) -> pd.DataFrame:
         return self._frame(LAYERS, fields=LAYER_FIELDS)
 
+    # -- successive halving ----------------------------------------------------------------------
+    def rung_records(self, generation: int, rung: int) -> list[IndividualRecord]:
+        """The results of one rung of a generation, as typed values, in natural id order."""
+        rel = f"{RUNGS}/generation={int(generation)}"
+        suffix = f"-r{int(rung)}.parquet"
+        names = [n for n in self.storage.list(rel, ".parquet") if n.endswith(suffix)]
+        metric_columns = self.metadata().metric_columns
+        records = []
+        for name in names:
+            table = pq.read_table(io.BytesIO(self.storage.read_bytes(f"{rel}/{name}")))
+            records += [IndividualRecord.from_row(row, metric_columns) for row in table.to_pylist()]
+        return sorted(records, key=lambda r: natural_key(r.individual_id))
+
+    def rungs(self) -> pd.DataFrame:
+        """Every rung result of every generation (empty without successive halving)."""
+        df = self._frame(RUNGS)
+        if df is None:
+            return pd.DataFrame()
+        return df.sort_values(["generation", "rung", "individual_id"], key=natural_order).reset_index(drop=True)
+
+    def promotion(self, generation: int, rung: int) -> list[PromotionRecord] | None:
+        """A rung's recorded decision; None while it is not decided."""
+        rel = self._part(PROMOTION, generation, f"r{int(rung)}")
+        if not self.storage.exists(rel):
+            return None
+        table = pq.read_table(io.BytesIO(self.storage.read_bytes(rel)))
+        return [PromotionRecord(**{k: plain_value(v) for k, v in row.items()}) for row in table.to_pylist()]
+
+    def promotions(self) -> pd.DataFrame:
+        return self._frame(PROMOTION, fields=PROMOTION_FIELDS)
+
+    @staticmethod
+    def training_state_path(individual_id: str, rung: int) -> str:
+        return f"{TRAINING}/{check_individual_id(individual_id)}-r{int(rung)}.pt"
+
+    def write_training_state(self, individual_id: str, rung: int, payload: dict) -> None:
+        """Training stopped after ``rung``, to be continued by the next (one file per rung: the
+        next rung's state never replaces the one a retry of that rung still needs)."""
+        self.storage.write_bytes(self.training_state_path(individual_id, rung), torch_bytes(payload))
+
+    def read_training_state(self, individual_id: str, rung: int) -> dict:
+        return read_torch_bytes(self.storage.read_bytes(self.training_state_path(individual_id, rung)))
+
+    def delete_training_states(self, individual_ids: Iterable[str]) -> None:
+        """Remove the stored training of these individuals (their generation is decided: none continues)."""
+        prefixes = tuple(f"{check_individual_id(i)}-r" for i in individual_ids)
+        for name in self.storage.list(TRAINING, ".pt"):
+            if name.startswith(prefixes):
+                self.storage.delete(f"{TRAINING}/{name}")
+
     def diversity_pairs(self) -> pd.DataFrame:
         """Every recorded pair of every generation (typed, empty if none)."""
         return self._frame(DIVERSITY, fields=DIVERSITY_PAIR_FIELDS).sort_values("generation", kind="stable")
@@ -353,5 +438,3 @@ def _selected(decision: tuple[bool, int | None] | None, kind: str | None) -> boo
     if is_baseline(kind):
         return False
     return None if decision is None else decision[0]
-
-    return True

@@ -23,12 +23,14 @@ import pyarrow as pa
 
 from ..synthesis.baselines import KINDS as BASELINE_KINDS
 
-SCHEMA_VERSION = "4"
+SCHEMA_VERSION = "5"
 PARTITIONING = pa.schema([("generation", pa.int32())])
 
 ANCESTOR, OFFSPRING = "ancestor", "offspring"
 EVOLVED_KINDS = (ANCESTOR, OFFSPRING)  # individuals of the method; the others are baselines
 OK, FAILED = "ok", "failed"
+STOPPED = "stopped"  # an offspring successive halving stopped early (selection.halving): measured, never selected
+MEASURED = (OK, STOPPED)  # trained and measured: a genome, weights and metrics to study
 
 
 def arrow(type_: pa.DataType, default: Any = None, **kwargs) -> Any:
@@ -92,13 +94,15 @@ class IndividualRecord:
     latency_cpu_b32_ms: float | None = arrow(pa.float64())
     latency_gpu_ms: float | None = arrow(pa.float64())  # at compaction.gpu_batch, when the trainer has a GPU
     layer_fractions: tuple[float, ...] | None = arrow(pa.list_(pa.float32()))  # per layer, see metadata
+    epochs: int | None = arrow(pa.int32())  # epochs trained (null for a loaded ancestor)
+    rung: int | None = arrow(pa.int32())  # under selection.halving: the rung it stopped at, or reached last
     metrics: dict[str, float] = field(default_factory=dict)  # one float64 column per metric, here
     train_seconds: float | None = arrow(pa.float64())
     samples_per_second: float | None = arrow(pa.float64())
     node_id: str | None = arrow(pa.string())
     worker_id: str | None = arrow(pa.string())
     attempts: int = arrow(pa.int32(), 1)
-    status: str = arrow(pa.string(), OK)  # OK | FAILED
+    status: str = arrow(pa.string(), OK)  # OK | FAILED | STOPPED
     error: str | None = arrow(pa.string())
     # whose fault a failure was: "individual" (final) or "infrastructure" (retried, also by `evopop resume`)
     failure: str | None = arrow(pa.string())
@@ -189,6 +193,16 @@ class LayerRecord:
 
 
 @dataclass(frozen=True)
+class PromotionRecord:
+    """One row of RUN_DIR/promotion: whether an offspring continued past a rung of successive halving."""
+
+    individual_id: str = arrow(pa.string())
+    rung: int = arrow(pa.int32())
+    promoted: bool = arrow(pa.bool_())
+    rank: int | None = arrow(pa.int32())  # 0 = best of the rung's successful offspring
+
+
+@dataclass(frozen=True)
 class SelectionRecord:
     """One row of RUN_DIR/selection: whether an individual became an ancestor of the next generation."""
 
@@ -237,6 +251,7 @@ class DiversitySummary:
 
 LAYER_FIELDS = arrow_fields(LayerRecord)
 SELECTION_FIELDS = arrow_fields(SelectionRecord)
+PROMOTION_FIELDS = arrow_fields(PromotionRecord)
 DIVERSITY_PAIR_FIELDS = arrow_fields(DiversityPair)
 DIVERSITY_SUMMARY_FIELDS = arrow_fields(DiversitySummary)
 
@@ -252,6 +267,10 @@ def layer_schema() -> pa.Schema:
 
 def selection_schema() -> pa.Schema:
     return _versioned(SELECTION_FIELDS)
+
+
+def promotion_schema() -> pa.Schema:
+    return _versioned(PROMOTION_FIELDS)
 
 
 def diversity_pairs_schema(note: str = "") -> pa.Schema:

@@ -73,6 +73,8 @@ class TrainResult:
     train_seconds: float
     samples_per_second: float
     history: list[float] = field(default_factory=list)  # mean training loss per epoch
+    epochs: int = 0  # epochs trained (over every stop, where it continued a `TrainingState`)
+    state: TrainingState | None = None  # where it stopped before the recipe's end (``until``)
 
 
 def make_optimizer(model: nn.Module, recipe: Recipe) -> torch.optim.Optimizer:
@@ -122,6 +124,35 @@ def _autocast_dtype(recipe: Recipe, device: torch.device) -> torch.dtype | None:
     return torch.float16
 
 
+@dataclass
+class TrainingState:
+    """Training stopped at an epoch boundary, to be continued exactly (successive halving's rungs):
+    everything the rest of the training depends on. Continued, it gives bit for bit (on CPU) the
+    weights, and the draws, of a training that never stopped: the shuffling generator, the global
+    random state (dropout) and the schedule's step are taken before the evaluation that follows a
+    stop, which draws from the global state too."""
+
+    epoch: int  # epochs trained
+    model: dict[str, torch.Tensor]
+    optimizer: dict
+    schedule: dict
+    scaler: dict | None
+    loader_rng: torch.Tensor  # the shuffling generator's state
+    torch_rng: torch.Tensor
+    cuda_rng: list[torch.Tensor] | None
+    history: list[float]
+    samples: int
+    seconds: float  # training time so far, over every stop
+
+    def payload(self) -> dict:
+        """Plain tensors, lists and numbers: loads with ``torch.load(..., weights_only=True)``."""
+        return {f: getattr(self, f) for f in self.__dataclass_fields__}
+
+    @classmethod
+    def from_payload(cls, payload: dict) -> TrainingState:
+        return cls(**{f: payload[f] for f in cls.__dataclass_fields__})
+
+
 def train_and_evaluate(
     model: nn.Module,
     task: Task,
@@ -130,31 +161,44 @@ def train_and_evaluate(
     masks: dict[str, torch.Tensor] | None = None,
     device: torch.device | str = "cpu",
     distill: Distillation | None = None,
+    until: int | None = None,
+    resume: TrainingState | None = None,
 ) -> TrainResult:
+    """Train ``model`` under ``recipe`` (its schedule spans ``recipe.epochs``) and evaluate it.
+
+    ``until``: stop after that many epochs instead (the result then carries the `TrainingState` to
+    continue from); ``resume``: continue from such a state rather than from the start."""
     device = torch.device(device)
+    stop = recipe.epochs if until is None else until
+    if not 0 < stop <= recipe.epochs or (resume is not None and not resume.epoch < stop):
+        raise ValueError(f"cannot train from epoch {resume.epoch if resume else 0} to {stop} of {recipe.epochs}")
     torch.manual_seed(seed)
     model.to(device)
     if distill is not None:
         distill.teacher.to(device).eval()
     optimizer = make_optimizer(model, recipe)
     masked = MaskedParameters(model, masks).attach(optimizer) if masks else None
+    generator = torch.Generator().manual_seed(seed)
     loader = DataLoader(
         task.train_set(),
         batch_size=recipe.batch_size,
         shuffle=True,
         drop_last=False,
         num_workers=recipe.num_workers,
-        generator=torch.Generator().manual_seed(seed),
+        generator=generator,
         pin_memory=device.type == "cuda",
     )
     schedule = make_schedule(optimizer, recipe, len(loader))
     amp = _autocast_dtype(recipe, device)
     scaler = torch.amp.GradScaler("cuda") if amp == torch.float16 else None
 
-    history, samples = [], 0
+    history, samples, seconds, first = [], 0, 0.0, 0
+    if resume is not None:
+        first, history, samples, seconds = resume.epoch, list(resume.history), resume.samples, resume.seconds
+        _restore(resume, model, optimizer, schedule, scaler, generator, device)
     start = time.perf_counter()
     model.train()
-    for _ in range(recipe.epochs):
+    for _ in range(first, stop):
         total, batches = torch.zeros((), device=device), 0
         for inputs, targets in loader:
             inputs = inputs.to(device, non_blocking=True)
@@ -185,16 +229,61 @@ def train_and_evaluate(
         history.append(epoch_loss)
     if device.type == "cuda":
         torch.cuda.synchronize(device)
-    train_seconds = time.perf_counter() - start
+    seconds += time.perf_counter() - start
+    state = None
+    if stop < recipe.epochs:  # taken before evaluation draws from the global random state
+        state = _state(stop, model, optimizer, schedule, scaler, generator, device, history, samples, seconds)
     if masked is not None:
         masked.detach()
 
     return TrainResult(
         metrics=evaluate(model, task, recipe, device, amp),
-        train_seconds=train_seconds,
-        samples_per_second=samples / train_seconds if train_seconds > 0 else float("nan"),
+        train_seconds=seconds,
+        samples_per_second=samples / seconds if seconds > 0 else float("nan"),
         history=history,
+        epochs=stop,
+        state=state,
     )
+
+
+def _state(epoch, model, optimizer, schedule, scaler, generator, device, history, samples, seconds) -> TrainingState:
+    cuda = [torch.cuda.get_rng_state(device)] if device.type == "cuda" else None
+    return TrainingState(
+        epoch=epoch,
+        model={k: v.detach().cpu().clone() for k, v in model.state_dict().items()},
+        optimizer=_cpu(optimizer.state_dict()),
+        schedule={k: v for k, v in schedule.state_dict().items() if k != "lr_lambdas"},
+        scaler=scaler.state_dict() if scaler is not None else None,
+        loader_rng=generator.get_state(),
+        torch_rng=torch.get_rng_state(),
+        cuda_rng=cuda,
+        history=list(history),
+        samples=samples,
+        seconds=seconds,
+    )
+
+
+def _restore(state: TrainingState, model, optimizer, schedule, scaler, generator, device) -> None:
+    model.load_state_dict(state.model)
+    optimizer.load_state_dict(state.optimizer)  # moves the state to the parameters' device
+    schedule.load_state_dict({**schedule.state_dict(), **state.schedule})
+    if scaler is not None and state.scaler:
+        scaler.load_state_dict(state.scaler)
+    generator.set_state(state.loader_rng)
+    torch.set_rng_state(state.torch_rng)
+    if device.type == "cuda" and state.cuda_rng:
+        torch.cuda.set_rng_state(state.cuda_rng[0], device)
+
+
+def _cpu(value):
+    """An optimizer's state dict with its tensors on the CPU (a state is stored, then continued anywhere)."""
+    if isinstance(value, torch.Tensor):
+        return value.detach().cpu().clone()
+    if isinstance(value, dict):
+        return {k: _cpu(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_cpu(v) for v in value]
+    return value
 
 
 def _to_device(targets, device):
