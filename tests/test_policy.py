@@ -50,7 +50,7 @@ class ScriptedExecutor:
         parents = {s.parent_id for s in specs if s.parent_id is not None}
         self.parents_seen.append({p for p in parents if isinstance(load_parent(p), ParentState)})
         for spec in reversed(specs):  # out of order, as a real pool finishes them
-            value = self.script.get(spec.individual_id, 0.5)
+            value = self.value(spec)
             if value is None:
                 yield Result(spec, Outcome.failed(spec.individual_id, "RuntimeError: scripted"), attempts=1)
                 continue
@@ -65,6 +65,9 @@ class ScriptedExecutor:
                 checkpoint=checkpoint,
             )
             yield Result(spec, outcome, attempts=1)
+
+    def value(self, spec: Spec) -> float | None:
+        return self.script.get(spec.individual_id, 0.5)
 
     def shutdown(self) -> None:
         self.stopped += 1
