@@ -157,6 +157,8 @@ class EvolutionSection(_Section):
     epochs: int | None = Field(None, ge=1)  # epochs per offspring; default train.epochs
     stop: StopSection = Field(default_factory=StopSection)  # end the run early (see StopSection)
     distill: DistillSection = Field(default_factory=DistillSection)  # learn the parent's outputs too
+    # m: every offspring from generation 3 on is synthesized from m selected parents (evopop.synthesis.mating)
+    parents: int = Field(1, ge=1, le=16)
 
     @model_validator(mode="after")
     def _distillation_needs_a_parent(self):
@@ -282,6 +284,26 @@ class Config(_Section):
     baselines: BaselinesSection = Field(default_factory=BaselinesSection)
     compaction: CompactionSection = Field(default_factory=CompactionSection)
     storage: StorageSection = Field(default_factory=StorageSection)
+
+    @model_validator(mode="after")
+    def _parents_can_be_supplied(self):
+        m, selection = self.evolution.parents, self.selection
+        if m == 1:
+            return self
+        if self.evolution.generations < 3:
+            raise ValueError(
+                f"evolution.parents ({m}) mates the selected of generation 2 onwards (generation 1 is one ancestor), "
+                f"which needs evolution.generations >= 3, got {self.evolution.generations}"
+            )
+        supplied = {"best": 1, "topk": selection.k, "all": self.evolution.offspring}[selection.rule]
+        if supplied < m:
+            how = {"best": "selection.rule best selects 1", "topk": f"selection.k is {selection.k}"}
+            raise ValueError(
+                f"evolution.parents ({m}) needs at least {m} selected individuals to mate, but "
+                f"{how.get(selection.rule, f'evolution.offspring is {self.evolution.offspring}')}: use "
+                f"selection.rule topk with k >= {m} (or all with evolution.offspring >= {m})"
+            )
+        return self
 
     @model_validator(mode="after")
     def _halving_fits_the_generation(self):

@@ -96,3 +96,21 @@ def test_diversity_benchmark_quick_mode(tmp_path):
     assert quickstart["genome_mb"] < quickstart["checkpoint_mb"], "the genome file is the smaller read"
     (generation,) = figures["generations"]
     assert generation["individuals"] == 4 and generation["diversity_s"] > 0
+
+
+@pytest.mark.slow
+def test_halving_benchmark_quick_mode(tmp_path):
+    import json
+
+    out = tmp_path / "halving.json"
+    result = subprocess.run(
+        [sys.executable, str(BENCHMARKS / "bench_halving.py"), "--quick", "--json", str(out)],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "the epochs" in result.stdout
+    rows = json.loads(out.read_text())["tiny"]["rows"]
+    # 4 offspring, rungs of 1, 2 and 4 epochs: 4 + 2 + 2 of 16 epochs
+    assert [r["epochs_halving"] for r in rows] == [8, 8] and [r["epochs_full"] for r in rows] == [16, 16]

@@ -238,3 +238,14 @@ def test_halving_on_ray_trainers_gives_the_records_of_the_local_executor(ray_clu
     compared = [*COMPARED, "seed", "parent_id", "synapses"]
     pd.testing.assert_frame_equal(populations["local"][compared], populations["ray"][compared])
     assert (populations["ray"]["status"] == STOPPED).sum() == 2 * 4, "5 -> 2 -> 1 in each of two generations"
+
+
+def test_the_report_shows_which_offspring_stopped_where(tmp_path):
+    from evopop.analysis.report import build_report
+
+    _, run_dir, run = real_run(tmp_path, "report", HALVING, "evolution.generations=2")
+    run.run()
+    html = build_report(run_dir).read_text()
+    assert "Successive halving: which offspring stopped where" in html and '<img src="rungs.png"' in html
+    assert "8 of 16" in html, "the generation's epochs against full training"
+    assert "failed individual" not in html, "stopped offspring are not failures"

@@ -19,7 +19,7 @@ from matplotlib.lines import Line2D
 from matplotlib.ticker import FuncFormatter, LogLocator, MaxNLocator, NullFormatter
 
 from ..records.ids import natural_key
-from ..records.schema import OK
+from ..records.schema import FAILED, OK, STOPPED
 from .diversity import NETWORK
 from .loading import Run
 
@@ -242,6 +242,15 @@ def tree_layout(population: pd.DataFrame) -> dict[str, tuple[float, float]]:
     return pos
 
 
+def _parents_of(row) -> list[str]:
+    """Every parent of a population row: ``parent_ids`` (multi-parent synthesis), else ``parent_id``."""
+    many = row.get("parent_ids")
+    if many is not None and not (isinstance(many, float) and math.isnan(many)) and len(many) > 0:
+        return [str(p) for p in many]
+    parent = row.get("parent_id")
+    return [parent] if isinstance(parent, str) else []
+
+
 def figure_lineage_tree(run: Run) -> Figure:
     pop = run.population
     if pop.empty:
@@ -252,20 +261,25 @@ def figure_lineage_tree(run: Run) -> Figure:
     fig = new_figure(max(6.0, 1.6 * len(generations) + 2.5), max(3.5, 0.42 * widest + 1.8))
     ax = fig.subplots()
     on_line = set(run.lineage["individual_id"]) if not run.lineage.empty else set()
+    mated = 0
     for _, row in pop.iterrows():
-        parent = row["parent_id"]
-        if isinstance(parent, str) and parent in pos:
+        for i, parent in enumerate(_parents_of(row)):  # every parent of a multi-parent offspring; the first solid
+            if parent not in pos:
+                continue
             (x0, y0), (x1, y1) = pos[parent], pos[row["individual_id"]]
-            followed = parent in on_line and row["individual_id"] in on_line
+            followed = i == 0 and parent in on_line and row["individual_id"] in on_line
+            mated += i > 0
             ax.plot(
                 [x0, x1],
                 [y0, y1],
                 color=LINEAGE_COLOR if followed else "#bdbdbd",
                 lw=2.8 if followed else 0.9,
+                ls="-" if i == 0 else ":",
                 zorder=3 if followed else 1,
             )
     ok = pop[pop["status"] == OK]
-    failed = pop[pop["status"] != OK]
+    failed = pop[pop["status"] == FAILED]
+    stopped = pop[pop["status"] == STOPPED]
     metric = run.metric if run.metric in pop else None
     xy = np.array([pos[i] for i in ok["individual_id"]]) if len(ok) else np.zeros((0, 2))
     if metric and len(ok) and ok[metric].notna().any():
@@ -280,6 +294,9 @@ def figure_lineage_tree(run: Run) -> Figure:
     if len(failed):
         fxy = np.array([pos[i] for i in failed["individual_id"]])
         ax.scatter(fxy[:, 0], fxy[:, 1], marker="X", color="#b71c1c", s=120, zorder=5)
+    if len(stopped):  # successive halving stopped them early: trained less, never selected
+        sxy = np.array([pos[i] for i in stopped["individual_id"]])
+        ax.scatter(sxy[:, 0], sxy[:, 1], marker="o", facecolors="white", edgecolors=OTHER_COLOR, s=70, zorder=4)
     if len(pop) <= 60:
         for individual_id, (x, y) in pos.items():
             ax.annotate(individual_id, (x, y), textcoords="offset points", xytext=(11, 4), fontsize=8, zorder=6)
@@ -297,7 +314,12 @@ def figure_lineage_tree(run: Run) -> Figure:
         Line2D([], [], marker="o", ls="none", mfc="none", mec="black", ms=12, label="selected"),
         Line2D([], [], marker="X", ls="none", color="#b71c1c", ms=9, label=f"failed ({len(failed)})"),
     ]
-    fig.legend(handles=handles, loc="outside lower center", ncol=4, fontsize=8, frameon=False)
+    if mated:
+        handles.insert(2, Line2D([], [], color="#bdbdbd", lw=0.9, ls=":", label="another parent (mating)"))
+    if len(stopped):
+        label = f"stopped early ({len(stopped)})"
+        handles.append(Line2D([], [], marker="o", ls="none", mfc="white", mec=OTHER_COLOR, ms=8, label=label))
+    fig.legend(handles=handles, loc="outside lower center", ncol=len(handles), fontsize=8, frameon=False)
     ax.set_title(f"Lineage tree: {len(pop)} individuals, {len(failed)} failed")
     return fig
 
@@ -549,6 +571,45 @@ BASELINE_STYLES = {
     "imp": ("#2ca02c", "^"),
     "imp_rewind": ("#9467bd", "v"),
 }
+
+
+def figure_rungs(run: Run, max_panels: int = 6) -> Figure:
+    """Successive halving: each offspring's metric after each rung it trained, per generation (the
+    last ``max_panels``); a line ends where its offspring stopped, the selected one is starred."""
+    rungs = run.rungs
+    if rungs.empty or not run.metric or run.metric not in rungs:
+        raise MissingData("no rung recorded: the run does not use successive halving (selection.halving)")
+    generations = sorted(rungs["generation"].unique())[-max_panels:]
+    fig = new_figure(min(4.2 * len(generations), 15.0), 3.8)
+    axes = np.atleast_1d(fig.subplots(1, len(generations), sharey=True, squeeze=False)[0])
+    chosen = set(run.population.loc[run.population["selected"].fillna(False).astype(bool), "individual_id"])
+    for ax, generation in zip(axes, generations):
+        rows = rungs[(rungs["generation"] == generation) & (rungs["status"] == OK)]
+        full = int(rows["epochs"].max())
+        for individual_id, line in rows.groupby("individual_id", sort=False):
+            line = line.sort_values("rung")
+            reached = int(line["epochs"].iloc[-1]) == full
+            color = LINEAGE_COLOR if individual_id in chosen else (SELECTED_COLOR if reached else OTHER_COLOR)
+            ax.plot(line["epochs"], line[run.metric], color=color, lw=1.6 if reached else 0.9, marker="o", ms=3)
+            end = line.iloc[-1]
+            if individual_id in chosen:
+                ax.scatter([end["epochs"]], [end[run.metric]], marker="*", s=160, color=LINEAGE_COLOR, zorder=5)
+        epochs = sorted(rows["epochs"].unique())
+        ax.set_xscale("log", base=2)
+        ax.set_xticks(epochs, [str(int(e)) for e in epochs])
+        ax.xaxis.set_minor_formatter(NullFormatter())
+        offspring = rows["individual_id"].nunique()
+        total = rows.sort_values("rung").groupby("individual_id")["epochs"].max().sum()
+        ax.set_title(f"generation {generation}: {offspring} offspring, {int(total)} of {offspring * full} epochs")
+        ax.set_xlabel("epochs trained (rung ends)")
+    axes[0].set_ylabel(_metric_label(run))
+    handles = [
+        Line2D([], [], color=OTHER_COLOR, lw=0.9, marker="o", ms=3, label="stopped at a rung"),
+        Line2D([], [], color=SELECTED_COLOR, lw=1.6, marker="o", ms=3, label="trained to the end"),
+        Line2D([], [], color=LINEAGE_COLOR, marker="*", ls="none", ms=11, label="selected"),
+    ]
+    fig.legend(handles=handles, loc="outside lower center", ncol=3, fontsize=8, frameon=False)
+    return fig
 
 
 def figure_baselines(run: Run) -> Figure:

@@ -189,7 +189,7 @@ def generation_diversity(
         kept.append(row)
     ok = pd.DataFrame(kept).reset_index(drop=True) if kept else ok.iloc[0:0]
     packed = packer.done()
-    parents = [(plain_value(p)) for p in ok["parent_id"]] if len(ok) else []
+    parents = [parent_set(row) for _, row in ok.iterrows()] if len(ok) else []
     disagreement = prediction_disagreement(outs) if outputs is not None else None
 
     pairs = _pairs_frame(packed, parents, disagreement)
@@ -210,6 +210,16 @@ def _read_individual(records, individual_id: str, outputs: Outputs | None) -> di
     if not records.has_checkpoint(individual_id):
         return None
     return records.read_checkpoint(individual_id)
+
+
+def parent_set(row) -> str | None:
+    """Who an individual descends from, as diversity groups siblings: its parent's id, or under
+    multi-parent synthesis its parents' ids in natural order joined by "+" (offspring of one set of
+    parents are siblings, whichever of them heads the family)."""
+    many = plain_value(row.get("parent_ids")) or ()
+    if len(many) > 1:
+        return "+".join(sorted(many, key=natural_key))
+    return plain_value(row.get("parent_id"))
 
 
 def _pairs_frame(packed: PackedGenomes, parents: list, disagreement: torch.Tensor | None) -> pd.DataFrame:

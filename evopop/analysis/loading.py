@@ -6,6 +6,7 @@
     run.layers          per-layer counts of each individual
     run.diversity.pairs / run.diversity.summary     empty where not recorded (yet)
     run.lineage         the followed lineage (evopop.analysis.tables.followed_lineage)
+    run.rungs           successive halving: every offspring's result at every rung it trained (else empty)
     run.config          the resolved config, a dict
 
 A run in progress is read as it stands: generations still running, a last generation without a
@@ -52,6 +53,7 @@ class Run:
     metric: str | None = None  # the selection metric
     direction: str = "max"  # of the selection metric
     stop: dict | None = None  # {"generation", "reason"} of a run evolution.stop ended early
+    rungs: pd.DataFrame = field(default_factory=pd.DataFrame)  # selection.halving's rung results
 
     @property
     def run_id(self) -> str:
@@ -150,6 +152,7 @@ def load_run(run_dir: str) -> Run:
         metric,
         direction,
         records.read_stop(),
+        records.rungs(),
     )
 
 

@@ -19,7 +19,7 @@ from pathlib import Path
 import pandas as pd
 
 from ..records.run import RunRecords
-from ..records.schema import BASELINE_KINDS, OK
+from ..records.schema import BASELINE_KINDS, FAILED, OK
 from .diversity import NETWORK
 from .generation_diversity import generation_diversity, layers_of_run
 from .loading import Diversity, Run, best_first, load_run
@@ -65,8 +65,11 @@ def build_report(
             f'<section><h2>{_e(title)}</h2><figure><img src="{name}.png" alt="{_e(title)}">'
             f"<figcaption>{_e(caption)}</figcaption></figure></section>"
         )
+    from .figures import figure_rungs
+
     baselines_figure = _write_figure(storage, "baselines", lambda: figure_baselines(run))
-    page = _page(run, sections, notes, baselines_figure)
+    rungs_figure = _write_figure(storage, "rungs", lambda: figure_rungs(run))
+    page = _page(run, sections, notes, baselines_figure, rungs_figure)
     storage.write_bytes("index.html", page.encode("utf-8"))
     target = storage.path("index.html")
     return Path(target) if storage.is_local else target  # type: ignore[return-value]
@@ -187,7 +190,7 @@ def _failures(run: Run) -> pd.DataFrame:
     pop = run.population
     if pop.empty:
         return pop
-    failed = pop[pop["status"] != OK]
+    failed = pop[pop["status"] == FAILED]  # offspring halving stopped early did not fail
     if failed.empty:
         return failed
     first = failed["error"].fillna("").map(lambda e: (e.strip().splitlines() or [""])[0][:200])
@@ -263,7 +266,13 @@ def _write_figure(storage, name: str, make) -> str | None:
     return f"{name}.png"
 
 
-def _page(run: Run, sections: list[str], notes: list[str], baselines_figure: str | None = None) -> str:
+def _page(
+    run: Run,
+    sections: list[str],
+    notes: list[str],
+    baselines_figure: str | None = None,
+    rungs_figure: str | None = None,
+) -> str:
     metrics = run.ordered_metrics
     lineage = lineage_table(best_first(run.population), metrics) if not run.population.empty else pd.DataFrame()
     population = run.population
@@ -293,12 +302,59 @@ def _page(run: Run, sections: list[str], notes: list[str], baselines_figure: str
 <p class="meta">Offspring of the same parent, whole network: mean pairwise distances (averaged over parents
 where several), and the spread (population std, max − min) of the selection metric among them.</p>
 {_table(diversity_table(run), "No diversity recorded yet.")}</section>
+{_halving_section(run, rungs_figure)}
 {_baselines_section(run, baselines_figure)}
 <section><h2>Population</h2>{failed_html}
 <details><summary>All {len(run.population)} recorded individuals</summary>
 {_table(population, "No individual recorded yet.")}</details></section>
 </body></html>
 """
+
+
+def halving_table(run: Run) -> pd.DataFrame:
+    """Per generation and rung of successive halving: its epochs, how many offspring trained it and
+    how many continued, the best metric; and the generation's epochs against full training of all."""
+    rungs = run.rungs
+    if rungs.empty or not run.metric:
+        return pd.DataFrame()
+    rows = []
+    for generation, group in rungs.groupby("generation"):
+        full = int(group["epochs"].max())
+        trained = group.groupby("individual_id")["epochs"].max()
+        by_rung = sorted(group.groupby("rung"), key=lambda item: item[0])
+        for i, (rung, members) in enumerate(by_rung):
+            continued = len(by_rung[i + 1][1]) if i + 1 < len(by_rung) else None
+            best = members[run.metric].max() if run.direction == "max" else members[run.metric].min()
+            rows.append(
+                {
+                    "generation": int(generation),
+                    "rung": int(rung),
+                    "epochs": int(members["epochs"].max()),
+                    "offspring": len(members),
+                    "continued": "-" if continued is None else continued,
+                    f"best {run.metric}": f"{best:.4f}",
+                    "generation's epochs": f"{int(trained.sum())} of {len(trained) * full}",
+                }
+            )
+    return pd.DataFrame(rows)
+
+
+def _halving_section(run: Run, figure: str | None = None) -> str:
+    table = halving_table(run)
+    if table.empty:
+        return ""
+    image = (
+        f'<figure><img src="{figure}" alt="successive halving"><figcaption>Each offspring\'s metric after each '
+        "rung it trained; a line ends where its offspring stopped, the selected one is starred.</figcaption></figure>"
+        if figure
+        else ""
+    )
+    return (
+        '<section><h2>Successive halving: which offspring stopped where</h2><p class="meta">All of a '
+        "generation's offspring train the first rung; the best 1/eta by the selection metric continue their "
+        "training to the next, the others stop (recorded <code>stopped</code>, never selected).</p>"
+        f"{image}{_table(table, '')}</section>"
+    )
 
 
 def _baselines_section(run: Run, figure: str | None = None) -> str:

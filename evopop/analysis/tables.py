@@ -9,6 +9,7 @@ _BASE = [
     "individual_id",
     "parent_id",
     "status",
+    "epochs",
     "synapses",
     "efficiency",
     "effective_synapses",

@@ -28,6 +28,8 @@ from ..synthesis import (
     effective_genome,
     genome_from_weights,
     matched_genome,
+    mate,
+    mean_weights,
     parameter_masks,
     synaptic_weights,
     synthesize,
@@ -224,6 +226,8 @@ class Developer:
         return load_ancestor(path, model, self.arch), True
 
     def _offspring(self, model, spec: Spec, parent: ParentState) -> Genome:
+        if parent.mates:
+            return self._mated(model, spec, parent)
         parent_weights, parent_masks = parent.tensors()
         parent_genome = Genome.from_state_dict(parent_masks)
         if self.config.evolution.init == "inherit":
@@ -244,6 +248,30 @@ class Developer:
             return genome
         normalizer = self.config.evolution.normalizer
         return synthesize(self.arch, weights, parent_genome, spec.environment, spec.seed, normalizer, spec.clusters)
+
+    def _mated(self, model, spec: Spec, first: ParentState) -> Genome:
+        """Multi-parent synthesis (`evopop.synthesis.mating`): the parents' mated strengths and
+        intersection; the offspring starts from their mean weights (``init: inherit``)."""
+        states = [state.tensors() for state in (first, *first.mates)]
+        parents = []
+        for (weights, masks), parent_id in zip(states, spec.parents):
+            parent_model = built_aside(self.task)
+            load_weights(parent_model, weights, f"parent {parent_id}")
+            parents.append((synaptic_weights(parent_model, self.arch), Genome.from_state_dict(masks)))
+        mated = mate(self.arch, parents)
+        if self.config.evolution.init == "inherit":
+            load_weights(model, mean_weights([weights for weights, _ in states]), f"the mean of {spec.parent_key}")
+        normalizer = self.config.evolution.normalizer
+        return synthesize(
+            self.arch,
+            mated.strengths,
+            mated.genome,
+            spec.environment,
+            spec.seed,
+            normalizer,
+            spec.clusters,
+            mated.cluster_strengths,
+        )
 
 
 def built_aside(task, seed: int | None = None) -> torch.nn.Module:

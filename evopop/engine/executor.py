@@ -1,6 +1,6 @@
 """Executors carry out the policy's jobs: ``run(specs, load_parent)`` yields a `Result` per spec, in
 the order they finish. The policy never knows how (nevergrad's ``executor=`` idea). A parent's state
-is loaded when the executor asks for it (``load_parent(parent_id)``), one parent at a time, so a
+is loaded when the executor asks for it (``load_parent(spec.parent_key)``), one parent at a time, so a
 driver never holds a generation's parents in memory at once.
 
 - `LocalExecutor` (``resources.executor: local``): one `Developer` in this process, one individual
@@ -33,7 +33,7 @@ class Executor(Protocol):
         """Acquire workers (and check they can exist) before the first job."""
 
     def run(self, specs: Sequence[Spec], load_parent: ParentLoader) -> Iterator[Result]:
-        """Develop every spec (its parent's state from ``load_parent(parent_id)``); yield results as they finish."""
+        """Develop every spec (its parents from ``load_parent(spec.parent_key)``); yield results as they finish."""
 
     def shutdown(self) -> None:
         """Release the workers; the executor can be started again."""
@@ -58,9 +58,10 @@ class LocalExecutor:
             raise RuntimeError("LocalExecutor.run before start()")
         loaded: tuple[str | None, ParentState | None] = (None, None)  # siblings come together: keep one
         for spec in specs:
-            if spec.parent_id is not None and loaded[0] != spec.parent_id:
-                loaded = (spec.parent_id, load_parent(spec.parent_id))
-            parent = loaded[1] if spec.parent_id is not None else None
+            key = spec.parent_key
+            if key is not None and loaded[0] != key:
+                loaded = (key, load_parent(key))
+            parent = loaded[1] if key is not None else None
             result = self._develop(spec, parent)
             yield result
             if result.outcome.replace_trainer:  # nothing can run in this process any more

@@ -16,6 +16,8 @@ from ..records.schema import FAILED, OFFSPRING, IndividualRecord, LayerRecord
 from ..synthesis import Environment, efficiency
 from .failures import INFRASTRUCTURE, OWN, Failure
 
+PARENT_SEPARATOR = "+"  # never in an individual id (evopop.records.ids)
+
 
 @dataclass(frozen=True)
 class Spec:
@@ -37,14 +39,28 @@ class Spec:
     # ``epochs`` (a later rung continues the training its previous rung stored)
     rung: int | None = None
     train_until: int | None = None
+    # multi-parent synthesis (evolution.parents): every parent, ``parent_id`` first; empty: that one alone
+    parent_ids: tuple[str, ...] = ()
+
+    @property
+    def parents(self) -> tuple[str, ...]:
+        """Every parent's id, the first one's (``parent_id``) first; () for the root ancestor."""
+        return self.parent_ids or ((self.parent_id,) if self.parent_id is not None else ())
+
+    @property
+    def parent_key(self) -> str | None:
+        """What executors load and ship for this spec: one parent's id, or its parents' joined by "+"."""
+        return PARENT_SEPARATOR.join(self.parents) or None
 
 
 @dataclass(frozen=True)
 class ParentState:
-    """A parent's weights and masks as NumPy arrays: Ray shares those zero-copy, tensors not."""
+    """A parent's weights and masks as NumPy arrays: Ray shares those zero-copy, tensors not.
+    ``mates``: the other parents of a multi-parent offspring (this one is the first)."""
 
     weights: dict[str, np.ndarray]
     masks: dict[str, np.ndarray]
+    mates: tuple[ParentState, ...] = ()
 
     @classmethod
     def from_checkpoint(cls, payload: dict) -> ParentState:
@@ -141,6 +157,7 @@ class Result:
             individual_id=spec.individual_id,
             kind=spec.kind,
             parent_id=spec.parent_id,
+            parent_ids=spec.parents,
             lineage=tuple(spec.lineage),
             offspring_index=spec.offspring_index,
             seed=spec.seed,

@@ -34,7 +34,7 @@ from .executor import Executor
 from .failures import INFRASTRUCTURE, RunStopped
 from .halving import promote
 from .hooks import BASELINES, OFFSPRING, Batch, Hook
-from .jobs import ParentState, Spec
+from .jobs import PARENT_SEPARATOR, ParentState, Spec
 from .plan import Plan
 from .selection import select
 from .specs import baseline_specs, offspring_specs, root_spec
@@ -293,8 +293,14 @@ class Evolution:
         by_id = {r.individual_id: r for r in candidates}
         return [by_id[i] for i in selected]
 
-    def _load_parent(self, parent_id: str) -> ParentState:
-        return ParentState.from_checkpoint(self.records.read_checkpoint(parent_id))
+    def _load_parent(self, key: str) -> ParentState:
+        """The state of a spec's parents (``Spec.parent_key``): one parent, or the first with its mates."""
+        first, *mates = key.split(PARENT_SEPARATOR)
+        state = ParentState.from_checkpoint(self.records.read_checkpoint(first))
+        if not mates:
+            return state
+        others = tuple(ParentState.from_checkpoint(self.records.read_checkpoint(m)) for m in mates)
+        return dataclasses.replace(state, mates=others)
 
     def _notify(self, event: str, *args) -> None:
         for hook in self.hooks:

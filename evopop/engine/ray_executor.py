@@ -240,8 +240,8 @@ class RayExecutor:
 
     def run(self, specs: Sequence[Spec], load_parent: ParentLoader) -> Iterator[Result]:
         """Yield a `Result` for every spec, in the order they finish."""
-        parents = {parent_id: _Parent(parent_id, load_parent) for parent_id in {spec.parent_id for spec in specs}}
-        queue = deque(_Job(spec, parents[spec.parent_id]) for spec in specs)
+        parents = {key: _Parent(key, load_parent) for key in {spec.parent_key for spec in specs}}
+        queue = deque(_Job(spec, parents[spec.parent_key]) for spec in specs)
         del parents  # the jobs hold them
         yield from self._drain(queue)
 

@@ -48,15 +48,23 @@ def offspring_specs(
 
     Offspring i of the ancestor ranked r gets the id g<G>-<r * offspring + i>. ``factors``: the C of
     each ancestor's offspring where the environment adapts (`evopop.engine.adaptation`).
+
+    With ``evolution.parents`` m > 1, the ancestor ranked r heads a family whose offspring are
+    synthesized from it and the next m - 1 ancestors in rank order, cyclically (ranks r, r + 1, ...,
+    r + m - 1 mod the number of ancestors; fewer where fewer were selected): each selected individual
+    mates with the next best, a generation keeps its size, and the family head is the offspring's
+    ``parent_id`` (its id seeds the synthesis, as a single parent's does).
     """
     scheduled = schedule_of(config).at(generation)
     clusters = cluster_environment(config, generation)
     n = config.evolution.offspring
     epochs = config.evolution.epochs or config.train.epochs
     specs = []
+    mates = min(config.evolution.parents, len(ancestors))
     for r, ancestor in enumerate(ancestors):
         c = (factors or {}).get(ancestor.individual_id)
         environment = scheduled if c is None else dataclasses.replace(scheduled, c=c)
+        family = tuple(ancestors[(r + j) % len(ancestors)].individual_id for j in range(mates))
         for i in range(n):
             individual_id = f"g{generation}-{r * n + i}"
             specs.append(
@@ -71,6 +79,7 @@ def offspring_specs(
                     environment=environment,
                     epochs=epochs,
                     clusters=clusters,
+                    parent_ids=family if mates > 1 else (),
                 )
             )
     return specs

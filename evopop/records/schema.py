@@ -64,6 +64,7 @@ class IndividualRecord:
     individual_id: str = arrow(pa.string())
     kind: str = arrow(pa.string(), OFFSPRING)  # one of EVOLVED_KINDS or BASELINE_KINDS
     parent_id: str | None = arrow(pa.string())
+    parent_ids: tuple[str, ...] = arrow(pa.list_(pa.string()), ())  # every parent (evolution.parents), parent_id first
     lineage: tuple[str, ...] = arrow(pa.list_(pa.string()), ())  # ids from the root ancestor to this one
     offspring_index: int | None = arrow(pa.int32())
     seed: int | None = arrow(pa.int64())  # synthesis seed (null for the root ancestor)
@@ -218,9 +219,9 @@ class DiversityPair:
 
     a: str = arrow(pa.string())  # individual ids, a < b in natural order
     b: str = arrow(pa.string())
-    parent_a: str | None = arrow(pa.string())
+    parent_a: str | None = arrow(pa.string())  # a parent id; several parents: their ids joined by "+"
     parent_b: str | None = arrow(pa.string())
-    siblings: bool = arrow(pa.bool_())  # same parent
+    siblings: bool = arrow(pa.bool_())  # same parent (the same set of parents)
     scope: str = arrow(pa.string())  # "network" or a synaptic layer's name
     jaccard: float = arrow(pa.float64())  # Jaccard distance of living synapses: 1 - |A n B| / |A u B|
     hamming: int = arrow(pa.int64())  # synapses alive in exactly one of the two

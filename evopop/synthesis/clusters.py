@@ -94,9 +94,12 @@ def surviving_clusters(
     env: Environment,
     seed: int,
     normalizer: str = "layer",
+    strengths: Mapping[str, torch.Tensor] | None = None,
 ) -> dict[str, torch.Tensor]:
-    """Per layer, bool per neuron: the clusters drawn to survive under the cluster environment ``env``."""
-    strengths = {l.name: cluster_strengths(l, weights[l.name], parent.masks[l.name]) for l in arch.layers}
+    """Per layer, bool per neuron: the clusters drawn to survive under the cluster environment ``env``.
+    ``strengths``: S_c per layer where they are given (mated parents'), else of ``weights`` and ``parent``."""
+    if strengths is None:
+        strengths = {l.name: cluster_strengths(l, weights[l.name], parent.masks[l.name]) for l in arch.layers}
     z = cluster_normalizers(strengths, normalizer)
     candidates, outputs = {}, {}
     for layer in arch.layers:

@@ -75,12 +75,14 @@ def synthesize(
     seed: int,
     normalizer: str = "layer",
     clusters: Environment | None = None,
+    cluster_strengths: Mapping[str, torch.Tensor] | None = None,
 ) -> Genome:
     """One offspring genome of ``parent`` (whose trained weights are ``weights``) under ``env``.
 
     With a cluster environment ``clusters``, the encoding is cluster-driven (`evopop.synthesis.clusters`):
     whole filters / units survive under ``clusters`` first, and ``env`` samples the synapses of the
-    survivors.
+    survivors. Several parents: ``weights``, ``parent`` and ``cluster_strengths`` are what
+    `evopop.synthesis.mating.mate` makes of them (the mated strengths and the parents' intersection).
     """
     parent.validate(arch)
     seed = int(seed)  # seeds are hashed by repr: a NumPy integer (read from a table) must draw as the int does
@@ -91,7 +93,7 @@ def synthesize(
     z = normalizers(dict(weights), parent.masks, normalizer)
     if clusters is not None:
         parent = _within_surviving_clusters(
-            arch, parent, surviving_clusters(arch, weights, parent, clusters, seed, normalizer)
+            arch, parent, surviving_clusters(arch, weights, parent, clusters, seed, normalizer, cluster_strengths)
         )
     scales = layer_scales(arch, weights, parent, env, z)
     masks = {}
