@@ -249,3 +249,32 @@ def test_the_report_shows_which_offspring_stopped_where(tmp_path):
     assert "Successive halving: which offspring stopped where" in html and '<img src="rungs.png"' in html
     assert "8 of 16" in html, "the generation's epochs against full training"
     assert "failed individual" not in html, "stopped offspring are not failures"
+
+
+def test_a_generation_recorded_whole_is_not_trained_again_under_halving(tmp_path):
+    """Offspring with their final records (a decided generation, here copied from a run without
+    halving) are never trained again at a rung: their checkpoints, which the next generation's
+    offspring descend from, stay as recorded."""
+    import shutil
+
+    _, full_dir, full = real_run(tmp_path, "full", "evolution.generations=2")
+    full.run()
+    copy = tmp_path / "copy"
+    shutil.copytree(full_dir, copy)
+    before = {p.name: p.read_bytes() for p in (copy / "checkpoints").glob("g2-*.pt")}
+    config = load_config(
+        TINY,
+        [
+            "resources.executor=local",
+            "compaction.enabled=false",
+            "diversity.enabled=false",
+            "evolution.offspring=4",
+            "train.epochs=4",
+            HALVING,
+        ],
+    )
+    RunRecords(str(copy)).write_config(config.to_yaml())
+    population = evolution(config, str(copy), hooks=[]).run()
+    assert {p.name: p.read_bytes() for p in (copy / "checkpoints").glob("g2-*.pt")} == before
+    assert (population[population["generation"] == 3]["status"] == STOPPED).sum() == 3
+    assert RunRecords(str(copy)).rungs()["generation"].unique().tolist() == [3]

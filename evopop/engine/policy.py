@@ -134,6 +134,14 @@ class Evolution:
         """Successive halving (`evopop.engine.halving`): the offspring train rung by rung, the best
         of each rung continuing; those that stop are recorded ``stopped`` as the rung is decided."""
         rungs, selection = self.plan.rungs, self.config.selection
+        recorded = self.records.recorded_ids(generation)
+        if self.records.has_selection(generation) or (
+            {s.individual_id for s in specs} <= recorded and not self.retryable(generation)
+        ):  # nothing left to train: every offspring has its final record (a resumed, decided generation)
+            batch = Batch(generation, len(specs), len(specs), OFFSPRING)
+            self._notify("batch_started", batch)
+            self._notify("batch_finished", batch)
+            return
         needed = selection.k if selection.rule == "topk" else 1
         alive = list(specs)
         for rung, epochs in enumerate(rungs.epochs):
@@ -222,16 +230,17 @@ class Evolution:
         return infrastructure_failed
 
     def rung_status(self, generation: int, rung: int) -> tuple[set[str], dict[str, int]]:
-        """(ids with a result at ``rung``, id -> attempts of those the infrastructure failed, to run
-        again while the rung is undecided: once its decision is recorded, it stands)."""
+        """(ids with a result at ``rung`` or a final record, id -> attempts of those the infrastructure
+        failed at ``rung``, to run again while the rung is undecided: once its decision is recorded, it stands)."""
         results = self.records.rung_records(generation, rung)
         decided = self.records.promotion(generation, rung) is not None
+        final = self.records.recorded_ids(generation)  # stopped, failed or finished: never trained again
         retry = {
             r.individual_id: r.attempts
             for r in results
             if not decided and r.status == FAILED and r.failure == INFRASTRUCTURE
         }
-        return {r.individual_id for r in results}, retry
+        return {r.individual_id for r in results} | final, retry
 
     def stopped(self, generation: int, root: IndividualRecord, best: IndividualRecord) -> bool:
         """Whether ``evolution.stop`` ends the run after ``generation`` (recorded, and said, if so)."""
