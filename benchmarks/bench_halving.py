@@ -9,10 +9,11 @@ training of every offspring (the config as it is: the baseline) and with
    again under halving, from a copy of the full run's records before it (so the same parent, the
    same offspring and seeds). An offspring that halving trains to the end ends bit for bit as its
    full training (checked here), so halving's pick is one of the full run's siblings: the figure is
-   its rank among them, and its metric against theirs (min / median / max). Compute per generation:
-   epochs trained by all offspring (the records' ``epochs``), the training seconds the trainers
-   measured (``train_seconds``, training only), and the generation's wall time (first batch to
-   selection: rung checkpoints, the evaluations after each rung and the rung barriers included).
+   its rank among them (1: none did better), and its metric against theirs (min / median / max).
+   Compute per generation: epochs trained by all offspring (the records' ``epochs``) and the training
+   seconds the trainers measured (``train_seconds``, training only); wall time per generation (first
+   batch to selection: rung checkpoints, the evaluations after each rung and the rung barriers
+   included) is taken from the end-to-end runs below, where the trainers are as warm in both.
 2. End to end: the whole run under halving beside the full run, each following its own lineage: the
    followed lineage's metric per generation.
 
@@ -93,15 +94,17 @@ def selected_of(frame):
     return frame[frame["selected"].fillna(False).astype(bool)].iloc[0]
 
 
-def same_parent_row(generation: int, full, replay, metric: str, direction: str, wall_full, wall_replay) -> dict:
-    """Halving on generation ``generation`` of the full run (same parent, offspring, seeds)."""
+def same_parent_row(generation: int, full, replay, metric: str, direction: str, wall_full, wall_halved) -> dict:
+    """Halving on generation ``generation`` of the full run (same parent, offspring, seeds). The wall
+    times are the end-to-end runs' (in a replay the trainers start within the generation)."""
     a, b = offspring_of(full, generation), offspring_of(replay, generation)
     pick = selected_of(b)
     twin = a.set_index("individual_id").loc[pick["individual_id"]]
     if twin[metric] != pick[metric] or twin["mask_digest"] != pick["mask_digest"]:
         raise AssertionError(f"{pick['individual_id']}: halving did not end as its full training did")
     siblings = a[a["status"] == OK].sort_values(metric, ascending=direction == "min")
-    rank = siblings["individual_id"].tolist().index(pick["individual_id"]) + 1
+    better = siblings[metric] > pick[metric] if direction == "max" else siblings[metric] < pick[metric]
+    rank = int(better.sum()) + 1  # 1: no sibling trained fully did better (ties share the rank)
     return {
         "generation": generation,
         "offspring": len(a),
@@ -112,8 +115,8 @@ def same_parent_row(generation: int, full, replay, metric: str, direction: str, 
         "train_s_halving": float(b["train_seconds"].sum()),
         "train_s_ratio": float(b["train_seconds"].sum() / a["train_seconds"].sum()),
         "wall_s_full": wall_full[generation],
-        "wall_s_halving": wall_replay[generation],
-        "wall_ratio": wall_replay[generation] / wall_full[generation],
+        "wall_s_halving": wall_halved[generation],
+        "wall_ratio": wall_halved[generation] / wall_full[generation],
         "pick": pick["individual_id"],
         "pick_rank": rank,
         "pick_metric": float(pick[metric]),
@@ -187,13 +190,13 @@ def main() -> None:
         for name, (path, overrides) in (QUICK if args.quick else CONFIGS).items():
             full_dir = runs / f"{name}-full"
             full, metric, direction, wall_full = run(path, overrides, full_dir)
+            halved, _, _, wall_halved = run(path, [*overrides, HALVING], runs / f"{name}-halving")
             generations = sorted(int(g) for g in full["generation"].unique() if g > 1)
             same_parent = []
             for g in generations:
                 replay_overrides = [*overrides, HALVING, f"evolution.generations={g}"]
-                replay, _, _, wall_replay = run(path, replay_overrides, runs / f"{name}-replay-{g}", keep=full_dir)
-                same_parent.append(same_parent_row(g, full, replay, metric, direction, wall_full, wall_replay))
-            halved, _, _, _ = run(path, [*overrides, HALVING], runs / f"{name}-halving")
+                replay, *_ = run(path, replay_overrides, runs / f"{name}-replay-{g}", keep=full_dir)
+                same_parent.append(same_parent_row(g, full, replay, metric, direction, wall_full, wall_halved))
             lineage = lineage_rows(full, halved, metric)
             results[name] = {"metric": metric, "same_parent": same_parent, "lineage": lineage}
             report(name, metric, same_parent, lineage)
