@@ -295,9 +295,14 @@ class Config(_Section):
                 f"evolution.parents ({m}) mates the selected of generation 2 onwards (generation 1 is one ancestor), "
                 f"which needs evolution.generations >= 3, got {self.evolution.generations}"
             )
-        supplied = {"best": 1, "topk": selection.k, "all": self.evolution.offspring}[selection.rule]
+        # generation 2, the first to supply parents, has evolution.offspring individuals
+        supplied = {"best": 1, "topk": min(selection.k, self.evolution.offspring), "all": self.evolution.offspring}
+        supplied = supplied[selection.rule]
         if supplied < m:
-            how = {"best": "selection.rule best selects 1", "topk": f"selection.k is {selection.k}"}
+            how = {
+                "best": "selection.rule best selects 1",
+                "topk": f"selection.k is {selection.k} and generation 2 has {self.evolution.offspring} offspring",
+            }
             raise ValueError(
                 f"evolution.parents ({m}) needs at least {m} selected individuals to mate, but "
                 f"{how.get(selection.rule, f'evolution.offspring is {self.evolution.offspring}')}: use "

@@ -23,7 +23,7 @@ from ..compaction.export import FORMATS, exported_bytes, require_onnx
 from ..config import load_config
 from ..records.ids import natural_key
 from ..records.run import RunRecords
-from ..records.schema import OK, plain_value
+from ..records.schema import MEASURED, plain_value
 from ..records.storage import filesystem_of, is_uri
 from ..synthesis import Genome
 from ..tasks.registry import built_task
@@ -112,7 +112,7 @@ def _recorded_row(records: RunRecords, individual_id: str) -> dict[str, Any]:
         shown = ", ".join(known[:12]) + (", ..." if len(known) > 12 else "")
         raise ExportError(f"no individual {individual_id!r} in {records.uri} (recorded: {shown or 'none'})")
     row = rows.iloc[-1].to_dict()
-    if row.get("status") != OK:
+    if row.get("status") not in MEASURED:  # trained: to the end, or to the rung halving stopped it at
         error = str(row.get("error") or "").strip().splitlines()
         why = f": {error[0]}" if error else ""
         raise ExportError(f"{individual_id} failed{why}; a failed individual has no trained network to export")

@@ -19,7 +19,7 @@ import torch
 import yaml
 
 from ..records.ids import natural_key
-from ..records.schema import DIVERSITY_PAIR_FIELDS, DIVERSITY_SUMMARY_FIELDS, EVOLVED_KINDS, MEASURED, plain_value
+from ..records.schema import DIVERSITY_PAIR_FIELDS, DIVERSITY_SUMMARY_FIELDS, EVOLVED_KINDS, MEASURED, OK, plain_value
 from ..synthesis.layers import SynapticLayer
 from ..tasks.registry import built_task
 from ..training.probe import ProbeBatch, held_out_batch, probe_outputs
@@ -315,6 +315,8 @@ def _summary_frame(
                         **spread(table[scope].numpy()[members]),
                     }
                 )
+        # metrics of offspring trained to the end only: one halving stopped early was measured at its rung
+        trained = (ok["status"] == OK).to_numpy() if "status" in ok else np.ones(n, dtype=bool)
         for metric in metric_columns:
             if metric in ok:
                 rows.append(
@@ -323,7 +325,7 @@ def _summary_frame(
                         "parent_id": parent,
                         "scope": NETWORK,
                         "quantity": metric,
-                        **spread(ok[metric].to_numpy()[members]),
+                        **spread(ok[metric].to_numpy()[members & trained]),
                     }
                 )
     frame = pd.DataFrame(rows, columns=[name for name, _ in DIVERSITY_SUMMARY_FIELDS])

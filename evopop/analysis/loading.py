@@ -22,7 +22,7 @@ import yaml
 
 from ..engine.plan import selection_metric
 from ..records.run import RunRecords
-from ..records.schema import OK, POPULATION_FIELDS
+from ..records.schema import FAILED, POPULATION_FIELDS
 from ..tasks.registry import build_task
 from .tables import followed_lineage, metrics_first
 
@@ -101,7 +101,7 @@ class Run:
         rows = self.population[self.population["generation"] == last]
         recorded = len(rows)
         expected = self.expected_individuals(last)
-        if expected and recorded >= expected and (rows["status"] != OK).all():
+        if expected and recorded >= expected and (rows["status"] == FAILED).all():
             return f"stopped: every individual of generation {last} failed ({recorded} of {recorded})"
         of = f" of {expected}" if expected else ""
         state = "selection recorded" if last in decided else "selection pending"

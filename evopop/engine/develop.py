@@ -112,6 +112,8 @@ class Developer:
             self._store_training(spec, genome, result.state)
         weights = {k: v.detach().cpu() for k, v in model.state_dict().items()}
         meta = {"generation": spec.generation, "parent_id": spec.parent_id, "lineage": list(spec.lineage)}
+        if spec.parent_ids:
+            meta["parent_ids"] = list(spec.parent_ids)
         genome_file = spec.kind in EVOLVED_KINDS and self.config.diversity.enabled  # not baselines'
         outputs, described = self._probe(model) if genome_file else (None, {})
         try:

@@ -160,17 +160,17 @@ class Evolution:
             candidates = [results[s.individual_id] for s in alive if s.individual_id in results]
             ranking, promoted = promote(candidates, kept, self.plan.metric, self.plan.direction)
             rank_of = {individual_id: i for i, individual_id in enumerate(ranking)}
+            if not promoted:  # raised before a decision is recorded: a resumed run tries the rung again
+                raise EvolutionFailed(
+                    f"every offspring of generation {generation} failed at rung {rung} of successive halving "
+                    f"(see the 'error' column: evopop show {self.records.uri}); the records so far are intact"
+                )
             decision = [
                 PromotionRecord(s.individual_id, rung, s.individual_id in promoted, rank_of.get(s.individual_id))
                 for s in alive
             ]
             self.records.write_promotion(generation, rung, decision)  # before it is acted on
         promoted = [d.individual_id for d in sorted(decision, key=_by_rank) if d.promoted]
-        if not promoted:
-            raise EvolutionFailed(
-                f"every offspring of generation {generation} failed at rung {rung} of successive halving "
-                f"(see the 'error' column: evopop show {self.records.uri}); the records so far are intact"
-            )
         recorded = self.records.recorded_ids(generation)
         stopped = []
         for d in decision:
@@ -181,6 +181,10 @@ class Evolution:
             self.records.write_individual(generation, record, [], self.schema)  # its layers: with its rung
             self._notify("recorded", record)
             stopped.append(d.individual_id)
+        # what no rung will continue from any more: the previous rung's states, and the stopped ones'
+        if rung > 0:
+            self.records.delete_training_states([d.individual_id for d in decision], rung - 1)
+        self.records.delete_training_states([d.individual_id for d in decision if not d.promoted], rung)
         self._notify("promoted", generation, rung, promoted, stopped)
         return [s for s in alive if s.individual_id in set(promoted)]
 
@@ -206,7 +210,8 @@ class Evolution:
             retry = self.retryable(generation, kind) if recorded else {}
         pending = [s for s in specs if s.individual_id not in recorded or s.individual_id in retry]
         epochs = (specs[0].train_until or specs[0].epochs) if rung is not None and specs else None
-        batch = Batch(generation, len(specs), len(specs) - len(pending), kind, len(retry), rung, epochs)
+        retrying = len({s.individual_id for s in pending} & set(retry))
+        batch = Batch(generation, len(specs), len(specs) - len(pending), kind, retrying, rung, epochs)
         self._notify("batch_started", batch)
         parent_of = {p.individual_id: p for p in parents}
         infrastructure_failed = []

@@ -9,7 +9,7 @@ import math
 import sys
 import time
 
-from ..records.schema import STOPPED, IndividualRecord
+from ..records.schema import IndividualRecord
 from .hooks import BASELINES, Batch, Hook
 
 LABELS = {BASELINES: "baselines at matched sparsity"}
@@ -20,6 +20,7 @@ class Progress(Hook):
         self.stream = stream or sys.stdout
         self.live = hasattr(self.stream, "isatty") and self.stream.isatty()
         self.metric, self.direction = metric, direction
+        self.open = False
 
     def batch_started(self, batch: Batch) -> None:
         generation, total, already = batch.generation, batch.total, batch.already
@@ -29,6 +30,7 @@ class Progress(Hook):
             self.label += f" rung {batch.rung} ({batch.epochs} epoch{'' if batch.epochs == 1 else 's'})"
         self.best = None
         self.best_synapses = None
+        self.open = True  # the batch's own records arrive until batch_finished
         self.t0 = time.perf_counter()
         retrying = f", {batch.retrying} the infrastructure failed run again" if batch.retrying else ""
         if not self.live or batch.retrying:
@@ -37,7 +39,7 @@ class Progress(Hook):
             )
 
     def recorded(self, record: IndividualRecord) -> None:
-        if record.status == STOPPED:  # recorded as its rung is decided: `promoted` says so
+        if not self.open:  # recorded as a rung of successive halving is decided: `promoted` says so
             return
         self.done += 1
         value = record.metric(self.metric)
@@ -81,6 +83,7 @@ class Progress(Hook):
 
     def batch_finished(self, batch: Batch) -> None:
         """End a batch that selects nothing (e.g. baselines); offspring batches end at selection."""
+        self.open = False
         if batch.kind not in LABELS:
             return
         if self.live:

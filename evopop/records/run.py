@@ -346,9 +346,15 @@ class RunRecords:
     def read_training_state(self, individual_id: str, rung: int) -> dict:
         return read_torch_bytes(self.storage.read_bytes(self.training_state_path(individual_id, rung)))
 
-    def delete_training_states(self, individual_ids: Iterable[str]) -> None:
-        """Remove the stored training of these individuals (their generation is decided: none continues)."""
-        prefixes = tuple(f"{check_individual_id(i)}-r" for i in individual_ids)
+    def delete_training_states(self, individual_ids: Iterable[str], rung: int | None = None) -> None:
+        """Remove the stored training of these individuals: at ``rung``, or at every rung (their
+        generation is decided: none continues)."""
+        ids = [check_individual_id(i) for i in individual_ids]
+        if rung is not None:
+            for individual_id in ids:
+                self.storage.delete(self.training_state_path(individual_id, rung))  # a no-op where absent
+            return
+        prefixes = tuple(f"{i}-r" for i in ids)
         for name in self.storage.list(TRAINING, ".pt"):
             if name.startswith(prefixes):
                 self.storage.delete(f"{TRAINING}/{name}")

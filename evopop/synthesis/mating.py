@@ -61,18 +61,27 @@ def mate(arch: Architecture, parents: Sequence[tuple[Mapping[str, torch.Tensor],
         masks[layer.name] = alive
     genome = Genome(masks)
     kill_orphans(arch, genome)
+    # each parent's magnitudes over its network's largest: a constant per parent, which cancels against
+    # Z (layer or global), keeps a product of many small weights from underflowing
+    scales = [_largest(weights) if len(parents) > 1 else 1.0 for weights, _ in parents]
     strengths, clusters = {}, {}
     for layer in arch.layers:
         name = layer.name
         product, cluster_product = None, None
-        for weights, parent in parents:
-            magnitude = weights[name].detach().abs().float().cpu()
+        for (weights, parent), scale in zip(parents, scales):
+            magnitude = weights[name].detach().abs().double().cpu() / scale
             product = magnitude if product is None else product.mul_(magnitude)
-            strength = cluster_strengths(layer, weights[name], parent.masks[name])
+            strength = cluster_strengths(layer, weights[name], parent.masks[name]) / scale
             cluster_product = strength if cluster_product is None else cluster_product.mul_(strength)
-        strengths[name] = product.mul_(genome.masks[name].cpu())
-        clusters[name] = cluster_product
+        strengths[name] = product.mul_(genome.masks[name].cpu()).float()
+        # a cluster dead in the intersection has no strength: it must not set Z_c for the living ones
+        clusters[name] = cluster_product * genome.neurons(layer).cpu()
     return Mated(strengths, clusters, genome)
+
+
+def _largest(weights: Mapping[str, torch.Tensor]) -> float:
+    largest = max(float(w.detach().abs().max()) for w in weights.values() if w.numel())
+    return largest if largest > 0 else 1.0
 
 
 def mean_weights(states: Sequence[Mapping[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
