@@ -23,6 +23,7 @@ under full training.
     python benchmarks/bench_halving.py                     # both quickstarts, ~10 min on 2 cores
     python benchmarks/bench_halving.py --quick             # configs/tiny.yaml, seconds (tested in CI)
     python benchmarks/bench_halving.py --json out.json
+    python benchmarks/bench_halving.py --configs saliency_quickstart --halving "{eta: 3, min_epochs: 1}"
 """
 
 from __future__ import annotations
@@ -48,7 +49,7 @@ from evopop.records.run import RunRecords
 from evopop.records.schema import OFFSPRING, OK
 
 ROOT = Path(__file__).resolve().parents[1]
-HALVING = "selection.halving={eta: 2, min_epochs: 1}"
+HALVING_SECTION = "{eta: 2, min_epochs: 1}"
 CONFIGS = {
     "quickstart": (ROOT / "configs" / "quickstart.yaml", []),
     "saliency_quickstart": (ROOT / "configs" / "saliency_quickstart.yaml", []),
@@ -145,8 +146,8 @@ def lineage_rows(full, halved, metric: str) -> list[dict]:
     return rows
 
 
-def report(name: str, metric: str, same_parent: list[dict], lineage: list[dict]) -> None:
-    print(f"\n{name} ({metric}): halving {{eta: 2, min_epochs: 1}} against full training, same seeds")
+def report(name: str, metric: str, halving: str, same_parent: list[dict], lineage: list[dict]) -> None:
+    print(f"\n{name} ({metric}): halving {halving} against full training, same seeds")
     print("1. each generation from the full run's parent: halving's pick among the siblings trained fully")
     print(
         f"{'gen':>3} {'epochs':>9} {'ratio':>5} {'train s':>11} {'ratio':>5} {'wall s':>11} {'ratio':>5}"
@@ -183,23 +184,27 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="configs/tiny.yaml only: a smoke run")
     parser.add_argument("--json", help="write the rows here")
+    parser.add_argument("--configs", nargs="+", choices=list(CONFIGS), default=list(CONFIGS))
+    parser.add_argument("--halving", default=HALVING_SECTION, help=f"the selection.halving section ({HALVING_SECTION})")
     args = parser.parse_args()
+    halving = f"selection.halving={args.halving}"
     results = {}
     with tempfile.TemporaryDirectory() as tmp:
         runs = Path(tmp)
-        for name, (path, overrides) in (QUICK if args.quick else CONFIGS).items():
+        chosen = QUICK if args.quick else {name: CONFIGS[name] for name in args.configs}
+        for name, (path, overrides) in chosen.items():
             full_dir = runs / f"{name}-full"
             full, metric, direction, wall_full = run(path, overrides, full_dir)
-            halved, _, _, wall_halved = run(path, [*overrides, HALVING], runs / f"{name}-halving")
+            halved, _, _, wall_halved = run(path, [*overrides, halving], runs / f"{name}-halving")
             generations = sorted(int(g) for g in full["generation"].unique() if g > 1)
             same_parent = []
             for g in generations:
-                replay_overrides = [*overrides, HALVING, f"evolution.generations={g}"]
+                replay_overrides = [*overrides, halving, f"evolution.generations={g}"]
                 replay, *_ = run(path, replay_overrides, runs / f"{name}-replay-{g}", keep=full_dir)
                 same_parent.append(same_parent_row(g, full, replay, metric, direction, wall_full, wall_halved))
             lineage = lineage_rows(full, halved, metric)
-            results[name] = {"metric": metric, "same_parent": same_parent, "lineage": lineage}
-            report(name, metric, same_parent, lineage)
+            results[name] = {"metric": metric, "halving": args.halving, "same_parent": same_parent, "lineage": lineage}
+            report(name, metric, args.halving, same_parent, lineage)
     if args.json:
         Path(args.json).write_text(json.dumps(results, indent=2))
 

@@ -278,3 +278,54 @@ def test_a_generation_recorded_whole_is_not_trained_again_under_halving(tmp_path
     assert {p.name: p.read_bytes() for p in (copy / "checkpoints").glob("g2-*.pt")} == before
     assert (population[population["generation"] == 3]["status"] == STOPPED).sum() == 3
     assert RunRecords(str(copy)).rungs()["generation"].unique().tolist() == [3]
+
+
+class InfrastructureAtFirstRung(RungScript):
+    """Every offspring's first rung fails through the infrastructure's fault (a storage outage)."""
+
+    def run(self, specs, load_parent):
+        from evopop.engine.failures import Failure
+        from evopop.engine.jobs import Outcome, Result
+
+        for result in super().run(specs, load_parent):
+            spec = result.spec
+            if spec.rung == 0 and self.fail:
+                failure = Failure("infrastructure")
+                yield Result(spec, Outcome.failed(spec.individual_id, "OSError: storage outage", failure), 1)
+            else:
+                yield result
+
+
+def test_a_rung_the_infrastructure_failed_whole_is_tried_again_on_resume(tmp_path):
+    from evopop.engine.policy import EvolutionFailed
+
+    config, run_dir, _, _ = scripted_halving(
+        tmp_path, {}, "evolution.generations=2", "resources.on_infrastructure_failure=continue"
+    )
+    executor = InfrastructureAtFirstRung(run_dir, {})
+    executor.fail = True
+    with pytest.raises(EvolutionFailed, match="failed at rung 0"):
+        evolution(config, run_dir, executor=executor, hooks=[]).run()
+    assert RunRecords(run_dir).promotion(2, 0) is None, "no decision recorded: the rung is not decided"
+    executor.fail = False  # the storage is back
+    population = evolution(config, run_dir, executor=executor, hooks=[]).run()
+    g2 = population[population["generation"] == 2]
+    assert (g2["status"] == OK).sum() == 1 and (g2["status"] == STOPPED).sum() == 3
+
+
+class StatesAt(Hook):
+    """The training states stored when each rung is decided."""
+
+    def __init__(self, run_dir):
+        self.records, self.seen = RunRecords(run_dir), {}
+
+    def promoted(self, generation, rung, promoted, stopped):
+        self.seen[(generation, rung)] = (sorted(self.records.storage.list("training", ".pt")), promoted)
+
+
+def test_training_states_go_as_soon_as_no_rung_continues_from_them(tmp_path):
+    hook = StatesAt(str(tmp_path / "states"))
+    _, _, run = real_run(tmp_path, "states", HALVING, "evolution.generations=2", hooks=[hook])
+    run.run()
+    for (generation, rung), (states, promoted) in hook.seen.items():
+        assert states == sorted(f"{i}-r{rung}.pt" for i in promoted), (generation, rung, states)

@@ -40,8 +40,16 @@ def test_the_mated_strength_is_the_product_of_the_parents_magnitudes_on_their_in
     arch, (wa, ga), (wb, gb) = two_parents()
     mated = mate(arch, [(wa, ga), (wb, gb)])
     expected = (wa["fc1"].double().abs() * wb["fc1"].double().abs()) * (ga.masks["fc1"] & gb.masks["fc1"])
+    expected /= float(wa["fc1"].abs().max()) * float(wb["fc1"].abs().max())  # constants that cancel against Z
     assert torch.allclose(mated.strengths["fc1"].double(), expected, rtol=1e-6, atol=0)
     assert torch.equal(mated.genome.masks["fc1"], ga.masks["fc1"] & gb.masks["fc1"])
+
+
+def test_a_product_of_many_small_weights_does_not_underflow():
+    arch, (wa, ga), _ = two_parents()
+    tiny = {"fc1": wa["fc1"] * 1e-4}  # |w| ~ 1e-4: a product of 12 is 1e-48, below float32's range
+    mated = mate(arch, [(tiny, ga)] * 12)
+    assert int((mated.strengths["fc1"] > 0).sum()) > 0.9 * ga.masks["fc1"].numel()
 
 
 @pytest.mark.parametrize("c", [0.3, 0.8])
@@ -105,10 +113,19 @@ def test_mated_cluster_strengths_multiply_and_only_common_clusters_survive():
     gb = Genome.full(arch)
     gb.masks["0"][5] = False  # filter 5 dead in the second parent
     wb = {"0": w * 2.0, "2": model[2].weight.detach()}
-    wa = {"0": w, "2": model[2].weight.detach()}
+    wa = {"0": w.clone(), "2": model[2].weight.detach()}
+    # filter 6 lives in both parents, on input channel 0 in one and on the others in the other: it dies
+    # in the intersection, and must not set the layer's largest strength Z_c
+    ga.masks["0"][6, 1:] = False
+    gb.masks["0"][6, :1] = False
+    wa["0"][6], wb["0"][6] = 100.0, 100.0
     mated = mate(arch, [(wa, ga), (wb, gb)])
-    expected = cluster_strengths(layer, w, ga.masks["0"]) * cluster_strengths(layer, w * 2.0, gb.masks["0"])
-    assert torch.equal(mated.cluster_strengths["0"], expected) and mated.cluster_strengths["0"][5] == 0
+    expected = cluster_strengths(layer, wa["0"], ga.masks["0"]) * cluster_strengths(layer, wb["0"], gb.masks["0"])
+    expected[6] = 0.0
+    largest = [max(float(v.abs().max()) for v in p.values()) for p in (wa, wb)]
+    scale = largest[0] * largest[1]  # each parent over its largest |w|: constants that cancel in M / Z
+    assert torch.allclose(mated.cluster_strengths["0"] * scale, expected, rtol=1e-12)
+    assert mated.cluster_strengths["0"][5] == 0 and mated.cluster_strengths["0"][6] == 0
     for seed in range(10):
         survivors = surviving_clusters(
             arch, mated.strengths, mated.genome, Environment(1.0), seed, strengths=mated.cluster_strengths
@@ -145,6 +162,10 @@ MATING = ["evolution.parents=2", "selection.rule=topk", "selection.k=2", "evolut
         (["evolution.parents=2"], "selection.rule best selects 1"),
         (["evolution.parents=3", "selection.rule=topk", "selection.k=2"], "needs at least 3 selected"),
         (["evolution.parents=4", "selection.rule=all", "evolution.offspring=3"], "evolution.offspring is 3"),
+        (
+            ["evolution.parents=3", "selection.rule=topk", "selection.k=5", "evolution.offspring=2"],
+            "generation 2 has 2 offspring",
+        ),
         ([*MATING, "evolution.generations=2"], "needs evolution.generations >= 3"),
         (["evolution.parents=0"], "evolution.parents: Input should be greater than or equal to 1"),
     ],
