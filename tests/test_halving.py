@@ -155,18 +155,12 @@ class CrashAt(Hook):
 COMPARED = ["individual_id", "status", "epochs", "rung", METRIC, "val_loss", "mask_digest", "selected"]
 
 
+REAL = ["resources.executor=local", "compaction.enabled=false", "diversity.enabled=false"]
+REAL += ["evolution.offspring=4", "train.epochs=4"]
+
+
 def real_run(tmp_path, name, *overrides, hooks=()):
-    config = load_config(
-        TINY,
-        [
-            "resources.executor=local",
-            "compaction.enabled=false",
-            "diversity.enabled=false",
-            "evolution.offspring=4",
-            "train.epochs=4",
-            *overrides,
-        ],
-    )
+    config = load_config(TINY, [*REAL, *overrides])
     run_dir = str(tmp_path / name)
     RunRecords(run_dir).write_config(config.to_yaml())
     return config, run_dir, evolution(config, run_dir, hooks=list(hooks))
@@ -262,17 +256,7 @@ def test_a_generation_recorded_whole_is_not_trained_again_under_halving(tmp_path
     copy = tmp_path / "copy"
     shutil.copytree(full_dir, copy)
     before = {p.name: p.read_bytes() for p in (copy / "checkpoints").glob("g2-*.pt")}
-    config = load_config(
-        TINY,
-        [
-            "resources.executor=local",
-            "compaction.enabled=false",
-            "diversity.enabled=false",
-            "evolution.offspring=4",
-            "train.epochs=4",
-            HALVING,
-        ],
-    )
+    config = load_config(TINY, [*REAL, HALVING])
     RunRecords(str(copy)).write_config(config.to_yaml())
     population = evolution(config, str(copy), hooks=[]).run()
     assert {p.name: p.read_bytes() for p in (copy / "checkpoints").glob("g2-*.pt")} == before

@@ -152,28 +152,25 @@ class RunRecords:
     ) -> None:
         """Append one individual: its per-layer rows first, then the population row (the commit)."""
         individual_id = check_individual_id(record.individual_id)
-        if layers:
-            table = pa.Table.from_pylist([dataclasses.asdict(r) for r in layers], schema=layer_schema())
-            self.storage.write_bytes(self._part(LAYERS, generation, individual_id), parquet_bytes(table))
-        row = record.row()
-        row["finished_at"] = row.get("finished_at") or datetime.now(timezone.utc)
-        table = pa.Table.from_pylist([row], schema=schema)
-        self.storage.write_bytes(self._part(POPULATION, generation, individual_id), parquet_bytes(table))
+        self._write_record(self._part(POPULATION, generation, individual_id), generation, record, layers, schema)
 
     def write_rung(
         self, generation: int, record: IndividualRecord, layers: list[LayerRecord], schema: pa.Schema
     ) -> None:
         """One rung's result of an offspring under successive halving (``record.rung``), in the
         population's schema; its per-layer rows too (its genome is the same at every rung)."""
-        individual_id = check_individual_id(record.individual_id)
+        name = f"{check_individual_id(record.individual_id)}-r{int(record.rung)}"
+        self._write_record(self._part(RUNGS, generation, name), generation, record, layers, schema)
+
+    def _write_record(
+        self, part: str, generation: int, record: IndividualRecord, layers: list[LayerRecord], schema: pa.Schema
+    ) -> None:
         if layers:
             table = pa.Table.from_pylist([dataclasses.asdict(r) for r in layers], schema=layer_schema())
-            self.storage.write_bytes(self._part(LAYERS, generation, individual_id), parquet_bytes(table))
+            self.storage.write_bytes(self._part(LAYERS, generation, record.individual_id), parquet_bytes(table))
         row = record.row()
         row["finished_at"] = row.get("finished_at") or datetime.now(timezone.utc)
-        table = pa.Table.from_pylist([row], schema=schema)
-        part = self._part(RUNGS, generation, f"{individual_id}-r{int(record.rung)}")
-        self.storage.write_bytes(part, parquet_bytes(table))
+        self.storage.write_bytes(part, parquet_bytes(pa.Table.from_pylist([row], schema=schema)))
 
     def write_promotion(self, generation: int, rung: int, rows: list[PromotionRecord]) -> None:
         """A rung's decision, in one file: written before it is acted on, it is what a resumed run replays."""
