@@ -278,3 +278,43 @@ def test_offspring_land_on_nodes_of_distinct_sizes_and_survive_losing_one(ray_cl
     assert gen2["node_id"].nunique() == 2 and small_node_id in set(gen2["node_id"]), "offspring on each worker"
     gen3 = population[population["generation"] == 3]
     assert (gen3["node_id"] != small_node_id).sum() >= 1, "generation 3 finished on the large worker"
+
+
+def test_driver_sigkilled_mid_rung_of_successive_halving_then_resumed_equals_uninterrupted(ray_cluster, tmp_path):
+    overrides = [
+        "evolution.offspring=4",
+        "train.epochs=4",
+        "selection.halving={eta: 2, min_epochs: 1}",
+        "task.args.step_sleep=0.05",
+        FLAKY,
+    ]
+    reference_config, reference_dir = new_run(tmp_path, "reference", *overrides)
+    reference = evolve(reference_config, reference_dir)
+
+    run_dir = tmp_path / "killed"
+    rungs = run_dir / "rungs" / "generation=2"
+    env = {**os.environ, "RAY_ADDRESS": ray_cluster.address}
+    driver = subprocess.Popen(
+        [sys.executable, "-m", "evopop", "run", str(TINY), *overrides, "--run-dir", str(run_dir)],
+        env=env,
+        cwd=str(ROOT),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:  # killed within the second rung: the first decided, the second's training states on disk
+        wait_for(lambda: len(list(rungs.glob("*-r1.parquet"))) >= 1 if rungs.exists() else False, 180)
+        driver.send_signal(signal.SIGKILL)
+        driver.wait(timeout=30)
+    finally:
+        if driver.poll() is None:
+            driver.kill()
+    records = RunRecords(str(run_dir))
+    assert records.promotion(2, 0) is not None and records.promotion(2, 1) is None, "killed mid-rung"
+
+    resumed = evolve(load_config(TINY, overrides), str(run_dir))
+    assert_complete(resumed, str(run_dir), set(reference["individual_id"]))
+    columns = ["individual_id", "status", "epochs", "rung", "mask_digest", "val_accuracy", "val_loss", "selected"]
+    pd.testing.assert_frame_equal(
+        resumed[columns].reset_index(drop=True), reference[columns].reset_index(drop=True), check_dtype=False
+    )
+    assert not records.rungs().duplicated(["individual_id", "rung"]).any()
