@@ -209,6 +209,19 @@ def test_each_selected_individual_mates_with_the_next_and_records_every_parent(t
     pairs = records.diversity_pairs()
     g3_pairs = pairs[(pairs["generation"] == 3) & (pairs["scope"] == "network")]
     assert g3_pairs["siblings"].all() and set(g3_pairs["parent_a"]) == {"+".join(sorted(ranked))}
+    # the ancestry follows every parent; the population table names them
+    from evopop.analysis.loading import load_run
+    from evopop.analysis.tables import population_table
+
+    run = load_run(run_dir)
+    assert run.ancestry(g3.index[0]) == sorted(ranked, key=lambda i: int(i.split("-")[1])) + ["g1-0"]
+    assert run.population.set_index("individual_id").loc[g3.index[0], "lineage"].tolist() == [
+        "g1-0",
+        ranked[0],
+        g3.index[0],
+    ], "lineage: through first parents"
+    shown = population_table(run.population, "val_accuracy").set_index("individual_id")["parent_id"]
+    assert shown[g3.index[0]] == "+".join(ranked)
     # the lineage tree draws both parents
     from evopop.analysis.report import build_report
 

@@ -22,6 +22,7 @@ from ..records.ids import natural_key
 from ..records.schema import FAILED, OK, STOPPED
 from .diversity import NETWORK
 from .loading import Run
+from .tables import parents_of
 
 LINEAGE_COLOR = "#d62728"
 SELECTED_COLOR = "#1f77b4"
@@ -242,15 +243,6 @@ def tree_layout(population: pd.DataFrame) -> dict[str, tuple[float, float]]:
     return pos
 
 
-def _parents_of(row) -> list[str]:
-    """Every parent of a population row: ``parent_ids`` (multi-parent synthesis), else ``parent_id``."""
-    many = row.get("parent_ids")
-    if many is not None and not (isinstance(many, float) and math.isnan(many)) and len(many) > 0:
-        return [str(p) for p in many]
-    parent = row.get("parent_id")
-    return [parent] if isinstance(parent, str) else []
-
-
 def figure_lineage_tree(run: Run) -> Figure:
     pop = run.population
     if pop.empty:
@@ -263,7 +255,7 @@ def figure_lineage_tree(run: Run) -> Figure:
     on_line = set(run.lineage["individual_id"]) if not run.lineage.empty else set()
     mated = 0
     for _, row in pop.iterrows():
-        for i, parent in enumerate(_parents_of(row)):  # every parent of a multi-parent offspring; the first solid
+        for i, parent in enumerate(parents_of(row)):  # every parent of a multi-parent offspring; the first solid
             if parent not in pos:
                 continue
             (x0, y0), (x1, y1) = pos[parent], pos[row["individual_id"]]

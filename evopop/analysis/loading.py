@@ -24,7 +24,7 @@ from ..engine.plan import selection_metric
 from ..records.run import RunRecords
 from ..records.schema import FAILED, POPULATION_FIELDS
 from ..tasks.registry import build_task
-from .tables import followed_lineage, metrics_first
+from .tables import ancestry, followed_lineage, metrics_first
 
 
 @dataclass
@@ -58,6 +58,10 @@ class Run:
     @property
     def run_id(self) -> str:
         return RunRecords(self.run_dir).run_id
+
+    def ancestry(self, individual_id: str) -> list[str]:
+        """Every ancestor of an individual through all of its parents (`evopop.analysis.tables.ancestry`)."""
+        return ancestry(self.population, individual_id)
 
     @property
     def ordered_metrics(self) -> list[str]:

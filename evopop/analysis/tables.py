@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import pandas as pd
 
+from ..records.ids import natural_key
+
 _BASE = [
     "generation",
     "individual_id",
@@ -30,7 +32,41 @@ def population_table(population: pd.DataFrame, metric: str) -> pd.DataFrame:
     table = population[[c for c in cols if c in population]].copy()
     if "parent_id" in table:
         table["parent_id"] = table["parent_id"].fillna("-")
+        if "parent_ids" in population:  # every parent of a multi-parent offspring, the first first
+            table["parent_id"] = [
+                "+".join(many) if many is not None and len(many) > 1 else one
+                for many, one in zip(population["parent_ids"], table["parent_id"])
+            ]
     return _format(table)
+
+
+def parents_of(row) -> list[str]:
+    """Every parent of a population row: ``parent_ids`` (multi-parent synthesis), else ``parent_id``."""
+    many = row.get("parent_ids")
+    if many is not None and not isinstance(many, float) and len(many) > 0:
+        return [str(p) for p in many]
+    parent = row.get("parent_id")
+    return [parent] if isinstance(parent, str) else []
+
+
+def ancestry(population: pd.DataFrame, individual_id: str) -> list[str]:
+    """Every ancestor of ``individual_id`` through all of its parents (``lineage`` follows first
+    parents only), nearest generations first, each once: under multi-parent synthesis a lineage is
+    a graph, and this is all of it that leads to the individual."""
+    by_id = population.drop_duplicates("individual_id").set_index("individual_id")
+    seen, frontier, out = {individual_id}, [individual_id], []
+    while frontier:
+        nearer = []
+        for current in frontier:
+            if current not in by_id.index:
+                continue
+            for parent in parents_of(by_id.loc[current]):
+                if parent not in seen:
+                    seen.add(parent)
+                    nearer.append(parent)
+        out += sorted(nearer, key=natural_key)
+        frontier = nearer
+    return out
 
 
 def followed_lineage(population: pd.DataFrame) -> pd.DataFrame:
