@@ -14,7 +14,7 @@ ancestor (generation 1) is the same network in every arm:
 
 Selection reads `val`; `test` is never seen by training or selection.
 
-    python examples/mating_halving_study.py                    # about 10 minutes on 2 cores
+    python examples/mating_halving_study.py                    # about 17 minutes on 2 cores
     python examples/mating_halving_study.py --arms full halving --out runs/mh
 
 Each run is kept in OUT/<arm> and resumed when the script runs again. The table goes to OUT/study.md

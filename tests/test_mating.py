@@ -52,12 +52,28 @@ def test_a_product_of_many_small_weights_does_not_underflow():
     assert int((mated.strengths["fc1"] > 0).sum()) > 0.9 * ga.masks["fc1"].numel()
 
 
-@pytest.mark.parametrize("c", [0.3, 0.8])
-def test_two_parent_survival_follows_c_exp_of_the_normalised_product(c):
-    arch, (wa, ga), (wb, gb) = two_parents()
-    mated = mate(arch, [(wa, ga), (wb, gb)])
-    product = (wa["fc1"].double().abs() * wb["fc1"].double().abs()).reshape(-1)
-    both = (ga.masks["fc1"] & gb.masks["fc1"]).reshape(-1)
+def relatives(m: int, seed: int = 5):
+    """m relatives: the first parent, and m - 1 more with its weights perturbed and a third of their
+    synapses dead (as siblings of the first would be)."""
+    arch, first, second = two_parents(seed)
+    parents = [first, second]
+    for k in range(2, m):
+        g = torch.Generator().manual_seed(seed + k)
+        w = first[0]["fc1"]
+        noisy = {"fc1": w * torch.exp(0.5 * torch.randn(w.shape, generator=g))}
+        parents.append((noisy, Genome({"fc1": torch.rand(w.shape, generator=g) >= 1 / 3})))
+    return arch, parents[:m]
+
+
+@pytest.mark.parametrize("m, c", [(2, 0.3), (2, 0.8), (3, 0.6)])
+def test_m_parent_survival_follows_c_exp_of_the_normalised_product(m, c):
+    arch, parents = relatives(m)
+    mated = mate(arch, parents)
+    product = torch.ones(parents[0][0]["fc1"].numel(), dtype=torch.float64)
+    both = torch.ones_like(product, dtype=torch.bool)
+    for weights, genome in parents:
+        product *= weights["fc1"].double().abs().reshape(-1)
+        both &= genome.masks["fc1"].reshape(-1)
     z = float(product[both].max())
     q = torch.where(both, c * torch.exp(product / z - 1.0), torch.zeros_like(product))
     draws = 8
@@ -65,7 +81,7 @@ def test_two_parent_survival_follows_c_exp_of_the_normalised_product(c):
     for s in range(draws):
         child = synthesize(arch, mated.strengths, mated.genome, Environment(c), seed=300 + s)
         kept += child.masks["fc1"].reshape(-1)
-    tol = assert_within(int(kept.sum()), q, draws, f"C={c}, all synapses")
+    tol = assert_within(int(kept.sum()), q, draws, f"m={m}, C={c}, all synapses")
     # per quintile of the mated strength: the shape of the model, not only its mean
     x = product / z
     edges = torch.quantile(x[both], torch.linspace(0, 1, 6, dtype=torch.float64))
@@ -73,8 +89,8 @@ def test_two_parent_survival_follows_c_exp_of_the_normalised_product(c):
     for lo, hi in zip(edges[:-1], edges[1:]):
         sel = both & (x >= lo) & (x < hi)
         assert_within(int(kept[sel].sum()), q[sel], draws, f"M/Z in [{float(lo):.3f}, {float(hi):.3f})")
-    # discriminating: the first parent's model alone (|w_a| / Z_a) expects far more or fewer
-    alone = wa["fc1"].double().abs().reshape(-1)
+    # discriminating: the first parent's model alone (|w_1| / Z_1) expects far more or fewer
+    alone = parents[0][0]["fc1"].double().abs().reshape(-1)
     q_alone = torch.where(both, c * torch.exp(alone / float(alone[both].max()) - 1.0), torch.zeros_like(alone))
     assert abs(draws * float(q_alone.sum()) - draws * float(q.sum())) > 3 * tol
 
@@ -227,6 +243,21 @@ def test_each_selected_individual_mates_with_the_next_and_records_every_parent(t
 
     html = build_report(run_dir).read_text()
     assert '<img src="lineage_tree.png"' in html
+    from evopop.analysis.figures import figure_lineage_tree
+
+    dotted = [line for line in figure_lineage_tree(run).axes[0].get_lines() if line.get_linestyle() == ":"]
+    assert len(dotted) == len(g3) + len(population[population["generation"] == 4]), "one per second parent"
+
+
+def test_halving_and_mating_together(tmp_path):
+    from evopop.api import evolve
+
+    overrides = [*MATING, "evolution.offspring=4", "train.epochs=4", "selection.halving={eta: 2, min_epochs: 1}"]
+    config = load_config(TINY, [*overrides, "resources.executor=local", "compaction.enabled=false"])
+    population = evolve(config, str(tmp_path / "run"))
+    g3 = population[population["generation"] == 3]
+    assert all(len(p) == 2 for p in g3["parent_ids"])
+    assert (g3["status"] == "stopped").sum() == 8 - 2 and (g3["status"] == "ok").sum() == 2, "8 -> 4 -> 2"
 
 
 def test_single_parent_records_are_those_of_the_method_before_mating_existed(tmp_path):

@@ -18,6 +18,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from ..records.ids import natural_key
 from ..records.run import RunRecords
 from ..records.schema import BASELINE_KINDS, FAILED, OK
 from .diversity import NETWORK
@@ -323,7 +324,9 @@ def halving_table(run: Run) -> pd.DataFrame:
         trained = group.groupby("individual_id")["epochs"].max()
         by_rung = sorted(group.groupby("rung"), key=lambda item: item[0])
         for i, (rung, members) in enumerate(by_rung):
-            continued = len(by_rung[i + 1][1]) if i + 1 < len(by_rung) else None
+            following = set(by_rung[i + 1][1]["individual_id"]) if i + 1 < len(by_rung) else None
+            continued = len(following) if following is not None else None
+            stopped = sorted(set(members["individual_id"]) - following, key=natural_key) if following else []
             best = members[run.metric].max() if run.direction == "max" else members[run.metric].min()
             rows.append(
                 {
@@ -332,6 +335,7 @@ def halving_table(run: Run) -> pd.DataFrame:
                     "epochs": int(members["epochs"].max()),
                     "offspring": len(members),
                     "continued": "-" if continued is None else continued,
+                    "stopped here": ", ".join(stopped) or "-",
                     f"best {run.metric}": f"{best:.4f}",
                     "generation's epochs": f"{int(trained.sum())} of {len(trained) * full}",
                 }
