@@ -281,8 +281,9 @@ def test_offspring_land_on_nodes_of_distinct_sizes_and_survive_losing_one(ray_cl
 
 
 def test_driver_sigkilled_mid_rung_of_successive_halving_then_resumed_equals_uninterrupted(ray_cluster, tmp_path):
-    overrides = [
-        "evolution.offspring=4",
+    overrides = [  # 8 offspring: the second rung's 4 jobs take two waves of the 2 trainers, so a kill
+        # at its first result lands inside the rung
+        "evolution.offspring=8",
         "train.epochs=4",
         "selection.halving={eta: 2, min_epochs: 1}",
         "task.args.step_sleep=0.05",
