@@ -195,12 +195,8 @@ def test_generation_where_all_fail_stops_with_records_intact(ray_cluster, tmp_pa
     assert (population[population["generation"] == 2]["status"] == "failed").all()
 
 
-def test_driver_sigkilled_mid_generation_then_resumed_equals_uninterrupted(ray_cluster, tmp_path):
-    overrides = ["evolution.offspring=4", "task.args.step_sleep=0.05", FLAKY]
-    reference_config, reference_dir = new_run(tmp_path, "reference", *overrides)
-    reference = evolve(reference_config, reference_dir)
-
-    run_dir = tmp_path / "killed"
+def run_driver_until_killed(ray_cluster, run_dir: Path, overrides: list[str], until) -> None:
+    """Start ``evopop run`` in a process of its own on the test cluster, SIGKILL it once ``until()``."""
     env = {**os.environ, "RAY_ADDRESS": ray_cluster.address}
     driver = subprocess.Popen(
         [sys.executable, "-m", "evopop", "run", str(TINY), *overrides, "--run-dir", str(run_dir)],
@@ -210,13 +206,27 @@ def test_driver_sigkilled_mid_generation_then_resumed_equals_uninterrupted(ray_c
         stderr=subprocess.DEVNULL,
     )
     try:
-        records = RunRecords(str(run_dir))
-        wait_for(lambda: len(records.recorded_ids(2)) >= 1 if (run_dir / "config.yaml").exists() else False, 180)
+        wait_for(until, 180)
         driver.send_signal(signal.SIGKILL)
         driver.wait(timeout=30)
     finally:
         if driver.poll() is None:
             driver.kill()
+
+
+def test_driver_sigkilled_mid_generation_then_resumed_equals_uninterrupted(ray_cluster, tmp_path):
+    overrides = ["evolution.offspring=4", "task.args.step_sleep=0.05", FLAKY]
+    reference_config, reference_dir = new_run(tmp_path, "reference", *overrides)
+    reference = evolve(reference_config, reference_dir)
+
+    run_dir = tmp_path / "killed"
+    records = RunRecords(str(run_dir))
+    run_driver_until_killed(
+        ray_cluster,
+        run_dir,
+        overrides,
+        lambda: len(records.recorded_ids(2)) >= 1 if (run_dir / "config.yaml").exists() else False,
+    )
     interrupted = RunRecords(str(run_dir)).population()
     assert len(interrupted) < len(reference), "the driver was killed before the run finished"
 
@@ -294,21 +304,10 @@ def test_driver_sigkilled_mid_rung_of_successive_halving_then_resumed_equals_uni
 
     run_dir = tmp_path / "killed"
     rungs = run_dir / "rungs" / "generation=2"
-    env = {**os.environ, "RAY_ADDRESS": ray_cluster.address}
-    driver = subprocess.Popen(
-        [sys.executable, "-m", "evopop", "run", str(TINY), *overrides, "--run-dir", str(run_dir)],
-        env=env,
-        cwd=str(ROOT),
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
+    # killed within the second rung: the first decided, the second's training states on disk
+    run_driver_until_killed(
+        ray_cluster, run_dir, overrides, lambda: len(list(rungs.glob("*-r1.parquet"))) >= 1 if rungs.exists() else False
     )
-    try:  # killed within the second rung: the first decided, the second's training states on disk
-        wait_for(lambda: len(list(rungs.glob("*-r1.parquet"))) >= 1 if rungs.exists() else False, 180)
-        driver.send_signal(signal.SIGKILL)
-        driver.wait(timeout=30)
-    finally:
-        if driver.poll() is None:
-            driver.kill()
     records = RunRecords(str(run_dir))
     assert records.promotion(2, 0) is not None and records.promotion(2, 1) is None, "killed mid-rung"
 

@@ -91,10 +91,10 @@ class Developer:
         torch.manual_seed(spec.train_seed)
         model = self.task.build_model()
         resume = None
-        if parent is None:
-            genome, trained = self._ancestor(model)
-        elif spec.rung:  # a later rung of successive halving: the same genome, its training continued
+        if spec.rung:  # a later rung of successive halving: the same genome, its training continued
             genome, resume, trained = *self._stored_training(spec), False
+        elif parent is None:
+            genome, trained = self._ancestor(model)
         else:
             genome, trained = self._offspring(model, spec, parent), False
         if trained:  # a loaded ancestor is measured as it is
@@ -255,14 +255,15 @@ class Developer:
         """Multi-parent synthesis (`evopop.synthesis.mating`): the parents' mated strengths and
         intersection; the offspring starts from their mean weights (``init: inherit``)."""
         states = [state.tensors() for state in (first, *first.mates)]
-        parents = []
-        for (weights, masks), parent_id in zip(states, spec.parents):
-            parent_model = built_aside(self.task)
-            load_weights(parent_model, weights, f"parent {parent_id}")
-            parents.append((synaptic_weights(parent_model, self.arch), Genome.from_state_dict(masks)))
+        mean = mean_weights([weights for weights, _ in states])  # fails on parents of different networks
+        target = built_aside(self.task) if self.config.evolution.init == "reinit" else model  # reinit: checked only
+        load_weights(target, mean, f"the mean of parents {spec.parent_key}")
+        # a synaptic layer's weight is its module's "<name>.weight" entry: no network to build per parent
+        parents = [
+            ({layer.name: weights[f"{layer.name}.weight"] for layer in self.arch.layers}, Genome.from_state_dict(masks))
+            for weights, masks in states
+        ]
         mated = mate(self.arch, parents)
-        if self.config.evolution.init == "inherit":
-            load_weights(model, mean_weights([weights for weights, _ in states]), f"the mean of {spec.parent_key}")
         normalizer = self.config.evolution.normalizer
         return synthesize(
             self.arch,

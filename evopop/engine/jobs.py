@@ -41,6 +41,9 @@ class Spec:
     train_until: int | None = None
     # multi-parent synthesis (evolution.parents): every parent, ``parent_id`` first; empty: that one alone
     parent_ids: tuple[str, ...] = ()
+    # whether the trainer needs the parents' state: a later rung continues its own stored training,
+    # and reads its parent only to learn from it (evolution.distill)
+    parent_needed: bool = True
 
     @property
     def parents(self) -> tuple[str, ...]:
@@ -49,8 +52,9 @@ class Spec:
 
     @property
     def parent_key(self) -> str | None:
-        """What executors load and ship for this spec: one parent's id, or its parents' joined by "+"."""
-        return PARENT_SEPARATOR.join(self.parents) or None
+        """What executors load and ship for this spec: one parent's id, or its parents' joined by "+";
+        None when it needs none."""
+        return (PARENT_SEPARATOR.join(self.parents) or None) if self.parent_needed else None
 
 
 @dataclass(frozen=True)

@@ -143,10 +143,12 @@ class Evolution:
             self._notify("batch_finished", batch)
             return
         needed = selection.k if selection.rule == "topk" else 1
+        teaches = self.config.evolution.distill.weight > 0  # a later rung reads its parents only to learn from them
         alive = list(specs)
         for rung, epochs in enumerate(rungs.epochs):
             until = epochs if rung < rungs.last else None  # the last rung trains to the end
-            jobs = [dataclasses.replace(s, rung=rung, train_until=until) for s in alive]
+            ship = rung == 0 or teaches
+            jobs = [dataclasses.replace(s, rung=rung, train_until=until, parent_needed=ship) for s in alive]
             self.stop_on_infrastructure_failures(generation, self.develop(generation, jobs, ancestors, rung=rung))
             if rung < rungs.last:
                 alive = self.promote(generation, rung, alive, rungs.kept(len(alive), needed))
