@@ -224,6 +224,9 @@ def synapse_level_before_cascade(arch, weights, parent, env, seed, normalizer="l
 
 # ------------------------------------------------------------------------------ 1. survival statistics
 KINDS = ["conv", "conv_g2", "deconv", "deconv_g2", "linear"]
+# a grouped layer's neurons live and die with their group (tests/test_coupling.py); on the network's
+# input, as here, its groups cannot go at all: per-neuron statistics are for ungrouped layers
+UNGROUPED = [kind for kind in KINDS if not kind.endswith("_g2")]
 
 
 @pytest.mark.parametrize("kind", KINDS)
@@ -244,7 +247,7 @@ def test_cluster_strengths_and_normalizer_match_model(kind):
     assert float(p[1]) == 0.0 and float(p.max()) == pytest.approx(1.0)
 
 
-@pytest.mark.parametrize("kind", KINDS)
+@pytest.mark.parametrize("kind", UNGROUPED)
 @pytest.mark.parametrize("mode,c", [("scale", 0.7), ("budget", 0.5), ("budget", 0.9)])
 def test_cluster_survival_frequencies(kind, mode, c):
     _, module, arch, weights, parent = prepared_layer(kind, seed=KINDS.index(kind))
@@ -289,7 +292,7 @@ def test_cluster_survival_frequencies(kind, mode, c):
         assert draws * float(q.sum() - c * p.sum()) > 3 * tol
 
 
-@pytest.mark.parametrize("kind", KINDS)
+@pytest.mark.parametrize("kind", UNGROUPED)
 def test_sample_clusters_uses_its_own_seeded_stream(kind):
     """Scale mode, written out: U_c ~ U(0,1) float64 from derive_seed(seed, "clusters", layer);
     the cluster survives iff it is alive and C * P_c >= U_c."""
@@ -320,7 +323,7 @@ def test_zero_strengths_survive_with_probability_c():
 
 
 # ------------------------------------------------------------------------------ 2. synapses of survivors
-@pytest.mark.parametrize("kind", KINDS)
+@pytest.mark.parametrize("kind", UNGROUPED)
 def test_surviving_clusters_keep_exactly_their_synapses(kind):
     """With every synapse of the survivors kept (synaptic budget C = 1), neuron o of the offspring has
     exactly the parent's incoming synapses if its cluster survived, none otherwise (per-neuron indexing
@@ -463,17 +466,21 @@ def test_synapse_level_genomes_unchanged_by_cluster_encoding(cnn):
 def test_frozen_layers_keep_all_their_clusters(cnn):
     _, arch, weights = cnn
     parent = partial_parent(arch, 11, keep=0.9, dead_neurons={"conv1": [3]})
-    clusters = Environment(0.05, frozen=("conv*",))
+    clusters = Environment(0.05, frozen=("conv1",))
     lost_up = 0
     for seed in range(40):
         survivors = surviving_clusters(arch, weights, parent, clusters, seed)
-        for name in ("conv1", "conv2"):
-            assert torch.equal(survivors[name], parent.neurons(arch.layer(name))), name
+        assert torch.equal(survivors["conv1"], parent.neurons(arch.layer("conv1")))
         lost_up += int((parent.neurons(arch.layer("up")) & ~survivors["up"]).sum())
         child = synthesize(arch, weights, parent, Environment(1.0, "budget"), seed, clusters=clusters)
         assert torch.equal(child.masks["conv1"], parent.masks["conv1"])  # nothing upstream to die
-        assert torch.equal(child.neurons(arch.layer("conv2")), parent.neurons(arch.layer("conv2")))
-    assert lost_up > 0.8 * 40 * 8  # "up" is not frozen: at C=0.05 nearly all its clusters die
+    assert lost_up > 0.4 * 40 * 8  # "up" is not frozen: at C=0.05 most of its two groups die
+    # "up" is a grouped deconvolution: each of its groups lives and dies with the conv2 neurons it reads,
+    # so freezing conv2 freezes them too
+    for seed in range(5):
+        survivors = surviving_clusters(arch, weights, parent, Environment(0.05, frozen=("conv2",)), seed)
+        for name in ("conv2", "up"):
+            assert torch.equal(survivors[name], parent.neurons(arch.layer(name))), name
     for seed in range(5):  # budget mode too
         survivors = surviving_clusters(arch, weights, parent, Environment(0.05, "budget", frozen=("conv1",)), seed)
         assert torch.equal(survivors["conv1"], parent.neurons(arch.layer("conv1")))

@@ -12,14 +12,17 @@ gated sums, flatten -> linear, ConvTranspose) and keeps whole whatever it does n
 1. Which neurons stay: the living neurons of the *effective* genome (forward and backward death,
    `effective_genome`), plus ``Architecture.pinned`` (read where a channel cannot be removed: the
    output, opaque operations, grouped convolutions, parameters multiplied in).
-2. Coupled channels stay together: channel i of ``a + b`` is one position in both operands, so the
-   neurons feeding it in ``a`` and ``b`` are kept or removed together (a fixed point over
-   ``Architecture.couplings``; an operand that is not a neuron, e.g. the network input, keeps it).
+2. Coupled neurons stay together (`evopop.synthesis.coupling`): channel i of ``a + b`` is one
+   position in both operands, a grouped convolution's group one unit, a GroupNorm's group one
+   statistic, so a group with one member kept is kept whole (an operand that is not a neuron, e.g.
+   the network input, pins its group).
 3. Slicing: each synaptic layer keeps the rows of its kept neurons and the columns of the channels
-   present in its input; norm layers (and PReLU) keep the parameters and running statistics of
-   the channels present in theirs.
-4. Check: the compacted and the masked network are run on random inputs of the example's shape and must agree, or
-   `CompactionError` says so; a wiring evopop misread can never silently change the function.
+   present in its input (a grouped convolution keeps its surviving groups, and has fewer of them);
+   norm layers (and PReLU) keep the parameters and running statistics of the channels present in
+   theirs (a GroupNorm its surviving groups).
+4. Check: the compacted and the masked network are run on random inputs of the example's shape and
+   must agree, relative to the size of the output (max |a - b| <= 1e-4 max |b|), or `CompactionError`
+   says so; a wiring evopop misread can never silently change the function.
 
 A layer with no neuron left keeps one (zero weights, zero bias): empty tensors are poorly
 supported by exporters and runtimes, and one channel costs next to nothing.
@@ -28,6 +31,7 @@ supported by exporters and runtimes, and one channel costs next to nothing.
 from __future__ import annotations
 
 import copy
+import math
 from dataclasses import dataclass
 
 import torch
@@ -35,11 +39,14 @@ from torch import fx, nn
 from torch.utils._pytree import tree_flatten
 
 from evopop.synthesis import Architecture, Genome, effective_genome, parameter_masks
+from evopop.synthesis.architecture import symbolic_trace
 from evopop.synthesis.wiring import ChannelMap
 
 from .inputs import input_batch
 
-ATOL, RTOL = 1e-4, 1e-4  # float32 sums over thousands of products, reordered by smaller layers
+# float32 sums over thousands of products, reordered by smaller layers; relative to the output's largest
+# magnitude, so that a network whose outputs are small cannot pass whatever its error
+RELATIVE_TOLERANCE = 1e-4
 
 
 class CompactionError(RuntimeError):
@@ -54,7 +61,7 @@ class Compacted:
     neurons: dict[str, int]  # per synaptic layer: neurons kept
     params: int  # every parameter of the compacted network
     macs: int  # synaptic multiply-accumulates of one sample, as `Counts.macs` counts them
-    max_error: float  # largest |compacted - masked| on the check inputs
+    max_error: float  # largest |compacted - masked| / largest |masked| on the check inputs
 
 
 def compact(
@@ -72,14 +79,15 @@ def compact(
     effective = (effective or effective_genome(arch, genome)).to("cpu")
     masked = masked_network(model, arch, effective).eval()
     keep = kept_neurons(arch, effective)
-    graph = fx.symbolic_trace(copy.deepcopy(masked))
+    graph = symbolic_trace(copy.deepcopy(masked))
     modules = dict(graph.named_modules())
     for layer in arch.layers:
         if layer.name in arch.inputs:
             present = _present(arch.inputs[layer.name][0], keep)
             _slice_synaptic(modules[layer.name], layer.kind, keep[layer.name], present)
     for attachment in arch.attachments:
-        _slice_per_channel(modules[attachment.module], _present(attachment.inputs, keep))
+        if attachment.module in modules:
+            _slice_per_channel(modules[attachment.module], _present(attachment.inputs, keep))
     graph.recompile()
     graph.eval()
     error = _max_difference(masked, graph, example_input)
@@ -105,20 +113,8 @@ def kept_neurons(arch: Architecture, effective: Genome) -> dict[str, torch.Tenso
             keep[layer.name] = effective.neurons(layer).cpu() | arch.pinned[layer.name]
         if not bool(keep[layer.name].any()):
             keep[layer.name][0] = True  # see the module doc: no empty layers (before coupling: it couples too)
-    changed = True
-    while changed:  # coupled channels: one kept operand keeps them all; repeat until nothing changes
-        changed = False
-        for coupling in arch.couplings:
-            present = _present(coupling, keep)
-            for src in coupling.sources:
-                if src.producer is None:
-                    continue
-                fed = present & (src.index >= 0)
-                neurons = keep[src.producer]
-                before = int(neurons.sum())
-                neurons[src.index[fed]] = True
-                changed |= int(neurons.sum()) != before
-    return keep
+    # a group with one member kept is kept whole; a pinned group (tied to a network input, say) too
+    return arch.groups.spread(arch.groups.any_member(keep) | arch.groups.pinned)
 
 
 def _present(channels: ChannelMap, keep: dict[str, torch.Tensor]) -> torch.Tensor:
@@ -138,14 +134,15 @@ def masked_network(model: nn.Module, arch: Architecture, genome: Genome) -> nn.M
 @torch.no_grad()
 def _slice_synaptic(module: nn.Module, kind: str, out_keep: torch.Tensor, in_keep: torch.Tensor) -> None:
     """Keep the rows of the kept neurons and the columns of the present input channels, in place."""
-    groups = getattr(module, "groups", 1)
-    if groups > 1:
-        if not (bool(out_keep.all()) and bool(in_keep.all())):
-            raise CompactionError(f"grouped layer {type(module).__name__} would be sliced; it is pinned whole")
-        return
+    grouped = getattr(module, "groups", 1) > 1
+    groups = _surviving_groups(module, out_keep, in_keep) if grouped else 1
     out_idx, in_idx = out_keep.nonzero().flatten(), in_keep.nonzero().flatten()
     weight = module.weight
-    if kind == "deconv":  # (in, out, *k)
+    if grouped:  # whole groups go: the kept rows, each group's own columns
+        leading = in_idx if kind == "deconv" else out_idx
+        sliced = weight.index_select(0, leading)
+        module.groups = groups
+    elif kind == "deconv":  # (in, out, *k)
         sliced = weight.index_select(0, in_idx).index_select(1, out_idx)
     else:  # (out, in, *k)
         sliced = weight.index_select(0, out_idx).index_select(1, in_idx)
@@ -156,6 +153,18 @@ def _slice_synaptic(module: nn.Module, kind: str, out_keep: torch.Tensor, in_kee
         module.in_features, module.out_features = len(in_idx), len(out_idx)
     else:
         module.in_channels, module.out_channels = len(in_idx), len(out_idx)
+
+
+def _surviving_groups(module: nn.Module, out_keep: torch.Tensor, in_keep: torch.Tensor) -> int:
+    """How many groups of a grouped layer are kept; `CompactionError` unless whole groups are."""
+    g = module.groups
+    for keep in (out_keep, in_keep):
+        per_group = keep.view(g, -1)
+        if not torch.equal(per_group.all(dim=1), per_group.any(dim=1)):
+            raise CompactionError(f"grouped layer {type(module).__name__} would lose part of a group")
+    if not torch.equal(out_keep.view(g, -1).any(dim=1), in_keep.view(g, -1).any(dim=1)):
+        raise CompactionError(f"grouped layer {type(module).__name__} would keep a group without its inputs")
+    return int(out_keep.view(g, -1).any(dim=1).sum())
 
 
 @torch.no_grad()
@@ -173,9 +182,10 @@ def _slice_per_channel(module: nn.Module, present: torch.Tensor) -> None:
             setattr(module, name, buffer.index_select(0, idx).contiguous())
     n = len(idx)
     if isinstance(module, nn.GroupNorm):
-        if module.num_groups != module.num_channels:
-            raise CompactionError("a GroupNorm with several channels per group would be sliced; it is pinned whole")
-        module.num_groups = module.num_channels = n
+        per_group = present.view(module.num_groups, -1)
+        if not torch.equal(per_group.all(dim=1), per_group.any(dim=1)):
+            raise CompactionError("a GroupNorm would lose part of a group")
+        module.num_groups, module.num_channels = int(per_group.any(dim=1).sum()), n
     elif isinstance(module, nn.PReLU):
         module.num_parameters = n
     elif hasattr(module, "num_features"):
@@ -184,7 +194,8 @@ def _slice_per_channel(module: nn.Module, present: torch.Tensor) -> None:
 
 @torch.no_grad()
 def _max_difference(masked: nn.Module, compacted: nn.Module, example_input: torch.Tensor) -> float:
-    """Run both networks; raise `CompactionError` unless they agree within float tolerance."""
+    """Run both networks; the largest |compacted - masked| relative to the largest |masked|.
+    `CompactionError` unless it is within `RELATIVE_TOLERANCE`."""
     x = input_batch(example_input.detach().cpu(), 2)
     expected, _ = tree_flatten(masked(x))
     try:
@@ -197,8 +208,20 @@ def _max_difference(masked: nn.Module, compacted: nn.Module, example_input: torc
             continue
         if e.shape != g.shape:
             raise CompactionError(f"the compacted network's output has shape {tuple(g.shape)}, not {tuple(e.shape)}")
-        diff = (e.float() - g.float()).abs()
-        worst = max(worst, float(diff.max()) if diff.numel() else 0.0)
-        if not torch.allclose(g.float(), e.float(), atol=ATOL, rtol=RTOL):
-            raise CompactionError(f"the compacted network computes another function (max |difference| {worst:.3g})")
+        worst = max(worst, relative_error(g, e))
+    if worst > RELATIVE_TOLERANCE:
+        raise CompactionError(
+            f"the compacted network computes another function (max |difference| / max |output| = {worst:.3g})"
+        )
     return worst
+
+
+def relative_error(got: torch.Tensor, expected: torch.Tensor) -> float:
+    """max |got - expected| / max |expected| (0 for empty outputs; the absolute error where expected is 0)."""
+    if not expected.numel():
+        return 0.0
+    if not (torch.isfinite(got).all() and torch.isfinite(expected).all()):
+        return 0.0 if torch.equal(got, expected) else math.inf
+    diff = float((got.double() - expected.double()).abs().max())
+    scale = float(expected.double().abs().max())
+    return diff / scale if scale > 0 else diff

@@ -27,6 +27,7 @@ import torch.nn.functional as F
 from torch import fx, nn
 from torch.fx.passes.shape_prop import ShapeProp
 
+from .coupling import Coupling, coupling_groups
 from .layers import SYNAPTIC_TYPES, SynapticLayer, find_synaptic_layers
 from .wiring import ChannelMap, concatenate, union
 
@@ -124,6 +125,10 @@ _PRODUCTS = {operator.mul, operator.imul, torch.mul, operator.truediv, torch.div
 _RESHAPES_FUNCTIONS = {torch.flatten, torch.reshape}
 _RESHAPES_METHODS = {"flatten", "view", "reshape"}
 _CAT = {torch.cat, torch.concat}
+_REDUCTIONS = {torch.mean, torch.sum, torch.amax, torch.amin, "mean", "sum", "amax", "amin"}
+# channel-preserving functions of other libraries, by module and name (importing them here would make
+# them dependencies): torchvision's stochastic depth drops whole samples, never channels
+_PRESERVING_BY_NAME = {("torchvision.ops.stochastic_depth", "stochastic_depth")}
 
 
 @dataclass(frozen=True)
@@ -134,6 +139,7 @@ class Attachment:
     params: tuple[str, ...]  # full parameter names, e.g. ("features.1.weight", "features.1.bias")
     inputs: ChannelMap
     buffers: tuple[str, ...] = ()  # per-channel buffers (running statistics): compaction slices them too
+    groups: int = 1  # a GroupNorm's groups: their channels live and die together (see `coupling`)
 
 
 @dataclass
@@ -157,6 +163,13 @@ class Architecture:
     couplings: list[ChannelMap] = field(default_factory=list)
     traced: bool = True
     note: str = ""
+    # per layer: why some of its neurons are pinned, in words (shown by `evopop inspect`)
+    pin_reasons: dict[str, list[str]] = field(default_factory=dict)
+    groups: Coupling | None = None  # neurons that live and die together (`evopop.synthesis.coupling`)
+
+    def __post_init__(self):
+        if self.groups is None:
+            self.groups = coupling_groups(self)
 
     def layer(self, name: str) -> SynapticLayer:
         for layer in self.layers:
@@ -184,12 +197,27 @@ def trace_architecture(model: nn.Module, example_input: torch.Tensor) -> Archite
         why = f"{type(model).__name__} ({type(exc).__name__}: {exc})"
         note = f"could not trace {why}; neuron death will not cascade between layers"
         warnings.warn(note, stacklevel=2)
-        return Architecture(layers, {}, [], {}, other, {}, traced=False, note=note)
+        return Architecture(layers, {}, [], {}, other, {}, {}, traced=False, note=note)
     return _Tracer(model, layers, graph, other).run()
 
 
+class _LeafTracer(fx.Tracer):
+    """torch.fx's tracer, which also keeps subclasses of batch norm whole (timm's ``BatchNormAct2d``
+    is one; traced through, it would read its parameters directly and pin its channels)."""
+
+    def is_leaf_module(self, m: nn.Module, qualname: str) -> bool:
+        return isinstance(m, nn.modules.batchnorm._BatchNorm) or super().is_leaf_module(m, qualname)
+
+
+def symbolic_trace(model: nn.Module) -> fx.GraphModule:
+    """``model`` as a ``torch.fx.GraphModule``, traced the way evopop reads architectures."""
+    tracer = _LeafTracer()
+    graph = tracer.trace(model)
+    return fx.GraphModule(tracer.root, graph, type(model).__name__)
+
+
 def _shaped_graph(model: nn.Module, example_input: torch.Tensor) -> fx.GraphModule:
-    gm = fx.symbolic_trace(model)
+    gm = symbolic_trace(model)
     was_training = [m.training for m in gm.modules()]
     gm.eval()  # no running-stat updates, no dropout while shapes are read
     try:
@@ -217,30 +245,61 @@ class _Tracer:
         self.sinks = {layer.name: torch.zeros(layer.out_channels, dtype=torch.bool, device="cpu") for layer in layers}
         self.pinned = {name: sink.clone() for name, sink in self.sinks.items()}
         self.couplings: list[ChannelMap] = []
+        self.reasons: dict[str, list[str]] = {}
 
     def run(self) -> Architecture:
         for node in self.gm.graph.nodes:
             self.maps[node] = self._visit(node)
         unused = [layer for layer in self.layers if layer.name not in self.order]
         ordered = [self.by_name[name] for name in self.order] + unused
-        pinned = {name: self.pinned[name] | self.sinks[name] for name in self.sinks}
         return Architecture(
-            ordered, self.inputs, self.attachments, self.macs, self.other_params, self.sinks, pinned, self.couplings
+            ordered,
+            self.inputs,
+            self.attachments,
+            self.macs,
+            self.other_params,
+            self.sinks,
+            self.pinned,
+            self.couplings,
+            pin_reasons=self.reasons,
         )
 
-    def _sink(self, value) -> None:
-        """The neurons feeding ``value`` (a node, or a map) are read by something other than synapses."""
+    def _sink(self, value, reason: str, pin: bool = True) -> None:
+        """The neurons feeding ``value`` (a node, or a map) are read by something other than synapses;
+        unless ``pin`` is False, their channels must also stay in the tensor, because of ``reason``."""
         self._mark(self.sinks, value)
+        if pin:
+            self._pin(value, reason)
 
-    def _pin(self, value) -> None:
+    def _pin(self, value, reason: str) -> None:
         """The channels of ``value`` must all stay in the tensor (see `Architecture.pinned`)."""
-        self._mark(self.pinned, value)
+        for layer in self._mark(self.pinned, value):
+            self._reason(layer, reason)
 
-    def _mark(self, marks: dict[str, torch.Tensor], value) -> None:
+    def _reason(self, layer: str, reason: str) -> None:
+        reasons = self.reasons.setdefault(layer, [])
+        if reason not in reasons:
+            reasons.append(reason)
+
+    def _mark(self, marks: dict[str, torch.Tensor], value) -> set[str]:
         m = self.maps.get(value) if isinstance(value, fx.Node) else value if isinstance(value, ChannelMap) else None
+        marked = set()
         for src in m.sources if m is not None else ():
             if src.producer is not None:
                 marks[src.producer][src.index[src.index >= 0]] = True
+                marked.add(src.producer)
+        return marked
+
+    def _describe(self, node: fx.Node) -> str:
+        """The operation of ``node`` in words, for the reasons of pinned neurons."""
+        if node.op == "call_module":
+            return f"{node.target} ({type(self.modules[node.target]).__name__})"
+        if node.op == "call_method":
+            return f".{node.target}()"
+        return getattr(node.target, "__name__", str(node.target)) + "()"
+
+    def _opaque(self, node: fx.Node) -> str:
+        return f"read by {self._describe(node)}, which evopop cannot see through"
 
     # -- helpers ---------------------------------------------------------------------------
     @staticmethod
@@ -251,7 +310,7 @@ class _Tracer:
     def _barrier(self, node) -> ChannelMap | None:
         """An operation evopop cannot see through: its inputs are used, its output always alive."""
         for arg in node.all_input_nodes:
-            self._sink(arg)
+            self._sink(arg, self._opaque(node))
         shape = self._shape(node)
         if shape is None or len(shape) < 2:
             return None
@@ -272,11 +331,11 @@ class _Tracer:
             result = self._function(node)
         else:  # the output: whatever it returns is used
             for arg in node.all_input_nodes:
-                self._sink(arg)
+                self._sink(arg, "the network's output")
             return None
         if result is None and not _is_shape_query(node):
             for arg in node.all_input_nodes:  # a tensor the wiring cannot follow: its inputs are used
-                self._sink(arg)
+                self._sink(arg, self._opaque(node))
         if node.op == "call_method" and str(node.target).endswith("_") and node.args:
             self.maps[node.args[0]] = result  # in place: later readers of the tensor read this
         return result
@@ -287,6 +346,10 @@ class _Tracer:
         owner = str(node.target).rsplit(".", 1)[0]
         if owner in self.sinks:
             self.sinks[owner][:] = True
+            self.pinned[owner][:] = True
+            self._reason(
+                owner, f"its weight is read directly ({node.target}: weight tying, or a subclass traced through)"
+            )
         self.parameters.add(node)
         shape = self._shape(node)
         return ChannelMap.always_alive(1, shape[1]) if shape and len(shape) >= 2 else None
@@ -301,9 +364,12 @@ class _Tracer:
             return self._reshape(src, self._shape(first), out_shape, node)
         if isinstance(module, _PRESERVING_MODULES) and self._keeps_channels(src, out_shape, module):
             if isinstance(module, _PER_CHANNEL_PARAM_MODULES) and not self._attach(node.target, module, src):
-                self._pin(src)  # per-channel state evopop cannot slice: keep every channel
+                # per-channel state evopop cannot slice: keep every channel
+                self._pin(src, f"feeds {self._describe(node)}, whose per-channel state evopop cannot slice")
             if isinstance(module, nn.GroupNorm) and module.num_groups < module.num_channels:
-                self._sink(src)  # a group's statistics read every channel of the group
+                # a group's statistics read every channel of the group: a dead channel is still used, and
+                # the group goes whole (a coupling group), so nothing needs pinning
+                self._sink(src, "", pin=False)
             return src
         return self._barrier(node)
 
@@ -317,13 +383,18 @@ class _Tracer:
             return self._elementwise(node, out_shape, product=target in _PRODUCTS)
         if target in _RESHAPES_FUNCTIONS or target in _RESHAPES_METHODS:
             return self._reshape(first, self._shape(node.args[0]), out_shape, node)
-        if target in _PRESERVING_FUNCTIONS or target in _PRESERVING_METHODS:
+        if target in _REDUCTIONS:
+            reduced = self._reduction(node, first, out_shape)
+            if reduced is not None:
+                return reduced
+        if target in _PRESERVING_FUNCTIONS or target in _PRESERVING_METHODS or _preserves_by_name(target):
             if self._keeps_channels(first, out_shape, target) and _pads_no_channels(node, out_shape):
                 for arg in node.all_input_nodes[1:]:  # other tensors (clamp bounds, ...) are read too
                     if self._shape(arg) is None:
                         continue  # not a tensor: a size, a scale factor
-                    self._sink(arg)
-                    self._pin(node.args[0])  # their sizes are fixed: so is the number of channels
+                    why = f"sized by another tensor in {self._describe(node)}"
+                    self._sink(arg, why)
+                    self._pin(node.args[0], why)  # their sizes are fixed: so is the number of channels
                 return first
         if _is_shape_query(node):
             return None
@@ -348,15 +419,16 @@ class _Tracer:
             return self._barrier(node)
         expected_dim = (len(in_shape) - 1) if layer.kind == "linear" else 1
         if src is None or src.dim != expected_dim or src.size != layer.in_channels:
-            self._sink(first)  # read in a way the wiring cannot follow
+            self._sink(first, f"read by {name} in a way evopop cannot follow")
             src = ChannelMap.always_alive(expected_dim, layer.in_channels)
         self.inputs.setdefault(name, []).append(src)
-        if layer.groups > 1 or len(self.inputs[name]) > 1:
-            # compaction slices a layer's inputs once, and a group's channels together: keep them all
+        if len(self.inputs[name]) > 1:
+            # compaction slices a layer's inputs once: keep them all (and a grouped layer's groups)
             for m in self.inputs[name]:
-                self._pin(m)
+                self._pin(m, f"read by {name}, which is called {len(self.inputs[name])} times")
             if layer.groups > 1:
                 self.pinned[name][:] = True
+                self._reason(name, f"a grouped layer called {len(self.inputs[name])} times")
         if name not in self.order:
             self.order.append(name)
         self.macs[name] = self.macs.get(name, 0) + _uses_per_synapse(layer, in_shape, out_shape)
@@ -370,14 +442,15 @@ class _Tracer:
         earlier = [a.inputs for a in self.attachments if a.module == name]
         if earlier:  # called on several tensors: compaction slices a module once, so keep every channel
             for m in (*earlier, src):
-                self._pin(m)
+                self._pin(m, f"feeds {name}, which is called {len(earlier) + 1} times")
         params = tuple(f"{name}.{p}" for p, t in module.named_parameters(recurse=False) if t.numel() == src.size)
         buffers = tuple(f"{name}.{b}" for b, t in module.named_buffers(recurse=False) if t is not None and t.dim() == 1)
         sizes = [t.numel() for t in (*module.parameters(recurse=False), *module.buffers(recurse=False)) if t.dim()]
         if src.dim != 1 or any(size not in (src.size, 1) for size in sizes):  # 1: shared, e.g. PReLU()
             return False
         # recorded even without state: compaction also sets the channel count (num_features, num_groups)
-        self.attachments.append(Attachment(name, params, src, buffers))
+        groups = module.num_groups if isinstance(module, nn.GroupNorm) else 1
+        self.attachments.append(Attachment(name, params, src, buffers, groups))
         return True
 
     def _cat(self, node, out_shape) -> ChannelMap | None:
@@ -406,17 +479,36 @@ class _Tracer:
                 aligned.append(m)
             elif m is not None and m.sources:
                 misaligned = True  # broadcast from living neurons over all channels
-                self._sink(m)
+                self._sink(m, f"broadcast over every channel by {self._describe(node)}")
         if not aligned or len({m.dim for m in aligned}) > 1:
             return self._barrier(node)
         result = union(aligned)
         if misaligned and not product:
             result = union([result, ChannelMap.always_alive(result.dim, result.size)])
         if sized_by_parameter:
-            self._pin(result)
+            self._pin(result, f"multiplied or added by {self._describe(node)} with a parameter of fixed size")
         if len(result.sources) > 1:
             self.couplings.append(result)
         return result
+
+    def _reduction(self, node, src, out_shape) -> ChannelMap | None:
+        """A mean, sum or max over dimensions other than the channels' (a global pooling written as
+        ``x.mean((2, 3))``): channel k stays channel k; None where it reduces the channels too."""
+        in_shape = self._shape(node.args[0]) if node.args else None
+        dims = node.args[1] if len(node.args) > 1 else node.kwargs.get("dim")
+        keepdim = node.args[2] if len(node.args) > 2 else node.kwargs.get("keepdim", False)
+        if src is None or in_shape is None or out_shape is None or dims is None:
+            return None
+        dims = [dims] if isinstance(dims, int) else list(dims)
+        if not all(isinstance(d, int) for d in dims):
+            return None
+        dims = {d % len(in_shape) for d in dims}
+        if src.dim in dims:
+            return None
+        dim = src.dim if keepdim else src.dim - sum(d < src.dim for d in dims)
+        if len(out_shape) <= dim or out_shape[dim] != src.size:
+            return None
+        return ChannelMap(dim, src.size, list(src.sources))
 
     def _reshape(self, src, in_shape, out_shape, node) -> ChannelMap | None:
         if src is None or in_shape is None or out_shape is None:
@@ -440,6 +532,10 @@ def _is_shape_query(node: fx.Node) -> bool:
     if node.op == "call_method":
         return node.target in ("size", "dim")
     return node.target is getattr and len(node.args) > 1 and node.args[1] in _SHAPE_ATTRIBUTES
+
+
+def _preserves_by_name(target) -> bool:
+    return (getattr(target, "__module__", None), getattr(target, "__name__", None)) in _PRESERVING_BY_NAME
 
 
 def _first_input(node: fx.Node):

@@ -97,22 +97,32 @@ def surviving_clusters(
     strengths: Mapping[str, torch.Tensor] | None = None,
 ) -> dict[str, torch.Tensor]:
     """Per layer, bool per neuron: the clusters drawn to survive under the cluster environment ``env``.
-    ``strengths``: S_c per layer where they are given (mated parents'), else of ``weights`` and ``parent``."""
+    ``strengths``: S_c per layer where they are given (mated parents'), else of ``weights`` and ``parent``.
+
+    Coupled neurons (`evopop.synthesis.coupling`) are drawn as one: a group's strength is the sum of its
+    members' (the cluster term over the union of their synapses), normalised by the largest group of its
+    family (groups with members in the same layers) and drawn once, with the environment of the family's
+    first layer; a group with a pinned member never dies."""
     if strengths is None:
         strengths = {l.name: cluster_strengths(l, weights[l.name], parent.masks[l.name]) for l in arch.layers}
-    z = cluster_normalizers(strengths, normalizer)
-    candidates, outputs = {}, {}
-    for layer in arch.layers:
-        alive = parent.neurons(layer).cpu()
-        outputs[layer.name] = arch.sinks.get(layer.name, torch.zeros_like(alive)) & alive
-        # the network's outputs (a class's unit) are not clusters to lose, nor counted in a budget
-        candidates[layer.name] = alive & ~outputs[layer.name]
-    scales = env.scales(
-        {name: (strengths[name].float(), candidates[name], z[name]) for name in candidates if not env.is_frozen(name)}
-    )
-    survivors = {}
-    for layer in arch.layers:
-        name = layer.name
-        drawn = sample_clusters(strengths[name], candidates[name], z[name], env, name, seed, scales.get(name))
-        survivors[name] = drawn | outputs[name]
-    return survivors
+    coupling = arch.groups
+    living = {layer.name: parent.neurons(layer).cpu() for layer in arch.layers}
+    group_strength = coupling.sum_members(strengths)
+    group_alive = coupling.any_member(living)
+    candidate = group_alive & ~coupling.pinned
+    families = {f.name: f for f in coupling.families}
+    z = cluster_normalizers({name: group_strength[f.groups] for name, f in families.items()}, normalizer)
+    frozen = {name for name, f in families.items() if any(env.is_frozen(layer) for layer in f.layers)}
+    parts = {
+        name: (group_strength[f.groups].float(), candidate[f.groups], z[name])
+        for name, f in families.items()
+        if name not in frozen
+    }
+    scales = env.scales(parts, settings={name: f.layers[0] for name, f in families.items()})
+    survives = group_alive.clone()
+    for name, f in families.items():
+        if name in frozen:
+            continue
+        drawn = sample_clusters(group_strength[f.groups], candidate[f.groups], z[name], env, name, seed, scales[name])
+        survives[f.groups] = drawn | (group_alive[f.groups] & ~candidate[f.groups])
+    return {name: kept & living[name] for name, kept in coupling.spread(survives).items()}

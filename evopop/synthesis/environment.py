@@ -89,12 +89,15 @@ class Environment:
                 return value
         return None
 
-    def scales(self, parts: Mapping[str, Part]) -> dict[str, float]:
+    def scales(self, parts: Mapping[str, Part], settings: Mapping[str, str] | None = None) -> dict[str, float]:
         """The factor multiplying P in each layer of ``parts`` (layer -> (strengths, alive, Z)): per layer
-        (`scale`), except in ``network`` mode, where the layers without a C of their own share one."""
+        (`scale`), except in ``network`` mode, where the layers without a C of their own share one.
+        ``settings``: the layer whose C applies to each part, where a part is not a layer (a family of
+        coupled clusters)."""
+        settings = settings or {}
         if self.mode != "network":
-            return {layer: self.scale(layer, *part) for layer, part in parts.items()}
-        own = {layer: self._override(layer) for layer in parts}
+            return {layer: self.scale(settings.get(layer, layer), *part) for layer, part in parts.items()}
+        own = {layer: self._override(settings.get(layer, layer)) for layer in parts}
         own.update({layer: self.c for layer, part in parts.items() if own[layer] is None and part[2] <= 0})
         scales = {
             layer: budget_scale(*parts[layer], c, sharpness=self.sharpness) for layer, c in own.items() if c is not None

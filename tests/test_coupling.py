@@ -1,0 +1,296 @@
+"""Coupling groups (`evopop.synthesis.coupling`): neurons tied by the wiring live and die together, in
+the genome and in the compacted network, on hand-built graphs and on torchvision's models."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from evopop.compaction import compact
+from evopop.compaction.compact import CompactionError, relative_error
+from evopop.synthesis import Environment, Genome, effective_genome, synaptic_weights, synthesize, trace_architecture
+from evopop.synthesis.clusters import cluster_strengths, surviving_clusters
+
+
+def members(arch, layer: str, neuron: int) -> set[tuple[str, int]]:
+    """The (layer, neuron) members of the group of ``neuron`` of ``layer``."""
+    coupling = arch.groups
+    group = int(coupling.of_layer(layer)[neuron])
+    return {
+        (name, int(i))
+        for name in coupling.offsets
+        for i in (coupling.of_layer(name) == group).nonzero().flatten().tolist()
+    }
+
+
+def group_sizes(arch) -> list[int]:
+    return sorted(arch.groups.members().tolist())
+
+
+# ------------------------------------------------------------------------------ hand-built graphs
+class Residual(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.stem = nn.Conv2d(3, 6, 3, padding=1)
+        self.a = nn.Conv2d(6, 4, 1)
+        self.b = nn.Conv2d(4, 6, 3, padding=1)
+        self.head = nn.Conv2d(6, 2, 1)
+
+    def forward(self, x):
+        x = F.relu(self.stem(x))
+        x = x + self.b(F.relu(self.a(x)))
+        return self.head(x)
+
+
+class SqueezeExcite(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(3, 8, 3, padding=1)
+        self.fc1 = nn.Conv2d(8, 2, 1)
+        self.fc2 = nn.Conv2d(2, 8, 1)
+        self.head = nn.Conv2d(8, 2, 1)
+
+    def forward(self, x):
+        x = F.relu(self.conv(x))
+        gate = torch.sigmoid(self.fc2(F.relu(self.fc1(x.mean((2, 3), keepdim=True)))))
+        return self.head(x * gate)
+
+
+def depthwise_separable() -> nn.Module:
+    return nn.Sequential(
+        nn.Conv2d(3, 8, 1),
+        nn.BatchNorm2d(8),
+        nn.ReLU6(),
+        nn.Conv2d(8, 8, 3, padding=1, groups=8),
+        nn.BatchNorm2d(8),
+        nn.ReLU6(),
+        nn.Conv2d(8, 4, 1),
+    )
+
+
+def grouped() -> nn.Module:
+    return nn.Sequential(
+        nn.Conv2d(3, 8, 1), nn.ReLU(), nn.Conv2d(8, 8, 3, padding=1, groups=2), nn.ReLU(), nn.Conv2d(8, 2, 1)
+    )
+
+
+def group_norm() -> nn.Module:
+    return nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.GroupNorm(2, 8), nn.ReLU(), nn.Conv2d(8, 2, 1))
+
+
+class CatOfSums(nn.Module):
+    """cat([a, b]) + cat([c, d]): a's channel i is tied to c's, b's to d's."""
+
+    def __init__(self):
+        super().__init__()
+        self.a, self.b, self.c, self.d = (nn.Conv2d(3, 4, 1) for _ in range(4))
+        self.head = nn.Conv2d(8, 2, 1)
+
+    def forward(self, x):
+        return self.head(torch.cat([self.a(x), self.b(x)], 1) + torch.cat([self.c(x), self.d(x)], 1))
+
+
+class InputResidual(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(3, 3, 3, padding=1)
+        self.head = nn.Conv2d(3, 2, 1)
+
+    def forward(self, x):
+        return self.head(x + self.conv(x))
+
+
+X = torch.randn(1, 3, 8, 8)
+
+
+def test_a_residual_sum_ties_the_channels_of_both_operands():
+    arch = trace_architecture(Residual(), X)
+    for c in range(6):
+        assert members(arch, "stem", c) == {("stem", c), ("b", c)}
+    assert members(arch, "a", 0) == {("a", 0)}  # inside the branch nothing is tied
+
+
+def test_a_gate_ties_its_units_to_the_channels_it_scales():
+    arch = trace_architecture(SqueezeExcite(), X)
+    for c in range(8):
+        assert members(arch, "conv", c) == {("conv", c), ("fc2", c)}
+    assert members(arch, "fc1", 1) == {("fc1", 1)}
+    assert not bool(arch.pinned["conv"].any()), "the mean over space is channel-preserving, not a barrier"
+
+
+def test_a_depthwise_filter_is_tied_to_the_neuron_it_reads():
+    arch = trace_architecture(depthwise_separable(), X)
+    for c in range(8):
+        assert members(arch, "0", c) == {("0", c), ("3", c)}
+    assert not bool(arch.pinned["3"].any()), "a depthwise convolution is no longer pinned"
+
+
+def test_a_grouped_convolution_goes_by_whole_groups():
+    arch = trace_architecture(grouped(), X)
+    group0 = {("0", c) for c in range(4)} | {("2", c) for c in range(4)}
+    assert members(arch, "0", 2) == group0 and members(arch, "2", 3) == group0
+    assert group_sizes(arch) == [1, 1, 8, 8]
+
+
+def test_a_group_norm_group_goes_whole():
+    arch = trace_architecture(group_norm(), X)
+    assert members(arch, "0", 1) == {("0", c) for c in range(4)}
+    assert members(arch, "0", 6) == {("0", c) for c in range(4, 8)}
+
+
+def test_concatenations_map_the_ties_to_each_part():
+    arch = trace_architecture(CatOfSums(), X)
+    for i in range(4):
+        assert members(arch, "a", i) == {("a", i), ("c", i)}
+        assert members(arch, "b", i) == {("b", i), ("d", i)}
+
+
+def test_a_channel_added_to_the_network_input_is_pinned():
+    arch = trace_architecture(InputResidual(), X)
+    assert bool(arch.groups.pinned[arch.groups.of_layer("conv")].all())
+
+
+def test_an_uncoupled_network_has_one_family_per_layer_of_single_neurons():
+    model = nn.Sequential(nn.Conv2d(3, 5, 3), nn.ReLU(), nn.Flatten(), nn.Linear(5 * 36, 4))
+    arch = trace_architecture(model, X)
+    assert [(f.name, f.groups.tolist()) for f in arch.groups.families] == [("0", [0, 1, 2, 3, 4]), ("3", [5, 6, 7, 8])]
+
+
+# ------------------------------------------------------------------------------ synthesis and compaction
+HAND_BUILT = [Residual, SqueezeExcite, depthwise_separable, grouped, group_norm, CatOfSums]
+
+
+@pytest.mark.parametrize("factory", HAND_BUILT, ids=lambda f: f.__name__)
+def test_groups_live_and_die_whole_and_compaction_removes_them_everywhere(factory):
+    """The cluster draw keeps or kills whole groups; compaction keeps exactly the groups with an
+    effectively living member (neuron death may still kill members of a surviving group: a gate whose
+    inputs all died), and computes what the masked network computes."""
+    torch.manual_seed(0)
+    model = factory().eval()
+    arch = trace_architecture(model, X)
+    weights = synaptic_weights(model, arch)
+    every_synapse = Environment(1.0, "budget")
+    removed, checked = 0, 0
+    for seed in range(12):
+        drawn = surviving_clusters(arch, weights, Genome.full(arch), Environment(0.6), seed)
+        whole = arch.groups.spread(arch.groups.any_member(drawn))
+        for layer in arch.layers:
+            assert torch.equal(drawn[layer.name], whole[layer.name]), layer.name
+        child = synthesize(arch, weights, Genome.full(arch), every_synapse, seed, clusters=Environment(0.6))
+        living = effective_genome(arch, child).living_neurons(arch)
+        expected = arch.groups.spread(arch.groups.any_member(living) | arch.groups.pinned)
+        small = compact(model, arch, child, X)
+        assert small.max_error <= 1e-4
+        if all(bool(e.any()) for e in expected.values()):  # (an emptied layer keeps a neuron: see compaction)
+            checked += 1
+            for layer in arch.layers:
+                assert not bool((expected[layer.name] & ~drawn[layer.name]).any()), "a dead cluster was kept"
+                assert small.neurons[layer.name] == int(expected[layer.name].sum()), layer.name
+            removed += sum(layer.out_channels for layer in arch.layers) - sum(small.neurons.values())
+    assert checked >= 3 and removed > 0
+
+
+def test_a_grouped_convolution_compacts_to_fewer_groups():
+    torch.manual_seed(0)
+    model = grouped().eval()
+    arch = trace_architecture(model, X)
+    genome = Genome.full(arch)
+    arch.layer("0").keep_neurons(genome.masks["0"], torch.tensor([True] * 4 + [False] * 4))
+    small = compact(model, arch, genome, X)
+    conv = dict(small.module.named_modules())["2"]
+    assert (conv.groups, conv.in_channels, conv.out_channels) == (1, 4, 4)
+
+
+def test_a_group_norm_compacts_to_fewer_groups():
+    torch.manual_seed(0)
+    model = group_norm().eval()
+    arch = trace_architecture(model, X)
+    genome = Genome.full(arch)
+    arch.layer("0").keep_neurons(genome.masks["0"], torch.tensor([False] * 4 + [True] * 4))
+    small = compact(model, arch, genome, X)
+    norm = dict(small.module.named_modules())["1"]
+    assert (norm.num_groups, norm.num_channels) == (1, 4)
+
+
+# ------------------------------------------------------------------------------ statistics
+def test_groups_survive_with_the_probability_of_their_summed_strength():
+    """Group G of a family survives with probability C exp(S_G / Z_F - 1), S_G the sum of its members'
+    cluster strengths and Z_F the largest S_G of the family (every group drawn once)."""
+    torch.manual_seed(3)
+    model = depthwise_separable().eval()
+    with torch.no_grad():  # strengths spread over [0.1, 1] so that the exponent matters
+        for layer in (model[0], model[3]):
+            layer.weight.mul_(torch.linspace(0.1, 1.0, 8)[torch.randperm(8)].view(8, 1, 1, 1))
+    arch = trace_architecture(model, X)
+    weights = synaptic_weights(model, arch)
+    parent = Genome.full(arch)
+    s = sum(cluster_strengths(arch.layer(n), weights[n], parent.masks[n]) for n in ("0", "3"))  # by hand: 0[c] + 3[c]
+    q = 0.8 * torch.exp(s / s.max() - 1)
+    draws = 1500
+    survived = torch.zeros(8)
+    for seed in range(draws):
+        kept = surviving_clusters(arch, weights, parent, Environment(0.8), seed)
+        assert torch.equal(kept["0"], kept["3"])
+        survived += kept["0"].double()
+    for c in range(8):
+        tol = 4.5 * math.sqrt(draws * q[c] * (1 - q[c]))
+        assert abs(float(survived[c]) - draws * float(q[c])) <= tol, c
+    # discriminating: drawn by the depthwise filter's strength alone, some group would be far off
+    alone = cluster_strengths(arch.layer("3"), weights["3"], parent.masks["3"])
+    q_alone = 0.8 * torch.exp(alone / alone.max() - 1)
+    off = (survived - draws * q_alone).abs() / (4.5 * torch.sqrt(draws * q_alone * (1 - q_alone)))
+    assert float(off.max()) > 3
+
+
+# ------------------------------------------------------------------------------ the relative check
+def test_the_compaction_check_is_relative_to_the_output():
+    small = torch.full((4,), 1e-6)
+    assert relative_error(small * 1.5, small) == pytest.approx(0.5)  # an absolute 1e-4 would pass this
+    assert relative_error(small, small) == 0.0
+    assert relative_error(torch.tensor([float("nan")]), torch.tensor([1.0])) == math.inf
+
+
+def test_a_wrong_compaction_of_a_network_with_tiny_outputs_is_caught():
+    from evopop.compaction.compact import _max_difference
+
+    class Tiny(nn.Module):
+        def __init__(self, factor):
+            super().__init__()
+            self.factor = factor
+
+        def forward(self, x):
+            return x * self.factor
+
+    with pytest.raises(CompactionError, match="another function"):
+        _max_difference(Tiny(1e-6), Tiny(2e-6), X)
+    assert _max_difference(Tiny(1e-6), Tiny(1e-6), X) == 0.0
+
+
+# ------------------------------------------------------------------------------ torchvision's models
+ZOO = ["resnet18", "mobilenet_v3_small", "efficientnet_b0", "regnet_x_400mf", "resnext50_32x4d"]
+
+
+@pytest.mark.parametrize("name", ZOO)
+def test_torchvision_offspring_compact_exactly_and_deliver_their_genome(name):
+    """Half the clusters drawn dead: compacted == masked (relative error), and compaction keeps the
+    neurons the genome keeps, give or take the odd neuron whose synapses all died."""
+    import torchvision
+
+    torch.manual_seed(0)
+    model = getattr(torchvision.models, name)(num_classes=10).eval()
+    x = torch.randn(1, 3, 32, 32)
+    arch = trace_architecture(model, x)
+    weights = synaptic_weights(model, arch)
+    child = synthesize(arch, weights, Genome.full(arch), Environment(1.0), 0, clusters=Environment(0.5))
+    small = compact(model, arch, child, x)
+    assert small.max_error <= 1e-4
+    total = sum(layer.out_channels for layer in arch.layers)
+    alive = sum(int(child.neurons(layer).sum()) for layer in arch.layers)
+    assert alive / total < 0.7, "about half the clusters should die"
+    assert abs(sum(small.neurons.values()) - alive) / total <= 0.02
+    dense = compact(model, arch, Genome.full(arch), x)
+    assert dense.macs / small.macs > 2.0
