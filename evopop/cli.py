@@ -5,6 +5,7 @@
     evopop show RUN_DIR                                         the population so far
     evopop report RUN_DIR [--out DIR]                           an HTML report with figures
     evopop export RUN_DIR ID --out FILE [--format pt2|onnx]     one individual, compacted, standalone
+    evopop inspect MODEL [--input 3,224,224] [--arg k=v ...]    what evopop can remove from a model
 
 Exit codes: 0 done, 1 the evolution stopped (records intact: `evopop resume` goes on), 2 bad config or input.
 """
@@ -125,6 +126,43 @@ def cmd_export(args) -> int:
     return 0
 
 
+def cmd_inspect(args) -> int:
+    import torch
+
+    from .toolkit import inspect, load_model, trace_architecture
+
+    try:
+        shape = tuple(int(d) for d in args.input.split(","))
+    except ValueError:
+        raise ConfigError(f"--input: expected sizes like 3,224,224, got {args.input!r}") from None
+    kwargs = {}
+    for item in args.arg:
+        key, sep, value = item.partition("=")
+        if not sep:
+            raise ConfigError(f"--arg: expected key=value, got {item!r}")
+        kwargs[key] = _literal(value)
+    try:
+        model = load_model(args.model, **kwargs).eval()
+    except (ValueError, TypeError) as exc:
+        raise ConfigError(f"model: {exc}") from None
+    try:
+        arch = trace_architecture(model, torch.randn(1, *shape))
+    except ValueError as exc:  # no synaptic layers
+        raise ConfigError(f"model: {exc}") from None
+    print(inspect(arch))
+    return 0
+
+
+def _literal(text: str):
+    """``key=value`` values as YAML reads them (numbers, booleans, null), else the text."""
+    import yaml
+
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError:
+        return text
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="evopop", description="Evolutionary synthesis of deep neural networks")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -155,6 +193,11 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_argument("--out", required=True, help="output file (.pt2 or .onnx); metadata goes to OUT.json")
     export.add_argument("--format", choices=("pt2", "onnx"), default="pt2")
     export.set_defaults(func=cmd_export)
+    inspect = sub.add_parser("inspect", help="what evopop can remove from a model: groups, pinned layers and why")
+    inspect.add_argument("model", help="torchvision:NAME, timm:NAME or package.module:callable (random weights)")
+    inspect.add_argument("--input", default="3,224,224", help="one example's shape, without the batch")
+    inspect.add_argument("--arg", action="append", default=[], help="key=value for the model's constructor")
+    inspect.set_defaults(func=cmd_inspect)
     return parser
 
 
