@@ -32,8 +32,8 @@ from torch.utils.flop_counter import FlopCounterMode
 from evopop.compaction import latency_ms
 from evopop.compaction.compact import relative_error
 from evopop.compaction.export import export_program
-from evopop.synthesis.inspection import inspect_architecture
 from evopop.synthesis import trace_architecture
+from evopop.synthesis.inspection import inspect_architecture
 from evopop.toolkit import compact, load_model, offspring
 
 # (spec, input side, constructor arguments)
