@@ -61,6 +61,8 @@ MODELS = [
     ("timm:efficientnet_b0", 64, {}),
     ("timm:convnext_atto", 64, {}),
 ]
+# models Torch-Pruning is not run on, and why (measured here: it would take the machine down)
+TP_SKIP = {"torchvision:swin_t": "not run: its shape inference took 23 GB of memory and did not finish"}
 LEVELS = (0.7, 0.5)
 BATCH = 8
 
@@ -68,7 +70,8 @@ BATCH = 8
 def counted(module: nn.Module, x: torch.Tensor) -> tuple[int, int]:
     """(parameters, MACs of one sample) by PyTorch's FlopCounterMode."""
     counter = FlopCounterMode(display=False)
-    with torch.no_grad(), counter:
+    # with gradients on: in inference mode nn.MultiheadAttention takes a fused fast path the counter cannot see
+    with torch.enable_grad(), counter:
         module(x)
     return sum(p.numel() for p in module.parameters()), counter.get_total_flops() // 2
 
@@ -160,6 +163,9 @@ def bench_model(spec: str, side: int, kwargs: dict) -> dict:
             row[f"{key}_export_error"] = export_error(small.module, x)
             evo_params = params
     row["evopop_s"] = time.perf_counter() - started
+    if spec in TP_SKIP:
+        row["tp_error"] = TP_SKIP[spec]
+        return row
     try:
         tp50 = torch_pruning(model, x, 0.5)
         params, macs = counted(tp50, x)
