@@ -104,6 +104,37 @@ class InputResidual(nn.Module):
         return self.head(x + self.conv(x))
 
 
+class ChannelShuffle(nn.Module):
+    """torchvision's ShuffleNet shuffle: view into groups (sizes read from the tensor), transpose, view back."""
+
+    def __init__(self):
+        super().__init__()
+        self.a = nn.Conv2d(3, 8, 1)
+        self.b = nn.Conv2d(8, 2, 1)
+
+    def forward(self, x):
+        x = F.relu(self.a(x))
+        n, c, h, w = x.size()
+        x = x.view(n, 2, c // 2, h, w).transpose(1, 2).contiguous().view(n, c, h, w)
+        return self.b(x)
+
+
+class ChannelsLast(nn.Module):
+    """ConvNeXt's pattern without its LayerNorm: permute to channels-last, an MLP, permute back, residual."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(3, 8, 3, padding=1)
+        self.fc1 = nn.Linear(8, 16)
+        self.fc2 = nn.Linear(16, 8)
+        self.head = nn.Conv2d(8, 2, 1)
+
+    def forward(self, x):
+        x = self.conv(x)
+        y = self.fc2(F.gelu(self.fc1(x.permute(0, 2, 3, 1)))).permute(0, 3, 1, 2)
+        return self.head(x + y)
+
+
 X = torch.randn(1, 3, 8, 8)
 
 
@@ -149,6 +180,21 @@ def test_concatenations_map_the_ties_to_each_part():
         assert members(arch, "b", i) == {("b", i), ("d", i)}
 
 
+def test_a_channel_shuffle_ties_the_channels_it_interleaves():
+    arch = trace_architecture(ChannelShuffle(), X)
+    for i in range(4):  # channel i of each half lands beside the other: they go together or not at all
+        assert members(arch, "a", i) == {("a", i), ("a", i + 4)}
+    assert not bool(arch.pinned["a"].any()), "the shuffle is followed, not a barrier"
+
+
+def test_channels_last_and_back_is_followed():
+    arch = trace_architecture(ChannelsLast(), X)
+    for c in range(8):
+        assert members(arch, "conv", c) == {("conv", c), ("fc2", c)}
+    assert members(arch, "fc1", 3) == {("fc1", 3)}
+    assert not any(bool(arch.pinned[name].any()) for name in ("conv", "fc1", "fc2"))
+
+
 def test_a_channel_added_to_the_network_input_is_pinned():
     arch = trace_architecture(InputResidual(), X)
     assert bool(arch.groups.pinned[arch.groups.of_layer("conv")].all())
@@ -161,7 +207,16 @@ def test_an_uncoupled_network_has_one_family_per_layer_of_single_neurons():
 
 
 # ------------------------------------------------------------------------------ synthesis and compaction
-HAND_BUILT = [Residual, SqueezeExcite, depthwise_separable, grouped, group_norm, CatOfSums]
+HAND_BUILT = [
+    Residual,
+    SqueezeExcite,
+    depthwise_separable,
+    grouped,
+    group_norm,
+    CatOfSums,
+    ChannelShuffle,
+    ChannelsLast,
+]
 
 
 @pytest.mark.parametrize("factory", HAND_BUILT, ids=lambda f: f.__name__)

@@ -18,6 +18,7 @@ traced at all (data-dependent control flow) falls back to "no cascade", with a w
 
 from __future__ import annotations
 
+import math
 import operator
 import warnings
 from dataclasses import dataclass, field
@@ -125,6 +126,7 @@ _PRODUCTS = {operator.mul, operator.imul, torch.mul, operator.truediv, torch.div
 _RESHAPES_FUNCTIONS = {torch.flatten, torch.reshape}
 _RESHAPES_METHODS = {"flatten", "view", "reshape"}
 _CAT = {torch.cat, torch.concat}
+_TRANSPOSES = {torch.transpose, torch.permute, "transpose", "permute"}
 _REDUCTIONS = {torch.mean, torch.sum, torch.amax, torch.amin, "mean", "sum", "amax", "amin"}
 # channel-preserving functions of other libraries, by module and name (importing them here would make
 # them dependencies): torchvision's stochastic depth drops whole samples, never channels
@@ -165,6 +167,9 @@ class Architecture:
     note: str = ""
     # per layer: why some of its neurons are pinned, in words (shown by `evopop inspect`)
     pin_reasons: dict[str, list[str]] = field(default_factory=dict)
+    # (channels, position of each channel): channels given one position must live and die together for a
+    # reshape to stay valid once some are removed (the groups of a channel shuffle)
+    position_ties: list[tuple[ChannelMap, torch.Tensor]] = field(default_factory=list)
     groups: Coupling | None = None  # neurons that live and die together (`evopop.synthesis.coupling`)
 
     def __post_init__(self):
@@ -246,6 +251,7 @@ class _Tracer:
         self.pinned = {name: sink.clone() for name, sink in self.sinks.items()}
         self.couplings: list[ChannelMap] = []
         self.reasons: dict[str, list[str]] = {}
+        self.position_ties: list[tuple[ChannelMap, torch.Tensor]] = []
 
     def run(self) -> Architecture:
         for node in self.gm.graph.nodes:
@@ -262,6 +268,7 @@ class _Tracer:
             self.pinned,
             self.couplings,
             pin_reasons=self.reasons,
+            position_ties=self.position_ties,
         )
 
     def _sink(self, value, reason: str, pin: bool = True) -> None:
@@ -383,6 +390,10 @@ class _Tracer:
             return self._elementwise(node, out_shape, product=target in _PRODUCTS)
         if target in _RESHAPES_FUNCTIONS or target in _RESHAPES_METHODS:
             return self._reshape(first, self._shape(node.args[0]), out_shape, node)
+        if target in _TRANSPOSES:
+            moved = self._transpose(node, first, out_shape)
+            if moved is not None:
+                return moved
         if target in _REDUCTIONS:
             reduced = self._reduction(node, first, out_shape)
             if reduced is not None:
@@ -405,7 +416,7 @@ class _Tracer:
         """``op`` maps channel k of its input to channel k of its output. Spatial operations (pooling,
         padding) must see channels on dimension 1 of a batched input of their rank: otherwise they
         would pool or pad across channels."""
-        if src is None or out_shape is None or len(out_shape) <= src.dim or out_shape[src.dim] != src.size:
+        if src is None or out_shape is None or not src.fits(out_shape):
             return False
         rank = _spatial_rank(op)
         return rank is None or (src.dim == 1 and len(out_shape) == rank + 2)
@@ -418,7 +429,7 @@ class _Tracer:
         if in_shape is None:
             return self._barrier(node)
         expected_dim = (len(in_shape) - 1) if layer.kind == "linear" else 1
-        if src is None or src.dim != expected_dim or src.size != layer.in_channels:
+        if src is None or src.dim != expected_dim or src.size != layer.in_channels or src.block is not None:
             self._sink(first, f"read by {name} in a way evopop cannot follow")
             src = ChannelMap.always_alive(expected_dim, layer.in_channels)
         self.inputs.setdefault(name, []).append(src)
@@ -446,7 +457,7 @@ class _Tracer:
         params = tuple(f"{name}.{p}" for p, t in module.named_parameters(recurse=False) if t.numel() == src.size)
         buffers = tuple(f"{name}.{b}" for b, t in module.named_buffers(recurse=False) if t is not None and t.dim() == 1)
         sizes = [t.numel() for t in (*module.parameters(recurse=False), *module.buffers(recurse=False)) if t.dim()]
-        if src.dim != 1 or any(size not in (src.size, 1) for size in sizes):  # 1: shared, e.g. PReLU()
+        if src.dim != 1 or src.block is not None or any(size not in (src.size, 1) for size in sizes):  # 1: shared
             return False
         # recorded even without state: compaction also sets the channel count (num_features, num_groups)
         groups = module.num_groups if isinstance(module, nn.GroupNorm) else 1
@@ -460,7 +471,7 @@ class _Tracer:
             return None
         dim = dim % len(out_shape)
         maps = [self._input_map(t) for t in tensors]
-        if dim != 1 or any(m is None or m.dim != 1 for m in maps):
+        if dim != 1 or any(m is None or m.dim != 1 or m.block is not None for m in maps):
             return self._barrier(node)
         return concatenate(maps, 1)
 
@@ -475,7 +486,12 @@ class _Tracer:
                 if product:
                     continue  # a parameter factor cannot revive a dead one: the product stays zero
             m = self._input_map(arg)
-            if m is not None and m.size == out_shape[m.dim] and len(self._shape(arg) or ()) == len(out_shape):
+            if (
+                m is not None
+                and m.block is None
+                and m.fits(out_shape)
+                and len(self._shape(arg) or ()) == len(out_shape)
+            ):
                 aligned.append(m)
             elif m is not None and m.sources:
                 misaligned = True  # broadcast from living neurons over all channels
@@ -497,7 +513,7 @@ class _Tracer:
         in_shape = self._shape(node.args[0]) if node.args else None
         dims = node.args[1] if len(node.args) > 1 else node.kwargs.get("dim")
         keepdim = node.args[2] if len(node.args) > 2 else node.kwargs.get("keepdim", False)
-        if src is None or in_shape is None or out_shape is None or dims is None:
+        if src is None or src.block is not None or in_shape is None or out_shape is None or dims is None:
             return None
         dims = [dims] if isinstance(dims, int) else list(dims)
         if not all(isinstance(d, int) for d in dims):
@@ -515,13 +531,60 @@ class _Tracer:
             return self._barrier(node)
         if in_shape == out_shape:
             return src
-        is_flatten = len(out_shape) == 2 and out_shape[0] == in_shape[0] and src.dim == 1
+        is_flatten = len(out_shape) == 2 and out_shape[0] == in_shape[0] and src.dim == 1 and src.block is None
         if is_flatten and len(in_shape) >= 2:
             spatial = 1
             for d in in_shape[2:]:
                 spatial *= d
             return src.flatten(spatial)
-        return self._barrier(node)
+        moved = self._regroup(src, in_shape, out_shape, node)
+        return moved if moved is not None else self._barrier(node)
+
+    def _regroup(self, src, in_shape, out_shape, node) -> ChannelMap | None:
+        """A view that splits the channel dimension into several, or merges them back, and leaves the
+        other dimensions alone (a channel shuffle's two views). The split must have exactly one size
+        computed from the tensor (the others are constants): that one shrinks when channels are removed,
+        so the channels that differ only along the constant dimensions are tied together."""
+        if node.op == "call_module":
+            return None
+        d, block = src.dim, src.block or (src.size,)
+        prefix, suffix = in_shape[:d], in_shape[d + len(block) :]
+        end = len(out_shape) - len(suffix)
+        middle = tuple(out_shape[d:end])
+        if tuple(out_shape[:d]) != tuple(prefix) or tuple(out_shape[end:]) != tuple(suffix) or not middle:
+            return None
+        if math.prod(middle) != src.size:
+            return None
+        sizes = _view_sizes(node)
+        if sizes is None or len(sizes) != len(out_shape):
+            return None
+        adaptive = [i for i, size in enumerate(sizes[d:end]) if not isinstance(size, int) or size == -1]
+        if len(adaptive) != 1:
+            return None  # a fixed size would not fit the compacted network; two would be ambiguous
+        if len(middle) > 1:  # position of a channel: its index along the dimension that shrinks
+            a = adaptive[0]
+            along = torch.arange(middle[a]).view([-1 if i == a else 1 for i in range(len(middle))])
+            self.position_ties.append((src, along.expand(middle).reshape(-1)))
+        return ChannelMap(d, src.size, list(src.sources), middle if len(middle) > 1 else None)
+
+    def _transpose(self, node, src, out_shape) -> ChannelMap | None:
+        """A transpose or permute: inside a channel block it reorders the channels; of the channel
+        dimension alone it moves it (channels-last and back)."""
+        in_shape = self._shape(node.args[0]) if node.args else None
+        if src is None or in_shape is None or out_shape is None:
+            return None
+        perm = _permutation(node, len(in_shape))
+        if perm is None:
+            return None
+        block = src.block or (src.size,)
+        region = range(src.dim, src.dim + len(block))
+        if len(block) == 1:
+            return ChannelMap(perm.index(src.dim), src.size, list(src.sources))
+        if any((j in region) != (perm[j] in region) or (j not in region and perm[j] != j) for j in range(len(perm))):
+            return None
+        local = [perm[j] - src.dim for j in region]
+        order = torch.arange(src.size).view(block).permute(local).reshape(-1)
+        return src.reordered(order, src.dim, tuple(block[i] for i in local))
 
 
 _SHAPE_ATTRIBUTES = {"shape", "dtype", "device", "ndim", "is_cuda", "requires_grad"}
@@ -532,6 +595,33 @@ def _is_shape_query(node: fx.Node) -> bool:
     if node.op == "call_method":
         return node.target in ("size", "dim")
     return node.target is getattr and len(node.args) > 1 and node.args[1] in _SHAPE_ATTRIBUTES
+
+
+def _view_sizes(node: fx.Node) -> list | None:
+    """The sizes a view / reshape asks for: ints (constants, -1) or nodes (computed from a tensor)."""
+    sizes = list(node.args[1:]) if node.op == "call_method" else list(node.args[1:2])
+    if len(sizes) == 1 and isinstance(sizes[0], (tuple, list)):
+        sizes = list(sizes[0])
+    if node.op != "call_method" and not sizes:
+        sizes = node.kwargs.get("shape")
+    return sizes or None
+
+
+def _permutation(node: fx.Node, rank: int) -> list[int] | None:
+    """The dimension order of a transpose or permute: output dimension i is input dimension perm[i]."""
+    args = list(node.args[1:])
+    if node.target in (torch.transpose, "transpose"):
+        if len(args) != 2 or not all(isinstance(a, int) for a in args):
+            return None
+        a, b = (x % rank for x in args)
+        perm = list(range(rank))
+        perm[a], perm[b] = perm[b], perm[a]
+        return perm
+    if len(args) == 1 and isinstance(args[0], (tuple, list)):
+        args = list(args[0])
+    if len(args) != rank or not all(isinstance(a, int) for a in args):
+        return None
+    return [a % rank for a in args]
 
 
 def _preserves_by_name(target) -> bool:

@@ -9,7 +9,10 @@ feeding it in ``b``. The traced wiring (`Architecture`) says which positions are
   (a depthwise convolution's group is one channel: the filter and the neuron it reads). A grouped
   convolution loses whole groups, and stays a grouped convolution with fewer groups;
 - a GroupNorm's group: its statistics read every channel of the group, so the group goes whole;
-- concatenations and flattening need nothing here: `ChannelMap` already maps their indices.
+- the channels a reshape must keep in step: the groups of a channel shuffle (``view`` into groups,
+  ``transpose``, ``view`` back) keep the same channels, or the shuffle would interleave others
+  (`Architecture.position_ties`);
+- concatenations, transposes and flattening need nothing here: `ChannelMap` already maps their indices.
 
 A *group* is the transitive closure of these ties: a set of (layer, neuron) members. It survives or
 dies as one in the cluster encoding (`evopop.synthesis.clusters`), and compaction keeps or removes it
@@ -96,6 +99,8 @@ def coupling_groups(arch: Architecture) -> Coupling:
     if arch.traced:
         for channels in arch.couplings:
             ties.tie_channels(channels, torch.arange(channels.size))
+        for channels, positions in arch.position_ties:
+            ties.tie_channels(channels, positions)
         for layer in arch.layers:
             if layer.groups > 1 and len(arch.inputs.get(layer.name, ())) == 1:
                 ties.tie_conv_groups(layer, arch.inputs[layer.name][0])

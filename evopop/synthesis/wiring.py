@@ -31,6 +31,19 @@ class ChannelMap:
     dim: int  # the tensor dimension that holds channels / features
     size: int
     sources: list[Source] = field(default_factory=list)
+    # channels viewed over several dimensions (``x.view(b, g, c // g, h, w)``, a channel shuffle): their
+    # sizes, from ``dim`` on, in row-major order; None for channels on ``dim`` alone
+    block: tuple[int, ...] | None = None
+
+    def fits(self, shape) -> bool:
+        """True iff a tensor of ``shape`` holds these channels where this map says."""
+        dims = self.block or (self.size,)
+        return shape is not None and tuple(shape[self.dim : self.dim + len(dims)]) == tuple(dims)
+
+    def reordered(self, order: torch.Tensor, dim: int, block: tuple[int, ...] | None) -> ChannelMap:
+        """Channel i of the result is channel ``order[i]`` of this one (a transpose inside the block)."""
+        sources = [Source(s.producer, s.index[order]) for s in self.sources]
+        return ChannelMap(dim, self.size, sources, block if block and len(block) > 1 else None)
 
     @staticmethod
     def always_alive(dim: int, size: int) -> ChannelMap:
