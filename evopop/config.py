@@ -87,6 +87,9 @@ class EnvironmentSection(_Section):
     sharpness: float = Field(1.0, gt=0, le=MAX_SHARPNESS)
     # C follows each lineage's loss (the synapses' environment only; layers with a C of their own keep it)
     adapt: AdaptSection | None = None
+    # clusters only: surviving channels per layer rounded (stochastically) to a multiple of this, which
+    # most kernels run faster on than odd counts
+    multiple: int = Field(1, ge=1, le=1024)
 
     @model_validator(mode="after")
     def _adapt_or_schedule(self):
@@ -175,6 +178,15 @@ class EvolutionSection(_Section):
             raise ValueError(
                 "clusters.adapt is not supported: C adapts for the synapses' environment only "
                 "(evolution.environment.adapt)"
+            )
+        return self
+
+    @model_validator(mode="after")
+    def _multiples_are_for_clusters(self):
+        if self.environment.multiple != 1:
+            raise ValueError(
+                "environment.multiple: channel multiples round the surviving clusters; set clusters.multiple "
+                "(with encoding: cluster) instead"
             )
         return self
 

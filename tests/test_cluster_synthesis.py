@@ -25,7 +25,7 @@ from torch import nn
 
 from evopop.config import Config, ConfigError, load_config
 from evopop.engine.plan import plan_run
-from evopop.engine.specs import offspring_specs
+from evopop.engine.specs import offspring_specs, schedule_of
 from evopop.records.schema import IndividualRecord
 from evopop.synthesis import (
     Environment,
@@ -573,6 +573,8 @@ def test_config_accepts_cluster_encoding():
     config = load_config(None, ["evolution.encoding=cluster", "evolution.clusters.c=0.25"])
     assert (config.evolution.encoding, config.evolution.clusters.c) == ("cluster", 0.25)
     assert load_config().evolution.encoding == "synapse"  # the paper's encoding by default
+    config = load_config(CLUSTER_CONFIG, ["evolution.clusters.multiple=8"])
+    assert schedule_of(config, "clusters").at(2).multiple == 8
 
 
 @pytest.mark.parametrize(
@@ -585,6 +587,8 @@ def test_config_accepts_cluster_encoding():
         ({"clusters": {"layers": {"fc*": 0}}}, "C of layers 'fc*' must be in (0, 1]"),
         ({"clusters": {"schedule": {1: 0.5}}}, "schedule generations start at 2"),
         ({"clusters": {"cc": 0.5}}, "evolution.clusters.cc: unknown key; did you mean 'c'?"),
+        ({"encoding": "cluster", "clusters": {"multiple": 0}}, "evolution.clusters.multiple: Input should be"),
+        ({"encoding": "cluster", "environment": {"multiple": 8}}, "set clusters.multiple"),
     ],
 )
 def test_config_rejects_bad_cluster_settings(evolution, message):

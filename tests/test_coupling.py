@@ -349,3 +349,42 @@ def test_torchvision_offspring_compact_exactly_and_deliver_their_genome(name):
     assert abs(sum(small.neurons.values()) - alive) / total <= 0.02
     dense = compact(model, arch, Genome.full(arch), x)
     assert dense.macs / small.macs > 2.0
+
+
+# ------------------------------------------------------------------------------ channel multiples
+def test_channel_counts_are_rounded_to_multiples_without_bias():
+    """clusters.multiple: every layer (the classes aside) keeps a multiple of 8 channels, and the
+    rounding is stochastic, so that the mean number of survivors stays what the budget asks."""
+    import torchvision
+
+    torch.manual_seed(0)
+    model = torchvision.models.resnet18(num_classes=10).eval()
+    x = torch.randn(1, 3, 32, 32)
+    arch = trace_architecture(model, x)
+    weights = synaptic_weights(model, arch)
+    parent = Genome.full(arch)
+    plain, rounded = [], []
+    for seed in range(60):
+        kept = surviving_clusters(arch, weights, parent, Environment(0.5, "budget", multiple=8), seed)
+        for name, k in kept.items():
+            if name != "fc":
+                assert int(k.sum()) % 8 == 0, (name, int(k.sum()))
+        rounded.append(sum(int(k.sum()) for k in kept.values()))
+        plain.append(
+            sum(
+                int(k.sum())
+                for k in surviving_clusters(arch, weights, parent, Environment(0.5, "budget"), seed).values()
+            )
+        )
+    mean_plain, mean_rounded = sum(plain) / len(plain), sum(rounded) / len(rounded)
+    assert abs(mean_rounded - mean_plain) < 0.02 * mean_plain  # unbiased: ~1,450 neurons either way
+    assert rounded != plain
+
+
+def test_a_grouped_family_rounds_in_whole_groups():
+    """Groups of 4 channels: a multiple of 8 channels is an even number of groups."""
+    from evopop.synthesis.clusters import family_step
+
+    arch = trace_architecture(grouped(), X)
+    family = next(f for f in arch.groups.families if "2" in f.layers)
+    assert family_step(arch.groups, family, 8) == 2 and family_step(arch.groups, family, 4) == 1

@@ -21,7 +21,7 @@ def schedule_of(config: Config, level: str = "synapses") -> Schedule:
     synapses = config.evolution.environment
     env = synapses if level == "synapses" else config.evolution.clusters
     frozen = tuple(env.frozen) + tuple(p for p in synapses.frozen if p not in env.frozen)
-    base = Environment(env.c, env.mode, tuple(env.layers.items()), frozen, env.sharpness)
+    base = Environment(env.c, env.mode, tuple(env.layers.items()), frozen, env.sharpness, env.multiple)
     return Schedule(base, tuple(env.schedule.items()))
 
 

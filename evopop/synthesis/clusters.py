@@ -123,6 +123,50 @@ def surviving_clusters(
     for name, f in families.items():
         if name in frozen:
             continue
-        drawn = sample_clusters(group_strength[f.groups], candidate[f.groups], z[name], env, name, seed, scales[name])
-        survives[f.groups] = drawn | (group_alive[f.groups] & ~candidate[f.groups])
+        strength, candidates = group_strength[f.groups], candidate[f.groups]
+        drawn = sample_clusters(strength, candidates, z[name], env, name, seed, scales[name])
+        forced = group_alive[f.groups] & ~candidates
+        if env.multiple > 1:
+            step = family_step(coupling, f, env.multiple)
+            p = cluster_probability(strength, candidates, z[name], env.sharpness)
+            uniform = torch.rand(1, generator=torch.Generator().manual_seed(derive_seed(seed, "multiple", name)))
+            drawn = round_to_multiple(drawn, candidates, forced, p, step, float(uniform))
+        survives[f.groups] = drawn | forced
     return {name: kept & living[name] for name, kept in coupling.spread(survives).items()}
+
+
+def family_step(coupling, family, multiple: int) -> int:
+    """How many groups of ``family`` make a multiple of ``multiple`` channels in each of its layers."""
+    step = 1
+    for layer in family.layers:
+        per_group = torch.bincount(coupling.of_layer(layer), minlength=coupling.groups)[family.groups]
+        q = math.gcd(*per_group.tolist())
+        need = multiple // math.gcd(multiple, q)
+        step = step * need // math.gcd(step, need)
+    return step
+
+
+def round_to_multiple(
+    drawn: torch.Tensor, candidates: torch.Tensor, forced: torch.Tensor, p: torch.Tensor, step: int, uniform: float
+) -> torch.Tensor:
+    """The drawn groups, their count (with the ``forced`` ones) rounded to a multiple of ``step``.
+
+    Rounding is stochastic, so that synthesis stays unbiased: with n survivors between the multiples
+    lo <= n < lo + step, the count becomes lo + step with probability (n - lo) / step, else lo (its
+    expectation is n). The count is reached by dropping the weakest drawn candidates (lowest P) or
+    reviving the strongest candidates not drawn; forced groups (pinned) stay whatever the count, and
+    the count never exceeds the living groups."""
+    n = int(drawn.sum()) + int(forced.sum())
+    lo = n - n % step
+    target = lo + step if uniform < (n - lo) / step else lo
+    target = min(target, int((candidates | forced).sum()))
+    change = target - n
+    out = drawn.clone()
+    order = torch.argsort(p.double(), stable=True)  # weakest first, ties by index
+    if change < 0:
+        weakest = order[drawn[order]][: min(-change, int(drawn.sum()))]
+        out[weakest] = False
+    elif change > 0:
+        strongest = order[(candidates & ~drawn)[order]].flip(0)[:change]
+        out[strongest] = True
+    return out

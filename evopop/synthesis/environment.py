@@ -65,6 +65,8 @@ class Environment:
     frozen: tuple[str, ...] = ()  # glob patterns of layers whose synapses are not sampled (they still
     # lose the synapses that read neurons which died upstream: neuron death is not optional)
     sharpness: float = 1.0  # k in P(s_k | w_k) = exp(k (|w_k| / Z - 1)); 1 is the paper's model
+    # clusters only: each layer keeps a multiple of this many channels (see `clusters.round_to_multiple`)
+    multiple: int = 1
 
     def __post_init__(self):
         # store floats, so that C given as text ("0.5") is converted here or refused here
@@ -72,6 +74,8 @@ class Environment:
         object.__setattr__(self, "sharpness", check_sharpness(self.sharpness))
         if self.mode not in MODES:
             raise ValueError(f"environment mode must be one of {MODES}, got {self.mode!r}")
+        if not isinstance(self.multiple, int) or self.multiple < 1:
+            raise ValueError(f"multiple must be a whole number >= 1, got {self.multiple!r}")
         layer_c = tuple((str(p), check_factor(v, f"C for layers {p!r}")) for p, v in self.layer_c)
         object.__setattr__(self, "layer_c", layer_c)
 
