@@ -209,12 +209,30 @@ class HalvingSection(_Section):
     min_epochs: int = Field(1, ge=1)  # the first rung's epochs
 
 
+LATENCIES = ("cpu_b1", "cpu_b32", "gpu")
+
+
+class LatencySection(_Section):
+    """Selection on the compacted networks' measured latency (`evopop.engine.selection.LatencyRule`)."""
+
+    measure: Literal[LATENCIES] = "cpu_b32"  # which of the latencies compaction measures
+    budget: float | None = Field(None, gt=0)  # within this fraction of the root ancestor's latency
+    pareto: bool = False  # or: non-dominated sorting on (metric, latency)
+
+    @model_validator(mode="after")
+    def _one_rule(self):
+        if (self.budget is None) == (not self.pareto):
+            raise ValueError("set either budget (a fraction of the ancestor's latency) or pareto: true")
+        return self
+
+
 class SelectionSection(_Section):
     rule: Literal[SELECTION_RULES] = "best"
     k: int = Field(1, ge=1)
     metric: str | None = None  # "<eval set>_<metric>"; default: the task's
     direction: Literal["max", "min"] | None = None
     halving: HalvingSection | None = None  # off: every offspring trains for the full epochs
+    latency: LatencySection | None = None  # off: the metric alone decides
 
     @model_validator(mode="after")
     def _halving_needs_a_choice(self):
@@ -296,6 +314,15 @@ class Config(_Section):
     baselines: BaselinesSection = Field(default_factory=BaselinesSection)
     compaction: CompactionSection = Field(default_factory=CompactionSection)
     storage: StorageSection = Field(default_factory=StorageSection)
+
+    @model_validator(mode="after")
+    def _latency_needs_compaction(self):
+        if self.selection.latency is not None and not self.compaction.enabled:
+            raise ValueError(
+                "selection.latency selects on the compacted networks' measured latency: "
+                "it needs compaction.enabled: true"
+            )
+        return self
 
     @model_validator(mode="after")
     def _parents_can_be_supplied(self):

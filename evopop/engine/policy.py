@@ -36,8 +36,8 @@ from .halving import promote
 from .hooks import BASELINES, OFFSPRING, Batch, Hook
 from .jobs import PARENT_SEPARATOR, ParentState, Spec
 from .plan import Plan
-from .selection import select
-from .specs import baseline_specs, offspring_specs, root_spec
+from .selection import LatencyRule, select
+from .specs import ROOT_ID, baseline_specs, offspring_specs, root_spec
 
 
 class EvolutionFailed(RunStopped):
@@ -288,12 +288,22 @@ class Evolution:
             if r.status == FAILED and r.failure == INFRASTRUCTURE and is_baseline(r.kind) == baselines
         }
 
+    def latency_rule(self) -> tuple[LatencyRule | None, float | None]:
+        """``selection.latency`` as a rule, with the root ancestor's latency its budget is relative to."""
+        wanted = self.config.selection.latency
+        if wanted is None:
+            return None, None
+        rule = LatencyRule(f"latency_{wanted.measure}_ms", wanted.budget, wanted.pareto)
+        root = next((r for r in self.records.individuals(1) if r.individual_id == ROOT_ID), None)
+        return rule, rule.latency(root) if root is not None else None
+
     def select(self, generation: int, ids: list[str]) -> list[IndividualRecord]:
         """Record which of ``ids`` survive into the next generation; EvolutionFailed if none can."""
         wanted = set(ids)
         candidates = [r for r in self.records.individuals(generation) if r.individual_id in wanted]
         s = self.config.selection
-        ranking, selected = select(candidates, s.rule, s.k, self.plan.metric, self.plan.direction)
+        latency, reference = self.latency_rule()
+        ranking, selected = select(candidates, s.rule, s.k, self.plan.metric, self.plan.direction, latency, reference)
         if not selected:
             raise EvolutionFailed(
                 f"every individual of generation {generation} failed (see the 'error' column: "
