@@ -60,7 +60,7 @@ class Compacted:
     module: fx.GraphModule
     neurons: dict[str, int]  # per synaptic layer: neurons kept
     params: int  # every parameter of the compacted network
-    macs: int  # synaptic multiply-accumulates of one sample, as `Counts.macs` counts them
+    macs: int  # multiply-accumulates of one sample, as `Counts.macs` counts them
     max_error: float  # largest |compacted - masked| / largest |masked| on the check inputs
 
 
@@ -93,7 +93,7 @@ def compact(
     error = _max_difference(masked, graph, example_input)
     macs = sum(
         modules[l.name].weight.numel() * arch.macs_per_synapse.get(l.name, 0) for l in arch.layers if l.name in modules
-    )
+    ) + sum(arch.other_macs.values())
     return Compacted(
         module=graph,
         neurons={name: int(k.sum()) for name, k in keep.items()},

@@ -170,6 +170,9 @@ class Architecture:
     # (channels, position of each channel): channels given one position must live and die together for a
     # reshape to stay valid once some are removed (the groups of a channel shuffle)
     position_ties: list[tuple[ChannelMap, torch.Tensor]] = field(default_factory=list)
+    # multiply-accumulates of one sample that no synaptic layer performs: attention's input projection
+    # and its two products (QK^T, AV), per module
+    other_macs: dict[str, int] = field(default_factory=dict)
     groups: Coupling | None = None  # neurons that live and die together (`evopop.synthesis.coupling`)
 
     def __post_init__(self):
@@ -252,6 +255,7 @@ class _Tracer:
         self.couplings: list[ChannelMap] = []
         self.reasons: dict[str, list[str]] = {}
         self.position_ties: list[tuple[ChannelMap, torch.Tensor]] = []
+        self.other_macs: dict[str, int] = {}
 
     def run(self) -> Architecture:
         for node in self.gm.graph.nodes:
@@ -269,6 +273,7 @@ class _Tracer:
             self.couplings,
             pin_reasons=self.reasons,
             position_ties=self.position_ties,
+            other_macs=self.other_macs,
         )
 
     def _sink(self, value, reason: str, pin: bool = True) -> None:
@@ -367,6 +372,8 @@ class _Tracer:
         out_shape = self._shape(node)
         if isinstance(module, SYNAPTIC_TYPES):
             return self._synaptic(node, module, first, src, out_shape)
+        if isinstance(module, nn.MultiheadAttention):
+            self._count_attention(node, module)
         if isinstance(module, nn.Flatten):
             return self._reshape(src, self._shape(first), out_shape, node)
         if isinstance(module, _PRESERVING_MODULES) and self._keeps_channels(src, out_shape, module):
@@ -447,6 +454,22 @@ class _Tracer:
             return None
         out_dim = (len(out_shape) - 1) if layer.kind == "linear" else 1
         return ChannelMap.of_layer(name, out_dim, layer.out_channels)
+
+    def _count_attention(self, node, module: nn.MultiheadAttention) -> None:
+        """What ``nn.MultiheadAttention`` computes per sample: Q, K and V projections, QK^T and AV, and
+        the output projection (a Linear it applies itself, never called as a module). Its neurons stay
+        behind a barrier: heads are not clusters yet."""
+        shapes = [self._shape(a) for a in node.args[:3]] + [None] * 3
+        query, key = shapes[0], shapes[1] or shapes[0]
+        if query is None or len(query) != 3:
+            return
+        seq = 1 if module.batch_first else 0
+        lq, lk, e = query[seq], key[seq], module.embed_dim
+        kdim, vdim = module.kdim, module.vdim
+        self.other_macs[node.target] = lq * e * e + lk * e * (kdim + vdim) + 2 * lq * lk * e
+        out_proj = f"{node.target}.out_proj"
+        if out_proj in self.by_name:
+            self.macs[out_proj] = self.macs.get(out_proj, 0) + lq
 
     def _attach(self, name: str, module: nn.Module, src: ChannelMap) -> bool:
         """Record ``module``'s per-channel parameters and buffers; False if it has state of another size."""

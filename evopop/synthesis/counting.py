@@ -1,8 +1,8 @@
 """Counting: synapses, neurons, other parameters and multiply-accumulates, dense vs. living.
 
-MACs count the synaptic multiply-accumulates of one sample (the bulk of a conv/linear net's
-compute): each living synapse of a conv is used once per output position, of a deconv once per
-input position, of a linear once per token. These are *nominal* figures for the masked network;
+MACs count the multiply-accumulates of one sample: each living synapse of a conv is used once per
+output position, of a deconv once per input position, of a linear once per token; attention adds
+its projections and products (`Architecture.other_macs`), which no genome removes yet. These are *nominal* figures for the masked network;
 the realised speed-up needs compaction into smaller dense layers. A network that could not be
 traced (see `Architecture.traced`) has no MACs figures: they are reported as 0.
 """
@@ -39,6 +39,7 @@ class Counts:
     layers: tuple[LayerCount, ...]
     other_params: int  # living non-synaptic parameters (biases, norms, ...)
     dense_other_params: int
+    other_macs: int = 0  # MACs no synaptic layer performs (attention's products), never removed
 
     @property
     def synapses(self) -> int:
@@ -58,11 +59,11 @@ class Counts:
 
     @property
     def macs(self) -> int:
-        return sum(l.macs for l in self.layers)
+        return sum(l.macs for l in self.layers) + self.other_macs
 
     @property
     def dense_macs(self) -> int:
-        return sum(l.dense_macs for l in self.layers)
+        return sum(l.dense_macs for l in self.layers) + self.other_macs
 
     @property
     def params(self) -> int:
@@ -95,7 +96,7 @@ def count(arch: Architecture, genome: Genome) -> Counts:
     dead_other = sum(
         masks[name].numel() - int(torch.count_nonzero(masks[name])) for name in arch.other_params if name in masks
     )
-    return Counts(tuple(layers), dense_other - dead_other, dense_other)
+    return Counts(tuple(layers), dense_other - dead_other, dense_other, sum(arch.other_macs.values()))
 
 
 def efficiency(ancestor_synapses: int, synapses: int) -> float:

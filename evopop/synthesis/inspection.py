@@ -29,7 +29,7 @@ class Inspection:
     neurons: int
     synapses: int
     other_params: int
-    dense_macs: int  # synaptic multiply-accumulates of one sample
+    dense_macs: int  # multiply-accumulates of one sample (`Counts.dense_macs`)
     groups: int
     coupled_groups: int  # groups of more than one neuron
     largest_group: int
@@ -92,7 +92,8 @@ def inspect_architecture(arch: Architecture) -> Inspection:
         neurons=sum(layer.out_channels for layer in arch.layers),
         synapses=arch.synapses,
         other_params=sum(arch.other_params.values()),
-        dense_macs=sum(layer.numel * arch.macs_per_synapse.get(layer.name, 0) for layer in arch.layers),
+        dense_macs=sum(layer.numel * arch.macs_per_synapse.get(layer.name, 0) for layer in arch.layers)
+        + sum(arch.other_macs.values()),
         groups=coupling.groups,
         coupled_groups=int((sizes > 1).sum()),
         largest_group=int(sizes.max()) if sizes.numel() else 0,
