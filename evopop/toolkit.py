@@ -57,12 +57,13 @@ def offspring(
     seed: int = 0,
     parent: Genome | None = None,
     sharpness: float = 1.0,
+    multiple: int = 1,
 ) -> Genome:
     """One offspring genome of ``model`` (its weights are the parent's DNA): an expected fraction
     ``clusters`` of the living coupling groups survives (the cluster ``budget``), then ``synapses`` of the
-    survivors' synapses (1: all of them)."""
+    survivors' synapses (1: all of them); ``multiple``: each layer keeps a multiple of that many channels."""
     parent = parent or Genome.full(arch)
-    cluster_env = Environment(clusters, "budget", sharpness=sharpness)
+    cluster_env = Environment(clusters, "budget", sharpness=sharpness, multiple=multiple)
     return synthesize(
         arch, synaptic_weights(model, arch), parent, Environment(synapses, "budget"), seed, clusters=cluster_env
     )

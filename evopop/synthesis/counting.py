@@ -2,8 +2,9 @@
 
 MACs count the multiply-accumulates of one sample: each living synapse of a conv is used once per
 output position, of a deconv once per input position, of a linear once per token; attention adds
-its projections and products (`Architecture.other_macs`), which no genome removes yet. These are *nominal* figures for the masked network;
-the realised speed-up needs compaction into smaller dense layers. A network that could not be
+its projections and products (`Architecture.other_macs`), which no genome removes yet. These are
+*nominal* figures for the masked network; the realised speed-up needs compaction into smaller dense
+layers. A network that could not be
 traced (see `Architecture.traced`) has no MACs figures: they are reported as 0.
 """
 
