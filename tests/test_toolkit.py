@@ -33,7 +33,7 @@ def test_trace_inspect_synthesize_compact_export_a_torchvision_model(tmp_path):
 
 def test_trace_warns_once_naming_the_layers_that_can_never_be_removed():
     model = torchvision.models.shufflenet_v2_x0_5(num_classes=10).eval()
-    with pytest.warns(UserWarning, match=r"can never be removed: stage2\.0\.branch\S+ \(\d+/\d+: read by \.view\(\)"):
+    with pytest.warns(UserWarning, match=r"can never be removed: stage2\.0\.branch\S+ \(\d+/\d+: read by \.chunk\(\)"):
         evo.trace(model, torch.randn(1, 3, 32, 32))
 
 

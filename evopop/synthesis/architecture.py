@@ -311,7 +311,16 @@ class _Tracer:
         return getattr(node.target, "__name__", str(node.target)) + "()"
 
     def _opaque(self, node: fx.Node) -> str:
-        return f"read by {self._describe(node)}, which evopop cannot see through"
+        what = self._describe(node)
+        if node.target is F.layer_norm or (
+            node.op == "call_module" and isinstance(self.modules[node.target], nn.LayerNorm)
+        ):
+            return f"read by {what}: its statistics read every channel, so removing one changes the others"
+        if node.target in ("chunk", torch.chunk, "split", torch.split):
+            # equal parts need equal counts of surviving channels; in a ShuffleNet, tying them with the
+            # shuffles that follow ties a whole stage's channels into a few groups
+            return f"read by {what}, whose parts must keep equal numbers of channels"
+        return f"read by {what}, which evopop cannot see through"
 
     # -- helpers ---------------------------------------------------------------------------
     @staticmethod
@@ -470,6 +479,8 @@ class _Tracer:
         out_proj = f"{node.target}.out_proj"
         if out_proj in self.by_name:
             self.macs[out_proj] = self.macs.get(out_proj, 0) + lq
+            self.pinned[out_proj][:] = True  # applied by the attention itself, never called: not ours to slice
+            self._reason(out_proj, f"applied by {self._describe(node)} itself (heads are not clusters yet)")
 
     def _attach(self, name: str, module: nn.Module, src: ChannelMap) -> bool:
         """Record ``module``'s per-channel parameters and buffers; False if it has state of another size."""
@@ -570,6 +581,8 @@ class _Tracer:
         so the channels that differ only along the constant dimensions are tied together."""
         if node.op == "call_module":
             return None
+        if all(s.producer is None for s in src.sources) and len(out_shape) >= 2:
+            return ChannelMap.always_alive(1, out_shape[1])  # no neuron to follow (a barrier's output)
         d, block = src.dim, src.block or (src.size,)
         prefix, suffix = in_shape[:d], in_shape[d + len(block) :]
         end = len(out_shape) - len(suffix)
@@ -596,6 +609,8 @@ class _Tracer:
         in_shape = self._shape(node.args[0]) if node.args else None
         if src is None or in_shape is None or out_shape is None:
             return None
+        if all(s.producer is None for s in src.sources) and len(out_shape) >= 2:
+            return ChannelMap.always_alive(1, out_shape[1])  # no neuron to follow (a barrier's output)
         perm = _permutation(node, len(in_shape))
         if perm is None:
             return None
