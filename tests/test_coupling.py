@@ -73,8 +73,16 @@ def depthwise_separable() -> nn.Module:
 
 
 def grouped() -> nn.Module:
+    """Two groups of four channels: wider than they are many, so each group gets thinner."""
     return nn.Sequential(
         nn.Conv2d(3, 8, 1), nn.ReLU(), nn.Conv2d(8, 8, 3, padding=1, groups=2), nn.ReLU(), nn.Conv2d(8, 2, 1)
+    )
+
+
+def many_groups() -> nn.Module:
+    """Four groups of two channels (ResNeXt's shape): whole groups go."""
+    return nn.Sequential(
+        nn.Conv2d(3, 8, 1), nn.ReLU(), nn.Conv2d(8, 8, 3, padding=1, groups=4), nn.ReLU(), nn.Conv2d(8, 2, 1)
     )
 
 
@@ -160,11 +168,18 @@ def test_a_depthwise_filter_is_tied_to_the_neuron_it_reads():
     assert not bool(arch.pinned["3"].any()), "a depthwise convolution is no longer pinned"
 
 
-def test_a_grouped_convolution_goes_by_whole_groups():
+def test_a_grouped_convolution_with_many_groups_goes_by_whole_groups():
+    arch = trace_architecture(many_groups(), X)
+    group1 = {("0", 2), ("0", 3), ("2", 2), ("2", 3)}
+    assert members(arch, "0", 2) == group1 and members(arch, "2", 3) == group1
+    assert group_sizes(arch) == [1, 1, 4, 4, 4, 4]
+
+
+def test_a_grouped_convolution_with_wide_groups_thins_every_group_alike():
     arch = trace_architecture(grouped(), X)
-    group0 = {("0", c) for c in range(4)} | {("2", c) for c in range(4)}
-    assert members(arch, "0", 2) == group0 and members(arch, "2", 3) == group0
-    assert group_sizes(arch) == [1, 1, 8, 8]
+    assert members(arch, "0", 1) == {("0", 1), ("0", 5)}  # input channel 1 of both groups
+    assert members(arch, "2", 6) == {("2", 2), ("2", 6)}  # output 2 of both groups
+    assert group_sizes(arch) == [1, 1] + [2] * 8
 
 
 def test_a_group_norm_group_goes_whole():
@@ -212,6 +227,7 @@ HAND_BUILT = [
     SqueezeExcite,
     depthwise_separable,
     grouped,
+    many_groups,
     group_norm,
     CatOfSums,
     ChannelShuffle,
@@ -251,13 +267,25 @@ def test_groups_live_and_die_whole_and_compaction_removes_them_everywhere(factor
 
 def test_a_grouped_convolution_compacts_to_fewer_groups():
     torch.manual_seed(0)
+    model = many_groups().eval()
+    arch = trace_architecture(model, X)
+    genome = Genome.full(arch)
+    arch.layer("0").keep_neurons(genome.masks["0"], torch.tensor([True] * 6 + [False] * 2))
+    small = compact(model, arch, genome, X)
+    conv = dict(small.module.named_modules())["2"]
+    assert (conv.groups, conv.in_channels, conv.out_channels) == (3, 6, 6)
+
+
+def test_a_grouped_convolution_compacts_to_thinner_groups():
+    torch.manual_seed(0)
     model = grouped().eval()
     arch = trace_architecture(model, X)
     genome = Genome.full(arch)
-    arch.layer("0").keep_neurons(genome.masks["0"], torch.tensor([True] * 4 + [False] * 4))
+    arch.layer("0").keep_neurons(genome.masks["0"], torch.tensor([True, False, True, True] * 2))
     small = compact(model, arch, genome, X)
     conv = dict(small.module.named_modules())["2"]
-    assert (conv.groups, conv.in_channels, conv.out_channels) == (1, 4, 4)
+    assert (conv.groups, conv.in_channels, conv.out_channels) == (2, 6, 8)
+    assert tuple(conv.weight.shape) == (8, 3, 3, 3)
 
 
 def test_a_group_norm_compacts_to_fewer_groups():
@@ -382,9 +410,9 @@ def test_channel_counts_are_rounded_to_multiples_without_bias():
 
 
 def test_a_grouped_family_rounds_in_whole_groups():
-    """Groups of 4 channels: a multiple of 8 channels is an even number of groups."""
+    """Groups of 2 channels per layer: a multiple of 8 channels is 4 groups."""
     from evopop.synthesis.clusters import family_step
 
-    arch = trace_architecture(grouped(), X)
-    family = next(f for f in arch.groups.families if "2" in f.layers)
-    assert family_step(arch.groups, family, 8) == 2 and family_step(arch.groups, family, 4) == 1
+    arch = trace_architecture(many_groups(), X)
+    family = next(f for f in arch.groups.families if "2" in f.layers)  # groups of 2 channels in each layer
+    assert family_step(arch.groups, family, 8) == 4 and family_step(arch.groups, family, 2) == 1

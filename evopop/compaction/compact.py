@@ -134,14 +134,10 @@ def masked_network(model: nn.Module, arch: Architecture, genome: Genome) -> nn.M
 @torch.no_grad()
 def _slice_synaptic(module: nn.Module, kind: str, out_keep: torch.Tensor, in_keep: torch.Tensor) -> None:
     """Keep the rows of the kept neurons and the columns of the present input channels, in place."""
-    grouped = getattr(module, "groups", 1) > 1
-    groups = _surviving_groups(module, out_keep, in_keep) if grouped else 1
     out_idx, in_idx = out_keep.nonzero().flatten(), in_keep.nonzero().flatten()
     weight = module.weight
-    if grouped:  # whole groups go: the kept rows, each group's own columns
-        leading = in_idx if kind == "deconv" else out_idx
-        sliced = weight.index_select(0, leading)
-        module.groups = groups
+    if getattr(module, "groups", 1) > 1:
+        sliced = _slice_grouped(module, kind, out_keep, in_keep)
     elif kind == "deconv":  # (in, out, *k)
         sliced = weight.index_select(0, in_idx).index_select(1, out_idx)
     else:  # (out, in, *k)
@@ -155,16 +151,23 @@ def _slice_synaptic(module: nn.Module, kind: str, out_keep: torch.Tensor, in_kee
         module.in_channels, module.out_channels = len(in_idx), len(out_idx)
 
 
-def _surviving_groups(module: nn.Module, out_keep: torch.Tensor, in_keep: torch.Tensor) -> int:
-    """How many groups of a grouped layer are kept; `CompactionError` unless whole groups are."""
+def _slice_grouped(module: nn.Module, kind: str, out_keep: torch.Tensor, in_keep: torch.Tensor) -> torch.Tensor:
+    """A grouped layer's weight without the removed channels: whole groups (the layer gets fewer groups),
+    or the same channels of every group (each group gets thinner); `CompactionError` for anything else."""
     g = module.groups
-    for keep in (out_keep, in_keep):
-        per_group = keep.view(g, -1)
-        if not torch.equal(per_group.all(dim=1), per_group.any(dim=1)):
-            raise CompactionError(f"grouped layer {type(module).__name__} would lose part of a group")
-    if not torch.equal(out_keep.view(g, -1).any(dim=1), in_keep.view(g, -1).any(dim=1)):
-        raise CompactionError(f"grouped layer {type(module).__name__} would keep a group without its inputs")
-    return int(out_keep.view(g, -1).any(dim=1).sum())
+    outs, ins = out_keep.view(g, -1), in_keep.view(g, -1)
+    weight = module.weight  # conv (out, in/g, *k); deconv (in, out/g, *k)
+    whole = [torch.equal(k.all(dim=1), k.any(dim=1)) for k in (outs, ins)]
+    if all(whole) and torch.equal(outs.any(dim=1), ins.any(dim=1)):
+        module.groups = int(outs.any(dim=1).sum())
+        rows = in_keep if kind == "deconv" else out_keep
+        return weight.index_select(0, rows.nonzero().flatten())
+    if all(bool((k == k[:1]).all()) for k in (outs, ins)):  # the same channels in every group
+        out_idx, in_pos = out_keep.nonzero().flatten(), ins[0].nonzero().flatten()
+        if kind == "deconv":
+            return weight.index_select(0, in_keep.nonzero().flatten()).index_select(1, outs[0].nonzero().flatten())
+        return weight.index_select(0, out_idx).index_select(1, in_pos)
+    raise CompactionError(f"grouped layer {type(module).__name__} would keep neither whole groups nor equal ones")
 
 
 @torch.no_grad()

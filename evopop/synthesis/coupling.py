@@ -5,9 +5,11 @@ position of one tensor: the neuron feeding it in ``a`` can only leave the networ
 feeding it in ``b``. The traced wiring (`Architecture`) says which positions are shared:
 
 - operands of elementwise sums and products (residual branches, gates, squeeze-excitation);
-- a grouped convolution's group: its output neurons and the neurons feeding its input channels
-  (a depthwise convolution's group is one channel: the filter and the neuron it reads). A grouped
-  convolution loses whole groups, and stays a grouped convolution with fewer groups;
+- a grouped convolution's structure: either whole groups (its output neurons and the neurons feeding
+  its input channels; a depthwise convolution's group is one channel: the filter and the neuron it
+  reads), and it stays a grouped convolution with fewer groups; or, where groups are wider than they
+  are many, the same channels of every group (output j of every group, input i of every group), and
+  it keeps its groups, each thinner (`thins_groups`);
 - a GroupNorm's group: its statistics read every channel of the group, so the group goes whole;
 - the channels a reshape must keep in step: the groups of a channel shuffle (``view`` into groups,
   ``transpose``, ``view`` back) keep the same channels, or the shuffle would interleave others
@@ -140,6 +142,12 @@ def _families(arch: Architecture, offsets: dict[str, int], group: torch.Tensor, 
     return tuple(families)
 
 
+def thins_groups(groups: int, in_per_group: int, out_per_group: int) -> bool:
+    """True where a grouped convolution loses channels in every group rather than whole groups: where
+    that gives more units to choose from (RegNet's 16-channel groups, say; not ResNeXt's 32 groups of 4)."""
+    return min(in_per_group, out_per_group) > groups
+
+
 class _Ties:
     """Union-find over neurons and *positions* (a coupled channel, a convolution group): every neuron
     tied to a position joins its component. Solved at once by label propagation on tensors."""
@@ -172,13 +180,22 @@ class _Ties:
                 self.edges.append((self.offsets[src.producer] + src.index[fed], positions[fed]))
 
     def tie_conv_groups(self, layer, inputs) -> None:
-        """A grouped convolution's group g: its output neurons and the neurons feeding its input channels."""
+        """A grouped convolution stays one with the same structure in every group, whichever is finer:
+        - whole groups (as many units as groups; a depthwise convolution's only choice): group g's output
+          neurons and the neurons feeding its input channels live and die together;
+        - thinner groups (as many units as channels per group, when that is more): output j of every group
+          is one unit, input channel i of every group another, and each group keeps the same ones."""
         g = layer.groups
         out_per_group, in_per_group = layer.out_channels // g, layer.in_channels // g
+        outputs, inputs_ = torch.arange(layer.out_channels), torch.arange(layer.in_channels)
+        if thins_groups(g, in_per_group, out_per_group):
+            out_positions, in_positions = self.new_positions(out_per_group), self.new_positions(in_per_group)
+            self.edges.append((self.offsets[layer.name] + outputs, out_positions[outputs % out_per_group]))
+            self.tie(inputs, in_positions[inputs_ % in_per_group])
+            return
         positions = self.new_positions(g)
-        outputs = torch.arange(layer.out_channels)
         self.edges.append((self.offsets[layer.name] + outputs, positions[outputs // out_per_group]))
-        self.tie(inputs, positions[torch.arange(layer.in_channels) // in_per_group])
+        self.tie(inputs, positions[inputs_ // in_per_group])
 
     def components(self) -> torch.Tensor:
         """Label per node (neurons, then positions): the smallest node of its component."""
