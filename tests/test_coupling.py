@@ -416,3 +416,16 @@ def test_a_grouped_family_rounds_in_whole_groups():
     arch = trace_architecture(many_groups(), X)
     family = next(f for f in arch.groups.families if "2" in f.layers)  # groups of 2 channels in each layer
     assert family_step(arch.groups, family, 8) == 4 and family_step(arch.groups, family, 2) == 1
+
+
+def test_rounding_never_empties_a_family_that_has_survivors():
+    from evopop.synthesis.clusters import round_to_multiple
+
+    candidates = torch.ones(20, dtype=torch.bool)
+    drawn = torch.zeros(20, dtype=torch.bool)
+    drawn[[3, 7]] = True  # 2 survivors, step 8: lo = 0, which would kill the family
+    p = torch.linspace(0.1, 1.0, 20)
+    for uniform in (0.0, 0.5, 0.99):
+        kept = round_to_multiple(drawn, candidates, torch.zeros(20, dtype=torch.bool), p, 8, uniform)
+        assert int(kept.sum()) == 8 and bool(kept[[3, 7]].all())
+        assert bool(kept[-6:].all()), "the strongest undrawn groups are revived"

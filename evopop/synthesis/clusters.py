@@ -154,11 +154,14 @@ def round_to_multiple(
     Rounding is stochastic, so that synthesis stays unbiased: with n survivors between the multiples
     lo <= n < lo + step, the count becomes lo + step with probability (n - lo) / step, else lo (its
     expectation is n). The count is reached by dropping the weakest drawn candidates (lowest P) or
-    reviving the strongest candidates not drawn; forced groups (pinned) stay whatever the count, and
-    the count never exceeds the living groups."""
+    reviving the strongest candidates not drawn; forced groups (pinned) stay whatever the count, the
+    count never exceeds the living groups, and a family with survivors keeps at least one step of them
+    (rounding it to nothing would cut the network in two; the expectation is then a little above n)."""
     n = int(drawn.sum()) + int(forced.sum())
     lo = n - n % step
     target = lo + step if uniform < (n - lo) / step else lo
+    if target == 0 and n > 0:  # rounding a family to nothing would cut the network in two
+        target = step
     target = min(target, int((candidates | forced).sum()))
     change = target - n
     out = drawn.clone()
