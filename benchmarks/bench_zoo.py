@@ -1,6 +1,7 @@
 """The networks users bring: torchvision's (and timm's) families against Torch-Pruning, in one run.
 
-For each model (random weights, nothing downloads, small inputs):
+For each model (random weights made to behave like trained ones: batch norms calibrated, zero-initialised
+layers given small weights; nothing downloads; small inputs):
 - evopop: trace; one cluster-encoded offspring at two survival levels (an expected 70% and 50% of the
   coupling groups, every synapse of a survivor kept); compact; the share of neurons alive in the genome
   against the share compaction keeps; the share that can never die beyond the network's outputs;
@@ -136,11 +137,41 @@ def tp_matching(model: nn.Module, x: torch.Tensor, params: int, steps: int = 7) 
     return best[0], best[1]
 
 
+@torch.no_grad()
+def like_trained(model: nn.Module, side: int) -> nn.Module:
+    """Random weights that behave like trained ones, so that comparing outputs means something: layers
+    initialised to zero (ViT's head) get small random weights, and batch norms get running statistics of
+    the activations they see (with its initial statistics a randomly initialised GoogLeNet's output does
+    not depend on its input)."""
+    for module in model.modules():
+        weight = getattr(module, "weight", None)
+        if isinstance(module, (nn.Linear, nn.Conv2d)) and weight is not None and not bool(weight.any()):
+            weight.normal_(0.0, 0.02)
+    norms = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    for norm in norms:
+        norm.reset_running_stats()
+        norm.momentum = None  # a cumulative average over the calibration batches
+    model.train()
+    for _ in range(4):
+        model(torch.randn(8, 3, side, side))
+    for norm in norms:
+        norm.momentum = 0.1
+    return model.eval()
+
+
+def input_dependence(module: nn.Module, side: int) -> float:
+    """How much the output changes between two inputs, relative to its size: 0 means a constant network."""
+    with torch.no_grad():
+        out = _first(module(torch.randn(2, 3, side, side)))
+    return relative_error(out[0], out[1])
+
+
 def bench_model(spec: str, side: int, kwargs: dict) -> dict:
     torch.manual_seed(0)
-    model = load_model(spec, **kwargs).eval()
+    model = like_trained(load_model(spec, **kwargs), side)
     x = torch.randn(1, 3, side, side)
     row: dict = {"model": spec.split(":", 1)[1] + (" (timm)" if spec.startswith("timm:") else "")}
+    row["input_dependence"] = input_dependence(model, side)  # the compaction check means something only if > 0
     started = time.perf_counter()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
