@@ -216,3 +216,28 @@ def test_iterative_magnitude_pruning_follows_a_lineage_of_its_own(tmp_path):
     html = build_report(run_dir).read_text()
     assert '<img src="baselines.png"' in html and (Path(run_dir) / "report" / "baselines.png").stat().st_size > 0
     assert "imp_rewind" in html
+
+
+def test_a_torchvision_network_evolves_into_a_smaller_faster_one(tmp_path, monkeypatch):
+    """examples/torchvision_shapes.yaml, shrunk (local executor): a torchvision MobileNetV3 with the cluster
+    encoding loses whole coupling groups every generation, and its compacted offspring computes fewer MACs."""
+    monkeypatch.syspath_prepend(str(CONFIGS.parent / "examples"))
+    config = load_config(
+        CONFIGS.parent / "examples" / "torchvision_shapes.yaml",
+        [
+            "resources.executor=local",
+            "task.args={model: mobilenet_v3_small, train_size: 128, val_size: 64, image_size: 32}",
+            "ancestor.epochs=1",
+            "evolution.epochs=1",
+            "evolution.generations=3",
+            "evolution.offspring=2",
+            "compaction.repeats=2",
+        ],
+    )
+    population = evolve(config, str(tmp_path / "run"))
+    assert (population["status"] == "ok").all() and len(population) == 1 + 2 + 2
+    best = population[population["selected"].astype(bool)].set_index("generation")
+    macs = best["compact_macs"]
+    assert macs[1] > macs[2] > macs[3]  # ~70% of the groups each generation: about half the MACs by generation 3
+    assert macs[1] / macs[3] > 1.5
+    assert (best["compact_neurons"] < best["neurons"] + 1).all()  # compaction keeps what the genome keeps
