@@ -182,6 +182,19 @@ def test_a_grouped_convolution_with_wide_groups_thins_every_group_alike():
     assert group_sizes(arch) == [1, 1] + [2] * 8
 
 
+def test_a_group_norm_of_one_group_ties_every_channel():
+    model = nn.Sequential(nn.Conv2d(3, 6, 3, padding=1), nn.GroupNorm(1, 6), nn.ReLU(), nn.Conv2d(6, 2, 1)).eval()
+    arch = trace_architecture(model, X)
+    assert members(arch, "0", 0) == {("0", c) for c in range(6)}
+    weights = synaptic_weights(model, arch)
+    for seed in range(4):  # the group lives or dies whole, and compaction stays exact
+        child = synthesize(
+            arch, weights, Genome.full(arch), Environment(1.0, "budget"), seed, clusters=Environment(0.5)
+        )
+        assert int(child.neurons(arch.layer("0")).sum()) in (0, 6)
+        assert compact(model, arch, child, X).max_error <= 1e-4
+
+
 def test_a_group_norm_group_goes_whole():
     arch = trace_architecture(group_norm(), X)
     assert members(arch, "0", 1) == {("0", c) for c in range(4)}

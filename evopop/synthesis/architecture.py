@@ -141,7 +141,8 @@ class Attachment:
     params: tuple[str, ...]  # full parameter names, e.g. ("features.1.weight", "features.1.bias")
     inputs: ChannelMap
     buffers: tuple[str, ...] = ()  # per-channel buffers (running statistics): compaction slices them too
-    groups: int = 1  # a GroupNorm's groups: their channels live and die together (see `coupling`)
+    # a GroupNorm's groups, whose channels live and die together (see `coupling`); 0: per-channel state
+    groups: int = 0
 
 
 @dataclass
@@ -494,7 +495,7 @@ class _Tracer:
         if src.dim != 1 or src.block is not None or any(size not in (src.size, 1) for size in sizes):  # 1: shared
             return False
         # recorded even without state: compaction also sets the channel count (num_features, num_groups)
-        groups = module.num_groups if isinstance(module, nn.GroupNorm) else 1
+        groups = module.num_groups if isinstance(module, nn.GroupNorm) else 0
         self.attachments.append(Attachment(name, params, src, buffers, groups))
         return True
 

@@ -107,7 +107,7 @@ def coupling_groups(arch: Architecture) -> Coupling:
             if layer.groups > 1 and len(arch.inputs.get(layer.name, ())) == 1:
                 ties.tie_conv_groups(layer, arch.inputs[layer.name][0])
         for attachment in arch.attachments:
-            if attachment.groups > 1 and attachment.groups < attachment.inputs.size:
+            if 0 < attachment.groups < attachment.inputs.size:  # GroupNorm(1, C) ties every channel
                 per_group = attachment.inputs.size // attachment.groups
                 ties.tie_channels(attachment.inputs, torch.arange(attachment.inputs.size) // per_group)
     labels = ties.components()
