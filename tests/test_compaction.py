@@ -32,6 +32,8 @@ from torch import fx, nn
 
 from evopop.compaction import CompactionError, compact, kept_neurons
 from evopop.compaction.compact import relative_error
+from evopop.compaction.export import export_program
+from evopop.compaction.norms import layer_norm_of_width
 from evopop.models.saliency import SaliencyNet
 from evopop.models.small import SmallConvNet
 from evopop.synthesis import (
@@ -302,6 +304,52 @@ class ParameterProduct(nn.Module):
         return self.c(torch.relu(self.a(torch.relu(self.p(x))) * self.scale))
 
 
+class ConvNeXtLike(nn.Module):
+    """A ConvNeXt block as torchvision writes it: depthwise conv, channels-last ``nn.LayerNorm`` and MLP,
+    a (C, 1, 1) layer scale multiplied in, a residual sum."""
+
+    def __init__(self):
+        super().__init__()
+        self.stem = nn.Conv2d(3, 4, 1)
+        self.dw = nn.Conv2d(4, 4, 3, padding=1, groups=4)
+        self.norm = nn.LayerNorm(4)
+        self.pw1, self.pw2 = nn.Linear(4, 8), nn.Linear(8, 4)
+        self.scale = nn.Parameter(torch.randn(4, 1, 1))
+        self.head = nn.Conv2d(4, 2, 1)
+
+    def forward(self, x):
+        s = self.stem(x)
+        y = self.norm(self.dw(s).permute(0, 2, 3, 1))
+        y = self.pw2(F.gelu(self.pw1(y))).permute(0, 3, 1, 2)
+        return self.head(s + self.scale * y)
+
+
+class LayerNorm2dLike(nn.LayerNorm):
+    """timm's and torchvision's LayerNorm2d: a subclass, traced through to ``F.layer_norm``."""
+
+    def forward(self, x):
+        x = F.layer_norm(x.permute(0, 2, 3, 1), self.normalized_shape, self.weight, self.bias, self.eps)
+        return x.permute(0, 3, 1, 2)
+
+
+class ConvNeXtLike2d(nn.Module):
+    """A ConvNeXt block as timm writes it: LayerNorm2d, 1x1 convs, ``x.mul(gamma.reshape(1, -1, 1, 1))``."""
+
+    def __init__(self):
+        super().__init__()
+        self.stem = nn.Conv2d(3, 4, 1)
+        self.norm = LayerNorm2dLike(4)
+        self.dw = nn.Conv2d(4, 4, 3, padding=1, groups=4)
+        self.pw1, self.pw2 = nn.Conv2d(4, 8, 1), nn.Conv2d(8, 4, 1)
+        self.gamma = nn.Parameter(torch.randn(4))
+        self.head = nn.Conv2d(4, 2, 1)
+
+    def forward(self, x):
+        s = self.norm(self.stem(x))
+        y = self.pw2(F.gelu(self.pw1(self.dw(s))))
+        return self.head(s + y.mul(self.gamma.reshape(1, -1, 1, 1)))
+
+
 class WithPReLU(nn.Module):
     def __init__(self):
         super().__init__()
@@ -428,8 +476,12 @@ WIRING = [
     ("ConvTranspose2d -> BN -> conv", DeconvBN, _conv_in(), _kill(p=[1], d=[0, 3]), {"p": 4, "d": 4}),
     ("flatten -> Linear", FlattenLinear, torch.randn(1, 3, 4, 4), _kill(a=[1], fc1=[2]), {"a": 3, "fc1": 5}),
     ("grouped and depthwise convs kept whole", Grouped, _conv_in(), _kill(a=[1], dw=[2], g=[0]), {"dw": 4, "g": 6}),
-    ("per-channel parameter multiplied in", ParameterProduct, _conv_in(), _kill(p=[0], a=[1]), {"p": 4, "a": 4}),
+    ("per-channel parameter multiplied in", ParameterProduct, _conv_in(), _kill(p=[0], a=[1]), {"p": 4, "a": 3}),
     ("PReLU(num_parameters=C)", WithPReLU, _conv_in(), _kill(a=[1]), {"a": 3}),
+    # a layer norm's statistics read the dead channel as a zero: compacted, it keeps dividing by 4
+    ("ConvNeXt block: a residual channel dies", ConvNeXtLike, _conv_in(), _kill(stem=[1], pw2=[1]), {"stem": 3}),
+    ("ConvNeXt block: one producer's channel dies, kept", ConvNeXtLike, _conv_in(), _kill(pw2=[1]), {"stem": 4}),
+    ("LayerNorm2d subclass, reshaped scale", ConvNeXtLike2d, _conv_in(), _kill(stem=[1], pw2=[1]), {"pw2": 3}),
     ("GroupNorm(C, C)", lambda: WithGroupNorm(4), _conv_in(), _kill(a=[1]), {"a": 3}),
     ("GroupNorm(2, C): groups kept whole", lambda: WithGroupNorm(2), _conv_in(), _kill(a=[1]), {"a": 4}),
     ("GroupNorm and InstanceNorm without state", StatelessNorms, _conv_in(), _kill(a=[1], b=[0, 3]), {"a": 3, "b": 3}),
@@ -654,3 +706,43 @@ def test_latency_is_measured_on_float_and_integer_inputs_within_its_time_budget(
     start = time.perf_counter()
     latency_ms(slow, torch.zeros(1, 8, 64, 64), batch=8, repeats=1000, seconds=0.2)
     assert time.perf_counter() - start < 2.0  # 1000 passes would take far longer: the budget stops it
+
+
+def test_a_layer_norm_of_width_is_the_full_norm_with_the_removed_channels_as_zeros():
+    torch.manual_seed(0)
+    kept = torch.tensor([0, 2, 3, 6])
+    x, weight, bias = torch.randn(2, 5, 4) * 3 + 1, torch.randn(4), torch.randn(4)
+    full = torch.zeros(2, 5, 7)
+    full[..., kept] = x
+    expected = F.layer_norm(full, (7,), torch.ones(7), torch.zeros(7), 1e-6)[..., kept] * weight + bias
+    got = layer_norm_of_width(x, weight, bias, 1e-6, 7)
+    assert relative_error(got, expected) < 1e-6
+    assert relative_error(layer_norm_of_width(x, None, None, 1e-5, 4), F.layer_norm(x, (4,))) < 1e-6
+
+
+def test_a_compacted_convnext_block_exports_and_runs_without_evopop_code(tmp_path):
+    model, arch, genome = _build(ConvNeXtLike2d, _conv_in(), _kill(stem=[1, 3], pw2=[1, 3]))
+    compacted = compact(model, arch, genome, _conv_in())
+    assert compacted.neurons["stem"] == 2
+    program = export_program(compacted.module, _conv_in())
+    x = torch.randn(3, 3, 6, 6)
+    with torch.no_grad():
+        assert relative_error(program.module()(x), _masked(model, arch, genome)(x)) < TOLERANCE
+    assert "evopop" not in str(program.graph_module.code)
+
+
+class NormOverTwoDims(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.a = nn.Conv2d(3, 4, 1)
+        self.norm = nn.LayerNorm((6, 6))
+        self.b = nn.Conv2d(4, 2, 1)
+
+    def forward(self, x):
+        return self.b(self.norm(self.a(x)))
+
+
+def test_a_layer_norm_over_more_than_the_channels_keeps_them_and_says_why():
+    arch = trace_architecture(NormOverTwoDims(), _conv_in())
+    assert bool(arch.pinned["a"].all())
+    assert any("statistics read every channel" in reason for reason in arch.pin_reasons["a"])

@@ -39,10 +39,11 @@ from torch import fx, nn
 from torch.utils._pytree import tree_flatten
 
 from evopop.synthesis import Architecture, Genome, effective_genome, parameter_masks
-from evopop.synthesis.architecture import symbolic_trace
+from evopop.synthesis.architecture import LayerNormUse, symbolic_trace
 from evopop.synthesis.wiring import ChannelMap
 
 from .inputs import input_batch
+from .norms import LayerNormOfWidth, layer_norm_of_width
 
 # float32 sums over thousands of products, reordered by smaller layers; relative to the output's largest
 # magnitude, so that a network whose outputs are small cannot pass whatever its error
@@ -88,6 +89,13 @@ def compact(
     for attachment in arch.attachments:
         if attachment.module in modules:
             _slice_per_channel(modules[attachment.module], _present(attachment.inputs, keep))
+    sliced = set()
+    for read in arch.channel_parameters:
+        if read.name not in sliced:  # read in several places: pinned, so the same channels each time
+            sliced.add(read.name)
+            _slice_parameter(graph, read.name, read.dim, _present(read.inputs, keep))
+    for use in arch.layer_norms:
+        _narrow_layer_norm(graph, use, _present(use.inputs, keep))
     graph.recompile()
     graph.eval()
     error = _max_difference(masked, graph, example_input)
@@ -193,6 +201,37 @@ def _slice_per_channel(module: nn.Module, present: torch.Tensor) -> None:
         module.num_parameters = n
     elif hasattr(module, "num_features"):
         module.num_features = n
+
+
+@torch.no_grad()
+def _slice_parameter(graph: fx.GraphModule, name: str, dim: int, present: torch.Tensor) -> None:
+    """Keep the present channels of a parameter read directly (a layer scale, a norm's weight)."""
+    if bool(present.all()):
+        return
+    owner, attr = name.rsplit(".", 1) if "." in name else ("", name)
+    module = graph.get_submodule(owner)
+    param = getattr(module, attr)
+    kept = param.index_select(dim, present.nonzero().flatten()).contiguous()
+    setattr(module, attr, nn.Parameter(kept, requires_grad=param.requires_grad))
+
+
+def _narrow_layer_norm(graph: fx.GraphModule, use: LayerNormUse, present: torch.Tensor) -> None:
+    """A layer norm that lost channels keeps dividing by its original width (`evopop.compaction.norms`)."""
+    if bool(present.all()):
+        return
+    if use.module is not None:
+        norm = graph.get_submodule(use.module)
+        owner, _, attr = use.module.rpartition(".")
+        narrowed = LayerNormOfWidth(norm.weight, norm.bias, use.eps, use.width)
+        setattr(graph.get_submodule(owner), attr, narrowed)
+        return
+    node = next((n for n in graph.graph.nodes if n.name == use.node), None)
+    if node is None:
+        raise CompactionError(f"the layer norm {use.node!r} is not in the network traced again")
+    given = {**dict(zip(("input", "normalized_shape", "weight", "bias", "eps"), node.args)), **node.kwargs}
+    node.target = layer_norm_of_width
+    node.args = (given["input"], given.get("weight"), given.get("bias"), use.eps, use.width)
+    node.kwargs = {}
 
 
 @torch.no_grad()

@@ -145,6 +145,34 @@ class Attachment:
     groups: int = 0
 
 
+@dataclass(frozen=True)
+class ChannelParameter:
+    """A parameter read directly (a layer scale multiplied in, a functional layer norm's weight) whose
+    dimension ``dim`` holds the channels of ``inputs``: it is zero where they are dead, and compaction
+    slices it."""
+
+    name: str
+    dim: int
+    shape: tuple[int, ...]
+    inputs: ChannelMap
+
+
+@dataclass(frozen=True)
+class LayerNormUse:
+    """A layer norm over the channels of ``inputs`` (the last dimension). Its statistics read every
+    channel, the dead ones as the zeros they are: compaction keeps dividing by the original ``width``
+    (`evopop.compaction.norms`), so removing a dead channel changes nothing."""
+
+    node: str  # the graph node that normalises
+    module: str | None  # the ``nn.LayerNorm`` called, None for ``F.layer_norm``
+    inputs: ChannelMap
+    eps: float
+
+    @property
+    def width(self) -> int:
+        return self.inputs.size
+
+
 @dataclass
 class Architecture:
     """The synaptic layers of a network and the wiring between their neurons."""
@@ -174,6 +202,8 @@ class Architecture:
     # multiply-accumulates of one sample that no synaptic layer performs: attention's input projection
     # and its two products (QK^T, AV), per module
     other_macs: dict[str, int] = field(default_factory=dict)
+    channel_parameters: list[ChannelParameter] = field(default_factory=list)
+    layer_norms: list[LayerNormUse] = field(default_factory=list)
     groups: Coupling | None = None  # neurons that live and die together (`evopop.synthesis.coupling`)
 
     def __post_init__(self):
@@ -250,7 +280,11 @@ class _Tracer:
         self.order: list[str] = []
         self.attachments: list[Attachment] = []
         self.macs: dict[str, int] = {}
-        self.parameters: set[fx.Node] = set()  # get_attr nodes
+        self.parameters: set[fx.Node] = set()  # get_attr nodes, and views of them
+        self.parameter_names: dict[fx.Node, str] = {}  # those nodes -> the parameter's full name
+        self.parameter_shapes = {name: tuple(p.shape) for name, p in gm.named_parameters()}
+        self.channel_parameters: list[ChannelParameter] = []
+        self.layer_norms: list[LayerNormUse] = []
         self.sinks = {layer.name: torch.zeros(layer.out_channels, dtype=torch.bool, device="cpu") for layer in layers}
         self.pinned = {name: sink.clone() for name, sink in self.sinks.items()}
         self.couplings: list[ChannelMap] = []
@@ -275,6 +309,8 @@ class _Tracer:
             pin_reasons=self.reasons,
             position_ties=self.position_ties,
             other_macs=self.other_macs,
+            channel_parameters=self.channel_parameters,
+            layer_norms=self.layer_norms,
         )
 
     def _sink(self, value, reason: str, pin: bool = True) -> None:
@@ -373,6 +409,8 @@ class _Tracer:
                 owner, f"its weight is read directly ({node.target}: weight tying, or a subclass traced through)"
             )
         self.parameters.add(node)
+        if str(node.target) in self.parameter_shapes:  # not a buffer
+            self.parameter_names[node] = str(node.target)
         shape = self._shape(node)
         return ChannelMap.always_alive(1, shape[1]) if shape and len(shape) >= 2 else None
 
@@ -384,6 +422,10 @@ class _Tracer:
             return self._synaptic(node, module, first, src, out_shape)
         if isinstance(module, nn.MultiheadAttention):
             self._count_attention(node, module)
+        if type(module) is nn.LayerNorm:  # a subclass may normalise differently: traced through instead
+            params = [f"{node.target}.{p}" for p in ("weight", "bias") if getattr(module, p, None) is not None]
+            if self._layer_norm(node, node.target, src, module.normalized_shape, module.eps, params, out_shape):
+                return src
         if isinstance(module, nn.Flatten):
             return self._reshape(src, self._shape(first), out_shape, node)
         if isinstance(module, _PRESERVING_MODULES) and self._keeps_channels(src, out_shape, module):
@@ -403,6 +445,11 @@ class _Tracer:
         first = self._input_map(node.args[0]) if node.args else None
         if target in _CAT:
             return self._cat(node, out_shape)
+        if target is F.layer_norm and self._functional_layer_norm(node, first, out_shape):
+            return first
+        reshaping = target in _RESHAPES_FUNCTIONS or target in _RESHAPES_METHODS
+        if reshaping and node.args and node.args[0] in self.parameter_names:
+            return self._parameter_view(node, out_shape)
         if target in _ELEMENTWISE or target in _ELEMENTWISE_METHODS:
             return self._elementwise(node, out_shape, product=target in _PRODUCTS)
         if target in _RESHAPES_FUNCTIONS or target in _RESHAPES_METHODS:
@@ -483,6 +530,53 @@ class _Tracer:
             self.pinned[out_proj][:] = True  # applied by the attention itself, never called: not ours to slice
             self._reason(out_proj, f"applied by {self._describe(node)} itself (heads are not clusters yet)")
 
+    def _functional_layer_norm(self, node, src, out_shape) -> bool:
+        """``F.layer_norm(x, shape, weight, bias, eps)`` (a layer norm subclass traced through)."""
+        names = ("input", "normalized_shape", "weight", "bias", "eps")
+        given = {**dict(zip(names, node.args)), **node.kwargs}
+        params = [given.get(p) for p in ("weight", "bias") if given.get(p) is not None]
+        if not all(p in self.parameter_names for p in params):
+            return False  # weights computed from something: not ours to slice
+        names_ = [self.parameter_names[p] for p in params]
+        shape = given.get("normalized_shape")
+        return self._layer_norm(node, None, src, shape, given.get("eps", 1e-5), names_, out_shape)
+
+    def _layer_norm(self, node, module: str | None, src, normalized_shape, eps, params, out_shape) -> bool:
+        """A layer norm over the channels alone (the last dimension): its statistics use every
+        channel, so its neurons are used, but a dead one is a zero and can go (see `LayerNormUse`).
+        False where it normalises anything else (several dimensions, or not the channels)."""
+        shape = tuple(normalized_shape) if isinstance(normalized_shape, (tuple, list)) else (normalized_shape,)
+        if src is None or src.block is not None or out_shape is None or not src.fits(out_shape):
+            return False
+        if shape != (src.size,) or src.dim != len(out_shape) - 1:
+            return False
+        if module is not None and any(use.module == module for use in self.layer_norms):
+            return False  # called twice: compaction replaces a module once
+        for name in params:
+            self._channel_parameter(name, 0, src)
+        self._sink(src, "", pin=False)
+        self.layer_norms.append(LayerNormUse(node.name, module, src, float(eps)))
+        return True
+
+    def _channel_parameter(self, name: str, dim: int, src: ChannelMap) -> None:
+        """Record ``name`` as holding ``src``'s channels along ``dim``; read with two maps, it keeps them all."""
+        earlier = [p for p in self.channel_parameters if p.name == name]
+        if earlier:
+            for m in (*(p.inputs for p in earlier), src):
+                self._pin(m, f"sized by {name}, which is read in {len(earlier) + 1} places")
+        shape = self.parameter_shapes[name]
+        self.channel_parameters.append(ChannelParameter(name, dim, shape, src))
+
+    def _parameter_view(self, node, out_shape) -> ChannelMap | None:
+        """A reshape of a parameter that only adds or drops dimensions of size 1 (``gamma.view(1, -1, 1, 1)``)
+        is still that parameter, as far as channels go; anything else computed from it is a tensor."""
+        source = node.args[0]
+        before = [d for d in self._shape(source) or () if d != 1]
+        if out_shape is not None and before == [d for d in out_shape if d != 1]:
+            self.parameters.add(node)
+            self.parameter_names[node] = self.parameter_names[source]
+        return ChannelMap.always_alive(1, out_shape[1]) if out_shape and len(out_shape) >= 2 else None
+
     def _attach(self, name: str, module: nn.Module, src: ChannelMap) -> bool:
         """Record ``module``'s per-channel parameters and buffers; False if it has state of another size."""
         earlier = [a.inputs for a in self.attachments if a.module == name]
@@ -514,9 +608,13 @@ class _Tracer:
         if out_shape is None or len(out_shape) < 2:
             return self._barrier(node)
         aligned, misaligned, sized_by_parameter = [], False, False
+        scales = []  # parameters multiplied in, one value per channel (layer scales): sliced with them
         for arg in node.all_input_nodes:  # scalars are not neurons; keyword operands are
             if arg in self.parameters:
-                # its size fixes the number of channels: compaction does not slice parameters read directly
+                if product and self._per_channel(arg, out_shape) is not None:
+                    scales.append(arg)
+                    continue
+                # its size fixes the number of channels: compaction does not slice it
                 sized_by_parameter |= any(d > 1 for d in (self._shape(arg) or ()))
                 if product:
                     continue  # a parameter factor cannot revive a dead one: the product stays zero
@@ -538,9 +636,28 @@ class _Tracer:
             result = union([result, ChannelMap.always_alive(result.dim, result.size)])
         if sized_by_parameter:
             self._pin(result, f"multiplied or added by {self._describe(node)} with a parameter of fixed size")
+        for scale in scales:
+            if self._per_channel(scale, out_shape) == result.dim:
+                name = self.parameter_names[scale]
+                shape = self.parameter_shapes[name]
+                self._channel_parameter(name, next(i for i, d in enumerate(shape) if d == result.size), result)
+            else:
+                self._pin(result, f"multiplied by {self._describe(node)} with a parameter along another dimension")
         if len(result.sources) > 1:
             self.couplings.append(result)
         return result
+
+    def _per_channel(self, param: fx.Node, out_shape) -> int | None:
+        """The dimension of the result along which ``param`` (broadcast into it) holds one value per
+        channel, its only dimension larger than 1; None for any other parameter."""
+        shape = self._shape(param)
+        if shape is None or param not in self.parameter_names or len(shape) > len(out_shape):
+            return None
+        larger = [i + len(out_shape) - len(shape) for i, d in enumerate(shape) if d > 1]
+        if len(larger) != 1 or out_shape[larger[0]] != shape[larger[0] - len(out_shape) + len(shape)]:
+            return None
+        full = self.parameter_shapes[self.parameter_names[param]]
+        return larger[0] if math.prod(full) == math.prod(shape) else None
 
     def _reduction(self, node, src, out_shape) -> ChannelMap | None:
         """A mean, sum or max over dimensions other than the channels' (a global pooling written as

@@ -34,6 +34,14 @@ def parameter_masks(arch: Architecture, genome: Genome) -> dict[str, torch.Tenso
         for param in att.params:
             attached[param] = attached[param] | alive if param in attached else alive
     masks.update({param: alive for param, alive in attached.items() if not bool(alive.all())})
+    # parameters read directly (layer scales, a functional norm's weight): their channel dimension
+    scaled: dict[str, torch.Tensor] = {}
+    for read in arch.channel_parameters:
+        view = [1] * len(read.shape)
+        view[read.dim] = -1
+        alive = read.inputs.alive(neurons).view(view).expand(read.shape)
+        scaled[read.name] = scaled[read.name] | alive if read.name in scaled else alive
+    masks.update({param: alive.clone() for param, alive in scaled.items() if not bool(alive.all())})
     return masks
 
 
