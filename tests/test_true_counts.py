@@ -60,7 +60,10 @@ def test_multihead_attention_counts_its_projections_and_products(batch_first):
     counts = count(arch, Genome.full(arch))
     tokens, e = 10, 32
     expected = tokens * 8 * e + 3 * tokens * e * e + 2 * tokens * tokens * e + tokens * e * e + tokens * e * 3
-    attention = 3 * tokens * e * e + 2 * tokens * tokens * e
-    assert sum(arch.other_macs.values()) == attention and arch.macs_per_synapse["attention.out_proj"] == tokens
+    # the packed input projection is a synaptic layer (its entries are synapses), used once per token
+    assert arch.layer("attention.in_proj").numel == 3 * e * e and counts.dense_synapses == 8 * e + 4 * e * e + e * 3
+    assert arch.macs_per_synapse["attention.in_proj"] == arch.macs_per_synapse["attention.out_proj"] == tokens
+    assert sum(arch.other_macs.values()) == 2 * tokens * tokens * e  # QK^T and AV
+    assert counts.dense_params == sum(p.numel() for p in model.parameters())
     if batch_first:  # (evopop reads dimension 0 as the batch: a sequence-first Linear counts one token)
         assert counts.dense_macs == expected == independent_macs(model, x)

@@ -39,9 +39,10 @@ from torch import fx, nn
 from torch.utils._pytree import tree_flatten
 
 from evopop.synthesis import Architecture, Genome, effective_genome, parameter_masks
-from evopop.synthesis.architecture import LayerNormUse, symbolic_trace
+from evopop.synthesis.architecture import AttentionHeads, LayerNormUse, symbolic_trace
 from evopop.synthesis.wiring import ChannelMap
 
+from .attention import HeadsAttention
 from .inputs import input_batch
 from .norms import LayerNormOfWidth, layer_norm_of_width
 
@@ -83,7 +84,7 @@ def compact(
     graph = symbolic_trace(copy.deepcopy(masked))
     modules = dict(graph.named_modules())
     for layer in arch.layers:
-        if layer.name in arch.inputs:
+        if layer.name in arch.inputs and layer.name in modules:  # not attention's input projection
             present = _present(arch.inputs[layer.name][0], keep)
             _slice_synaptic(modules[layer.name], layer.kind, keep[layer.name], present)
     for attachment in arch.attachments:
@@ -96,12 +97,17 @@ def compact(
             _slice_parameter(graph, read.name, read.dim, _present(read.inputs, keep))
     for use in arch.layer_norms:
         _narrow_layer_norm(graph, use, _present(use.inputs, keep))
+    removed_products = 0
+    for heads in arch.attention:
+        removed_products += _narrow_attention(graph, arch, heads, keep)
     graph.recompile()
     graph.eval()
     error = _max_difference(masked, graph, example_input)
     macs = sum(
-        modules[l.name].weight.numel() * arch.macs_per_synapse.get(l.name, 0) for l in arch.layers if l.name in modules
-    ) + sum(arch.other_macs.values())
+        graph.get_parameter(l.weight_name).numel() * arch.macs_per_synapse.get(l.name, 0)
+        for l in arch.layers
+        if l.name in arch.inputs
+    ) + sum(arch.other_macs.values()) - removed_products
     return Compacted(
         module=graph,
         neurons={name: int(k.sum()) for name, k in keep.items()},
@@ -232,6 +238,34 @@ def _narrow_layer_norm(graph: fx.GraphModule, use: LayerNormUse, present: torch.
     node.target = layer_norm_of_width
     node.args = (given["input"], given.get("weight"), given.get("bias"), use.eps, use.width)
     node.kwargs = {}
+
+
+@torch.no_grad()
+def _narrow_attention(graph: fx.GraphModule, arch: Architecture, heads: AttentionHeads, keep) -> int:
+    """Replace an ``nn.MultiheadAttention`` that lost heads or input channels by a `HeadsAttention`
+    (its output projection is sliced already); the MACs of the removed heads' products."""
+    units = keep[heads.projection]
+    living = heads.living(units)
+    if not torch.equal(units, living.repeat_interleave(units.numel() // (3 * heads.heads)).repeat(3)):
+        raise CompactionError(f"{heads.module} would lose part of a head")
+    present = _present(arch.inputs[heads.projection][0], keep)
+    if bool(living.all()) and bool(present.all()):
+        return 0
+    attention = graph.get_submodule(heads.module)
+    rows, columns = units.nonzero().flatten(), present.nonzero().flatten()
+    bias = attention.in_proj_bias
+    narrowed = HeadsAttention(
+        attention.in_proj_weight.index_select(0, rows).index_select(1, columns).contiguous(),
+        bias.index_select(0, rows).contiguous() if bias is not None else None,
+        attention.out_proj,
+        living.nonzero().flatten(),
+        attention.head_dim,
+        attention.batch_first,
+        attention.dropout,
+    )
+    owner, _, attr = heads.module.rpartition(".")
+    setattr(graph.get_submodule(owner), attr, narrowed)
+    return heads.macs - heads.macs * int(living.sum()) // heads.heads
 
 
 @torch.no_grad()

@@ -258,9 +258,9 @@ class Developer:
         mean = mean_weights([weights for weights, _ in states])  # fails on parents of different networks
         target = built_aside(self.task) if self.config.evolution.init == "reinit" else model  # reinit: checked only
         load_weights(target, mean, f"the mean of parents {spec.parent_key}")
-        # a synaptic layer's weight is its module's "<name>.weight" entry: no network to build per parent
+        # a synaptic layer's weight is a state-dict entry (`SynapticLayer.weight_name`): no network to build
         parents = [
-            ({layer.name: weights[f"{layer.name}.weight"] for layer in self.arch.layers}, Genome.from_state_dict(masks))
+            ({layer.name: weights[layer.weight_name] for layer in self.arch.layers}, Genome.from_state_dict(masks))
             for weights, masks in states
         ]
         mated = mate(self.arch, parents)

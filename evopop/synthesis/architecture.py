@@ -30,7 +30,7 @@ from torch.fx.passes.shape_prop import ShapeProp
 
 from .coupling import Coupling, coupling_groups
 from .layers import SYNAPTIC_TYPES, SynapticLayer, find_synaptic_layers
-from .wiring import ChannelMap, concatenate, union
+from .wiring import ChannelMap, Source, concatenate, union
 
 # Modules whose per-channel parameters belong to the neurons that feed them: they die with them.
 _NORMS = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d, nn.SyncBatchNorm, nn.GroupNorm)
@@ -173,6 +173,22 @@ class LayerNormUse:
         return self.inputs.size
 
 
+@dataclass(frozen=True)
+class AttentionHeads:
+    """The heads of an ``nn.MultiheadAttention`` evopop follows: ``projection`` (its packed input
+    projection, a synaptic layer) holds Q, K and V units of ``heads`` heads; a head lives while any of its
+    units does, and its products (QK^T and AV, ``macs`` for all heads) go with it."""
+
+    module: str
+    projection: str
+    heads: int
+    macs: int
+
+    def living(self, units: torch.Tensor) -> torch.Tensor:
+        """Bool per head, from a bool per unit of the projection."""
+        return units.view(3, self.heads, -1).any(dim=2).any(dim=0)
+
+
 @dataclass
 class Architecture:
     """The synaptic layers of a network and the wiring between their neurons."""
@@ -204,6 +220,7 @@ class Architecture:
     other_macs: dict[str, int] = field(default_factory=dict)
     channel_parameters: list[ChannelParameter] = field(default_factory=list)
     layer_norms: list[LayerNormUse] = field(default_factory=list)
+    attention: list[AttentionHeads] = field(default_factory=list)
     groups: Coupling | None = None  # neurons that live and die together (`evopop.synthesis.coupling`)
 
     def __post_init__(self):
@@ -228,7 +245,7 @@ class Architecture:
 def trace_architecture(model: nn.Module, example_input: torch.Tensor) -> Architecture:
     """Find the synaptic layers of ``model`` and, by tracing one forward pass, their wiring."""
     layers = find_synaptic_layers(model)
-    weights = {f"{layer.name}.weight" for layer in layers}
+    weights = {layer.weight_name for layer in layers}
     other = {n: p.numel() for n, p in model.named_parameters() if n not in weights}
     try:
         graph = _shaped_graph(model, example_input)
@@ -285,6 +302,8 @@ class _Tracer:
         self.parameter_shapes = {name: tuple(p.shape) for name, p in gm.named_parameters()}
         self.channel_parameters: list[ChannelParameter] = []
         self.layer_norms: list[LayerNormUse] = []
+        self.attention: list[AttentionHeads] = []
+        self.attention_outputs: dict[fx.Node, ChannelMap] = {}  # attention nodes -> their output's map
         self.sinks = {layer.name: torch.zeros(layer.out_channels, dtype=torch.bool, device="cpu") for layer in layers}
         self.pinned = {name: sink.clone() for name, sink in self.sinks.items()}
         self.couplings: list[ChannelMap] = []
@@ -311,6 +330,7 @@ class _Tracer:
             other_macs=self.other_macs,
             channel_parameters=self.channel_parameters,
             layer_norms=self.layer_norms,
+            attention=self.attention,
         )
 
     def _sink(self, value, reason: str, pin: bool = True) -> None:
@@ -421,7 +441,7 @@ class _Tracer:
         if isinstance(module, SYNAPTIC_TYPES):
             return self._synaptic(node, module, first, src, out_shape)
         if isinstance(module, nn.MultiheadAttention):
-            self._count_attention(node, module)
+            return self._attention(node, module)
         if type(module) is nn.LayerNorm:  # a subclass may normalise differently: traced through instead
             params = [f"{node.target}.{p}" for p in ("weight", "bias") if getattr(module, p, None) is not None]
             if self._layer_norm(node, node.target, src, module.normalized_shape, module.eps, params, out_shape):
@@ -445,6 +465,8 @@ class _Tracer:
         first = self._input_map(node.args[0]) if node.args else None
         if target in _CAT:
             return self._cat(node, out_shape)
+        if target is operator.getitem and node.args[0] in self.attention_outputs:
+            return self.attention_outputs[node.args[0]]  # its output, not its weights: see `_attention`
         if target is F.layer_norm and self._functional_layer_norm(node, first, out_shape):
             return first
         reshaping = target in _RESHAPES_FUNCTIONS or target in _RESHAPES_METHODS
@@ -512,23 +534,69 @@ class _Tracer:
         out_dim = (len(out_shape) - 1) if layer.kind == "linear" else 1
         return ChannelMap.of_layer(name, out_dim, layer.out_channels)
 
-    def _count_attention(self, node, module: nn.MultiheadAttention) -> None:
-        """What ``nn.MultiheadAttention`` computes per sample: Q, K and V projections, QK^T and AV, and
-        the output projection (a Linear it applies itself, never called as a module). Its neurons stay
-        behind a barrier: heads are not clusters yet."""
-        shapes = [self._shape(a) for a in node.args[:3]] + [None] * 3
-        query, key = shapes[0], shapes[1] or shapes[0]
-        if query is None or len(query) != 3:
-            return
+    def _attention(self, node, module: nn.MultiheadAttention) -> ChannelMap | None:
+        """``nn.MultiheadAttention``: its packed input projection (a synaptic layer named ``<module>.in_proj``),
+        its heads, its two products and its output projection (a Linear it applies itself, never called).
+
+        Followed for self-attention whose output alone is read: the input projection reads the input's
+        channels; a head's Q, K and V units are one coupling group (a dead head adds nothing to the output,
+        so compaction removes it); the scores read the Q and K units (used, though no synapse reads them);
+        channel j of the heads' output is V unit j, which the output projection reads. Otherwise (cross
+        attention, separate Q, K, V weights, extra key/value biases, the attention weights read, a second
+        call) it is counted, its projections are kept whole and its output is a barrier."""
+        names = ("query", "key", "value")
+        query, key, value = ({**dict(zip(names, node.args)), **node.kwargs}.get(n) for n in names)
+        shape, key_shape = self._shape(query), self._shape(key if key is not None else query)
+        if shape is None or len(shape) != 3 or key_shape is None:
+            return self._barrier(node)
         seq = 1 if module.batch_first else 0
-        lq, lk, e = query[seq], key[seq], module.embed_dim
-        kdim, vdim = module.kdim, module.vdim
-        self.other_macs[node.target] = lq * e * e + lk * e * (kdim + vdim) + 2 * lq * lk * e
-        out_proj = f"{node.target}.out_proj"
-        if out_proj in self.by_name:
-            self.macs[out_proj] = self.macs.get(out_proj, 0) + lq
-            self.pinned[out_proj][:] = True  # applied by the attention itself, never called: not ours to slice
-            self._reason(out_proj, f"applied by {self._describe(node)} itself (heads are not clusters yet)")
+        lq, lk, e = shape[seq], key_shape[seq], module.embed_dim
+        self.other_macs[node.target] = 2 * lq * lk * e  # QK^T and AV
+        in_proj, out_proj = (self.by_name.get(f"{node.target}.{p}") for p in ("in_proj", "out_proj"))
+        why = self._unfollowable(node, module, query, key, value, in_proj, out_proj)
+        if why:
+            return self._keep_attention_whole(node, module, in_proj, out_proj, lq, lk, why)
+        src, dim = self._input_map(query), len(shape) - 1
+        if src is None or src.dim != dim or src.size != e or src.block is not None:
+            self._sink(query, f"read by {node.target} in a way evopop cannot follow")
+            src = ChannelMap.always_alive(dim, e)
+        units = ChannelMap.of_layer(in_proj.name, dim, 3 * e)
+        self.position_ties.append((units, (torch.arange(3 * e) % e) // module.head_dim))
+        self._sink(ChannelMap(dim, 2 * e, [Source(in_proj.name, torch.arange(2 * e))]), "", pin=False)
+        values = ChannelMap(dim, e, [Source(in_proj.name, torch.arange(2 * e, 3 * e))])
+        for layer, inputs in ((in_proj, src), (out_proj, values)):
+            self.inputs[layer.name] = [inputs]
+            self.order.append(layer.name)
+            self.macs[layer.name] = lq  # each synapse once per token
+        self.attention.append(AttentionHeads(node.target, in_proj.name, module.num_heads, 2 * lq * lk * e))
+        self.attention_outputs[node] = ChannelMap.of_layer(out_proj.name, dim, out_proj.out_channels)
+        return self.attention_outputs[node]
+
+    def _unfollowable(self, node, module, query, key, value, in_proj, out_proj) -> str:
+        """Why evopop cannot follow this call of an attention ('' where it can)."""
+        if in_proj is None or out_proj is None:
+            return "its Q, K and V projections are separate weights"
+        if not (query is key is value):
+            return "cross-attention (Q reads other tensors than K and V)"
+        if module.bias_k is not None or module.add_zero_attn:
+            return "extra key and value biases"
+        if in_proj.name in self.inputs:
+            return "it is called twice"
+        if any(u.target is not operator.getitem or (u.args[1] != 0 and u.users) for u in node.users):
+            return "its attention weights are read"
+        return ""
+
+    def _keep_attention_whole(self, node, module, in_proj, out_proj, lq, lk, why: str) -> ChannelMap | None:
+        """Count an attention evopop cannot follow; its projections' neurons stay, its output is a barrier."""
+        projections = lq * module.embed_dim * module.embed_dim + lk * module.embed_dim * (module.kdim + module.vdim)
+        self.other_macs[node.target] += projections
+        for layer in (in_proj, out_proj):
+            if layer is not None:
+                self.pinned[layer.name][:] = True  # applied by the attention itself: not ours to slice
+                self._reason(layer.name, f"applied by {self._describe(node)} itself: {why}")
+        if out_proj is not None:
+            self.macs[out_proj.name] = self.macs.get(out_proj.name, 0) + lq
+        return self._barrier(node)
 
     def _functional_layer_norm(self, node, src, out_shape) -> bool:
         """``F.layer_norm(x, shape, weight, bias, eps)`` (a layer norm subclass traced through)."""

@@ -2,7 +2,7 @@
 
 MACs count the multiply-accumulates of one sample: each living synapse of a conv is used once per
 output position, of a deconv once per input position, of a linear once per token; attention adds
-its projections and products (`Architecture.other_macs`), which no genome removes yet. These are
+its two products per head (`Architecture.other_macs`), which go with their head. These are
 *nominal* figures for the masked network; the realised speed-up needs compaction into smaller dense
 layers. A network that could not be
 traced (see `Architecture.traced`) has no MACs figures: they are reported as 0.
@@ -40,7 +40,8 @@ class Counts:
     layers: tuple[LayerCount, ...]
     other_params: int  # living non-synaptic parameters (biases, norms, ...)
     dense_other_params: int
-    other_macs: int = 0  # MACs no synaptic layer performs (attention's products), never removed
+    other_macs: int = 0  # MACs no synaptic layer performs (attention's products), of living heads
+    dense_other_macs: int = 0
 
     @property
     def synapses(self) -> int:
@@ -64,7 +65,7 @@ class Counts:
 
     @property
     def dense_macs(self) -> int:
-        return sum(l.dense_macs for l in self.layers) + self.other_macs
+        return sum(l.dense_macs for l in self.layers) + self.dense_other_macs
 
     @property
     def params(self) -> int:
@@ -97,7 +98,12 @@ def count(arch: Architecture, genome: Genome) -> Counts:
     dead_other = sum(
         masks[name].numel() - int(torch.count_nonzero(masks[name])) for name in arch.other_params if name in masks
     )
-    return Counts(tuple(layers), dense_other - dead_other, dense_other, sum(arch.other_macs.values()))
+    dense_other_macs = sum(arch.other_macs.values())
+    other_macs = dense_other_macs - sum(
+        heads.macs - heads.macs * int(heads.living(genome.neurons(arch.layer(heads.projection)).cpu()).sum()) // heads.heads
+        for heads in arch.attention
+    )
+    return Counts(tuple(layers), dense_other - dead_other, dense_other, other_macs, dense_other_macs)
 
 
 def efficiency(ancestor_synapses: int, synapses: int) -> float:

@@ -31,6 +31,18 @@ class SynapticLayer:
     weight_shape: tuple[int, ...]
     groups: int = 1
     has_bias: bool = False
+    # the weight's and bias's full parameter names where they are not "<name>.weight" and "<name>.bias":
+    # attention's packed input projection is a parameter of the attention module, not a module of its own
+    weight_param: str = ""
+    bias_param: str = ""
+
+    @property
+    def weight_name(self) -> str:
+        return self.weight_param or f"{self.name}.weight"
+
+    @property
+    def bias_name(self) -> str:
+        return self.bias_param or f"{self.name}.bias"
 
     @property
     def numel(self) -> int:
@@ -108,10 +120,31 @@ def _kind(module: nn.Module) -> str:
     return "conv"
 
 
+def _input_projection(name: str, attention: nn.MultiheadAttention) -> SynapticLayer:
+    """``nn.MultiheadAttention``'s packed Q, K, V projection: a linear layer of 3 * embed_dim units,
+    named ``<attention>.in_proj`` (it multiplies activations like any Linear: its entries are synapses)."""
+    prefix = f"{name}." if name else ""
+    return SynapticLayer(
+        name=f"{prefix}in_proj",
+        kind="linear",
+        weight_shape=tuple(attention.in_proj_weight.shape),
+        has_bias=attention.in_proj_bias is not None,
+        weight_param=f"{prefix}in_proj_weight",
+        bias_param=f"{prefix}in_proj_bias",
+    )
+
+
+def layer_weight(model: nn.Module, layer: SynapticLayer) -> torch.Tensor:
+    """The weight parameter of ``layer`` in ``model``."""
+    return model.get_parameter(layer.weight_name)
+
+
 def find_synaptic_layers(model: nn.Module) -> list[SynapticLayer]:
     """All synaptic layers of ``model`` in module order; raises if there are none."""
     layers = []
     for name, module in model.named_modules():
+        if isinstance(module, nn.MultiheadAttention) and module.in_proj_weight is not None:
+            layers.append(_input_projection(name, module))
         if isinstance(module, SYNAPTIC_TYPES):
             layers.append(
                 SynapticLayer(

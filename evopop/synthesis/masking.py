@@ -10,6 +10,7 @@ from torch import nn
 from .architecture import Architecture
 from .death import kill_orphans
 from .genome import Genome
+from .layers import layer_weight
 from .wiring import ChannelMap
 
 
@@ -24,9 +25,9 @@ def parameter_masks(arch: Architecture, genome: Genome) -> dict[str, torch.Tenso
     for layer in arch.layers:
         mask = genome.masks[layer.name]
         if not bool(mask.all()):
-            masks[f"{layer.name}.weight"] = mask
+            masks[layer.weight_name] = mask
         if layer.has_bias and not bool(neurons[layer.name].all()):
-            masks[f"{layer.name}.bias"] = neurons[layer.name]
+            masks[layer.bias_name] = neurons[layer.name]
     # a module called several times keeps a channel's parameters while any call feeds it
     attached: dict[str, torch.Tensor] = {}
     for att in arch.attachments:
@@ -116,8 +117,7 @@ def genome_from_weights(arch: Architecture, model: nn.Module) -> Genome:
 
     For ancestors loaded from elsewhere (e.g. a magnitude-pruned network).
     """
-    modules = dict(model.named_modules())
-    genome = Genome({l.name: modules[l.name].weight.detach() != 0 for l in arch.layers})
+    genome = Genome({l.name: layer_weight(model, l).detach() != 0 for l in arch.layers})
     kill_orphans(arch, genome)
     return genome
 

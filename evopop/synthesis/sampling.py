@@ -21,13 +21,13 @@ from .clusters import surviving_clusters
 from .death import kill_orphans
 from .environment import Environment
 from .genome import Genome
+from .layers import layer_weight
 from .probability import chunks, normalizers, probability_chunk
 from .seeding import derive_seed
 
 
 def synaptic_weights(model: nn.Module, arch: Architecture) -> dict[str, torch.Tensor]:
-    modules = dict(model.named_modules())
-    return {layer.name: modules[layer.name].weight.detach() for layer in arch.layers}
+    return {layer.name: layer_weight(model, layer).detach() for layer in arch.layers}
 
 
 def layer_scales(
