@@ -148,8 +148,12 @@ def _check_compacted(model, arch, genome: Genome, example: torch.Tensor):
     assert compacted.neurons == {name: int(k.sum()) for name, k in keep.items()}
     modules = dict(compacted.module.named_modules())
     for layer in arch.layers:
-        module = modules[layer.name]
         present = _present(arch, layer.name, keep)
+        if layer.name not in modules:  # attention's packed input projection: a parameter of the attention
+            weight = compacted.module.get_parameter(layer.weight_name)
+            assert tuple(weight.shape) == (compacted.neurons[layer.name], int(present.sum())), layer.name
+            continue
+        module = modules[layer.name]
         out_n = module.out_features if layer.kind == "linear" else module.out_channels
         in_n = module.in_features if layer.kind == "linear" else module.in_channels
         assert out_n == compacted.neurons[layer.name] >= 1, layer.name
@@ -350,6 +354,32 @@ class ConvNeXtLike2d(nn.Module):
         return self.head(s + y.mul(self.gamma.reshape(1, -1, 1, 1)))
 
 
+class MaskedAttention(nn.Module):
+    """Sequence-first ``nn.MultiheadAttention`` with a causal mask, a padding mask and a per-head bias."""
+
+    def __init__(self):
+        super().__init__()
+        self.embed = nn.Linear(6, 16)
+        self.attention = nn.MultiheadAttention(16, 4)
+        self.register_buffer("bias", torch.tensor([-3.0, 0.0, -0.5, 2.0]))  # a slope per head
+        self.head = nn.Linear(16, 3)
+
+    def forward(self, x):  # (tokens, batch, features)
+        h = self.embed(x)
+        first = x[:, 0, 0]
+        distance = (first[:, None] - first[None, :]).abs()  # (tokens, tokens)
+        causal = torch.ones_like(distance, dtype=torch.bool).triu(1)
+        padding = x[:, :, 0].t() > 2.5
+        per_head = (distance * self.bias.view(4, 1, 1)).masked_fill(causal, float("-inf"))
+        per_head = per_head.repeat(x.shape[1], 1, 1)  # (batch * heads, tokens, tokens)
+        return self.head(h + self.attention(h, h, h, key_padding_mask=padding, attn_mask=per_head)[0])
+
+
+def _head(*heads, width=16, per_head=4):
+    """The Q, K and V units of ``heads`` in a packed input projection."""
+    return [part * width + h * per_head + i for part in range(3) for h in heads for i in range(per_head)]
+
+
 class WithPReLU(nn.Module):
     def __init__(self):
         super().__init__()
@@ -425,7 +455,7 @@ class SharedBatchNorm(nn.Module):
 
 
 class ParameterSum(nn.Module):
-    """A 1-D parameter added to a Linear's (N, C) output: it fixes the number of channels (not sliced)."""
+    """A 1-D parameter added to a Linear's (N, C) output: a second bias, which dies with its channel."""
 
     def __init__(self):
         super().__init__()
@@ -478,6 +508,14 @@ WIRING = [
     ("grouped and depthwise convs kept whole", Grouped, _conv_in(), _kill(a=[1], dw=[2], g=[0]), {"dw": 4, "g": 6}),
     ("per-channel parameter multiplied in", ParameterProduct, _conv_in(), _kill(p=[0], a=[1]), {"p": 4, "a": 3}),
     ("PReLU(num_parameters=C)", WithPReLU, _conv_in(), _kill(a=[1]), {"a": 3}),
+    ("attention: a head dies", MaskedAttention, torch.randn(5, 1, 6), _kill(**{"attention.in_proj": _head(2)}), {}),
+    (
+        "attention: heads and a stream channel die",
+        MaskedAttention,
+        torch.randn(5, 1, 6),
+        _kill(**{"attention.in_proj": _head(0, 3), "embed": [1], "attention.out_proj": [1]}),
+        {"attention.in_proj": 24, "embed": 15, "attention.out_proj": 15},
+    ),
     # a layer norm's statistics read the dead channel as a zero: compacted, it keeps dividing by 4
     ("ConvNeXt block: a residual channel dies", ConvNeXtLike, _conv_in(), _kill(stem=[1], pw2=[1]), {"stem": 3}),
     ("ConvNeXt block: one producer's channel dies, kept", ConvNeXtLike, _conv_in(), _kill(pw2=[1]), {"stem": 4}),
@@ -491,7 +529,7 @@ WIRING = [
     ("Linear on (N, T, F) tokens", TokenMLP, torch.randn(1, 5, 6), _kill(fc1=[2, 5]), {"fc1": 6}),
     # found by these tests, fixed in evopop since (8344760): each raised CompactionError
     ("a norm layer called on two producers", SharedBatchNorm, _conv_in(), _kill(a=[1], b=[2]), {"a": 4, "b": 4}),
-    ("a 1-D parameter added to a Linear output", ParameterSum, torch.randn(1, 5), _kill(a=[1]), {"a": 4}),
+    ("a 1-D parameter added to a Linear output", ParameterSum, torch.randn(1, 5), _kill(a=[1]), {"a": 3}),
     (
         "an emptied layer coupled through a cat",
         DeadOperandOfCatSum,

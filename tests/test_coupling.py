@@ -143,6 +143,42 @@ class ChannelsLast(nn.Module):
         return self.head(x + y)
 
 
+class VisionTransformer(nn.Module):
+    """torchvision's ViT in small: patches as tokens (a reshape naming the width), a class token, a position
+    embedding, pre-norm blocks of ``nn.MultiheadAttention`` and an MLP on one residual stream, the class
+    token's features read by the head."""
+
+    def __init__(self, width=16, heads=4, blocks=2):
+        super().__init__()
+        self.width = width
+        self.patches = nn.Conv2d(3, width, 4, stride=4)
+        self.class_token = nn.Parameter(torch.randn(1, 1, width))
+        self.position = nn.Parameter(torch.randn(1, 5, width))
+        self.blocks = nn.ModuleList(TransformerBlock(width, heads) for _ in range(blocks))
+        self.norm = nn.LayerNorm(width)
+        self.head = nn.Linear(width, 3)
+
+    def forward(self, x):
+        x = self.patches(x).reshape(x.shape[0], self.width, -1).permute(0, 2, 1)
+        x = torch.cat([self.class_token.expand(x.shape[0], -1, -1), x], dim=1) + self.position
+        for block in self.blocks:
+            x = block(x)
+        return self.head(self.norm(x)[:, 0])
+
+
+class TransformerBlock(nn.Module):
+    def __init__(self, width, heads):
+        super().__init__()
+        self.norm1, self.norm2 = nn.LayerNorm(width), nn.LayerNorm(width)
+        self.attention = nn.MultiheadAttention(width, heads, batch_first=True)
+        self.fc1, self.fc2 = nn.Linear(width, 2 * width), nn.Linear(2 * width, width)
+
+    def forward(self, x):
+        h = self.norm1(x)
+        x = x + self.attention(h, h, h, need_weights=False)[0]
+        return x + self.fc2(F.gelu(self.fc1(self.norm2(x))))
+
+
 X = torch.randn(1, 3, 8, 8)
 
 
@@ -223,6 +259,18 @@ def test_channels_last_and_back_is_followed():
     assert not any(bool(arch.pinned[name].any()) for name in ("conv", "fc1", "fc2"))
 
 
+def test_a_head_is_one_group_and_the_residual_stream_another_per_channel():
+    arch = trace_architecture(VisionTransformer(), X)
+    projection = "blocks.0.attention.in_proj"
+    for head in range(4):
+        units = [part * 16 + head * 4 + i for part in range(3) for i in range(4)]  # its Q, K and V units
+        assert members(arch, projection, units[0]) == {(projection, u) for u in units}
+    stream = {"patches"} | {f"blocks.{b}.{layer}" for b in range(2) for layer in ("attention.out_proj", "fc2")}
+    for c in range(16):
+        assert members(arch, "patches", c) == {(layer, c) for layer in stream}
+    assert not any(bool(arch.pinned[layer.name].any()) for layer in arch.layers if layer.name != "head")
+
+
 def test_a_channel_added_to_the_network_input_is_pinned():
     arch = trace_architecture(InputResidual(), X)
     assert bool(arch.groups.pinned[arch.groups.of_layer("conv")].all())
@@ -236,6 +284,7 @@ def test_an_uncoupled_network_has_one_family_per_layer_of_single_neurons():
 
 # ------------------------------------------------------------------------------ synthesis and compaction
 HAND_BUILT = [
+    VisionTransformer,
     Residual,
     SqueezeExcite,
     depthwise_separable,

@@ -39,7 +39,7 @@ from torch import fx, nn
 from torch.utils._pytree import tree_flatten
 
 from evopop.synthesis import Architecture, Genome, effective_genome, parameter_masks
-from evopop.synthesis.architecture import AttentionHeads, LayerNormUse, symbolic_trace
+from evopop.synthesis.architecture import AttentionHeads, LayerNormUse, SizedView, symbolic_trace
 from evopop.synthesis.wiring import ChannelMap
 
 from .attention import HeadsAttention
@@ -97,17 +97,23 @@ def compact(
             _slice_parameter(graph, read.name, read.dim, _present(read.inputs, keep))
     for use in arch.layer_norms:
         _narrow_layer_norm(graph, use, _present(use.inputs, keep))
+    for view in arch.sized_views:
+        _resize_view(graph, view, int(_present(view.inputs, keep).sum()))
     removed_products = 0
     for heads in arch.attention:
         removed_products += _narrow_attention(graph, arch, heads, keep)
     graph.recompile()
     graph.eval()
     error = _max_difference(masked, graph, example_input)
-    macs = sum(
-        graph.get_parameter(l.weight_name).numel() * arch.macs_per_synapse.get(l.name, 0)
-        for l in arch.layers
-        if l.name in arch.inputs
-    ) + sum(arch.other_macs.values()) - removed_products
+    macs = (
+        sum(
+            graph.get_parameter(l.weight_name).numel() * arch.macs_per_synapse.get(l.name, 0)
+            for l in arch.layers
+            if l.name in arch.inputs
+        )
+        + sum(arch.other_macs.values())
+        - removed_products
+    )
     return Compacted(
         module=graph,
         neurons={name: int(k.sum()) for name, k in keep.items()},
@@ -231,13 +237,35 @@ def _narrow_layer_norm(graph: fx.GraphModule, use: LayerNormUse, present: torch.
         narrowed = LayerNormOfWidth(norm.weight, norm.bias, use.eps, use.width)
         setattr(graph.get_submodule(owner), attr, narrowed)
         return
-    node = next((n for n in graph.graph.nodes if n.name == use.node), None)
-    if node is None:
-        raise CompactionError(f"the layer norm {use.node!r} is not in the network traced again")
+    node = _node(graph, use.node)
     given = {**dict(zip(("input", "normalized_shape", "weight", "bias", "eps"), node.args)), **node.kwargs}
     node.target = layer_norm_of_width
     node.args = (given["input"], given.get("weight"), given.get("bias"), use.eps, use.width)
     node.kwargs = {}
+
+
+def _resize_view(graph: fx.GraphModule, view: SizedView, channels: int) -> None:
+    """A reshape that names the number of channels as a constant asks for the kept number instead."""
+    node = _node(graph, view.node)
+    if node.op == "call_method" and not (len(node.args) == 2 and isinstance(node.args[1], (tuple, list))):
+        args = list(node.args)
+        args[1 + view.position] = channels
+        node.args = tuple(args)
+        return
+    sizes = node.args[1] if len(node.args) > 1 else node.kwargs["shape"]
+    sizes = type(sizes)(channels if i == view.position else size for i, size in enumerate(sizes))
+    if len(node.args) > 1:
+        node.args = (node.args[0], sizes, *node.args[2:])
+    else:
+        node.kwargs = {**node.kwargs, "shape": sizes}
+
+
+def _node(graph: fx.GraphModule, name: str) -> fx.Node:
+    """The node called ``name`` in the network traced again (tracing the same modules names nodes alike)."""
+    node = next((n for n in graph.graph.nodes if n.name == name), None)
+    if node is None:
+        raise CompactionError(f"the node {name!r} evopop traced is not in the network traced again")
+    return node
 
 
 @torch.no_grad()

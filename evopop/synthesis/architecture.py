@@ -174,6 +174,16 @@ class LayerNormUse:
 
 
 @dataclass(frozen=True)
+class SizedView:
+    """A reshape that names the number of channels of ``inputs`` as a constant (``x.reshape(n, 768, -1)``):
+    compaction writes the kept number in its place."""
+
+    node: str
+    position: int  # among the sizes the reshape asks for
+    inputs: ChannelMap
+
+
+@dataclass(frozen=True)
 class AttentionHeads:
     """The heads of an ``nn.MultiheadAttention`` evopop follows: ``projection`` (its packed input
     projection, a synaptic layer) holds Q, K and V units of ``heads`` heads; a head lives while any of its
@@ -221,6 +231,7 @@ class Architecture:
     channel_parameters: list[ChannelParameter] = field(default_factory=list)
     layer_norms: list[LayerNormUse] = field(default_factory=list)
     attention: list[AttentionHeads] = field(default_factory=list)
+    sized_views: list[SizedView] = field(default_factory=list)
     groups: Coupling | None = None  # neurons that live and die together (`evopop.synthesis.coupling`)
 
     def __post_init__(self):
@@ -300,9 +311,12 @@ class _Tracer:
         self.parameters: set[fx.Node] = set()  # get_attr nodes, and views of them
         self.parameter_names: dict[fx.Node, str] = {}  # those nodes -> the parameter's full name
         self.parameter_shapes = {name: tuple(p.shape) for name, p in gm.named_parameters()}
+        # for each dimension of those nodes, the parameter's dimension it holds (None: a size-1 one)
+        self.parameter_dims: dict[fx.Node, list[int | None]] = {}
         self.channel_parameters: list[ChannelParameter] = []
         self.layer_norms: list[LayerNormUse] = []
         self.attention: list[AttentionHeads] = []
+        self.sized_views: list[SizedView] = []
         self.attention_outputs: dict[fx.Node, ChannelMap] = {}  # attention nodes -> their output's map
         self.sinks = {layer.name: torch.zeros(layer.out_channels, dtype=torch.bool, device="cpu") for layer in layers}
         self.pinned = {name: sink.clone() for name, sink in self.sinks.items()}
@@ -331,6 +345,7 @@ class _Tracer:
             channel_parameters=self.channel_parameters,
             layer_norms=self.layer_norms,
             attention=self.attention,
+            sized_views=self.sized_views,
         )
 
     def _sink(self, value, reason: str, pin: bool = True) -> None:
@@ -431,6 +446,7 @@ class _Tracer:
         self.parameters.add(node)
         if str(node.target) in self.parameter_shapes:  # not a buffer
             self.parameter_names[node] = str(node.target)
+            self.parameter_dims[node] = list(range(len(self.parameter_shapes[str(node.target)])))
         shape = self._shape(node)
         return ChannelMap.always_alive(1, shape[1]) if shape and len(shape) >= 2 else None
 
@@ -467,10 +483,14 @@ class _Tracer:
             return self._cat(node, out_shape)
         if target is operator.getitem and node.args[0] in self.attention_outputs:
             return self.attention_outputs[node.args[0]]  # its output, not its weights: see `_attention`
+        if target is operator.getitem and first is not None:
+            indexed = self._index(node, first, out_shape)
+            if indexed is not None:
+                return indexed
         if target is F.layer_norm and self._functional_layer_norm(node, first, out_shape):
             return first
-        reshaping = target in _RESHAPES_FUNCTIONS or target in _RESHAPES_METHODS
-        if reshaping and node.args and node.args[0] in self.parameter_names:
+        viewing = target in _RESHAPES_FUNCTIONS or target in _RESHAPES_METHODS or target == "expand"
+        if viewing and node.args and node.args[0] in self.parameter_names:
             return self._parameter_view(node, out_shape)
         if target in _ELEMENTWISE or target in _ELEMENTWISE_METHODS:
             return self._elementwise(node, out_shape, product=target in _PRODUCTS)
@@ -636,14 +656,34 @@ class _Tracer:
         self.channel_parameters.append(ChannelParameter(name, dim, shape, src))
 
     def _parameter_view(self, node, out_shape) -> ChannelMap | None:
-        """A reshape of a parameter that only adds or drops dimensions of size 1 (``gamma.view(1, -1, 1, 1)``)
-        is still that parameter, as far as channels go; anything else computed from it is a tensor."""
+        """A parameter reshaped by adding or dropping dimensions of size 1 (``gamma.view(1, -1, 1, 1)``), or
+        expanded (``class_token.expand(n, -1, -1)``), is still that parameter as far as channels go;
+        anything else computed from it is a tensor."""
         source = node.args[0]
-        before = [d for d in self._shape(source) or () if d != 1]
-        if out_shape is not None and before == [d for d in out_shape if d != 1]:
+        dims, shape = self.parameter_dims[source], self._shape(source)
+        if shape is not None and out_shape is not None:
+            larger = [i for i, d in enumerate(shape) if d != 1]
+            if node.target == "expand" and len(out_shape) >= len(shape):
+                lead = [None] * (len(out_shape) - len(shape))
+                self.parameter_dims[node] = lead + [dims[i] if shape[i] != 1 else None for i in range(len(shape))]
+            elif node.target != "expand" and [shape[i] for i in larger] == [d for d in out_shape if d != 1]:
+                held = iter(dims[i] for i in larger)
+                self.parameter_dims[node] = [next(held) if d != 1 else None for d in out_shape]
+        if node in self.parameter_dims:
             self.parameters.add(node)
             self.parameter_names[node] = self.parameter_names[source]
         return ChannelMap.always_alive(1, out_shape[1]) if out_shape and len(out_shape) >= 2 else None
+
+    def _parameter_channels(self, param: fx.Node, out_shape, channels: ChannelMap) -> int | None:
+        """The dimension of the parameter behind ``param`` that holds ``channels`` once ``param`` is
+        broadcast into ``out_shape`` (right-aligned); None where it has none (a value for every channel)."""
+        shape = self._shape(param)
+        if param not in self.parameter_dims or shape is None or channels.block is not None:
+            return None
+        at = channels.dim - (len(out_shape) - len(shape))
+        if at < 0 or shape[at] != channels.size:
+            return None
+        return self.parameter_dims[param][at]
 
     def _attach(self, name: str, module: nn.Module, src: ChannelMap) -> bool:
         """Record ``module``'s per-channel parameters and buffers; False if it has state of another size."""
@@ -668,24 +708,41 @@ class _Tracer:
             return None
         dim = dim % len(out_shape)
         maps = [self._input_map(t) for t in tensors]
-        if dim != 1 or any(m is None or m.dim != 1 or m.block is not None for m in maps):
-            return self._barrier(node)
-        return concatenate(maps, 1)
+        if dim == 1 and all(m is not None and m.dim == 1 and m.block is None for m in maps):
+            return concatenate(maps, 1)
+        joined = self._join(node, tensors, dim, out_shape)
+        return joined if joined is not None else self._barrier(node)
+
+    def _join(self, node, tensors, dim: int, out_shape) -> ChannelMap | None:
+        """A concatenation along another dimension than the channels' (a class token before the patch
+        tokens): channel j of the result is channel j of every part, so the parts' channels are tied as
+        by a sum; a parameter part (the class token) is one more per-channel parameter of them."""
+        parts = [t for t in tensors if t not in self.parameters]
+        maps = [self._input_map(t) for t in parts]
+        if not maps or any(m is None or m.block is not None or m.dim == dim for m in maps):
+            return None
+        if len({m.dim for m in maps}) > 1 or any(len(self._shape(t) or ()) != len(out_shape) for t in parts):
+            return None
+        result = union(maps)
+        if not result.fits(out_shape):
+            return None
+        everywhere = False
+        for param in (t for t in tensors if t in self.parameters):
+            everywhere |= not self._elementwise_parameter(node, param, out_shape, result, product=False)
+        if everywhere:
+            result = union([result, ChannelMap.always_alive(result.dim, result.size)])
+        if len(result.sources) > 1:
+            self.couplings.append(result)
+        return result
 
     def _elementwise(self, node, out_shape, product: bool) -> ChannelMap | None:
         if out_shape is None or len(out_shape) < 2:
             return self._barrier(node)
-        aligned, misaligned, sized_by_parameter = [], False, False
-        scales = []  # parameters multiplied in, one value per channel (layer scales): sliced with them
+        aligned, misaligned = [], False
+        parameters = [arg for arg in node.all_input_nodes if arg in self.parameters]
         for arg in node.all_input_nodes:  # scalars are not neurons; keyword operands are
             if arg in self.parameters:
-                if product and self._per_channel(arg, out_shape) is not None:
-                    scales.append(arg)
-                    continue
-                # its size fixes the number of channels: compaction does not slice it
-                sized_by_parameter |= any(d > 1 for d in (self._shape(arg) or ()))
-                if product:
-                    continue  # a parameter factor cannot revive a dead one: the product stays zero
+                continue
             m = self._input_map(arg)
             if (
                 m is not None
@@ -700,32 +757,44 @@ class _Tracer:
         if not aligned or len({m.dim for m in aligned}) > 1:
             return self._barrier(node)
         result = union(aligned)
-        if misaligned and not product:
+        everywhere = False  # a summand with a value for every channel: none can die
+        for param in parameters:
+            everywhere |= not self._elementwise_parameter(node, param, out_shape, result, product)
+        if (misaligned or everywhere) and not product:
             result = union([result, ChannelMap.always_alive(result.dim, result.size)])
-        if sized_by_parameter:
-            self._pin(result, f"multiplied or added by {self._describe(node)} with a parameter of fixed size")
-        for scale in scales:
-            if self._per_channel(scale, out_shape) == result.dim:
-                name = self.parameter_names[scale]
-                shape = self.parameter_shapes[name]
-                self._channel_parameter(name, next(i for i, d in enumerate(shape) if d == result.size), result)
-            else:
-                self._pin(result, f"multiplied by {self._describe(node)} with a parameter along another dimension")
         if len(result.sources) > 1:
             self.couplings.append(result)
         return result
 
-    def _per_channel(self, param: fx.Node, out_shape) -> int | None:
-        """The dimension of the result along which ``param`` (broadcast into it) holds one value per
-        channel, its only dimension larger than 1; None for any other parameter."""
+    def _elementwise_parameter(self, node, param, out_shape, result: ChannelMap, product: bool) -> bool:
+        """A parameter multiplied or added in. With a value per channel (a layer scale, a position
+        embedding) it is one more per-channel parameter of those channels, like a dead neuron's bias:
+        zero where they are dead, sliced with them. Varying along the channels otherwise (a parameter
+        evopop cannot slice) it fixes their number, and pins them. False: it is not a channel's own."""
+        dim = self._parameter_channels(param, out_shape, result)
+        if dim is not None:
+            self._channel_parameter(self.parameter_names[param], dim, result)
+            return True
         shape = self._shape(param)
-        if shape is None or param not in self.parameter_names or len(shape) > len(out_shape):
+        at = result.dim - (len(out_shape) - len(shape)) if shape is not None else -1
+        if at >= 0 and shape[at] > 1:
+            verb = "multiplied" if product else "added"
+            self._pin(result, f"{verb} by {self._describe(node)} with a parameter of fixed size")
+        return False
+
+    def _index(self, node, src: ChannelMap, out_shape) -> ChannelMap | None:
+        """``x[:, 0]`` and other basic indexing that takes every channel: channel k stays channel k (on
+        the dimension it moves to); None for anything else (the channels indexed, ``...``, ``None``)."""
+        index = node.args[1] if len(node.args) > 1 else None
+        index = index if isinstance(index, tuple) else (index,)
+        if src.block is not None or out_shape is None or any(not isinstance(i, (int, slice)) for i in index):
             return None
-        larger = [i + len(out_shape) - len(shape) for i, d in enumerate(shape) if d > 1]
-        if len(larger) != 1 or out_shape[larger[0]] != shape[larger[0] - len(out_shape) + len(shape)]:
+        if len(index) > src.dim and index[src.dim] != slice(None):  # (dimensions not indexed are taken whole)
             return None
-        full = self.parameter_shapes[self.parameter_names[param]]
-        return larger[0] if math.prod(full) == math.prod(shape) else None
+        dim = src.dim - sum(isinstance(i, int) for i in index[: src.dim])
+        if len(out_shape) <= dim or out_shape[dim] != src.size:
+            return None
+        return ChannelMap(dim, src.size, list(src.sources))
 
     def _reduction(self, node, src, out_shape) -> ChannelMap | None:
         """A mean, sum or max over dimensions other than the channels' (a global pooling written as
@@ -757,8 +826,30 @@ class _Tracer:
             for d in in_shape[2:]:
                 spatial *= d
             return src.flatten(spatial)
+        kept = self._reshape_behind_channels(src, in_shape, out_shape, node)
+        if kept is not None:
+            return kept
         moved = self._regroup(src, in_shape, out_shape, node)
         return moved if moved is not None else self._barrier(node)
+
+    def _reshape_behind_channels(self, src, in_shape, out_shape, node) -> ChannelMap | None:
+        """A reshape that merges or splits only the dimensions after the channels' (``x.flatten(2)``: the
+        pixels of an image become tokens) leaves the channels where they are. Where it names their
+        number as a constant, compaction writes the kept number in its place (`SizedView`)."""
+        d = src.dim
+        if src.block is not None or tuple(in_shape[: d + 1]) != tuple(out_shape[: d + 1]) or node.op == "call_module":
+            return None
+        if node.target in (torch.flatten, "flatten"):
+            start = node.args[1] if len(node.args) > 1 else node.kwargs.get("start_dim", 0)
+            return src if isinstance(start, int) and start % len(in_shape) > d else None
+        sizes = _view_sizes(node)
+        if sizes is None or len(sizes) != len(out_shape):
+            return None
+        if isinstance(sizes[d], int) and sizes[d] == src.size:
+            self.sized_views.append(SizedView(node.name, d, src))
+        elif not (sizes[d] == -1 or isinstance(sizes[d], fx.Node)):
+            return None
+        return src
 
     def _regroup(self, src, in_shape, out_shape, node) -> ChannelMap | None:
         """A view that splits the channel dimension into several, or merges them back, and leaves the
