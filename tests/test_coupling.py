@@ -167,16 +167,41 @@ class VisionTransformer(nn.Module):
 
 
 class TransformerBlock(nn.Module):
-    def __init__(self, width, heads):
+    def __init__(self, width, heads, packed=False):
         super().__init__()
         self.norm1, self.norm2 = nn.LayerNorm(width), nn.LayerNorm(width)
-        self.attention = nn.MultiheadAttention(width, heads, batch_first=True)
+        self.packed = packed
+        self.attention = (
+            PackedAttention(width, heads) if packed else nn.MultiheadAttention(width, heads, batch_first=True)
+        )
         self.fc1, self.fc2 = nn.Linear(width, 2 * width), nn.Linear(2 * width, width)
 
     def forward(self, x):
         h = self.norm1(x)
-        x = x + self.attention(h, h, h, need_weights=False)[0]
+        x = x + (self.attention(h) if self.packed else self.attention(h, h, h, need_weights=False)[0])
         return x + self.fc2(F.gelu(self.fc1(self.norm2(x))))
+
+
+class PackedAttention(nn.Module):
+    """timm's ``Attention`` as timm writes it: one ``qkv`` Linear, heads by reshape, fused attention."""
+
+    def __init__(self, width, heads):
+        super().__init__()
+        self.num_heads, self.head_dim = heads, width // heads
+        self.qkv, self.proj = nn.Linear(width, 3 * width), nn.Linear(width, width)
+        self.norm = nn.Identity()
+
+    def forward(self, x):
+        b, n, _ = x.shape
+        q, k, v = self.qkv(x).reshape(b, n, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4).unbind(0)
+        x = F.scaled_dot_product_attention(q, k, v)
+        return self.proj(self.norm(x.transpose(1, 2).reshape(b, n, self.num_heads * self.head_dim)))
+
+
+def packed_vision_transformer():
+    model = VisionTransformer()
+    model.blocks = nn.ModuleList(TransformerBlock(16, 4, packed=True) for _ in range(2))
+    return model
 
 
 X = torch.randn(1, 3, 8, 8)
@@ -271,6 +296,20 @@ def test_a_head_is_one_group_and_the_residual_stream_another_per_channel():
     assert not any(bool(arch.pinned[layer.name].any()) for layer in arch.layers if layer.name != "head")
 
 
+def test_a_packed_attention_ties_its_heads_and_compacts_to_fewer():
+    torch.manual_seed(0)
+    model = packed_vision_transformer().eval()
+    arch = trace_architecture(model, X)
+    projection = "blocks.1.attention.qkv"
+    units = [part * 16 + 8 + i for part in range(3) for i in range(4)]  # head 2
+    assert members(arch, projection, units[0]) == {(projection, u) for u in units}
+    genome = Genome.full(arch)
+    arch.layer(projection).keep_neurons(genome.masks[projection], ~torch.isin(torch.arange(48), torch.tensor(units)))
+    small = compact(model, arch, genome, X)
+    assert small.module.get_submodule("blocks.1.attention").num_heads == 3
+    assert small.neurons[projection] == 36 and small.max_error <= 1e-4
+
+
 def test_a_channel_added_to_the_network_input_is_pinned():
     arch = trace_architecture(InputResidual(), X)
     assert bool(arch.groups.pinned[arch.groups.of_layer("conv")].all())
@@ -285,6 +324,7 @@ def test_an_uncoupled_network_has_one_family_per_layer_of_single_neurons():
 # ------------------------------------------------------------------------------ synthesis and compaction
 HAND_BUILT = [
     VisionTransformer,
+    packed_vision_transformer,
     Residual,
     SqueezeExcite,
     depthwise_separable,
@@ -442,6 +482,36 @@ def test_torchvision_offspring_compact_exactly_and_deliver_their_genome(name):
     assert abs(sum(small.neurons.values()) - alive) / total <= 0.02
     dense = compact(model, arch, Genome.full(arch), x)
     assert dense.macs / small.macs > 2.0
+
+
+TIMM = [("vit_tiny_patch16_224", {"img_size": 32}), ("convnext_atto", {})]
+
+
+@pytest.mark.parametrize("name, kwargs", TIMM, ids=[t[0] for t in TIMM])
+def test_timm_transformers_and_convnexts_can_lose_every_part_but_their_outputs(name, kwargs):
+    """Heads, the residual stream under its layer norms, layer scales, position embeddings: all can die,
+    and a half-dead offspring compacts exactly to what its genome keeps."""
+    timm = pytest.importorskip("timm")
+    torch.manual_seed(0)
+    model = timm.create_model(name, num_classes=10, **kwargs).eval()
+    with torch.no_grad():  # timm zero-initialises some heads: the check must see an output that varies
+        for module in model.modules():
+            if isinstance(module, nn.Linear) and not bool(module.weight.any()):
+                nn.init.normal_(module.weight, std=0.02)
+    x = torch.randn(1, 3, 32, 32)
+    arch = trace_architecture(model, x)
+    outputs = arch.layers[-1].name
+    assert [layer.name for layer in arch.layers if bool(arch.pinned[layer.name].any())] == [outputs]
+    assert not bool(arch.groups.pinned[arch.groups.of_layer(arch.layers[0].name)].any())
+    child = synthesize(
+        arch, synaptic_weights(model, arch), Genome.full(arch), Environment(1.0), 0, clusters=Environment(0.5)
+    )
+    small = compact(model, arch, child, x)
+    assert small.max_error <= 1e-4
+    total = sum(layer.out_channels for layer in arch.layers)
+    alive = sum(int(child.neurons(layer).sum()) for layer in arch.layers)
+    assert abs(sum(small.neurons.values()) - alive) / total <= 0.02
+    assert compact(model, arch, Genome.full(arch), x).macs / small.macs > 2.0
 
 
 # ------------------------------------------------------------------------------ channel multiples

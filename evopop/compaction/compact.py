@@ -39,7 +39,12 @@ from torch import fx, nn
 from torch.utils._pytree import tree_flatten
 
 from evopop.synthesis import Architecture, Genome, effective_genome, parameter_masks
-from evopop.synthesis.architecture import AttentionHeads, LayerNormUse, SizedView, symbolic_trace
+from evopop.synthesis.architecture import (
+    AttentionHeads,
+    LayerNormUse,
+    SizedView,
+    symbolic_trace,
+)
 from evopop.synthesis.wiring import ChannelMap
 
 from .attention import HeadsAttention
@@ -270,8 +275,9 @@ def _node(graph: fx.GraphModule, name: str) -> fx.Node:
 
 @torch.no_grad()
 def _narrow_attention(graph: fx.GraphModule, arch: Architecture, heads: AttentionHeads, keep) -> int:
-    """Replace an ``nn.MultiheadAttention`` that lost heads or input channels by a `HeadsAttention`
-    (its output projection is sliced already); the MACs of the removed heads' products."""
+    """Replace an ``nn.MultiheadAttention`` that lost heads or input channels by a `HeadsAttention` (its
+    output projection is sliced already), or lower a timm attention's ``num_heads``; the MACs of the
+    removed heads' products."""
     units = keep[heads.projection]
     living = heads.living(units)
     if not torch.equal(units, living.repeat_interleave(units.numel() // (3 * heads.heads)).repeat(3)):
@@ -280,6 +286,13 @@ def _narrow_attention(graph: fx.GraphModule, arch: Architecture, heads: Attentio
     if bool(living.all()) and bool(present.all()):
         return 0
     attention = graph.get_submodule(heads.module)
+    removed = heads.macs - heads.macs * int(living.sum()) // heads.heads
+    if not isinstance(attention, nn.MultiheadAttention):  # timm's: its projections are sliced already, and
+        # it sizes its reshapes by num_heads
+        attention.num_heads = int(living.sum())
+        if hasattr(attention, "attn_dim"):
+            attention.attn_dim = attention.num_heads * attention.head_dim
+        return removed
     rows, columns = units.nonzero().flatten(), present.nonzero().flatten()
     bias = attention.in_proj_bias
     narrowed = HeadsAttention(
@@ -293,7 +306,7 @@ def _narrow_attention(graph: fx.GraphModule, arch: Architecture, heads: Attentio
     )
     owner, _, attr = heads.module.rpartition(".")
     setattr(graph.get_submodule(owner), attr, narrowed)
-    return heads.macs - heads.macs * int(living.sum()) // heads.heads
+    return removed
 
 
 @torch.no_grad()

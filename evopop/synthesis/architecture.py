@@ -270,10 +270,30 @@ def trace_architecture(model: nn.Module, example_input: torch.Tensor) -> Archite
 
 class _LeafTracer(fx.Tracer):
     """torch.fx's tracer, which also keeps subclasses of batch norm whole (timm's ``BatchNormAct2d``
-    is one; traced through, it would read its parameters directly and pin its channels)."""
+    is one; traced through, it would read its parameters directly and pin its channels), and timm's
+    attention (traced through, its heads would be reshapes of constant sizes)."""
 
     def is_leaf_module(self, m: nn.Module, qualname: str) -> bool:
-        return isinstance(m, nn.modules.batchnorm._BatchNorm) or super().is_leaf_module(m, qualname)
+        if isinstance(m, nn.modules.batchnorm._BatchNorm) or is_packed_attention(m):
+            return True
+        return super().is_leaf_module(m, qualname)
+
+
+def is_packed_attention(m: nn.Module) -> bool:
+    """timm's ``Attention`` and its look-alikes: a ``qkv`` Linear making Q, K and V for ``num_heads`` heads
+    of ``head_dim`` channels, scaled dot-product attention, and a ``proj`` Linear reading the heads with
+    nothing in between (no ``norm`` over the heads, no gate). Its ``num_heads`` sizes its reshapes, so a
+    compacted one is the same module with fewer heads; the compaction check catches any look-alike that
+    computes otherwise."""
+    qkv, proj = getattr(m, "qkv", None), getattr(m, "proj", None)
+    heads, head_dim = getattr(m, "num_heads", None), getattr(m, "head_dim", None)
+    if not (isinstance(qkv, nn.Linear) and isinstance(proj, nn.Linear)):
+        return False
+    if not (isinstance(heads, int) and isinstance(head_dim, int)):
+        return False
+    if not isinstance(getattr(m, "norm", nn.Identity()), nn.Identity) or getattr(m, "gate", None) is not None:
+        return False
+    return qkv.out_features == 3 * heads * head_dim and proj.in_features == heads * head_dim
 
 
 def symbolic_trace(model: nn.Module) -> fx.GraphModule:
@@ -458,6 +478,8 @@ class _Tracer:
             return self._synaptic(node, module, first, src, out_shape)
         if isinstance(module, nn.MultiheadAttention):
             return self._attention(node, module)
+        if is_packed_attention(module):
+            return self._packed_attention(node, module)
         if type(module) is nn.LayerNorm:  # a subclass may normalise differently: traced through instead
             params = [f"{node.target}.{p}" for p in ("weight", "bias") if getattr(module, p, None) is not None]
             if self._layer_norm(node, node.target, src, module.normalized_shape, module.eps, params, out_shape):
@@ -570,27 +592,57 @@ class _Tracer:
         if shape is None or len(shape) != 3 or key_shape is None:
             return self._barrier(node)
         seq = 1 if module.batch_first else 0
-        lq, lk, e = shape[seq], key_shape[seq], module.embed_dim
-        self.other_macs[node.target] = 2 * lq * lk * e  # QK^T and AV
+        lq, lk = shape[seq], key_shape[seq]
         in_proj, out_proj = (self.by_name.get(f"{node.target}.{p}") for p in ("in_proj", "out_proj"))
         why = self._unfollowable(node, module, query, key, value, in_proj, out_proj)
         if why:
             return self._keep_attention_whole(node, module, in_proj, out_proj, lq, lk, why)
+        out = self._heads(node, query, in_proj, out_proj, module.num_heads, module.head_dim, lq, lk)
+        self.attention_outputs[node] = out
+        return out
+
+    def _heads(self, node, query, projection, output, heads: int, head_dim: int, lq: int, lk: int) -> ChannelMap:
+        """What a followed self-attention does to the wiring: ``projection`` (packed Q, K, V) reads the
+        query's channels, a head's Q, K and V units are one coupling group, the scores read the Q and K
+        units (used, though no synapse reads them), and ``output`` reads the V units."""
+        shape, width = self._shape(query), heads * head_dim
         src, dim = self._input_map(query), len(shape) - 1
-        if src is None or src.dim != dim or src.size != e or src.block is not None:
+        if src is None or src.dim != dim or src.size != projection.in_channels or src.block is not None:
             self._sink(query, f"read by {node.target} in a way evopop cannot follow")
-            src = ChannelMap.always_alive(dim, e)
-        units = ChannelMap.of_layer(in_proj.name, dim, 3 * e)
-        self.position_ties.append((units, (torch.arange(3 * e) % e) // module.head_dim))
-        self._sink(ChannelMap(dim, 2 * e, [Source(in_proj.name, torch.arange(2 * e))]), "", pin=False)
-        values = ChannelMap(dim, e, [Source(in_proj.name, torch.arange(2 * e, 3 * e))])
-        for layer, inputs in ((in_proj, src), (out_proj, values)):
+            src = ChannelMap.always_alive(dim, projection.in_channels)
+        units = ChannelMap.of_layer(projection.name, dim, 3 * width)
+        self.position_ties.append((units, (torch.arange(3 * width) % width) // head_dim))
+        self._sink(ChannelMap(dim, 2 * width, [Source(projection.name, torch.arange(2 * width))]), "", pin=False)
+        values = ChannelMap(dim, width, [Source(projection.name, torch.arange(2 * width, 3 * width))])
+        for layer, inputs in ((projection, src), (output, values)):
             self.inputs[layer.name] = [inputs]
             self.order.append(layer.name)
             self.macs[layer.name] = lq  # each synapse once per token
-        self.attention.append(AttentionHeads(node.target, in_proj.name, module.num_heads, 2 * lq * lk * e))
-        self.attention_outputs[node] = ChannelMap.of_layer(out_proj.name, dim, out_proj.out_channels)
-        return self.attention_outputs[node]
+        self.other_macs[node.target] = 2 * lq * lk * width  # QK^T and AV
+        self.attention.append(AttentionHeads(node.target, projection.name, heads, 2 * lq * lk * width))
+        return ChannelMap.of_layer(output.name, dim, output.out_channels)
+
+    def _packed_attention(self, node, module) -> ChannelMap | None:
+        """timm's ``Attention`` (see `is_packed_attention`), called on one (batch, tokens, channels) tensor:
+        followed like ``nn.MultiheadAttention`` (`_heads`); compaction lowers its ``num_heads``."""
+        first = _first_input(node)
+        shape = self._shape(first)
+        qkv, proj = self.by_name[f"{node.target}.qkv"], self.by_name[f"{node.target}.proj"]
+        # a mask may be per head (and then would need slicing too): followed without one
+        mask = _default(node.kwargs.get("attn_mask", node.args[1] if len(node.args) > 1 else None))
+        if shape is None or len(shape) != 3 or qkv.name in self.inputs or mask is not None:
+            return self._keep_packed_attention_whole(node, module, qkv, proj, shape)
+        return self._heads(node, first, qkv, proj, module.num_heads, module.head_dim, shape[1], shape[1])
+
+    def _keep_packed_attention_whole(self, node, module, qkv, proj, shape) -> ChannelMap | None:
+        tokens = shape[1] if shape is not None and len(shape) == 3 else 1
+        width = module.num_heads * module.head_dim
+        self.other_macs[node.target] = 2 * tokens * tokens * width
+        for layer in (qkv, proj):
+            self.macs[layer.name] = self.macs.get(layer.name, 0) + tokens
+            self.pinned[layer.name][:] = True
+            self._reason(layer.name, f"applied by {self._describe(node)} itself, called in a way evopop cannot follow")
+        return self._barrier(node)
 
     def _unfollowable(self, node, module, query, key, value, in_proj, out_proj) -> str:
         """Why evopop cannot follow this call of an attention ('' where it can)."""
@@ -608,8 +660,8 @@ class _Tracer:
 
     def _keep_attention_whole(self, node, module, in_proj, out_proj, lq, lk, why: str) -> ChannelMap | None:
         """Count an attention evopop cannot follow; its projections' neurons stay, its output is a barrier."""
-        projections = lq * module.embed_dim * module.embed_dim + lk * module.embed_dim * (module.kdim + module.vdim)
-        self.other_macs[node.target] += projections
+        e = module.embed_dim
+        self.other_macs[node.target] = 2 * lq * lk * e + lq * e * e + lk * e * (module.kdim + module.vdim)
         for layer in (in_proj, out_proj):
             if layer is not None:
                 self.pinned[layer.name][:] = True  # applied by the attention itself: not ours to slice
@@ -941,6 +993,14 @@ def _permutation(node: fx.Node, rank: int) -> list[int] | None:
 
 def _preserves_by_name(target) -> bool:
     return (getattr(target, "__module__", None), getattr(target, "__name__", None)) in _PRESERVING_BY_NAME
+
+
+def _default(value):
+    """An argument's value where it is a constant, or a placeholder left at its default (timm passes
+    ``attn_mask=None`` down from its model's ``forward``); a node otherwise."""
+    if isinstance(value, fx.Node) and value.op == "placeholder" and value.args:
+        return value.args[0]
+    return value
 
 
 def _first_input(node: fx.Node):
