@@ -63,6 +63,7 @@ MODELS = [
     ("timm:resnet26d", 64, {}),
     ("timm:efficientnet_b0", 64, {}),
     ("timm:convnext_atto", 64, {}),
+    ("timm:vit_tiny_patch16_224", 64, {"img_size": 64}),
 ]
 # models Torch-Pruning is not run on, and why (measured here: it would take the machine down)
 TP_SKIP = {"torchvision:swin_t": "not run: its shape inference took 23 GB of memory and did not finish"}

@@ -11,7 +11,7 @@ gated sums, flatten -> linear, ConvTranspose) and keeps whole whatever it does n
 
 1. Which neurons stay: the living neurons of the *effective* genome (forward and backward death,
    `effective_genome`), plus ``Architecture.pinned`` (read where a channel cannot be removed: the
-   output, opaque operations, grouped convolutions, parameters multiplied in).
+   output, opaque operations).
 2. Coupled neurons stay together (`evopop.synthesis.coupling`): channel i of ``a + b`` is one
    position in both operands, a grouped convolution's group one unit, a GroupNorm's group one
    statistic, so a group with one member kept is kept whole (an operand that is not a neuron, e.g.
@@ -19,7 +19,10 @@ gated sums, flatten -> linear, ConvTranspose) and keeps whole whatever it does n
 3. Slicing: each synaptic layer keeps the rows of its kept neurons and the columns of the channels
    present in its input (a grouped convolution keeps its surviving groups, and has fewer of them);
    norm layers (and PReLU) keep the parameters and running statistics of the channels present in
-   theirs (a GroupNorm its surviving groups).
+   theirs (a GroupNorm its surviving groups); parameters read directly per channel (layer scales,
+   position embeddings) are sliced; a layer norm that lost channels keeps dividing by its original
+   width (`evopop.compaction.norms`); a reshape naming the number of channels names the kept number;
+   an attention that lost heads computes with the survivors (`evopop.compaction.attention`).
 4. Check: the compacted and the masked network are run on random inputs of the example's shape and
    must agree, relative to the size of the output (max |a - b| <= 1e-4 max |b|), or `CompactionError`
    says so; a wiring evopop misread can never silently change the function.

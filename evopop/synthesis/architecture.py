@@ -509,6 +509,8 @@ class _Tracer:
             indexed = self._index(node, first, out_shape)
             if indexed is not None:
                 return indexed
+        if _is_window_attention(target):
+            self._count_window_attention(node)  # then a barrier: its heads are not followed
         if target is F.layer_norm and self._functional_layer_norm(node, first, out_shape):
             return first
         viewing = target in _RESHAPES_FUNCTIONS or target in _RESHAPES_METHODS or target == "expand"
@@ -621,6 +623,23 @@ class _Tracer:
         self.other_macs[node.target] = 2 * lq * lk * width  # QK^T and AV
         self.attention.append(AttentionHeads(node.target, projection.name, heads, 2 * lq * lk * width))
         return ChannelMap.of_layer(output.name, dim, output.out_channels)
+
+    def _count_window_attention(self, node) -> None:
+        """torchvision's Swin attention, a function reading its projections' weights directly: those
+        layers stay whole (see `_parameter`), but their MACs and the products are counted, over the
+        input padded to whole windows as the function pads it."""
+        shape = self._shape(node.args[0])
+        weights = [a for a in node.args[1:3] if isinstance(a, fx.Node) and a.op == "get_attr"]
+        window = node.args[4] if len(node.args) > 4 else node.kwargs.get("window_size")
+        if shape is None or len(shape) != 4 or len(weights) != 2 or not isinstance(window, (list, tuple)):
+            return
+        rows, cols = (math.ceil(size / w) * w for size, w in zip(shape[1:3], window))
+        tokens, per_window = rows * cols, window[0] * window[1]
+        for weight in weights:
+            layer = str(weight.target).rsplit(".", 1)[0]
+            if layer in self.by_name:
+                self.macs[layer] = self.macs.get(layer, 0) + tokens
+        self.other_macs[node.name] = 2 * tokens * per_window * shape[3]  # QK^T and AV in every window
 
     def _packed_attention(self, node, module) -> ChannelMap | None:
         """timm's ``Attention`` (see `is_packed_attention`), called on one (batch, tokens, channels) tensor:
@@ -993,6 +1012,13 @@ def _permutation(node: fx.Node, rank: int) -> list[int] | None:
 
 def _preserves_by_name(target) -> bool:
     return (getattr(target, "__module__", None), getattr(target, "__name__", None)) in _PRESERVING_BY_NAME
+
+
+def _is_window_attention(target) -> bool:
+    return (getattr(target, "__module__", None), getattr(target, "__name__", None)) == (
+        "torchvision.models.swin_transformer",
+        "shifted_window_attention",
+    )
 
 
 def _default(value):
