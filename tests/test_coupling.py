@@ -269,11 +269,42 @@ def test_concatenations_map_the_ties_to_each_part():
         assert members(arch, "b", i) == {("b", i), ("d", i)}
 
 
-def test_a_channel_shuffle_ties_the_channels_it_interleaves():
+def test_a_channel_shuffle_is_a_permutation_that_ties_nothing():
+    """Compacted, a shuffle becomes one index_select of the kept channels: its groups need not stay equal."""
     arch = trace_architecture(ChannelShuffle(), X)
-    for i in range(4):  # channel i of each half lands beside the other: they go together or not at all
-        assert members(arch, "a", i) == {("a", i), ("a", i + 4)}
+    for i in range(8):
+        assert members(arch, "a", i) == {("a", i)}
     assert not bool(arch.pinned["a"].any()), "the shuffle is followed, not a barrier"
+    assert [p.order.tolist() for p in arch.permutations] == [[0, 4, 1, 5, 2, 6, 3, 7]]
+
+
+class ShuffleBlock(nn.Module):
+    """ShuffleNetV2's block: half the channels pass through a chunk, the other half through a branch, then
+    a shuffle; compacted, the chunk splits the kept channels of each half, however many they are."""
+
+    def __init__(self):
+        super().__init__()
+        self.stem = nn.Conv2d(3, 8, 1)
+        self.branch = nn.Sequential(nn.Conv2d(4, 4, 1), nn.BatchNorm2d(4), nn.ReLU(), nn.Conv2d(4, 4, 1), nn.ReLU())
+        self.head = nn.Conv2d(8, 2, 1)
+
+    def forward(self, x):
+        x1, x2 = F.relu(self.stem(x)).chunk(2, dim=1)
+        x = torch.cat((x1, self.branch(x2)), dim=1)
+        n, c, h, w = x.size()
+        return self.head(x.view(n, 2, c // 2, h, w).transpose(1, 2).contiguous().view(n, c, h, w))
+
+
+def test_a_chunk_splits_the_kept_channels_of_each_part():
+    torch.manual_seed(0)
+    model = ShuffleBlock().eval()
+    arch = trace_architecture(model, X)
+    genome = Genome.full(arch)
+    arch.layer("stem").keep_neurons(genome.masks["stem"], torch.tensor([True, False, False, True] + [True] * 4))
+    small = compact(model, arch, genome, X)
+    assert small.neurons["stem"] == 6 and small.max_error <= 1e-4
+    split = next(n for n in small.module.graph.nodes if n.target is torch.split)
+    assert split.args[1] == [2, 4]
 
 
 def test_channels_last_and_back_is_followed():
@@ -323,6 +354,7 @@ def test_an_uncoupled_network_has_one_family_per_layer_of_single_neurons():
 
 # ------------------------------------------------------------------------------ synthesis and compaction
 HAND_BUILT = [
+    ShuffleBlock,
     VisionTransformer,
     packed_vision_transformer,
     Residual,

@@ -44,6 +44,8 @@ from torch.utils._pytree import tree_flatten
 from evopop.synthesis import Architecture, Genome, effective_genome, parameter_masks
 from evopop.synthesis.architecture import (
     AttentionHeads,
+    ChannelPermutation,
+    ChannelSplit,
     LayerNormUse,
     SizedView,
     symbolic_trace,
@@ -107,6 +109,10 @@ def compact(
         _narrow_layer_norm(graph, use, _present(use.inputs, keep))
     for view in arch.sized_views:
         _resize_view(graph, view, int(_present(view.inputs, keep).sum()))
+    for split in arch.splits:
+        _split_kept(graph, split, _present(split.inputs, keep))
+    for i, permutation in enumerate(arch.permutations):
+        _select_in_order(graph, permutation, _present(permutation.inputs, keep), f"_evopop_order_{i}")
     removed_products = 0
     for heads in arch.attention:
         removed_products += _narrow_attention(graph, arch, heads, keep)
@@ -142,7 +148,26 @@ def kept_neurons(arch: Architecture, effective: Genome) -> dict[str, torch.Tenso
         if not bool(keep[layer.name].any()):
             keep[layer.name][0] = True  # see the module doc: no empty layers (before coupling: it couples too)
     # a group with one member kept is kept whole; a pinned group (tied to a network input, say) too
-    return arch.groups.spread(arch.groups.any_member(keep) | arch.groups.pinned)
+    keep = arch.groups.spread(arch.groups.any_member(keep) | arch.groups.pinned)
+    if _keep_a_channel_of_empty_parts(arch, keep):
+        keep = arch.groups.spread(arch.groups.any_member(keep))
+    return keep
+
+
+def _keep_a_channel_of_empty_parts(arch: Architecture, keep: dict[str, torch.Tensor]) -> bool:
+    """A chunk's part with no channel left would be an empty tensor: like an emptied layer, it keeps one
+    (a dead neuron's channel, all zeros). True if it changed ``keep``."""
+    changed = False
+    for split in arch.splits:
+        size = split.inputs.size // split.parts
+        for part, present in enumerate(split.inputs.alive(keep).view(split.parts, size)):
+            if bool(present.any()):
+                continue
+            for source in split.inputs.sources:
+                neuron = int(source.index[part * size])
+                if source.producer is not None and neuron >= 0:
+                    keep[source.producer][neuron] = changed = True
+    return changed
 
 
 def _present(channels: ChannelMap, keep: dict[str, torch.Tensor]) -> torch.Tensor:
@@ -266,6 +291,32 @@ def _resize_view(graph: fx.GraphModule, view: SizedView, channels: int) -> None:
         node.args = (node.args[0], sizes, *node.args[2:])
     else:
         node.kwargs = {**node.kwargs, "shape": sizes}
+
+
+def _split_kept(graph: fx.GraphModule, split: ChannelSplit, present: torch.Tensor) -> None:
+    """``x.chunk(n, dim)`` becomes ``torch.split(x, kept per part, dim)``: the parts may now differ."""
+    if bool(present.all()):
+        return
+    node = _node(graph, split.node)
+    sizes = [int(part.sum()) for part in present.view(split.parts, -1)]
+    node.op, node.target = "call_function", torch.split
+    node.args, node.kwargs = (node.args[0], sizes), {"dim": split.dim}
+
+
+def _select_in_order(graph: fx.GraphModule, permutation: ChannelPermutation, present: torch.Tensor, name: str) -> None:
+    """A channel shuffle becomes one ``index_select`` of the kept channels in the shuffled order (the
+    views it was made of would need equal groups)."""
+    if bool(present.all()):
+        return
+    merged, source = _node(graph, permutation.node), _node(graph, permutation.source)
+    rank = torch.cumsum(present.long(), 0) - 1  # a kept channel's index among the kept ones
+    order = permutation.order
+    graph.register_buffer(name, rank[order[present[order]]].contiguous())
+    with graph.graph.inserting_before(merged):
+        index = graph.graph.get_attr(name)
+        selected = graph.graph.call_function(torch.index_select, (source, permutation.dim, index))
+    merged.replace_all_uses_with(selected)
+    graph.graph.eliminate_dead_code()
 
 
 def _node(graph: fx.GraphModule, name: str) -> fx.Node:

@@ -184,6 +184,29 @@ class SizedView:
 
 
 @dataclass(frozen=True)
+class ChannelPermutation:
+    """Views and transposes that only reorder channels (a channel shuffle: split the channels into groups,
+    transpose, merge): channel i of ``node``'s output is channel ``order[i]`` of ``source``'s. Compaction
+    replaces them by one ``index_select`` of the kept channels, so the groups need not keep equal numbers."""
+
+    node: str
+    source: str
+    dim: int
+    inputs: ChannelMap  # the channels of ``source``
+    order: torch.Tensor
+
+
+@dataclass(frozen=True)
+class ChannelSplit:
+    """``x.chunk(parts, dim)`` along the channels: compaction splits the kept channels of each part."""
+
+    node: str
+    dim: int
+    inputs: ChannelMap
+    parts: int
+
+
+@dataclass(frozen=True)
 class AttentionHeads:
     """The heads of an ``nn.MultiheadAttention`` evopop follows: ``projection`` (its packed input
     projection, a synaptic layer) holds Q, K and V units of ``heads`` heads; a head lives while any of its
@@ -232,6 +255,8 @@ class Architecture:
     layer_norms: list[LayerNormUse] = field(default_factory=list)
     attention: list[AttentionHeads] = field(default_factory=list)
     sized_views: list[SizedView] = field(default_factory=list)
+    permutations: list[ChannelPermutation] = field(default_factory=list)
+    splits: list[ChannelSplit] = field(default_factory=list)
     groups: Coupling | None = None  # neurons that live and die together (`evopop.synthesis.coupling`)
 
     def __post_init__(self):
@@ -337,6 +362,12 @@ class _Tracer:
         self.layer_norms: list[LayerNormUse] = []
         self.attention: list[AttentionHeads] = []
         self.sized_views: list[SizedView] = []
+        self.permutations: list[ChannelPermutation] = []
+        self.splits: list[ChannelSplit] = []
+        self.parts: dict[fx.Node, list[ChannelMap]] = {}  # chunk nodes -> their parts' maps
+        # nodes holding channels split over several dimensions -> (the tensor before the split, its map,
+        # the split's position tie, which of its channels each channel is)
+        self.shuffles: dict[fx.Node, tuple[fx.Node, ChannelMap, int, torch.Tensor]] = {}
         self.attention_outputs: dict[fx.Node, ChannelMap] = {}  # attention nodes -> their output's map
         self.sinks = {layer.name: torch.zeros(layer.out_channels, dtype=torch.bool, device="cpu") for layer in layers}
         self.pinned = {name: sink.clone() for name, sink in self.sinks.items()}
@@ -360,12 +391,14 @@ class _Tracer:
             self.pinned,
             self.couplings,
             pin_reasons=self.reasons,
-            position_ties=self.position_ties,
+            position_ties=[tie for tie in self.position_ties if tie is not None],
             other_macs=self.other_macs,
             channel_parameters=self.channel_parameters,
             layer_norms=self.layer_norms,
             attention=self.attention,
             sized_views=self.sized_views,
+            permutations=self.permutations,
+            splits=self.splits,
         )
 
     def _sink(self, value, reason: str, pin: bool = True) -> None:
@@ -451,6 +484,9 @@ class _Tracer:
                 self._sink(arg, self._opaque(node))
         if node.op == "call_method" and str(node.target).endswith("_") and node.args:
             self.maps[node.args[0]] = result  # in place: later readers of the tensor read this
+        if result is not None and result.block is not None and node not in self.shuffles:
+            if node.args and node.args[0] in self.shuffles:  # .contiguous() and the like
+                self.shuffles[node] = self.shuffles[node.args[0]]
         return result
 
     def _parameter(self, node) -> ChannelMap | None:
@@ -505,6 +541,12 @@ class _Tracer:
             return self._cat(node, out_shape)
         if target is operator.getitem and node.args[0] in self.attention_outputs:
             return self.attention_outputs[node.args[0]]  # its output, not its weights: see `_attention`
+        if target is operator.getitem and node.args[0] in self.parts:
+            return self.parts[node.args[0]][node.args[1]]
+        if target in ("chunk", torch.chunk) and first is not None:
+            chunked = self._chunk(node, first)
+            if chunked is not None:
+                return chunked
         if target is operator.getitem and first is not None:
             indexed = self._index(node, first, out_shape)
             if indexed is not None:
@@ -853,6 +895,26 @@ class _Tracer:
             self._pin(result, f"{verb} by {self._describe(node)} with a parameter of fixed size")
         return False
 
+    def _chunk(self, node, src: ChannelMap) -> ChannelMap | None:
+        """``x.chunk(n, dim)``: along the channels, part i holds the i-th n-th of them (compaction splits
+        the kept ones, `ChannelSplit`); along another dimension every part holds them all."""
+        given = {**dict(zip(("input", "chunks", "dim"), node.args)), **node.kwargs}
+        parts, dim, shape = given.get("chunks"), given.get("dim", 0), self._shape(node.args[0])
+        if not isinstance(parts, int) or not isinstance(dim, int) or shape is None or src.block is not None:
+            return None
+        if dim % len(shape) != src.dim:
+            self.parts[node] = [src] * parts
+            return src
+        if src.size % parts:
+            return None
+        size = src.size // parts
+        self.parts[node] = [
+            ChannelMap(src.dim, size, [Source(s.producer, s.index[i * size : (i + 1) * size]) for s in src.sources])
+            for i in range(parts)
+        ]
+        self.splits.append(ChannelSplit(node.name, src.dim, src, parts))
+        return src
+
     def _index(self, node, src: ChannelMap, out_shape) -> ChannelMap | None:
         """``x[:, 0]`` and other basic indexing that takes every channel: channel k stays channel k (on
         the dimension it moves to); None for anything else (the channels indexed, ``...``, ``None``)."""
@@ -949,7 +1011,27 @@ class _Tracer:
             a = adaptive[0]
             along = torch.arange(middle[a]).view([-1 if i == a else 1 for i in range(len(middle))])
             self.position_ties.append((src, along.expand(middle).reshape(-1)))
+            if src.block is None:
+                self.shuffles[node] = (node.args[0], src, len(self.position_ties) - 1, torch.arange(src.size))
+        elif src.block is not None:
+            self._merged(node)
         return ChannelMap(d, src.size, list(src.sources), middle if len(middle) > 1 else None)
+
+    def _merged(self, node) -> None:
+        """Channels split over several dimensions are merged back: if nothing but reordering happened in
+        between (each step read once), the whole is a permutation of the channels (`ChannelPermutation`),
+        and the split's position tie is no longer needed."""
+        shuffle = self.shuffles.get(node.args[0])
+        if shuffle is None:
+            return
+        origin, channels, tie, order = shuffle
+        step = node.args[0]
+        while step is not origin:
+            if len(step.users) != 1:
+                return
+            step = step.args[0]
+        self.position_ties[tie] = None
+        self.permutations.append(ChannelPermutation(node.name, origin.name, channels.dim, channels, order))
 
     def _transpose(self, node, src, out_shape) -> ChannelMap | None:
         """A transpose or permute: inside a channel block it reorders the channels; of the channel
@@ -970,6 +1052,9 @@ class _Tracer:
             return None
         local = [perm[j] - src.dim for j in region]
         order = torch.arange(src.size).view(block).permute(local).reshape(-1)
+        if node.args[0] in self.shuffles:
+            origin, channels, tie, before = self.shuffles[node.args[0]]
+            self.shuffles[node] = (origin, channels, tie, before[order])
         return src.reordered(order, src.dim, tuple(block[i] for i in local))
 
 
