@@ -488,7 +488,7 @@ def test_a_wrong_compaction_of_a_network_with_tiny_outputs_is_caught():
 
 
 # ------------------------------------------------------------------------------ torchvision's models
-ZOO = ["resnet18", "mobilenet_v3_small", "efficientnet_b0", "regnet_x_400mf", "resnext50_32x4d"]
+ZOO = ["resnet18", "mobilenet_v3_small", "efficientnet_b0", "regnet_x_400mf", "resnext50_32x4d", "swin_t"]
 
 
 @pytest.mark.parametrize("name", ZOO)

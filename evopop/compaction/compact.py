@@ -48,11 +48,12 @@ from evopop.synthesis.architecture import (
     ChannelSplit,
     LayerNormUse,
     SizedView,
+    is_window_attention,
     symbolic_trace,
 )
 from evopop.synthesis.wiring import ChannelMap
 
-from .attention import HeadsAttention
+from .attention import HeadsAttention, WindowHeadsAttention
 from .inputs import input_batch
 from .norms import LayerNormOfWidth, layer_norm_of_width
 
@@ -341,6 +342,11 @@ def _narrow_attention(graph: fx.GraphModule, arch: Architecture, heads: Attentio
         return 0
     attention = graph.get_submodule(heads.module)
     removed = heads.macs - heads.macs * int(living.sum()) // heads.heads
+    if is_window_attention(attention):
+        narrowed = WindowHeadsAttention(attention, living.nonzero().flatten(), units.numel() // (3 * heads.heads))
+        owner, _, attr = heads.module.rpartition(".")
+        setattr(graph.get_submodule(owner), attr, narrowed)
+        return removed
     if not isinstance(attention, nn.MultiheadAttention):  # timm's: its projections are sliced already, and
         # it sizes its reshapes by num_heads
         attention.num_heads = int(living.sum())

@@ -299,9 +299,21 @@ class _LeafTracer(fx.Tracer):
     attention (traced through, its heads would be reshapes of constant sizes)."""
 
     def is_leaf_module(self, m: nn.Module, qualname: str) -> bool:
-        if isinstance(m, nn.modules.batchnorm._BatchNorm) or is_packed_attention(m):
+        if isinstance(m, nn.modules.batchnorm._BatchNorm) or is_packed_attention(m) or is_window_attention(m):
             return True
         return super().is_leaf_module(m, qualname)
+
+
+def is_window_attention(m: nn.Module) -> bool:
+    """torchvision's Swin attention (``ShiftedWindowAttention``; not V2's cosine attention): ``qkv`` and
+    ``proj`` Linears around windowed attention with a relative position bias per head."""
+    return (
+        type(m).__name__ == "ShiftedWindowAttention"
+        and isinstance(getattr(m, "qkv", None), nn.Linear)
+        and isinstance(getattr(m, "proj", None), nn.Linear)
+        and "relative_position_bias_table" in m._parameters  # (not getattr: fx proxies it while tracing)
+        and not hasattr(m, "logit_scale")
+    )
 
 
 def is_packed_attention(m: nn.Module) -> bool:
@@ -516,6 +528,8 @@ class _Tracer:
             return self._attention(node, module)
         if is_packed_attention(module):
             return self._packed_attention(node, module)
+        if is_window_attention(module):
+            return self._window_attention(node, module)
         if type(module) is nn.LayerNorm:  # a subclass may normalise differently: traced through instead
             params = [f"{node.target}.{p}" for p in ("weight", "bias") if getattr(module, p, None) is not None]
             if self._layer_norm(node, node.target, src, module.normalized_shape, module.eps, params, out_shape):
@@ -551,6 +565,8 @@ class _Tracer:
             indexed = self._index(node, first, out_shape)
             if indexed is not None:
                 return indexed
+        if _is_patch_merging(target) and first is not None and first.block is None:
+            return concatenate([first] * 4, first.dim)  # four pixels' channels side by side
         if _is_window_attention(target):
             self._count_window_attention(node)  # then a barrier: its heads are not followed
         if target is F.layer_norm and self._functional_layer_norm(node, first, out_shape):
@@ -665,6 +681,20 @@ class _Tracer:
         self.other_macs[node.target] = 2 * lq * lk * width  # QK^T and AV
         self.attention.append(AttentionHeads(node.target, projection.name, heads, 2 * lq * lk * width))
         return ChannelMap.of_layer(output.name, dim, output.out_channels)
+
+    def _window_attention(self, node, module) -> ChannelMap | None:
+        """torchvision's Swin attention on (batch, rows, columns, channels): followed like the others
+        (`_heads`), over the tokens of the input padded to whole windows, each attending within its window;
+        compaction replaces it by a `WindowHeadsAttention`."""
+        first = _first_input(node)
+        shape = self._shape(first)
+        qkv, proj = self.by_name[f"{node.target}.qkv"], self.by_name[f"{node.target}.proj"]
+        window = module.window_size
+        if shape is None or len(shape) != 4 or qkv.name in self.inputs or len(node.all_input_nodes) != 1:
+            return self._barrier(node)
+        rows, cols = (math.ceil(size / w) * w for size, w in zip(shape[1:3], window))
+        heads = module.num_heads
+        return self._heads(node, first, qkv, proj, heads, qkv.in_channels // heads, rows * cols, window[0] * window[1])
 
     def _count_window_attention(self, node) -> None:
         """torchvision's Swin attention, a function reading its projections' weights directly: those
@@ -821,8 +851,8 @@ class _Tracer:
             return None
         dim = dim % len(out_shape)
         maps = [self._input_map(t) for t in tensors]
-        if dim == 1 and all(m is not None and m.dim == 1 and m.block is None for m in maps):
-            return concatenate(maps, 1)
+        if all(m is not None and m.dim == dim and m.block is None for m in maps):
+            return concatenate(maps, dim)
         joined = self._join(node, tensors, dim, out_shape)
         return joined if joined is not None else self._barrier(node)
 
@@ -1097,6 +1127,14 @@ def _permutation(node: fx.Node, rank: int) -> list[int] | None:
 
 def _preserves_by_name(target) -> bool:
     return (getattr(target, "__module__", None), getattr(target, "__name__", None)) in _PRESERVING_BY_NAME
+
+
+def _is_patch_merging(target) -> bool:
+    """torchvision's Swin ``_patch_merging_pad``: pads, then concatenates the channels of 2x2 pixels."""
+    return (getattr(target, "__module__", None), getattr(target, "__name__", None)) == (
+        "torchvision.models.swin_transformer",
+        "_patch_merging_pad",
+    )
 
 
 def _is_window_attention(target) -> bool:
