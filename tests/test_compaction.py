@@ -148,6 +148,9 @@ def _check_compacted(model, arch, genome: Genome, example: torch.Tensor):
     assert compacted.neurons == {name: int(k.sum()) for name, k in keep.items()}
     modules = dict(compacted.module.named_modules())
     for layer in arch.layers:
+        if layer.name not in arch.inputs:  # applied by an attention evopop does not follow: kept whole
+            assert compacted.neurons[layer.name] == layer.out_channels
+            continue
         present = _present(arch, layer.name, keep)
         if layer.name not in modules:  # attention's packed input projection: a parameter of the attention
             weight = compacted.module.get_parameter(layer.weight_name)
@@ -375,6 +378,80 @@ class MaskedAttention(nn.Module):
         return self.head(h + self.attention(h, h, h, key_padding_mask=padding, attn_mask=per_head)[0])
 
 
+class SharedLayerNorm(nn.Module):
+    """One LayerNorm called on two tensors (shared weights): its calls are not followed."""
+
+    def __init__(self):
+        super().__init__()
+        self.a, self.b = nn.Linear(6, 8), nn.Linear(6, 8)
+        self.norm = nn.LayerNorm(8)
+        self.head = nn.Linear(8, 3)
+
+    def forward(self, x):
+        return self.head(self.norm(self.a(x)) + self.norm(self.b(x)))
+
+
+class SharedAttention(nn.Module):
+    """One nn.MultiheadAttention applied twice."""
+
+    def __init__(self):
+        super().__init__()
+        self.embed = nn.Linear(6, 16)
+        self.attention = nn.MultiheadAttention(16, 4, batch_first=True)
+        self.head = nn.Linear(16, 3)
+
+    def forward(self, x):
+        h = self.embed(x)
+        h = h + self.attention(h, h, h, need_weights=False)[0]
+        return self.head(h + self.attention(h, h, h, need_weights=False)[0])
+
+
+class CrossAttention(nn.Module):
+    """Queries from one tensor, keys and values from another: counted, not followed."""
+
+    def __init__(self):
+        super().__init__()
+        self.q, self.kv = nn.Linear(6, 16), nn.Linear(6, 16)
+        self.attention = nn.MultiheadAttention(16, 4, batch_first=True)
+        self.head = nn.Linear(16, 3)
+
+    def forward(self, x):
+        memory = self.kv(x.flip(1))
+        return self.head(self.attention(self.q(x), memory, memory, need_weights=False)[0])
+
+
+class ZeroBreakers(nn.Module):
+    """What makes a dead channel nonzero before a layer norm: a sigmoid, a constant added, a norm without
+    weights; and a post-norm LayerNorm without weights, and a division by a per-channel parameter."""
+
+    def __init__(self):
+        super().__init__()
+        self.a, self.b, self.c = nn.Linear(6, 8), nn.Linear(6, 8), nn.Linear(6, 8)
+        self.norm_a, self.norm_b = nn.LayerNorm(8), nn.LayerNorm(8)
+        self.plain = nn.LayerNorm(8, elementwise_affine=False)
+        self.scale = nn.Parameter(torch.rand(8) + 0.5)
+        self.head_a, self.head_b, self.head_c = nn.Linear(8, 3), nn.Linear(8, 3), nn.Linear(8, 3)
+
+    def forward(self, x):
+        a = self.norm_a(torch.sigmoid(self.a(x)))
+        b = self.norm_b(self.b(x) + 1.0)
+        c = self.plain(self.c(x) / self.scale)
+        return self.head_a(a) + self.head_b(b) + self.head_c(c)
+
+
+class ScaleReadTwice(nn.Module):
+    """A layer scale also read by an operation evopop cannot see through: it stays whole."""
+
+    def __init__(self):
+        super().__init__()
+        self.a, self.b = nn.Conv2d(3, 4, 1), nn.Conv2d(4, 2, 1)
+        self.scale = nn.Parameter(torch.rand(1, 4, 1, 1) + 0.5)
+
+    def forward(self, x):
+        y = self.a(x) * self.scale
+        return self.b(y) + torch.cumsum(self.scale, dim=1).sum()
+
+
 def _head(*heads, width=16, per_head=4):
     """The Q, K and V units of ``heads`` in a packed input projection."""
     return [part * width + h * per_head + i for part in range(3) for h in heads for i in range(per_head)]
@@ -508,7 +585,24 @@ WIRING = [
     ("grouped and depthwise convs kept whole", Grouped, _conv_in(), _kill(a=[1], dw=[2], g=[0]), {"dw": 4, "g": 6}),
     ("per-channel parameter multiplied in", ParameterProduct, _conv_in(), _kill(p=[0], a=[1]), {"p": 4, "a": 3}),
     ("PReLU(num_parameters=C)", WithPReLU, _conv_in(), _kill(a=[1]), {"a": 3}),
-    ("attention: a head dies", MaskedAttention, torch.randn(5, 1, 6), _kill(**{"attention.in_proj": _head(2)}), {}),
+    (
+        "attention: a head dies",
+        MaskedAttention,
+        torch.randn(5, 1, 6),
+        _kill(**{"attention.in_proj": _head(2)}),
+        {"attention.in_proj": 36, "attention.out_proj": 16},
+    ),
+    ("a layer norm called twice", SharedLayerNorm, torch.randn(1, 4, 6), _kill(a=[1], b=[1]), {"a": 8, "b": 8}),
+    ("an attention called twice", SharedAttention, torch.randn(1, 5, 6), _kill(**{"embed": [1]}), {"embed": 16}),
+    ("cross-attention: counted", CrossAttention, torch.randn(1, 5, 6), _kill(q=[1], kv=[2]), {"q": 16, "kv": 16}),
+    (
+        "zero breakers before layer norms",
+        ZeroBreakers,
+        torch.randn(1, 4, 6),
+        _kill(a=[1], b=[2], c=[3]),
+        {"a": 8, "b": 8, "c": 8},
+    ),
+    ("a layer scale read elsewhere", ScaleReadTwice, _conv_in(), _kill(a=[1]), {"a": 4}),
     (
         "attention: heads and a stream channel die",
         MaskedAttention,

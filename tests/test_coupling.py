@@ -14,6 +14,7 @@ from evopop.compaction import compact
 from evopop.compaction.compact import CompactionError, relative_error
 from evopop.synthesis import Environment, Genome, effective_genome, synaptic_weights, synthesize, trace_architecture
 from evopop.synthesis.clusters import cluster_strengths, surviving_clusters
+from evopop.synthesis.inspection import inspect_architecture
 
 
 def members(arch, layer: str, neuron: int) -> set[tuple[str, int]]:
@@ -188,6 +189,7 @@ class PackedAttention(nn.Module):
     def __init__(self, width, heads):
         super().__init__()
         self.num_heads, self.head_dim = heads, width // heads
+        self.attn_dim = width
         self.qkv, self.proj = nn.Linear(width, 3 * width), nn.Linear(width, width)
         self.norm = nn.Identity()
 
@@ -195,7 +197,7 @@ class PackedAttention(nn.Module):
         b, n, _ = x.shape
         q, k, v = self.qkv(x).reshape(b, n, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4).unbind(0)
         x = F.scaled_dot_product_attention(q, k, v)
-        return self.proj(self.norm(x.transpose(1, 2).reshape(b, n, self.num_heads * self.head_dim)))
+        return self.proj(self.norm(x.transpose(1, 2).reshape(b, n, self.attn_dim)))
 
 
 def packed_vision_transformer():
@@ -325,6 +327,9 @@ def test_a_head_is_one_group_and_the_residual_stream_another_per_channel():
     for c in range(16):
         assert members(arch, "patches", c) == {(layer, c) for layer in stream}
     assert not any(bool(arch.pinned[layer.name].any()) for layer in arch.layers if layer.name != "head")
+    report = inspect_architecture(arch)
+    assert (report.attentions, report.heads, report.never_die_fraction) == (2, 8, 0.0)
+    assert "2 attentions followed: their 8 heads live and die whole" in str(report)
 
 
 def test_a_packed_attention_ties_its_heads_and_compacts_to_fewer():

@@ -124,7 +124,7 @@ def compact(
         sum(
             graph.get_parameter(l.weight_name).numel() * arch.macs_per_synapse.get(l.name, 0)
             for l in arch.layers
-            if l.name in arch.inputs
+            if arch.macs_per_synapse.get(l.name)  # (an attention applies some itself: not in `inputs`)
         )
         + sum(arch.other_macs.values())
         - removed_products

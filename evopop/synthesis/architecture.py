@@ -21,7 +21,8 @@ from __future__ import annotations
 import math
 import operator
 import warnings
-from dataclasses import dataclass, field
+from collections import Counter
+from dataclasses import dataclass, field, replace
 
 import torch
 import torch.nn.functional as F
@@ -50,6 +51,9 @@ _RESIZES = (
     *(nn.ConstantPad1d, nn.ConstantPad2d, nn.ConstantPad3d, nn.ReflectionPad1d, nn.ReflectionPad2d),
     *(nn.ReplicationPad1d, nn.ReplicationPad2d, nn.ReplicationPad3d),
 )
+# Activations that map zero to something else: a dead channel is no longer zero after them.
+_NONZERO_AT_ZERO_MODULES = (nn.Sigmoid, nn.Hardsigmoid, nn.Softplus)
+_NONZERO_AT_ZERO = {F.sigmoid, torch.sigmoid, F.hardsigmoid, F.softplus, "sigmoid"}
 # Modules that keep channel k of their input in channel k of their output: neuron death passes through them.
 _PRESERVING_MODULES = (*_PER_CHANNEL_PARAM_MODULES, *_ACTIVATIONS, *_DROPOUTS, *_POOLS, *_RESIZES)
 _PRESERVING_FUNCTIONS = {
@@ -123,6 +127,7 @@ _ELEMENTWISE = {
 }
 _ELEMENTWISE_METHODS = {"add", "add_", "sub", "mul", "mul_", "div"}
 _PRODUCTS = {operator.mul, operator.imul, torch.mul, operator.truediv, torch.div, "mul", "mul_", "div"}
+_DIVISIONS = {operator.truediv, torch.div, "div"}
 _RESHAPES_FUNCTIONS = {torch.flatten, torch.reshape}
 _RESHAPES_METHODS = {"flatten", "view", "reshape"}
 _CAT = {torch.cat, torch.concat}
@@ -330,7 +335,20 @@ def is_packed_attention(m: nn.Module) -> bool:
         return False
     if not isinstance(getattr(m, "norm", nn.Identity()), nn.Identity) or getattr(m, "gate", None) is not None:
         return False
-    return qkv.out_features == 3 * heads * head_dim and proj.in_features == heads * head_dim
+    # nothing else of its own: look-alikes with extra biases or position terms (timm's EvaAttention, ...)
+    # compute otherwise; and its reshapes must be sized by its heads (``attn_dim``), not by its input
+    if any(p is not None for p in m._parameters.values()) or set(m._modules) - _PACKED_ATTENTION_PARTS:
+        return False
+    for norm in (getattr(m, "q_norm", None), getattr(m, "k_norm", None)):
+        if not (
+            norm is None or isinstance(norm, nn.Identity) or tuple(getattr(norm, "normalized_shape", ())) == (head_dim,)
+        ):
+            return False
+    width = heads * head_dim
+    return getattr(m, "attn_dim", None) == width and qkv.out_features == 3 * width and proj.in_features == width
+
+
+_PACKED_ATTENTION_PARTS = {"qkv", "q_norm", "k_norm", "attn_drop", "norm", "proj", "proj_drop"}
 
 
 def symbolic_trace(model: nn.Module) -> fx.GraphModule:
@@ -356,6 +374,8 @@ def _shaped_graph(model: nn.Module, example_input: torch.Tensor) -> fx.GraphModu
 class _Tracer:
     def __init__(self, model, layers, gm: fx.GraphModule, other_params):
         self.modules = dict(gm.named_modules())
+        # a module called more than once (shared weights) is compacted once: its calls are not followed
+        self.calls = Counter(node.target for node in gm.graph.nodes if node.op == "call_module")
         self.by_name = {layer.name: layer for layer in layers}
         self.layers = layers
         self.gm = gm
@@ -371,6 +391,7 @@ class _Tracer:
         # for each dimension of those nodes, the parameter's dimension it holds (None: a size-1 one)
         self.parameter_dims: dict[fx.Node, list[int | None]] = {}
         self.channel_parameters: list[ChannelParameter] = []
+        self.channel_readers: dict[str, set[fx.Node]] = {}  # parameter name -> the nodes reading it per channel
         self.layer_norms: list[LayerNormUse] = []
         self.attention: list[AttentionHeads] = []
         self.sized_views: list[SizedView] = []
@@ -391,6 +412,7 @@ class _Tracer:
     def run(self) -> Architecture:
         for node in self.gm.graph.nodes:
             self.maps[node] = self._visit(node)
+        self._read_elsewhere()
         unused = [layer for layer in self.layers if layer.name not in self.order]
         ordered = [self.by_name[name] for name in self.order] + unused
         return Architecture(
@@ -530,7 +552,7 @@ class _Tracer:
             return self._packed_attention(node, module)
         if is_window_attention(module):
             return self._window_attention(node, module)
-        if type(module) is nn.LayerNorm:  # a subclass may normalise differently: traced through instead
+        if type(module) is nn.LayerNorm and self.calls[node.target] == 1:  # (a subclass: traced through)
             params = [f"{node.target}.{p}" for p in ("weight", "bias") if getattr(module, p, None) is not None]
             if self._layer_norm(node, node.target, src, module.normalized_shape, module.eps, params, out_shape):
                 return src
@@ -544,6 +566,9 @@ class _Tracer:
                 # a group's statistics read every channel of the group: a dead channel is still used, and
                 # the group goes whole (a coupling group), so nothing needs pinning
                 self._sink(src, "", pin=False)
+            unweighted = isinstance(module, _PER_CHANNEL_PARAM_MODULES) and getattr(module, "weight", None) is None
+            if unweighted or isinstance(module, _NONZERO_AT_ZERO_MODULES):  # a dead channel is no longer zero
+                return replace(src, zero_when_dead=False)
             return src
         return self._barrier(node)
 
@@ -594,7 +619,7 @@ class _Tracer:
                     why = f"sized by another tensor in {self._describe(node)}"
                     self._sink(arg, why)
                     self._pin(node.args[0], why)  # their sizes are fixed: so is the number of channels
-                return first
+                return replace(first, zero_when_dead=False) if target in _NONZERO_AT_ZERO else first
         if _is_shape_query(node):
             return None
         return self._barrier(node)
@@ -690,10 +715,13 @@ class _Tracer:
         shape = self._shape(first)
         qkv, proj = self.by_name[f"{node.target}.qkv"], self.by_name[f"{node.target}.proj"]
         window = module.window_size
-        if shape is None or len(shape) != 4 or qkv.name in self.inputs or len(node.all_input_nodes) != 1:
+        if shape is None or len(shape) != 4:
             return self._barrier(node)
         rows, cols = (math.ceil(size / w) * w for size, w in zip(shape[1:3], window))
         heads = module.num_heads
+        if self.calls[node.target] > 1 or len(node.all_input_nodes) != 1:
+            products = 2 * rows * cols * window[0] * window[1] * qkv.in_channels
+            return self._keep_heads_whole(node, (qkv, proj), rows * cols, products)
         return self._heads(node, first, qkv, proj, heads, qkv.in_channels // heads, rows * cols, window[0] * window[1])
 
     def _count_window_attention(self, node) -> None:
@@ -721,15 +749,20 @@ class _Tracer:
         qkv, proj = self.by_name[f"{node.target}.qkv"], self.by_name[f"{node.target}.proj"]
         # a mask may be per head (and then would need slicing too): followed without one
         mask = _default(node.kwargs.get("attn_mask", node.args[1] if len(node.args) > 1 else None))
-        if shape is None or len(shape) != 3 or qkv.name in self.inputs or mask is not None:
+        if shape is None or len(shape) != 3 or self.calls[node.target] > 1 or mask is not None:
             return self._keep_packed_attention_whole(node, module, qkv, proj, shape)
         return self._heads(node, first, qkv, proj, module.num_heads, module.head_dim, shape[1], shape[1])
 
     def _keep_packed_attention_whole(self, node, module, qkv, proj, shape) -> ChannelMap | None:
         tokens = shape[1] if shape is not None and len(shape) == 3 else 1
-        width = module.num_heads * module.head_dim
-        self.other_macs[node.target] = 2 * tokens * tokens * width
-        for layer in (qkv, proj):
+        products = 2 * tokens * tokens * module.num_heads * module.head_dim
+        return self._keep_heads_whole(node, (qkv, proj), tokens, products)
+
+    def _keep_heads_whole(self, node, layers, tokens: int, products: int) -> ChannelMap | None:
+        """Count an attention module evopop does not follow (called twice, with a mask, on another
+        shape); its projections' neurons stay, its output is a barrier."""
+        self.other_macs[node.target] = self.other_macs.get(node.target, 0) + products
+        for layer in layers:
             self.macs[layer.name] = self.macs.get(layer.name, 0) + tokens
             self.pinned[layer.name][:] = True
             self._reason(layer.name, f"applied by {self._describe(node)} itself, called in a way evopop cannot follow")
@@ -743,8 +776,8 @@ class _Tracer:
             return "cross-attention (Q reads other tensors than K and V)"
         if module.bias_k is not None or module.add_zero_attn:
             return "extra key and value biases"
-        if in_proj.name in self.inputs:
-            return "it is called twice"
+        if self.calls[node.target] > 1:
+            return f"it is called {self.calls[node.target]} times"
         if any(u.target is not operator.getitem or (u.args[1] != 0 and u.users) for u in node.users):
             return "its attention weights are read"
         return ""
@@ -752,7 +785,8 @@ class _Tracer:
     def _keep_attention_whole(self, node, module, in_proj, out_proj, lq, lk, why: str) -> ChannelMap | None:
         """Count an attention evopop cannot follow; its projections' neurons stay, its output is a barrier."""
         e = module.embed_dim
-        self.other_macs[node.target] = 2 * lq * lk * e + lq * e * e + lk * e * (module.kdim + module.vdim)
+        macs = 2 * lq * lk * e + lq * e * e + lk * e * (module.kdim + module.vdim)
+        self.other_macs[node.target] = self.other_macs.get(node.target, 0) + macs
         for layer in (in_proj, out_proj):
             if layer is not None:
                 self.pinned[layer.name][:] = True  # applied by the attention itself: not ours to slice
@@ -781,22 +815,47 @@ class _Tracer:
             return False
         if shape != (src.size,) or src.dim != len(out_shape) - 1:
             return False
+        if not src.zero_when_dead or not params or not params[0].endswith("weight"):
+            return False  # a dead channel must be a zero in, and (its weight masked) a zero out
         if module is not None and any(use.module == module for use in self.layer_norms):
             return False  # called twice: compaction replaces a module once
         for name in params:
-            self._channel_parameter(name, 0, src)
+            self._channel_parameter(name, 0, src, node)
         self._sink(src, "", pin=False)
         self.layer_norms.append(LayerNormUse(node.name, module, src, float(eps)))
         return True
 
-    def _channel_parameter(self, name: str, dim: int, src: ChannelMap) -> None:
-        """Record ``name`` as holding ``src``'s channels along ``dim``; read with two maps, it keeps them all."""
+    def _channel_parameter(self, name: str, dim: int, src: ChannelMap, reader: fx.Node) -> None:
+        """Record ``name`` as holding ``src``'s channels along ``dim`` where ``reader`` reads it; read with
+        two maps, it keeps them all."""
         earlier = [p for p in self.channel_parameters if p.name == name]
         if earlier:
             for m in (*(p.inputs for p in earlier), src):
                 self._pin(m, f"sized by {name}, which is read in {len(earlier) + 1} places")
         shape = self.parameter_shapes[name]
         self.channel_parameters.append(ChannelParameter(name, dim, shape, src))
+        self.channel_readers.setdefault(name, set()).add(reader)
+
+    def _read_elsewhere(self) -> None:
+        """A per-channel parameter also read by anything else (an opaque operation, a sum over it) can be
+        neither zeroed nor sliced where its channels die: its channels stay, and it stays whole."""
+        for node in self.gm.graph.nodes:
+            name = str(node.target)
+            if node.op != "get_attr" or name not in self.channel_readers:
+                continue
+            readers, views = set(), [node]
+            while views:
+                for user in views.pop().users:
+                    if user in self.parameter_dims and self.parameter_names.get(user) == name:
+                        views.append(user)  # a view of it: follow its readers
+                    else:
+                        readers.add(user)
+            others = readers - self.channel_readers[name]
+            if others:
+                for read in [p for p in self.channel_parameters if p.name == name]:
+                    self._pin(read.inputs, f"scaled by {name}, which {self._describe(next(iter(others)))} also reads")
+                self.channel_parameters = [p for p in self.channel_parameters if p.name != name]
+                del self.channel_readers[name]
 
     def _parameter_view(self, node, out_shape) -> ChannelMap | None:
         """A parameter reshaped by adding or dropping dimensions of size 1 (``gamma.view(1, -1, 1, 1)``), or
@@ -900,7 +959,8 @@ class _Tracer:
         if not aligned or len({m.dim for m in aligned}) > 1:
             return self._barrier(node)
         result = union(aligned)
-        everywhere = False  # a summand with a value for every channel: none can die
+        # a summand with a value for every channel (a constant, a parameter that is no channel's own): none can die
+        everywhere = not product and _adds_a_constant(node)
         for param in parameters:
             everywhere |= not self._elementwise_parameter(node, param, out_shape, result, product)
         if (misaligned or everywhere) and not product:
@@ -915,8 +975,9 @@ class _Tracer:
         zero where they are dead, sliced with them. Varying along the channels otherwise (a parameter
         evopop cannot slice) it fixes their number, and pins them. False: it is not a channel's own."""
         dim = self._parameter_channels(param, out_shape, result)
-        if dim is not None:
-            self._channel_parameter(self.parameter_names[param], dim, result)
+        divisor = node.target in _DIVISIONS and param is not node.args[0]  # zeroed, it would divide by zero
+        if dim is not None and not divisor:
+            self._channel_parameter(self.parameter_names[param], dim, result, node)
             return True
         shape = self._shape(param)
         at = result.dim - (len(out_shape) - len(shape)) if shape is not None else -1
@@ -939,7 +1000,9 @@ class _Tracer:
             return None
         size = src.size // parts
         self.parts[node] = [
-            ChannelMap(src.dim, size, [Source(s.producer, s.index[i * size : (i + 1) * size]) for s in src.sources])
+            replace(
+                src, size=size, sources=[Source(s.producer, s.index[i * size : (i + 1) * size]) for s in src.sources]
+            )
             for i in range(parts)
         ]
         self.splits.append(ChannelSplit(node.name, src.dim, src, parts))
@@ -957,7 +1020,7 @@ class _Tracer:
         dim = src.dim - sum(isinstance(i, int) for i in index[: src.dim])
         if len(out_shape) <= dim or out_shape[dim] != src.size:
             return None
-        return ChannelMap(dim, src.size, list(src.sources))
+        return replace(src, dim=dim, sources=list(src.sources))
 
     def _reduction(self, node, src, out_shape) -> ChannelMap | None:
         """A mean, sum or max over dimensions other than the channels' (a global pooling written as
@@ -976,7 +1039,7 @@ class _Tracer:
         dim = src.dim if keepdim else src.dim - sum(d < src.dim for d in dims)
         if len(out_shape) <= dim or out_shape[dim] != src.size:
             return None
-        return ChannelMap(dim, src.size, list(src.sources))
+        return replace(src, dim=dim, sources=list(src.sources))
 
     def _reshape(self, src, in_shape, out_shape, node) -> ChannelMap | None:
         if src is None or in_shape is None or out_shape is None:
@@ -1045,7 +1108,7 @@ class _Tracer:
                 self.shuffles[node] = (node.args[0], src, len(self.position_ties) - 1, torch.arange(src.size))
         elif src.block is not None:
             self._merged(node)
-        return ChannelMap(d, src.size, list(src.sources), middle if len(middle) > 1 else None)
+        return replace(src, dim=d, sources=list(src.sources), block=middle if len(middle) > 1 else None)
 
     def _merged(self, node) -> None:
         """Channels split over several dimensions are merged back: if nothing but reordering happened in
@@ -1077,7 +1140,7 @@ class _Tracer:
         block = src.block or (src.size,)
         region = range(src.dim, src.dim + len(block))
         if len(block) == 1:
-            return ChannelMap(perm.index(src.dim), src.size, list(src.sources))
+            return replace(src, dim=perm.index(src.dim), sources=list(src.sources))
         if any((j in region) != (perm[j] in region) or (j not in region and perm[j] != j) for j in range(len(perm))):
             return None
         local = [perm[j] - src.dim for j in region]
@@ -1127,6 +1190,12 @@ def _permutation(node: fx.Node, rank: int) -> list[int] | None:
 
 def _preserves_by_name(target) -> bool:
     return (getattr(target, "__module__", None), getattr(target, "__name__", None)) in _PRESERVING_BY_NAME
+
+
+def _adds_a_constant(node: fx.Node) -> bool:
+    """``x + 1``, ``1 - x``: a nonzero number added (``alpha=`` scales an operand, it adds nothing)."""
+    operands = [*node.args, *(v for k, v in node.kwargs.items() if k != "alpha")]
+    return any(isinstance(a, (int, float)) and not isinstance(a, bool) and a != 0 for a in operands)
 
 
 def _is_patch_merging(target) -> bool:

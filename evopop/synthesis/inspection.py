@@ -37,6 +37,8 @@ class Inspection:
     pinned_neurons: int  # in pinned groups: never die as clusters, never removed by compaction
     output_neurons: int  # read by the network's output (a class, say): pinned by design
     pinned_layers: tuple[PinnedLayer, ...]
+    attentions: int = 0  # attentions whose heads are followed: each head is one coupling group
+    heads: int = 0
 
     @property
     def removable_fraction(self) -> float:
@@ -58,6 +60,8 @@ class Inspection:
             f"{self.groups:,} coupling groups in {self.families} families "
             f"({self.coupled_groups:,} of several neurons, the largest {self.largest_group})"
         )
+        if self.attentions:
+            lines.append(f"{self.attentions} attentions followed: their {self.heads} heads live and die whole")
         lines.append(
             f"{self.removable_fraction:.1%} of the neurons can die; {self.output_neurons:,} are the network's "
             f"outputs; {self.never_die_fraction:.1%} more can never die:"
@@ -101,4 +105,6 @@ def inspect_architecture(arch: Architecture) -> Inspection:
         pinned_neurons=int(pinned_neuron.sum()),
         output_neurons=outputs,
         pinned_layers=tuple(layers),
+        attentions=len(arch.attention),
+        heads=sum(heads.heads for heads in arch.attention),
     )

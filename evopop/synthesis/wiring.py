@@ -34,6 +34,9 @@ class ChannelMap:
     # channels viewed over several dimensions (``x.view(b, g, c // g, h, w)``, a channel shuffle): their
     # sizes, from ``dim`` on, in row-major order; None for channels on ``dim`` alone
     block: tuple[int, ...] | None = None
+    # every dead channel holds an exact zero (what a layer norm's statistics need to drop it); False after
+    # an operation that maps zero elsewhere (a sigmoid, a norm without weights)
+    zero_when_dead: bool = True
 
     def fits(self, shape) -> bool:
         """True iff a tensor of ``shape`` holds these channels where this map says."""
@@ -43,7 +46,7 @@ class ChannelMap:
     def reordered(self, order: torch.Tensor, dim: int, block: tuple[int, ...] | None) -> ChannelMap:
         """Channel i of the result is channel ``order[i]`` of this one (a transpose inside the block)."""
         sources = [Source(s.producer, s.index[order]) for s in self.sources]
-        return ChannelMap(dim, self.size, sources, block if block and len(block) > 1 else None)
+        return ChannelMap(dim, self.size, sources, block if block and len(block) > 1 else None, self.zero_when_dead)
 
     @staticmethod
     def always_alive(dim: int, size: int) -> ChannelMap:
@@ -71,7 +74,7 @@ class ChannelMap:
     def flatten(self, spatial: int) -> ChannelMap:
         """(N, C, *S) flattened to (N, C*prod(S)): each channel becomes ``spatial`` features."""
         sources = [Source(s.producer, s.index.repeat_interleave(spatial)) for s in self.sources]
-        return ChannelMap(1, self.size * spatial, sources)
+        return ChannelMap(1, self.size * spatial, sources, zero_when_dead=self.zero_when_dead)
 
 
 def concatenate(maps: list[ChannelMap], dim: int) -> ChannelMap:
@@ -100,11 +103,11 @@ def concatenate(maps: list[ChannelMap], dim: int) -> ChannelMap:
                 merged.append(Source(src.producer, target))
             target[offset : offset + m.size][fed] = src.index[fed]
         offset += m.size
-    return ChannelMap(dim, total, merged)
+    return ChannelMap(dim, total, merged, zero_when_dead=all(m.zero_when_dead for m in maps))
 
 
 def union(maps: list[ChannelMap]) -> ChannelMap:
     """Channel map of an elementwise combination (add, mul) of equally shaped tensors."""
     first = maps[0]
     sources = [src for m in maps for src in m.sources]
-    return ChannelMap(first.dim, first.size, sources)
+    return ChannelMap(first.dim, first.size, sources, zero_when_dead=all(m.zero_when_dead for m in maps))
