@@ -43,14 +43,14 @@ from torch.utils._pytree import tree_flatten
 
 from evopop.synthesis import Architecture, Genome, effective_genome, parameter_masks
 from evopop.synthesis.architecture import (
-    AttentionHeads,
     ChannelPermutation,
     ChannelSplit,
     LayerNormUse,
     SizedView,
-    is_window_attention,
     symbolic_trace,
 )
+from evopop.synthesis.attention import AttentionHeads, is_window_attention
+from evopop.synthesis.nodes import arguments
 from evopop.synthesis.wiring import ChannelMap
 
 from .attention import HeadsAttention, WindowHeadsAttention
@@ -267,12 +267,10 @@ def _narrow_layer_norm(graph: fx.GraphModule, use: LayerNormUse, present: torch.
         return
     if use.module is not None:
         norm = graph.get_submodule(use.module)
-        owner, _, attr = use.module.rpartition(".")
-        narrowed = LayerNormOfWidth(norm.weight, norm.bias, use.eps, use.width)
-        setattr(graph.get_submodule(owner), attr, narrowed)
+        _replace_module(graph, use.module, LayerNormOfWidth(norm.weight, norm.bias, use.eps, use.width))
         return
     node = _node(graph, use.node)
-    given = {**dict(zip(("input", "normalized_shape", "weight", "bias", "eps"), node.args)), **node.kwargs}
+    given = arguments(node, ("input", "normalized_shape", "weight", "bias", "eps"))
     node.target = layer_norm_of_width
     node.args = (given["input"], given.get("weight"), given.get("bias"), use.eps, use.width)
     node.kwargs = {}
@@ -330,43 +328,45 @@ def _node(graph: fx.GraphModule, name: str) -> fx.Node:
 
 @torch.no_grad()
 def _narrow_attention(graph: fx.GraphModule, arch: Architecture, heads: AttentionHeads, keep) -> int:
-    """Replace an ``nn.MultiheadAttention`` that lost heads or input channels by a `HeadsAttention` (its
-    output projection is sliced already), or lower a timm attention's ``num_heads``; the MACs of the
-    removed heads' products."""
+    """An attention that lost heads or input channels (its projections' Linears are sliced already)
+    computes with the surviving heads; returns the MACs of the removed heads' products."""
     units = keep[heads.projection]
     living = heads.living(units)
-    if not torch.equal(units, living.repeat_interleave(units.numel() // (3 * heads.heads)).repeat(3)):
+    head_dim = units.numel() // (3 * heads.heads)
+    if not torch.equal(units, living.repeat_interleave(head_dim).repeat(3)):
         raise CompactionError(f"{heads.module} would lose part of a head")
     present = _present(arch.inputs[heads.projection][0], keep)
     if bool(living.all()) and bool(present.all()):
         return 0
-    attention = graph.get_submodule(heads.module)
-    removed = heads.macs - heads.macs * int(living.sum()) // heads.heads
-    if is_window_attention(attention):
-        narrowed = WindowHeadsAttention(attention, living.nonzero().flatten(), units.numel() // (3 * heads.heads))
-        owner, _, attr = heads.module.rpartition(".")
-        setattr(graph.get_submodule(owner), attr, narrowed)
-        return removed
-    if not isinstance(attention, nn.MultiheadAttention):  # timm's: its projections are sliced already, and
-        # it sizes its reshapes by num_heads
-        attention.num_heads = int(living.sum())
-        if hasattr(attention, "attn_dim"):
-            attention.attn_dim = attention.num_heads * attention.head_dim
-        return removed
+    attention, kept = graph.get_submodule(heads.module), living.nonzero().flatten()
+    if is_window_attention(attention):  # torchvision's function sizes a head by the input's width
+        _replace_module(graph, heads.module, WindowHeadsAttention(attention, kept, head_dim))
+    elif isinstance(attention, nn.MultiheadAttention):  # its width is its input's: another module
+        _replace_module(graph, heads.module, _heads_attention(attention, units, present, kept))
+    else:  # timm's sizes its reshapes by its heads
+        attention.num_heads = int(kept.numel())
+        attention.attn_dim = attention.num_heads * attention.head_dim
+    return heads.macs - heads.macs * int(kept.numel()) // heads.heads
+
+
+def _heads_attention(attention: nn.MultiheadAttention, units, present, kept) -> HeadsAttention:
+    """``attention`` with the rows of its kept Q, K and V units and the columns of its present inputs."""
     rows, columns = units.nonzero().flatten(), present.nonzero().flatten()
     bias = attention.in_proj_bias
-    narrowed = HeadsAttention(
+    return HeadsAttention(
         attention.in_proj_weight.index_select(0, rows).index_select(1, columns).contiguous(),
         bias.index_select(0, rows).contiguous() if bias is not None else None,
         attention.out_proj,
-        living.nonzero().flatten(),
+        kept,
         attention.head_dim,
         attention.batch_first,
         attention.dropout,
     )
-    owner, _, attr = heads.module.rpartition(".")
-    setattr(graph.get_submodule(owner), attr, narrowed)
-    return removed
+
+
+def _replace_module(graph: fx.GraphModule, name: str, module: nn.Module) -> None:
+    owner, _, attr = name.rpartition(".")
+    setattr(graph.get_submodule(owner), attr, module)
 
 
 @torch.no_grad()

@@ -4,15 +4,20 @@
 death can cascade (a dead neuron's outgoing synapses die with it) and multiply-accumulates can be
 counted. It sees through:
 
-- synaptic layers: Linear, Conv1d/2d/3d (any groups), ConvTranspose1d/2d/3d;
-- channel-preserving operations: normalisation, activations, dropout, pooling, upsampling,
-  interpolation and spatial padding;
-- ``torch.cat`` along the channel dimension, elementwise ``+ - * /`` of aligned tensors
-  (residual and gated branches), and flattening ``(N, C, *S) -> (N, C*S)`` into a Linear.
+- synaptic layers: Linear, Conv1d/2d/3d (any groups), ConvTranspose1d/2d/3d, and the packed Q/K/V
+  projection of ``nn.MultiheadAttention`` (a layer named ``<attention>.in_proj``);
+- channel-preserving operations: normalisation (layer norms over the channels too), activations, dropout,
+  pooling, upsampling, interpolation and spatial padding, means over other dimensions, ``x[:, 0]``;
+- ``torch.cat`` along the channels (and along tokens, which ties the parts), ``chunk``, elementwise
+  ``+ - * /`` of aligned tensors (residual and gated branches) and of per-channel parameters (layer
+  scales, position embeddings), flattening into a Linear, views that split or merge the channels (a
+  channel shuffle) or only the dimensions behind them (patches into tokens), permutes;
+- attention: ``nn.MultiheadAttention``, timm's ``Attention`` and torchvision's Swin window attention,
+  whose heads are coupling groups.
 
-Anything else (reshapes that mix channels, attention, indexing, softmax over channels, custom leaf
-modules) is a barrier: the layers after it treat their inputs as always alive. That is safe: it
-only means fewer synapses die by cascade, never that a living one does. A model that cannot be
+Anything else (reshapes that mix channels, softmax over channels, custom leaf modules) is a barrier: the
+layers after it treat their inputs as always alive. That is safe: it only means fewer synapses die by
+cascade, never that a living one does. A model that cannot be
 traced at all (data-dependent control flow) falls back to "no cascade", with a warning.
 """
 
@@ -29,8 +34,16 @@ import torch.nn.functional as F
 from torch import fx, nn
 from torch.fx.passes.shape_prop import ShapeProp
 
+from .attention import (
+    AttentionHeads,
+    AttentionTracing,
+    is_packed_attention,
+    is_window_attention,
+    is_window_attention_function,
+)
 from .coupling import Coupling, coupling_groups
 from .layers import SYNAPTIC_TYPES, SynapticLayer, find_synaptic_layers
+from .nodes import arguments, first_input
 from .wiring import ChannelMap, Source, concatenate, union
 
 # Modules whose per-channel parameters belong to the neurons that feed them: they die with them.
@@ -211,22 +224,6 @@ class ChannelSplit:
     parts: int
 
 
-@dataclass(frozen=True)
-class AttentionHeads:
-    """The heads of an ``nn.MultiheadAttention`` evopop follows: ``projection`` (its packed input
-    projection, a synaptic layer) holds Q, K and V units of ``heads`` heads; a head lives while any of its
-    units does, and its products (QK^T and AV, ``macs`` for all heads) go with it."""
-
-    module: str
-    projection: str
-    heads: int
-    macs: int
-
-    def living(self, units: torch.Tensor) -> torch.Tensor:
-        """Bool per head, from a bool per unit of the projection."""
-        return units.view(3, self.heads, -1).any(dim=2).any(dim=0)
-
-
 @dataclass
 class Architecture:
     """The synaptic layers of a network and the wiring between their neurons."""
@@ -253,8 +250,8 @@ class Architecture:
     # (channels, position of each channel): channels given one position must live and die together for a
     # reshape to stay valid once some are removed (the groups of a channel shuffle)
     position_ties: list[tuple[ChannelMap, torch.Tensor]] = field(default_factory=list)
-    # multiply-accumulates of one sample that no synaptic layer performs: attention's input projection
-    # and its two products (QK^T, AV), per module
+    # multiply-accumulates of one sample that no synaptic layer performs: attention's two products (QK^T,
+    # AV), and the projections of an attention evopop does not follow, per module
     other_macs: dict[str, int] = field(default_factory=dict)
     channel_parameters: list[ChannelParameter] = field(default_factory=list)
     layer_norms: list[LayerNormUse] = field(default_factory=list)
@@ -309,48 +306,6 @@ class _LeafTracer(fx.Tracer):
         return super().is_leaf_module(m, qualname)
 
 
-def is_window_attention(m: nn.Module) -> bool:
-    """torchvision's Swin attention (``ShiftedWindowAttention``; not V2's cosine attention): ``qkv`` and
-    ``proj`` Linears around windowed attention with a relative position bias per head."""
-    return (
-        type(m).__name__ == "ShiftedWindowAttention"
-        and isinstance(getattr(m, "qkv", None), nn.Linear)
-        and isinstance(getattr(m, "proj", None), nn.Linear)
-        and "relative_position_bias_table" in m._parameters  # (not getattr: fx proxies it while tracing)
-        and not hasattr(m, "logit_scale")
-    )
-
-
-def is_packed_attention(m: nn.Module) -> bool:
-    """timm's ``Attention`` and its look-alikes: a ``qkv`` Linear making Q, K and V for ``num_heads`` heads
-    of ``head_dim`` channels, scaled dot-product attention, and a ``proj`` Linear reading the heads with
-    nothing in between (no ``norm`` over the heads, no gate). Its ``num_heads`` sizes its reshapes, so a
-    compacted one is the same module with fewer heads; the compaction check catches any look-alike that
-    computes otherwise."""
-    qkv, proj = getattr(m, "qkv", None), getattr(m, "proj", None)
-    heads, head_dim = getattr(m, "num_heads", None), getattr(m, "head_dim", None)
-    if not (isinstance(qkv, nn.Linear) and isinstance(proj, nn.Linear)):
-        return False
-    if not (isinstance(heads, int) and isinstance(head_dim, int)):
-        return False
-    if not isinstance(getattr(m, "norm", nn.Identity()), nn.Identity) or getattr(m, "gate", None) is not None:
-        return False
-    # nothing else of its own: look-alikes with extra biases or position terms (timm's EvaAttention, ...)
-    # compute otherwise; and its reshapes must be sized by its heads (``attn_dim``), not by its input
-    if any(p is not None for p in m._parameters.values()) or set(m._modules) - _PACKED_ATTENTION_PARTS:
-        return False
-    for norm in (getattr(m, "q_norm", None), getattr(m, "k_norm", None)):
-        if not (
-            norm is None or isinstance(norm, nn.Identity) or tuple(getattr(norm, "normalized_shape", ())) == (head_dim,)
-        ):
-            return False
-    width = heads * head_dim
-    return getattr(m, "attn_dim", None) == width and qkv.out_features == 3 * width and proj.in_features == width
-
-
-_PACKED_ATTENTION_PARTS = {"qkv", "q_norm", "k_norm", "attn_drop", "norm", "proj", "proj_drop"}
-
-
 def symbolic_trace(model: nn.Module) -> fx.GraphModule:
     """``model`` as a ``torch.fx.GraphModule``, traced the way evopop reads architectures."""
     tracer = _LeafTracer()
@@ -371,7 +326,7 @@ def _shaped_graph(model: nn.Module, example_input: torch.Tensor) -> fx.GraphModu
     return gm
 
 
-class _Tracer:
+class _Tracer(AttentionTracing):
     def __init__(self, model, layers, gm: fx.GraphModule, other_params):
         self.modules = dict(gm.named_modules())
         # a module called more than once (shared weights) is compacted once: its calls are not followed
@@ -476,9 +431,7 @@ class _Tracer:
         ):
             return f"read by {what}: its statistics read every channel, so removing one changes the others"
         if node.target in ("chunk", torch.chunk, "split", torch.split):
-            # equal parts need equal counts of surviving channels; in a ShuffleNet, tying them with the
-            # shuffles that follow ties a whole stage's channels into a few groups
-            return f"read by {what}, whose parts must keep equal numbers of channels"
+            return f"read by {what}, whose parts evopop cannot follow (only chunks into equal parts)"
         return f"read by {what}, which evopop cannot see through"
 
     # -- helpers ---------------------------------------------------------------------------
@@ -541,7 +494,7 @@ class _Tracer:
         return ChannelMap.always_alive(1, shape[1]) if shape and len(shape) >= 2 else None
 
     def _module(self, node, module) -> ChannelMap | None:
-        first = _first_input(node)
+        first = first_input(node)
         src = self._input_map(first)
         out_shape = self._shape(node)
         if isinstance(module, SYNAPTIC_TYPES):
@@ -592,7 +545,7 @@ class _Tracer:
                 return indexed
         if _is_patch_merging(target) and first is not None and first.block is None:
             return concatenate([first] * 4, first.dim)  # four pixels' channels side by side
-        if _is_window_attention(target):
+        if is_window_attention_function(target):
             self._count_window_attention(node)  # then a barrier: its heads are not followed
         if target is F.layer_norm and self._functional_layer_norm(node, first, out_shape):
             return first
@@ -661,144 +614,10 @@ class _Tracer:
         out_dim = (len(out_shape) - 1) if layer.kind == "linear" else 1
         return ChannelMap.of_layer(name, out_dim, layer.out_channels)
 
-    def _attention(self, node, module: nn.MultiheadAttention) -> ChannelMap | None:
-        """``nn.MultiheadAttention``: its packed input projection (a synaptic layer named ``<module>.in_proj``),
-        its heads, its two products and its output projection (a Linear it applies itself, never called).
-
-        Followed for self-attention whose output alone is read: the input projection reads the input's
-        channels; a head's Q, K and V units are one coupling group (a dead head adds nothing to the output,
-        so compaction removes it); the scores read the Q and K units (used, though no synapse reads them);
-        channel j of the heads' output is V unit j, which the output projection reads. Otherwise (cross
-        attention, separate Q, K, V weights, extra key/value biases, the attention weights read, a second
-        call) it is counted, its projections are kept whole and its output is a barrier."""
-        names = ("query", "key", "value")
-        query, key, value = ({**dict(zip(names, node.args)), **node.kwargs}.get(n) for n in names)
-        shape, key_shape = self._shape(query), self._shape(key if key is not None else query)
-        if shape is None or len(shape) != 3 or key_shape is None:
-            return self._barrier(node)
-        seq = 1 if module.batch_first else 0
-        lq, lk = shape[seq], key_shape[seq]
-        in_proj, out_proj = (self.by_name.get(f"{node.target}.{p}") for p in ("in_proj", "out_proj"))
-        why = self._unfollowable(node, module, query, key, value, in_proj, out_proj)
-        if why:
-            return self._keep_attention_whole(node, module, in_proj, out_proj, lq, lk, why)
-        out = self._heads(node, query, in_proj, out_proj, module.num_heads, module.head_dim, lq, lk)
-        self.attention_outputs[node] = out
-        return out
-
-    def _heads(self, node, query, projection, output, heads: int, head_dim: int, lq: int, lk: int) -> ChannelMap:
-        """What a followed self-attention does to the wiring: ``projection`` (packed Q, K, V) reads the
-        query's channels, a head's Q, K and V units are one coupling group, the scores read the Q and K
-        units (used, though no synapse reads them), and ``output`` reads the V units."""
-        shape, width = self._shape(query), heads * head_dim
-        src, dim = self._input_map(query), len(shape) - 1
-        if src is None or src.dim != dim or src.size != projection.in_channels or src.block is not None:
-            self._sink(query, f"read by {node.target} in a way evopop cannot follow")
-            src = ChannelMap.always_alive(dim, projection.in_channels)
-        units = ChannelMap.of_layer(projection.name, dim, 3 * width)
-        self.position_ties.append((units, (torch.arange(3 * width) % width) // head_dim))
-        self._sink(ChannelMap(dim, 2 * width, [Source(projection.name, torch.arange(2 * width))]), "", pin=False)
-        values = ChannelMap(dim, width, [Source(projection.name, torch.arange(2 * width, 3 * width))])
-        for layer, inputs in ((projection, src), (output, values)):
-            self.inputs[layer.name] = [inputs]
-            self.order.append(layer.name)
-            self.macs[layer.name] = lq  # each synapse once per token
-        self.other_macs[node.target] = 2 * lq * lk * width  # QK^T and AV
-        self.attention.append(AttentionHeads(node.target, projection.name, heads, 2 * lq * lk * width))
-        return ChannelMap.of_layer(output.name, dim, output.out_channels)
-
-    def _window_attention(self, node, module) -> ChannelMap | None:
-        """torchvision's Swin attention on (batch, rows, columns, channels): followed like the others
-        (`_heads`), over the tokens of the input padded to whole windows, each attending within its window;
-        compaction replaces it by a `WindowHeadsAttention`."""
-        first = _first_input(node)
-        shape = self._shape(first)
-        qkv, proj = self.by_name[f"{node.target}.qkv"], self.by_name[f"{node.target}.proj"]
-        window = module.window_size
-        if shape is None or len(shape) != 4:
-            return self._barrier(node)
-        rows, cols = (math.ceil(size / w) * w for size, w in zip(shape[1:3], window))
-        heads = module.num_heads
-        if self.calls[node.target] > 1 or len(node.all_input_nodes) != 1:
-            products = 2 * rows * cols * window[0] * window[1] * qkv.in_channels
-            return self._keep_heads_whole(node, (qkv, proj), rows * cols, products)
-        return self._heads(node, first, qkv, proj, heads, qkv.in_channels // heads, rows * cols, window[0] * window[1])
-
-    def _count_window_attention(self, node) -> None:
-        """torchvision's Swin attention, a function reading its projections' weights directly: those
-        layers stay whole (see `_parameter`), but their MACs and the products are counted, over the
-        input padded to whole windows as the function pads it."""
-        shape = self._shape(node.args[0])
-        weights = [a for a in node.args[1:3] if isinstance(a, fx.Node) and a.op == "get_attr"]
-        window = node.args[4] if len(node.args) > 4 else node.kwargs.get("window_size")
-        if shape is None or len(shape) != 4 or len(weights) != 2 or not isinstance(window, (list, tuple)):
-            return
-        rows, cols = (math.ceil(size / w) * w for size, w in zip(shape[1:3], window))
-        tokens, per_window = rows * cols, window[0] * window[1]
-        for weight in weights:
-            layer = str(weight.target).rsplit(".", 1)[0]
-            if layer in self.by_name:
-                self.macs[layer] = self.macs.get(layer, 0) + tokens
-        self.other_macs[node.name] = 2 * tokens * per_window * shape[3]  # QK^T and AV in every window
-
-    def _packed_attention(self, node, module) -> ChannelMap | None:
-        """timm's ``Attention`` (see `is_packed_attention`), called on one (batch, tokens, channels) tensor:
-        followed like ``nn.MultiheadAttention`` (`_heads`); compaction lowers its ``num_heads``."""
-        first = _first_input(node)
-        shape = self._shape(first)
-        qkv, proj = self.by_name[f"{node.target}.qkv"], self.by_name[f"{node.target}.proj"]
-        # a mask may be per head (and then would need slicing too): followed without one
-        mask = _default(node.kwargs.get("attn_mask", node.args[1] if len(node.args) > 1 else None))
-        if shape is None or len(shape) != 3 or self.calls[node.target] > 1 or mask is not None:
-            return self._keep_packed_attention_whole(node, module, qkv, proj, shape)
-        return self._heads(node, first, qkv, proj, module.num_heads, module.head_dim, shape[1], shape[1])
-
-    def _keep_packed_attention_whole(self, node, module, qkv, proj, shape) -> ChannelMap | None:
-        tokens = shape[1] if shape is not None and len(shape) == 3 else 1
-        products = 2 * tokens * tokens * module.num_heads * module.head_dim
-        return self._keep_heads_whole(node, (qkv, proj), tokens, products)
-
-    def _keep_heads_whole(self, node, layers, tokens: int, products: int) -> ChannelMap | None:
-        """Count an attention module evopop does not follow (called twice, with a mask, on another
-        shape); its projections' neurons stay, its output is a barrier."""
-        self.other_macs[node.target] = self.other_macs.get(node.target, 0) + products
-        for layer in layers:
-            self.macs[layer.name] = self.macs.get(layer.name, 0) + tokens
-            self.pinned[layer.name][:] = True
-            self._reason(layer.name, f"applied by {self._describe(node)} itself, called in a way evopop cannot follow")
-        return self._barrier(node)
-
-    def _unfollowable(self, node, module, query, key, value, in_proj, out_proj) -> str:
-        """Why evopop cannot follow this call of an attention ('' where it can)."""
-        if in_proj is None or out_proj is None:
-            return "its Q, K and V projections are separate weights"
-        if not (query is key is value):
-            return "cross-attention (Q reads other tensors than K and V)"
-        if module.bias_k is not None or module.add_zero_attn:
-            return "extra key and value biases"
-        if self.calls[node.target] > 1:
-            return f"it is called {self.calls[node.target]} times"
-        if any(u.target is not operator.getitem or (u.args[1] != 0 and u.users) for u in node.users):
-            return "its attention weights are read"
-        return ""
-
-    def _keep_attention_whole(self, node, module, in_proj, out_proj, lq, lk, why: str) -> ChannelMap | None:
-        """Count an attention evopop cannot follow; its projections' neurons stay, its output is a barrier."""
-        e = module.embed_dim
-        macs = 2 * lq * lk * e + lq * e * e + lk * e * (module.kdim + module.vdim)
-        self.other_macs[node.target] = self.other_macs.get(node.target, 0) + macs
-        for layer in (in_proj, out_proj):
-            if layer is not None:
-                self.pinned[layer.name][:] = True  # applied by the attention itself: not ours to slice
-                self._reason(layer.name, f"applied by {self._describe(node)} itself: {why}")
-        if out_proj is not None:
-            self.macs[out_proj.name] = self.macs.get(out_proj.name, 0) + lq
-        return self._barrier(node)
-
     def _functional_layer_norm(self, node, src, out_shape) -> bool:
         """``F.layer_norm(x, shape, weight, bias, eps)`` (a layer norm subclass traced through)."""
         names = ("input", "normalized_shape", "weight", "bias", "eps")
-        given = {**dict(zip(names, node.args)), **node.kwargs}
+        given = arguments(node, names)
         params = [given.get(p) for p in ("weight", "bias") if given.get(p) is not None]
         if not all(p in self.parameter_names for p in params):
             return False  # weights computed from something: not ours to slice
@@ -989,7 +808,7 @@ class _Tracer:
     def _chunk(self, node, src: ChannelMap) -> ChannelMap | None:
         """``x.chunk(n, dim)``: along the channels, part i holds the i-th n-th of them (compaction splits
         the kept ones, `ChannelSplit`); along another dimension every part holds them all."""
-        given = {**dict(zip(("input", "chunks", "dim"), node.args)), **node.kwargs}
+        given = arguments(node, ("input", "chunks", "dim"))
         parts, dim, shape = given.get("chunks"), given.get("dim", 0), self._shape(node.args[0])
         if not isinstance(parts, int) or not isinstance(dim, int) or shape is None or src.block is not None:
             return None
@@ -1204,28 +1023,6 @@ def _is_patch_merging(target) -> bool:
         "torchvision.models.swin_transformer",
         "_patch_merging_pad",
     )
-
-
-def _is_window_attention(target) -> bool:
-    return (getattr(target, "__module__", None), getattr(target, "__name__", None)) == (
-        "torchvision.models.swin_transformer",
-        "shifted_window_attention",
-    )
-
-
-def _default(value):
-    """An argument's value where it is a constant, or a placeholder left at its default (timm passes
-    ``attn_mask=None`` down from its model's ``forward``); a node otherwise."""
-    if isinstance(value, fx.Node) and value.op == "placeholder" and value.args:
-        return value.args[0]
-    return value
-
-
-def _first_input(node: fx.Node):
-    """The tensor a module is called on (positionally or by keyword)."""
-    if node.args:
-        return node.args[0]
-    return next(iter(node.all_input_nodes), None)
 
 
 def _spatial_rank(op) -> int | None:
