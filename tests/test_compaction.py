@@ -439,6 +439,38 @@ class ZeroBreakers(nn.Module):
         return self.head_a(a) + self.head_b(b) + self.head_c(c)
 
 
+class MoreZeroBreakers(nn.Module):
+    """A clamp above zero, a Hardtanh above zero and a size added before layer norms, two of which share
+    their weight: none of them is followed, and nothing breaks."""
+
+    def __init__(self):
+        super().__init__()
+        self.a, self.b, self.c = nn.Linear(6, 8), nn.Linear(6, 8), nn.Linear(6, 8)
+        self.norm_a, self.norm_b, self.norm_c = nn.LayerNorm(8), nn.LayerNorm(8), nn.LayerNorm(8)
+        self.norm_c.weight = self.norm_b.weight
+        self.bounded = nn.Hardtanh(0.1, 1.0)
+        self.head_a, self.head_b, self.head_c = nn.Linear(8, 3), nn.Linear(8, 3), nn.Linear(8, 3)
+
+    def forward(self, x):
+        a = self.norm_a(self.a(x).clamp(min=0.5))
+        b = self.norm_b(self.bounded(self.b(x)))
+        c = self.c(x)
+        return self.head_a(a) + self.head_b(b) + self.head_c(self.norm_c(c + c.size(-1)))
+
+
+class NormWeightReadElsewhere(nn.Module):
+    """A batch norm's weight also used as another branch's layer scale."""
+
+    def __init__(self):
+        super().__init__()
+        self.a, self.c = nn.Conv2d(3, 4, 1), nn.Conv2d(3, 4, 1)
+        self.bn = nn.BatchNorm2d(4)
+        self.head = nn.Conv2d(4, 2, 1)
+
+    def forward(self, x):
+        return self.head(self.bn(self.a(x)) + self.c(x) * self.bn.weight.view(1, -1, 1, 1))
+
+
 class ScaleReadTwice(nn.Module):
     """A layer scale also read by an operation evopop cannot see through: it stays whole."""
 
@@ -603,6 +635,14 @@ WIRING = [
         {"a": 8, "b": 8, "c": 8},
     ),
     ("a layer scale read elsewhere", ScaleReadTwice, _conv_in(), _kill(a=[1]), {"a": 4}),
+    (
+        "more zero breakers, a shared norm weight",
+        MoreZeroBreakers,
+        torch.randn(1, 4, 6),
+        _kill(a=[1], b=[2], c=[3]),
+        {"a": 8, "b": 8, "c": 8},
+    ),
+    ("a norm's weight read elsewhere", NormWeightReadElsewhere, _conv_in(), _kill(c=[0, 1]), {"a": 4}),
     (
         "attention: heads and a stream channel die",
         MaskedAttention,
@@ -878,3 +918,9 @@ def test_a_layer_norm_over_more_than_the_channels_keeps_them_and_says_why():
     arch = trace_architecture(NormOverTwoDims(), _conv_in())
     assert bool(arch.pinned["a"].all())
     assert any("statistics read every channel" in reason for reason in arch.pin_reasons["a"])
+
+
+def test_a_parameter_read_per_channel_and_by_its_module_is_zeroed_for_neither():
+    """Masking ``bn.weight`` where the scaled branch died would change the batch norm's living channels."""
+    model, arch, genome = _build(NormWeightReadElsewhere, _conv_in(), _kill(c=[0, 1]))
+    assert "bn.weight" not in parameter_masks(arch, genome)

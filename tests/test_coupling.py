@@ -183,21 +183,10 @@ class TransformerBlock(nn.Module):
         return x + self.fc2(F.gelu(self.fc1(self.norm2(x))))
 
 
-class PackedAttention(nn.Module):
-    """timm's ``Attention`` as timm writes it: one ``qkv`` Linear, heads by reshape, fused attention."""
-
-    def __init__(self, width, heads):
-        super().__init__()
-        self.num_heads, self.head_dim = heads, width // heads
-        self.attn_dim = width
-        self.qkv, self.proj = nn.Linear(width, 3 * width), nn.Linear(width, width)
-        self.norm = nn.Identity()
-
-    def forward(self, x):
-        b, n, _ = x.shape
-        q, k, v = self.qkv(x).reshape(b, n, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4).unbind(0)
-        x = F.scaled_dot_product_attention(q, k, v)
-        return self.proj(self.norm(x.transpose(1, 2).reshape(b, n, self.attn_dim)))
+def PackedAttention(width, heads):
+    """timm's ``Attention``: one ``qkv`` Linear, heads by reshape, fused attention."""
+    layers = pytest.importorskip("timm.layers")
+    return layers.Attention(width, num_heads=heads, qkv_bias=True)
 
 
 def packed_vision_transformer():

@@ -68,3 +68,27 @@ def test_multihead_attention_counts_its_projections_and_products(batch_first):
     assert counts.dense_params == sum(p.numel() for p in model.parameters())
     if batch_first:  # (evopop reads dimension 0 as the batch: a sequence-first Linear counts one token)
         assert counts.dense_macs == expected == independent_macs(model, x)
+
+
+@pytest.mark.parametrize("stacked", [False, True], ids=["layer", "encoder"])
+def test_a_transformer_encoder_evopop_cannot_see_into_is_still_counted(stacked):
+    """``nn.TransformerEncoder(Layer)`` is a torch.fx leaf: kept whole, but its MACs are counted."""
+
+    class Encoder(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.embed = nn.Linear(8, 16)
+            layer = nn.TransformerEncoderLayer(16, 4, dim_feedforward=32, batch_first=True)
+            self.body = nn.TransformerEncoder(layer, 2, enable_nested_tensor=False) if stacked else layer
+            self.head = nn.Linear(16, 3)
+
+        def forward(self, x):
+            return self.head(self.body(self.embed(x)))
+
+    model = Encoder().eval()
+    x = torch.randn(1, 10, 8)
+    arch = trace_architecture(model, x)
+    counts = count(arch, Genome.full(arch))
+    assert counts.dense_macs == independent_macs(model, x)
+    assert counts.dense_params == sum(p.numel() for p in model.parameters())
+    assert all(bool(arch.pinned[layer.name].all()) for layer in arch.layers if layer.name.startswith("body"))

@@ -505,9 +505,14 @@ class _Tracer(AttentionTracing):
             return self._packed_attention(node, module)
         if is_window_attention(module):
             return self._window_attention(node, module)
+        if isinstance(module, (nn.TransformerEncoder, nn.TransformerEncoderLayer)):
+            return self._transformer_layers(node, module)
         if type(module) is nn.LayerNorm and self.calls[node.target] == 1:  # (a subclass: traced through)
             params = [f"{node.target}.{p}" for p in ("weight", "bias") if getattr(module, p, None) is not None]
-            if self._layer_norm(node, node.target, src, module.normalized_shape, module.eps, params, out_shape):
+            shared = any(p not in self.parameter_shapes for p in params)  # another module's too (listed once)
+            if not shared and self._layer_norm(
+                node, node.target, src, module.normalized_shape, module.eps, params, out_shape
+            ):
                 return src
         if isinstance(module, nn.Flatten):
             return self._reshape(src, self._shape(first), out_shape, node)
@@ -520,7 +525,10 @@ class _Tracer(AttentionTracing):
                 # the group goes whole (a coupling group), so nothing needs pinning
                 self._sink(src, "", pin=False)
             unweighted = isinstance(module, _PER_CHANNEL_PARAM_MODULES) and getattr(module, "weight", None) is None
-            if unweighted or isinstance(module, _NONZERO_AT_ZERO_MODULES):  # a dead channel is no longer zero
+            shifted = isinstance(module, nn.Hardtanh) and not module.min_val <= 0 <= module.max_val
+            if (
+                unweighted or shifted or isinstance(module, _NONZERO_AT_ZERO_MODULES)
+            ):  # a dead channel is no longer zero
                 return replace(src, zero_when_dead=False)
             return src
         return self._barrier(node)
@@ -572,7 +580,7 @@ class _Tracer(AttentionTracing):
                     why = f"sized by another tensor in {self._describe(node)}"
                     self._sink(arg, why)
                     self._pin(node.args[0], why)  # their sizes are fixed: so is the number of channels
-                return replace(first, zero_when_dead=False) if target in _NONZERO_AT_ZERO else first
+                return replace(first, zero_when_dead=False) if _moves_zero(node) else first
         if _is_shape_query(node):
             return None
         return self._barrier(node)
@@ -658,18 +666,23 @@ class _Tracer(AttentionTracing):
     def _read_elsewhere(self) -> None:
         """A per-channel parameter also read by anything else (an opaque operation, a sum over it) can be
         neither zeroed nor sliced where its channels die: its channels stay, and it stays whole."""
+        readers: dict[str, set[fx.Node]] = {}
         for node in self.gm.graph.nodes:
-            name = str(node.target)
-            if node.op != "get_attr" or name not in self.channel_readers:
+            if node.op == "call_module":  # a module reads its own parameters
+                for name in self.channel_readers:
+                    if name.rsplit(".", 1)[0] == node.target:
+                        readers.setdefault(name, set()).add(node)
+            if node.op != "get_attr" or str(node.target) not in self.channel_readers:
                 continue
-            readers, views = set(), [node]
+            name, views = str(node.target), [node]
             while views:
                 for user in views.pop().users:
                     if user in self.parameter_dims and self.parameter_names.get(user) == name:
                         views.append(user)  # a view of it: follow its readers
-                    else:
-                        readers.add(user)
-            others = readers - self.channel_readers[name]
+                    elif not _is_shape_query(user):
+                        readers.setdefault(name, set()).add(user)
+        for name in list(self.channel_readers):
+            others = readers.get(name, set()) - self.channel_readers[name]
             if others:
                 for read in [p for p in self.channel_parameters if p.name == name]:
                     self._pin(read.inputs, f"scaled by {name}, which {self._describe(next(iter(others)))} also reads")
@@ -775,6 +788,8 @@ class _Tracer(AttentionTracing):
             elif m is not None and m.sources:
                 misaligned = True  # broadcast from living neurons over all channels
                 self._sink(m, f"broadcast over every channel by {self._describe(node)}")
+            elif m is None and not product:
+                misaligned = True  # a number computed from the graph (a size, a norm): in every channel
         if not aligned or len({m.dim for m in aligned}) > 1:
             return self._barrier(node)
         result = union(aligned)
@@ -1009,6 +1024,20 @@ def _permutation(node: fx.Node, rank: int) -> list[int] | None:
 
 def _preserves_by_name(target) -> bool:
     return (getattr(target, "__module__", None), getattr(target, "__name__", None)) in _PRESERVING_BY_NAME
+
+
+def _moves_zero(node: fx.Node) -> bool:
+    """The operation maps a zero elsewhere: a sigmoid, a clamp whose range excludes 0, a constant pad."""
+    if node.target in _NONZERO_AT_ZERO:
+        return True
+    given = {**dict(enumerate(node.args)), **node.kwargs}
+    if node.target is F.pad:
+        return bool(given.get(3, given.get("value", 0)))
+    if node.target in ("clamp", "clamp_min", F.hardtanh):
+        low = given.get(1, given.get("min", given.get("min_val")))
+        high = given.get(2, given.get("max", given.get("max_val")))
+        return not isinstance(low, (int, float, type(None))) or (low or 0) > 0 or (high is not None and high < 0)
+    return False
 
 
 def _adds_a_constant(node: fx.Node) -> bool:

@@ -67,6 +67,8 @@ def is_packed_attention(m: nn.Module) -> bool:
     # compute otherwise; and its reshapes must be sized by its heads (``attn_dim``), not by its input
     if any(p is not None for p in m._parameters.values()) or set(m._modules) - _PACKED_ATTENTION_PARTS:
         return False
+    if m._buffers or (type(m).forward.__module__, type(m).forward.__qualname__) != _TIMM_ATTENTION_FORWARD:
+        return False  # timm's own forward (a subclass may inherit it), not a look-alike's (AttentionRope, ...)
     for norm in (getattr(m, "q_norm", None), getattr(m, "k_norm", None)):
         if not (
             norm is None or isinstance(norm, nn.Identity) or tuple(getattr(norm, "normalized_shape", ())) == (head_dim,)
@@ -76,6 +78,7 @@ def is_packed_attention(m: nn.Module) -> bool:
     return getattr(m, "attn_dim", None) == width and qkv.out_features == 3 * width and proj.in_features == width
 
 
+_TIMM_ATTENTION_FORWARD = ("timm.layers.attention", "Attention.forward")
 _PACKED_ATTENTION_PARTS = {"qkv", "q_norm", "k_norm", "attn_drop", "norm", "proj", "proj_drop"}
 
 
@@ -186,15 +189,34 @@ class AttentionTracing:
         products = 2 * tokens * tokens * module.num_heads * module.head_dim
         return self._keep_heads_whole(node, (qkv, proj), tokens, products)
 
-    def _keep_heads_whole(self, node, layers, tokens: int, products: int) -> ChannelMap | None:
+    def _keep_heads_whole(
+        self, node, layers, tokens: int, products: int, why: str = "called in a way evopop cannot follow"
+    ) -> ChannelMap | None:
         """Count an attention module evopop does not follow (called twice, with a mask, on another
         shape); its projections' neurons stay, its output is a barrier."""
         self.other_macs[node.target] = self.other_macs.get(node.target, 0) + products
         for layer in layers:
             self.macs[layer.name] = self.macs.get(layer.name, 0) + tokens
             self.pinned[layer.name][:] = True
-            self._reason(layer.name, f"applied by {self._describe(node)} itself, called in a way evopop cannot follow")
+            self._reason(layer.name, f"applied by {self._describe(node)} itself, {why}")
         return self._barrier(node)
+
+    def _transformer_layers(self, node, module: nn.Module) -> ChannelMap | None:
+        """``nn.TransformerEncoder`` and ``nn.TransformerEncoderLayer``: torch.fx leaves evopop does not see
+        into. Counted (each Linear once per token, attention's products) and kept whole."""
+        shape = self._shape(first_input(node))
+        blocks = list(module.layers) if isinstance(module, nn.TransformerEncoder) else [module]
+        if shape is None or len(shape) != 3 or not blocks:
+            return self._barrier(node)
+        tokens = shape[1] if blocks[0].self_attn.batch_first else shape[0]
+        owner = {id(m): name for name, m in module.named_modules()}
+        layers, products = [], 0
+        for block in blocks:
+            prefix = f"{node.target}.{owner[id(block)]}".rstrip(".")
+            names = ("self_attn.in_proj", "self_attn.out_proj", "linear1", "linear2")
+            layers += [self.by_name[f"{prefix}.{n}"] for n in names if f"{prefix}.{n}" in self.by_name]
+            products += 2 * tokens * tokens * block.self_attn.embed_dim
+        return self._keep_heads_whole(node, layers, tokens, products, "a torch leaf evopop does not see into")
 
     def _unfollowable(self, node, module, query, key, value, in_proj, out_proj) -> str:
         """Why evopop cannot follow this call of an attention ('' where it can)."""
