@@ -50,7 +50,7 @@ from evopop.synthesis.architecture import (
     symbolic_trace,
 )
 from evopop.synthesis.attention import AttentionHeads, is_window_attention
-from evopop.synthesis.nodes import arguments
+from evopop.synthesis.nodes import LAYER_NORM_ARGUMENTS, arguments
 from evopop.synthesis.wiring import ChannelMap
 
 from .attention import HeadsAttention, WindowHeadsAttention
@@ -254,7 +254,7 @@ def _slice_parameter(graph: fx.GraphModule, name: str, dim: int, present: torch.
     """Keep the present channels of a parameter read directly (a layer scale, a norm's weight)."""
     if bool(present.all()):
         return
-    owner, attr = name.rsplit(".", 1) if "." in name else ("", name)
+    owner, _, attr = name.rpartition(".")
     module = graph.get_submodule(owner)
     param = getattr(module, attr)
     kept = param.index_select(dim, present.nonzero().flatten()).contiguous()
@@ -270,7 +270,7 @@ def _narrow_layer_norm(graph: fx.GraphModule, use: LayerNormUse, present: torch.
         _replace_module(graph, use.module, LayerNormOfWidth(norm.weight, norm.bias, use.eps, use.width))
         return
     node = _node(graph, use.node)
-    given = arguments(node, ("input", "normalized_shape", "weight", "bias", "eps"))
+    given = arguments(node, LAYER_NORM_ARGUMENTS)
     node.target = layer_norm_of_width
     node.args = (given["input"], given.get("weight"), given.get("bias"), use.eps, use.width)
     node.kwargs = {}
@@ -346,7 +346,7 @@ def _narrow_attention(graph: fx.GraphModule, arch: Architecture, heads: Attentio
     else:  # timm's sizes its reshapes by its heads
         attention.num_heads = int(kept.numel())
         attention.attn_dim = attention.num_heads * attention.head_dim
-    return heads.macs - heads.macs * int(kept.numel()) // heads.heads
+    return heads.removed_products(int(kept.numel()))
 
 
 def _heads_attention(attention: nn.MultiheadAttention, units, present, kept) -> HeadsAttention:

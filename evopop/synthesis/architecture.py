@@ -43,7 +43,7 @@ from .attention import (
 )
 from .coupling import Coupling, coupling_groups
 from .layers import SYNAPTIC_TYPES, SynapticLayer, find_synaptic_layers
-from .nodes import arguments, first_input
+from .nodes import LAYER_NORM_ARGUMENTS, arguments, first_input, qualified_name
 from .wiring import ChannelMap, Source, concatenate, union
 
 # Modules whose per-channel parameters belong to the neurons that feed them: they die with them.
@@ -624,7 +624,7 @@ class _Tracer(AttentionTracing):
 
     def _functional_layer_norm(self, node, src, out_shape) -> bool:
         """``F.layer_norm(x, shape, weight, bias, eps)`` (a layer norm subclass traced through)."""
-        names = ("input", "normalized_shape", "weight", "bias", "eps")
+        names = LAYER_NORM_ARGUMENTS
         given = arguments(node, names)
         params = [given.get(p) for p in ("weight", "bias") if given.get(p) is not None]
         if not all(p in self.parameter_names for p in params):
@@ -1023,7 +1023,7 @@ def _permutation(node: fx.Node, rank: int) -> list[int] | None:
 
 
 def _preserves_by_name(target) -> bool:
-    return (getattr(target, "__module__", None), getattr(target, "__name__", None)) in _PRESERVING_BY_NAME
+    return qualified_name(target) in _PRESERVING_BY_NAME
 
 
 def _moves_zero(node: fx.Node) -> bool:
@@ -1048,10 +1048,7 @@ def _adds_a_constant(node: fx.Node) -> bool:
 
 def _is_patch_merging(target) -> bool:
     """torchvision's Swin ``_patch_merging_pad``: pads, then concatenates the channels of 2x2 pixels."""
-    return (getattr(target, "__module__", None), getattr(target, "__name__", None)) == (
-        "torchvision.models.swin_transformer",
-        "_patch_merging_pad",
-    )
+    return qualified_name(target) == ("torchvision.models.swin_transformer", "_patch_merging_pad")
 
 
 def _spatial_rank(op) -> int | None:

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 import torch
 from torch import fx, nn
 
-from .nodes import arguments, default, first_input
+from .nodes import arguments, default, first_input, qualified_name
 from .wiring import ChannelMap, Source
 
 
@@ -35,6 +35,10 @@ class AttentionHeads:
     def living(self, units: torch.Tensor) -> torch.Tensor:
         """Bool per head, from a bool per unit of the projection."""
         return units.view(3, self.heads, -1).any(dim=2).any(dim=0)
+
+    def removed_products(self, kept_heads: int) -> int:
+        """The products' MACs of the heads beyond ``kept_heads``."""
+        return self.macs - self.macs * kept_heads // self.heads
 
 
 def is_window_attention(m: nn.Module) -> bool:
@@ -83,10 +87,7 @@ _PACKED_ATTENTION_PARTS = {"qkv", "q_norm", "k_norm", "attn_drop", "norm", "proj
 
 
 def is_window_attention_function(target) -> bool:
-    return (getattr(target, "__module__", None), getattr(target, "__name__", None)) == (
-        "torchvision.models.swin_transformer",
-        "shifted_window_attention",
-    )
+    return qualified_name(target) == ("torchvision.models.swin_transformer", "shifted_window_attention")
 
 
 class AttentionTracing:

@@ -100,8 +100,7 @@ def count(arch: Architecture, genome: Genome) -> Counts:
     )
     dense_other_macs = sum(arch.other_macs.values())
     other_macs = dense_other_macs - sum(
-        heads.macs
-        - heads.macs * int(heads.living(genome.neurons(arch.layer(heads.projection)).cpu()).sum()) // heads.heads
+        heads.removed_products(int(heads.living(genome.neurons(arch.layer(heads.projection)).cpu()).sum()))
         for heads in arch.attention
     )
     return Counts(tuple(layers), dense_other - dead_other, dense_other, other_macs, dense_other_macs)

@@ -4,6 +4,14 @@ from __future__ import annotations
 
 from torch import fx
 
+# ``F.layer_norm``'s arguments, in order
+LAYER_NORM_ARGUMENTS = ("input", "normalized_shape", "weight", "bias", "eps")
+
+
+def qualified_name(target) -> tuple[str | None, str | None]:
+    """(module, name) of a called function, to recognise another library's functions without importing it."""
+    return getattr(target, "__module__", None), getattr(target, "__name__", None)
+
 
 def arguments(node: fx.Node, names: tuple[str, ...]) -> dict:
     """A call's arguments by name, however they were passed (positional ones named by ``names``)."""
