@@ -3,8 +3,9 @@
     from evopop import evolve, load_config
     population = evolve(load_config("configs/tiny.yaml"), "runs/my-run")
 
-`evolve` wires the pieces: preflight (`plan_run`), the executor that ``resources.executor`` names,
-and the default hooks (progress output; diversity when ``diversity.enabled``).
+`evolve` wires the pieces: preflight (`plan_run`), the executor that ``resources.executor`` names
+(`make_executor`: the only place that reaches for the Ray room, and only when asked), the default hooks
+(progress output; diversity when ``diversity.enabled``), and the controller that drives them.
 """
 
 from __future__ import annotations
@@ -15,10 +16,11 @@ import pandas as pd
 import yaml
 
 from .config import Config, ConfigError, load_config
-from .engine.executor import Executor, make_executor
+from .engine.controller import EvolutionController
+from .engine.executors.base import Executor
+from .engine.executors.local import LocalExecutor
 from .engine.hooks import Hook
 from .engine.plan import Plan, plan_run
-from .engine.policy import Evolution
 from .engine.progress import Progress
 from .records.run import RunRecords
 from .records.storage import absolute
@@ -40,7 +42,7 @@ def evolution(
     executor: Executor | None = None,
     hooks: Sequence[Hook] | None = None,
     stream=None,
-) -> Evolution:
+) -> EvolutionController:
     """The run of ``config`` in ``run_dir``, ready to `.run()`; a new run directory gets its config.yaml
     (what `evopop resume` reads), an existing one is resumed, if it was started with the same config
     (``resources`` may differ: they change how a run is carried out, not its records)."""
@@ -53,7 +55,16 @@ def evolution(
         check_same_run(config, load_config(yaml.safe_load(records.read_config())), run_dir)
     executor = executor or make_executor(config, run_dir)
     hooks = default_hooks(config, records, plan, stream) if hooks is None else list(hooks)
-    return Evolution(config, records, plan, executor, hooks)
+    return EvolutionController(config, records, plan, executor, hooks)
+
+
+def make_executor(config: Config, run_dir: str) -> Executor:
+    """The executor ``resources.executor`` names; Ray is imported only when it is the Ray one."""
+    if config.resources.executor == "local":
+        return LocalExecutor(config, run_dir)
+    from .engine.ray.executor import RayExecutor
+
+    return RayExecutor(config, run_dir)
 
 
 def check_same_run(config: Config, recorded: Config, run_dir: str) -> None:

@@ -49,8 +49,6 @@ def cmd_run(args) -> int:
     records = RunRecords(run_dir)
     if records.exists():
         raise ConfigError(f"--run-dir: {run_dir} already holds a run; use 'evopop resume {run_dir}' to finish it")
-    records.storage.makedirs()
-    records.write_config(config.to_yaml())
     print(f"run directory: {run_dir}", flush=True)
     return _drive(config, run_dir, plan)
 

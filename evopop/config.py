@@ -17,7 +17,7 @@ from .records.storage import is_uri
 from .synthesis.baselines import KINDS as BASELINE_KINDS
 from .synthesis.environment import MAX_SHARPNESS, MODES, check_factor
 
-SELECTION_RULES = ("best", "topk", "all")  # see evopop.engine.selection
+SELECTION_RULES = ("best", "topk", "all")  # see evopop.engine.policy.selection
 
 
 class ConfigError(ValueError):
@@ -69,7 +69,7 @@ class AncestorSection(_Section):
 
 
 class AdaptSection(_Section):
-    """C adapted per lineage to its observed loss (`evopop.engine.adaptation`); off when absent."""
+    """C adapted per lineage to its observed loss (`evopop.engine.policy.adaptation`); off when absent."""
 
     max_drop: float = Field(gt=0, lt=1)  # the relative loss of the selection metric per generation to stay under
     factor: float = Field(1.5, gt=1, le=10)  # how fast the pressure -ln C grows and backs off
@@ -201,7 +201,7 @@ class EvolutionSection(_Section):
 
 
 class HalvingSection(_Section):
-    """Successive halving of each generation's offspring (`evopop.engine.halving`): all train to
+    """Successive halving of each generation's offspring (`evopop.engine.policy.halving`): all train to
     ``min_epochs``, the best 1/``eta`` by the selection metric train on to ``eta`` times as many
     epochs, and so on to the full epochs; the others stop early (recorded ``stopped``)."""
 
@@ -213,7 +213,7 @@ LATENCIES = ("cpu_b1", "cpu_b32", "gpu")
 
 
 class LatencySection(_Section):
-    """Selection on the compacted networks' measured latency (`evopop.engine.selection.LatencyRule`)."""
+    """Selection on the compacted networks' measured latency (`evopop.engine.policy.selection.LatencyRule`)."""
 
     measure: Literal[LATENCIES] = "cpu_b32"  # which of the latencies compaction measures
     budget: float | None = Field(None, gt=0)  # within this fraction of the root ancestor's latency

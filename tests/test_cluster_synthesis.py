@@ -25,7 +25,7 @@ from torch import nn
 
 from evopop.config import Config, ConfigError, load_config
 from evopop.engine.plan import plan_run
-from evopop.engine.specs import offspring_specs, schedule_of
+from evopop.engine.policy.specs import offspring_specs, schedule_of
 from evopop.records.schema import IndividualRecord
 from evopop.synthesis import (
     Environment,

@@ -214,7 +214,7 @@ def test_individual_ids_cannot_escape_the_run_directory():
 
 
 def test_resources_the_cluster_can_never_satisfy(ray_cluster):
-    from evopop.engine.ray_executor import check_resources
+    from evopop.engine.ray.cluster import check_resources
 
     for overrides, message in [
         (["resources.gpus_per_trainer=8"], "resources.gpus_per_trainer: 8.0 GPUs per trainer, but the cluster has"),

@@ -10,7 +10,7 @@ import torch
 
 from evopop.api import evolve
 from evopop.config import load_config
-from evopop.engine.specs import offspring_specs
+from evopop.engine.policy.specs import offspring_specs
 from evopop.records.run import RunRecords
 from evopop.synthesis import Genome, synthesize, trace_architecture
 from evopop.tasks.registry import build_task
@@ -202,8 +202,8 @@ def test_iterative_magnitude_pruning_follows_a_lineage_of_its_own(tmp_path):
     assert all(torch.equal(imp["masks"][name], rewind["masks"][name]) for name in imp["masks"])
     assert not torch.equal(imp["weights"]["classifier.1.weight"], rewind["weights"]["classifier.1.weight"])
     # rewinding starts from the root's initialisation, as the root's own training started
-    from evopop.engine.develop import _initial_weights_of
-    from evopop.engine.specs import ROOT_ID, train_seed
+    from evopop.engine.policy.specs import ROOT_ID, train_seed
+    from evopop.engine.worker.develop import _initial_weights_of
 
     torch.manual_seed(train_seed(config, ROOT_ID))
     task = build_task(config.task.name, config.task.args)

@@ -18,7 +18,7 @@ import torch
 
 from evopop.api import evolution, evolve
 from evopop.config import load_config
-from evopop.engine.policy import EvolutionFailed
+from evopop.engine.controller import EvolutionFailed
 from evopop.records.run import RunRecords
 from evopop.tasks.registry import build_task
 

@@ -14,8 +14,8 @@ from test_policy import METRIC, TINY, ScriptedExecutor
 
 from evopop.api import evolution
 from evopop.config import ConfigError, load_config
-from evopop.engine.halving import Rungs, promote, rung_epochs
 from evopop.engine.hooks import Hook
+from evopop.engine.policy.halving import Rungs, promote, rung_epochs
 from evopop.records.run import RunRecords
 from evopop.records.schema import FAILED, OK, STOPPED, IndividualRecord
 
@@ -281,7 +281,7 @@ class InfrastructureAtFirstRung(RungScript):
 
 
 def test_a_rung_the_infrastructure_failed_whole_is_tried_again_on_resume(tmp_path):
-    from evopop.engine.policy import EvolutionFailed
+    from evopop.engine.controller import EvolutionFailed
 
     config, run_dir, _, _ = scripted_halving(
         tmp_path, {}, "evolution.generations=2", "resources.on_infrastructure_failure=continue"

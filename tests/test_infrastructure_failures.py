@@ -13,7 +13,7 @@ from test_faults import TINY, ancestor_checkpoint, assert_complete, expected_ids
 
 from evopop.api import evolve
 from evopop.config import load_config
-from evopop.engine.develop import Developer
+from evopop.engine.controller import EvolutionFailed, InfrastructureFailed
 from evopop.engine.failures import (
     INDIVIDUAL,
     INFRASTRUCTURE,
@@ -23,8 +23,8 @@ from evopop.engine.failures import (
     classify,
     requested_bytes,
 )
-from evopop.engine.policy import EvolutionFailed, InfrastructureFailed
-from evopop.engine.specs import root_spec
+from evopop.engine.policy.specs import root_spec
+from evopop.engine.worker.develop import Developer
 from evopop.records.run import RunRecords
 
 GIB = 2**30

@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 
 from evopop.config import ConfigError, load_config
-from evopop.engine.selection import LatencyRule, pareto_fronts, rank, select
+from evopop.engine.policy.selection import LatencyRule, pareto_fronts, rank, select
 from evopop.records.schema import IndividualRecord
 
 RULE = "latency_cpu_b32_ms"

@@ -12,8 +12,8 @@ import torch
 
 from evopop.api import evolve
 from evopop.config import load_config
-from evopop.engine.adaptation import Adaptation
 from evopop.engine.hooks import Hook
+from evopop.engine.policy.adaptation import Adaptation
 from evopop.records.run import RunRecords
 from evopop.records.schema import IndividualRecord
 from evopop.training.loop import Recipe, make_schedule

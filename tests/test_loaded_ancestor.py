@@ -8,8 +8,8 @@ from pathlib import Path
 import torch
 
 from evopop.config import load_config
-from evopop.engine.develop import Developer, recipe_of
-from evopop.engine.specs import root_spec
+from evopop.engine.policy.specs import root_spec
+from evopop.engine.worker.develop import Developer, recipe_of
 from evopop.records.run import RunRecords
 from evopop.synthesis import Genome, MaskedParameters, parameter_masks
 from evopop.tasks.registry import built_task
@@ -61,7 +61,7 @@ def test_a_plain_state_dict_ancestor_is_masked_before_it_is_measured(tmp_path):
 
 def test_rewinding_from_a_loaded_ancestor_starts_from_its_masked_weights(tmp_path):
     """imp_rewind's start is the loaded ancestor (never trained here), masked by its genome."""
-    from evopop.engine.develop import _initial_weights_of
+    from evopop.engine.worker.develop import _initial_weights_of
 
     path, state = plain_state_dict_with_a_zero_filter(tmp_path)
     config = load_config(TINY, [f"ancestor.checkpoint={path}"])

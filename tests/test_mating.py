@@ -264,7 +264,7 @@ def test_single_parent_records_are_those_of_the_method_before_mating_existed(tmp
     """evolution.parents: 1 (the default) records no mates and synthesizes as before: the same
     genomes as the paper's single-parent synthesis computed here from the recorded parents."""
     from evopop.api import evolve
-    from evopop.engine.develop import Developer
+    from evopop.engine.worker.develop import Developer
 
     config = load_config(TINY, ["resources.executor=local", "compaction.enabled=false", "evolution.parents=1"])
     run_dir = str(tmp_path / "run")

@@ -21,8 +21,8 @@ import torch
 
 from evopop.api import evolution, evolve
 from evopop.config import ConfigError, load_config
-from evopop.engine.policy import EvolutionFailed
-from evopop.engine.specs import train_seed
+from evopop.engine.controller import EvolutionFailed
+from evopop.engine.policy.specs import train_seed
 from evopop.records.run import RunRecords
 from evopop.tasks.classification import ShapesTask
 
@@ -197,7 +197,7 @@ def test_trainer_no_single_node_holds_is_refused(ray_cluster, small_node, tmp_pa
 
 
 def test_cluster_that_may_add_nodes_is_waited_for(ray_cluster, small_node, monkeypatch, quick_reports):
-    from evopop.engine.ray_executor import check_resources
+    from evopop.engine.ray.cluster import check_resources
 
     # a driver that joined a running cluster (as `ray job submit` runs it) waits for nodes
     monkeypatch.setenv("RAY_ADDRESS", ray_cluster.address)
@@ -224,7 +224,7 @@ def test_cluster_that_may_add_nodes_is_waited_for(ray_cluster, small_node, monke
 
 
 def test_cluster_that_adds_no_node_in_time_is_refused(ray_cluster, small_node, monkeypatch, quick_reports):
-    from evopop.engine.ray_executor import check_resources
+    from evopop.engine.ray.cluster import check_resources
 
     monkeypatch.setenv("RAY_ADDRESS", ray_cluster.address)
     config = load_config(TINY, ["resources.cpus_per_trainer=2.5", "resources.wait_for_nodes_s=1"])

@@ -15,10 +15,10 @@ import yaml
 from evopop.analysis.diversity_hook import DiversityRecorder
 from evopop.api import evolution, evolve
 from evopop.config import ConfigError, load_config
+from evopop.engine.controller import EvolutionFailed
 from evopop.engine.hooks import Batch, Hook
 from evopop.engine.jobs import Outcome, ParentState, Result, Spec
 from evopop.engine.plan import plan_run
-from evopop.engine.policy import EvolutionFailed
 from evopop.records.run import RunRecords
 from evopop.records.schema import FAILED, OK, IndividualRecord, LayerRecord, population_schema
 from evopop.synthesis import Genome
@@ -73,18 +73,22 @@ class ScriptedExecutor:
         self.stopped += 1
 
 
+def _kind(batch: Batch) -> str:
+    return "baselines" if batch.baselines else "offspring"
+
+
 class Recorder(Hook):
     def __init__(self):
         self.events: list[tuple] = []
 
     def batch_started(self, batch: Batch) -> None:
-        self.events.append(("start", batch.generation, batch.total, batch.already, batch.kind))
+        self.events.append(("start", batch.generation, batch.total, batch.already, _kind(batch)))
 
     def recorded(self, record) -> None:
         self.events.append(("recorded", record.individual_id))
 
     def batch_finished(self, batch: Batch) -> None:
-        self.events.append(("finished", batch.generation, batch.kind))
+        self.events.append(("finished", batch.generation, _kind(batch)))
 
     def generation_developed(self, generation: int) -> None:
         self.events.append(("developed", generation))

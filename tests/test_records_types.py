@@ -10,7 +10,7 @@ import pytest
 
 from evopop.api import evolve
 from evopop.config import load_config
-from evopop.engine.specs import schedule_of
+from evopop.engine.policy.specs import schedule_of
 from evopop.records.run import RunRecords
 from evopop.synthesis import Genome, synthesize, trace_architecture
 from evopop.tasks.registry import build_task

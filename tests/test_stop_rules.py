@@ -13,7 +13,7 @@ from evopop.analysis.loading import load_run
 from evopop.api import evolve
 from evopop.config import ConfigError, load_config
 from evopop.engine.plan import plan_run
-from evopop.engine.stopping import StopRule, relative_drop
+from evopop.engine.policy.stopping import StopRule, relative_drop
 from evopop.records.run import RunRecords
 from evopop.records.schema import IndividualRecord
 

@@ -15,7 +15,7 @@ import warnings
 from concurrent.futures import ThreadPoolExecutor
 
 from ..config import Config
-from ..engine.hooks import OFFSPRING, Batch, Hook
+from ..engine.hooks import Batch, Hook
 from ..records.run import RunRecords
 from ..tasks.registry import built_task
 from .generation_diversity import OutputsMissing, TaskProbe, generation_diversity
@@ -31,7 +31,7 @@ class DiversityRecorder(Hook):
 
     def batch_started(self, batch: Batch) -> None:
         self._record_deferred()
-        if batch.kind == OFFSPRING and batch.already < batch.total:
+        if not batch.baselines and batch.already < batch.total:
             self._developed.add(batch.generation)
 
     def generation_developed(self, generation: int) -> None:

@@ -27,15 +27,13 @@ from dataclasses import dataclass
 
 from ..records.schema import IndividualRecord
 
-OFFSPRING, BASELINES = "offspring", "baselines"  # the kinds of batch
-
 
 @dataclass(frozen=True)
 class Batch:
     generation: int
     total: int  # individuals in the batch
     already: int  # of which already recorded (a resumed run)
-    kind: str = OFFSPRING  # OFFSPRING (a generation's offspring, or the ancestor) | BASELINES
+    baselines: bool = False  # the baselines at matched sparsity; else a generation's offspring (or the ancestor)
     retrying: int = 0  # recorded as failed by the infrastructure, and run again (a resumed run)
     rung: int | None = None  # successive halving: the rung (0 first) ...
     epochs: int | None = None  # ... and the epochs its offspring will have trained at its end

@@ -35,7 +35,7 @@ class Spec:
     kind: str = OFFSPRING  # ANCESTOR | OFFSPRING | a baseline kind ("magnitude", "random")
     match_id: str | None = None  # baselines: the offspring whose per-layer synapse counts they match
     clusters: Environment | None = None  # the cluster environment F_c(E) of cluster-driven synthesis
-    # successive halving (`evopop.engine.halving`): the rung this job trains, to ``train_until`` of
+    # successive halving (`evopop.engine.policy.halving`): the rung this job trains, to ``train_until`` of
     # ``epochs`` (a later rung continues the training its previous rung stored)
     rung: int | None = None
     train_until: int | None = None

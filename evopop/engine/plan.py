@@ -7,8 +7,8 @@ from fnmatch import fnmatchcase
 
 from ..config import Config, ConfigError
 from ..tasks.registry import built_task
-from .halving import Rungs
-from .stopping import StopRule
+from .policy.halving import Rungs
+from .policy.stopping import StopRule
 
 MINIMISED_SUFFIXES = ("_loss", "_mae")  # metrics a stop rule judges as "lower is better" unless told
 
@@ -71,7 +71,7 @@ def plan_run(config: Config) -> Plan:
         minimised = stop.metric.endswith(MINIMISED_SUFFIXES)
         stop_metric, stop_direction = stop.metric, stop.direction or ("min" if minimised else "max")
     if config.ancestor.checkpoint:
-        from .develop import load_ancestor
+        from .worker.develop import load_ancestor
 
         try:
             load_ancestor(config.ancestor.checkpoint, task.build_model(), arch)

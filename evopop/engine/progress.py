@@ -10,9 +10,7 @@ import sys
 import time
 
 from ..records.schema import IndividualRecord
-from .hooks import BASELINES, Batch, Hook
-
-LABELS = {BASELINES: "baselines at matched sparsity"}
+from .hooks import Batch, Hook
 
 
 class Progress(Hook):
@@ -25,7 +23,7 @@ class Progress(Hook):
     def batch_started(self, batch: Batch) -> None:
         generation, total, already = batch.generation, batch.total, batch.already
         self.generation, self.total, self.done, self.failed = generation, total, already, 0
-        self.label = f" {LABELS[batch.kind]}" if batch.kind in LABELS else ""
+        self.label = " baselines at matched sparsity" if batch.baselines else ""
         if batch.rung is not None:
             self.label += f" rung {batch.rung} ({batch.epochs} epoch{'' if batch.epochs == 1 else 's'})"
         self.best = None
@@ -84,7 +82,7 @@ class Progress(Hook):
     def batch_finished(self, batch: Batch) -> None:
         """End a batch that selects nothing (e.g. baselines); offspring batches end at selection."""
         self.open = False
-        if batch.kind not in LABELS:
+        if not batch.baselines:
             return
         if self.live:
             self.stream.write("\r" + self._line() + "\n")

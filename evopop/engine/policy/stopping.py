@@ -15,8 +15,8 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-from ..config import StopSection
-from ..records.schema import IndividualRecord
+from ...config import StopSection
+from ...records.schema import IndividualRecord
 
 
 @dataclass(frozen=True)

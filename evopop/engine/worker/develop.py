@@ -15,13 +15,13 @@ from dataclasses import fields, replace
 
 import torch
 
-from ..compaction import compact, latency_ms
-from ..config import Config
-from ..records.checkpoints import is_evopop_checkpoint, read_torch_bytes
-from ..records.run import RunRecords
-from ..records.schema import EVOLVED_KINDS, OK, LayerRecord
-from ..records.storage import read_uri
-from ..synthesis import (
+from ...compaction import compact, latency_ms
+from ...config import Config
+from ...records.checkpoints import is_evopop_checkpoint, read_torch_bytes
+from ...records.run import RunRecords
+from ...records.schema import EVOLVED_KINDS, OK, LayerRecord
+from ...records.storage import read_uri
+from ...synthesis import (
     Genome,
     MaskedParameters,
     count,
@@ -34,14 +34,14 @@ from ..synthesis import (
     synaptic_weights,
     synthesize,
 )
-from ..synthesis.baselines import IMP, IMP_REWIND
-from ..synthesis.baselines import KINDS as BASELINE_KINDS
-from ..tasks.registry import built_task
-from ..training.loop import Distillation, Recipe, TrainingState, TrainResult, evaluate, train_and_evaluate
-from ..training.probe import ProbeBatch, held_out_batch, probe_outputs
-from .failures import StorageError, classify, gpu_share
-from .jobs import Compaction, Outcome, ParentState, Spec
-from .specs import ROOT_ID, train_seed
+from ...synthesis.baselines import IMP, IMP_REWIND
+from ...synthesis.baselines import KINDS as BASELINE_KINDS
+from ...tasks.registry import built_task
+from ...training.loop import Distillation, Recipe, TrainingState, TrainResult, evaluate, train_and_evaluate
+from ...training.probe import ProbeBatch, held_out_batch, probe_outputs
+from ..failures import StorageError, classify, gpu_share
+from ..jobs import Compaction, Outcome, ParentState, Spec
+from ..policy.specs import ROOT_ID, train_seed
 
 
 def recipe_of(config: Config, epochs: int) -> Recipe:

@@ -9,15 +9,15 @@ from dataclasses import replace
 import ray
 import torch
 
-from ..config import Config
-from .develop import Developer
-from .executor import trainer_threads
-from .jobs import Outcome, ParentState, Spec
+from ...config import Config
+from ..executors.base import trainer_threads
+from ..jobs import Outcome, ParentState, Spec
+from ..worker.develop import Developer
 
 
 class Trainer:
     def __init__(self, config: Config, run_dir: str):
-        torch.set_num_threads(trainer_threads(config))
+        torch.set_num_threads(trainer_threads(config.resources))
         self.developer = Developer(config, run_dir)
         # build the data now, while the driver is still shipping parents, not on the first offspring
         self.developer.task.train_set()

@@ -1,13 +1,13 @@
-"""The evolution policy: which individuals to develop each generation, which survive, when to stop.
+"""The evolution controller: runs a run generation after generation. It asks the policy
+(`evopop.engine.policy`: pure functions, Ray Tune's schedulers and nevergrad's ask/tell) what to
+develop and who survives, hands the jobs to an `Executor` (`LocalExecutor` in this process,
+`RayExecutor` on a cluster), and records every individual and every decision (`RunRecords`) as it
+is made; `Hook`s watch (progress output, diversity). Nothing here imports Ray.
 
-Plain code that decides (Ray Tune's PBT scheduler, nevergrad's ask/tell): an `Executor` carries the
-jobs out (`LocalExecutor` in this process, `RayExecutor` on a cluster), `RunRecords` keeps every
-individual as it finishes, and `Hook`s watch (progress output, diversity). Nothing here imports Ray.
-
-The policy keeps no population in memory: every individual goes to storage as it finishes, and
+The controller keeps no population in memory: every individual goes to storage as it finishes, and
 each generation's ancestors are read back from the records. That is also what makes a run
 resumable: `run` skips every individual that already has a record, except those the
-infrastructure failed in a generation not yet decided (`Evolution.retryable`).
+infrastructure failed in a generation not yet decided (`EvolutionController.retryable`).
 """
 
 from __future__ import annotations
@@ -29,15 +29,15 @@ from ..records.schema import (
     population_schema,
 )
 from ..synthesis.baselines import LINEAGE_KINDS
-from .adaptation import Adaptation
-from .executor import Executor
+from .executors.base import Executor
 from .failures import INFRASTRUCTURE, RunStopped
-from .halving import promote
-from .hooks import BASELINES, OFFSPRING, Batch, Hook
+from .hooks import Batch, Hook
 from .jobs import PARENT_SEPARATOR, ParentState, Spec
 from .plan import Plan
-from .selection import LatencyRule, select
-from .specs import ROOT_ID, baseline_specs, offspring_specs, root_spec
+from .policy.adaptation import Adaptation
+from .policy.halving import promote
+from .policy.selection import LatencyRule, select
+from .policy.specs import ROOT_ID, baseline_specs, offspring_specs, root_spec
 
 
 class EvolutionFailed(RunStopped):
@@ -49,7 +49,7 @@ class InfrastructureFailed(EvolutionFailed):
     decided, and ``evopop resume`` runs them again (``resources.on_infrastructure_failure: stop``)."""
 
 
-class Evolution:
+class EvolutionController:
     """One run: generation 1 (the ancestor), then offspring of the selected, generation after generation."""
 
     def __init__(self, config: Config, records: RunRecords, plan: Plan, executor: Executor, hooks: Sequence[Hook] = ()):
@@ -68,7 +68,7 @@ class Evolution:
                     ancestors = self.generation(generation, ancestors)
                     if generation == 1:
                         root = ancestors[0]
-                    elif generation < self.config.evolution.generations and self.stopped(
+                    elif generation < self.config.evolution.generations and self.stop_if_due(
                         generation, root, ancestors[0]
                     ):  # the last generation ends the run anyway
                         break
@@ -90,16 +90,18 @@ class Evolution:
         if halving:
             self.develop_in_rungs(generation, specs, ancestors)
         else:
-            self.stop_on_infrastructure_failures(generation, self.develop(generation, specs, ancestors))
+            self.stop_on_infrastructure_failures(generation, self.develop_and_record(generation, specs, ancestors))
         self._notify("generation_developed", generation)
-        selected = self.select(generation, [s.individual_id for s in specs])
+        selected = self.record_selection(generation, [s.individual_id for s in specs])
         if halving:  # decided: no offspring of this generation trains on
             self.records.delete_training_states(s.individual_id for s in specs)
         if self.config.baselines.enabled and generation > 1:
             chains = self.lineage_baseline_parents(generation, ancestors)
             baselines = baseline_specs(self.config, generation, selected, chains)
             parents = ancestors + list(chains.values())
-            self.stop_on_infrastructure_failures(generation, self.develop(generation, baselines, parents, BASELINES))
+            self.stop_on_infrastructure_failures(
+                generation, self.develop_and_record(generation, baselines, parents, baselines=True)
+            )
         return selected
 
     def adapted_factors(self, generation: int, ancestors: list[IndividualRecord]) -> dict[str, float] | None:
@@ -131,14 +133,14 @@ class Evolution:
         return chains
 
     def develop_in_rungs(self, generation: int, specs: list[Spec], ancestors: list[IndividualRecord]) -> None:
-        """Successive halving (`evopop.engine.halving`): the offspring train rung by rung, the best
+        """Successive halving (`evopop.engine.policy.halving`): the offspring train rung by rung, the best
         of each rung continuing; those that stop are recorded ``stopped`` as the rung is decided."""
         rungs, selection = self.plan.rungs, self.config.selection
         recorded = self.records.recorded_ids(generation)
         if self.records.has_selection(generation) or (
             {s.individual_id for s in specs} <= recorded and not self.retryable(generation)
         ):  # nothing left to train: every offspring has its final record (a resumed, decided generation)
-            batch = Batch(generation, len(specs), len(specs), OFFSPRING)
+            batch = Batch(generation, len(specs), len(specs))
             self._notify("batch_started", batch)
             self._notify("batch_finished", batch)
             return
@@ -149,11 +151,13 @@ class Evolution:
             until = epochs if rung < rungs.last else None  # the last rung trains to the end
             ship = rung == 0 or teaches
             jobs = [dataclasses.replace(s, rung=rung, train_until=until, parent_needed=ship) for s in alive]
-            self.stop_on_infrastructure_failures(generation, self.develop(generation, jobs, ancestors, rung=rung))
+            self.stop_on_infrastructure_failures(
+                generation, self.develop_and_record(generation, jobs, ancestors, rung=rung)
+            )
             if rung < rungs.last:
-                alive = self.promote(generation, rung, alive, rungs.kept(len(alive), needed))
+                alive = self.record_promotion(generation, rung, alive, rungs.kept(len(alive), needed))
 
-    def promote(self, generation: int, rung: int, alive: list[Spec], kept: int) -> list[Spec]:
+    def record_promotion(self, generation: int, rung: int, alive: list[Spec], kept: int) -> list[Spec]:
         """Decide which of a rung's offspring continue (the recorded decision, where a resumed run
         has one), record the others as stopped; returns the specs that continue."""
         results = {r.individual_id: r for r in self.records.rung_records(generation, rung)}
@@ -190,12 +194,12 @@ class Evolution:
         self._notify("promoted", generation, rung, promoted, stopped)
         return [s for s in alive if s.individual_id in set(promoted)]
 
-    def develop(
+    def develop_and_record(
         self,
         generation: int,
         specs: list[Spec],
         parents: list[IndividualRecord],
-        kind: str = OFFSPRING,
+        baselines: bool = False,
         rung: int | None = None,
     ) -> list[IndividualRecord]:
         """Develop every spec without a record, or whose record is a failure of the infrastructure
@@ -209,11 +213,11 @@ class Evolution:
             recorded, retry = self.rung_status(generation, rung)
         else:
             recorded = self.records.recorded_ids(generation)
-            retry = self.retryable(generation, kind) if recorded else {}
+            retry = self.retryable(generation, baselines) if recorded else {}
         pending = [s for s in specs if s.individual_id not in recorded or s.individual_id in retry]
         epochs = (specs[0].train_until or specs[0].epochs) if rung is not None and specs else None
         retrying = len({s.individual_id for s in pending} & set(retry))
-        batch = Batch(generation, len(specs), len(specs) - len(pending), kind, retrying, rung, epochs)
+        batch = Batch(generation, len(specs), len(specs) - len(pending), baselines, retrying, rung, epochs)
         self._notify("batch_started", batch)
         parent_of = {p.individual_id: p for p in parents}
         infrastructure_failed = []
@@ -249,8 +253,9 @@ class Evolution:
         }
         return {r.individual_id for r in results} | final, retry
 
-    def stopped(self, generation: int, root: IndividualRecord, best: IndividualRecord) -> bool:
-        """Whether ``evolution.stop`` ends the run after ``generation`` (recorded, and said, if so)."""
+    def stop_if_due(self, generation: int, root: IndividualRecord, best: IndividualRecord) -> bool:
+        """Whether ``evolution.stop`` ends the run after ``generation``; if so, records the stop
+        (``stop.json``) and tells the hooks."""
         rule = self.plan.stop
         reason = rule.reason(root, best) if rule is not None and generation > 1 else None
         if reason is None:
@@ -274,14 +279,13 @@ class Evolution:
             "(resources.on_infrastructure_failure: continue goes on without them)"
         )
 
-    def retryable(self, generation: int, kind: str = OFFSPRING) -> dict[str, int]:
+    def retryable(self, generation: int, baselines: bool = False) -> dict[str, int]:
         """Individual id -> attempts so far, of the generation's individuals that the infrastructure
         failed (a resumed run runs them again). Once a generation's selection is recorded, its
         offspring are final: later generations descend from that selection, and running one again
         could change it. Baselines select nothing: theirs are always run again."""
-        if kind == OFFSPRING and self.records.has_selection(generation):
+        if not baselines and self.records.has_selection(generation):
             return {}
-        baselines = kind == BASELINES
         return {
             r.individual_id: r.attempts
             for r in self.records.individuals(generation)
@@ -297,8 +301,8 @@ class Evolution:
         root = next((r for r in self.records.individuals(1) if r.individual_id == ROOT_ID), None)
         return rule, rule.latency(root) if root is not None else None
 
-    def select(self, generation: int, ids: list[str]) -> list[IndividualRecord]:
-        """Record which of ``ids`` survive into the next generation; EvolutionFailed if none can."""
+    def record_selection(self, generation: int, ids: list[str]) -> list[IndividualRecord]:
+        """Decide and record which of ``ids`` survive into the next generation; EvolutionFailed if none can."""
         wanted = set(ids)
         candidates = [r for r in self.records.individuals(generation) if r.individual_id in wanted]
         s = self.config.selection

@@ -23,8 +23,8 @@ import math
 from collections.abc import Iterable
 from dataclasses import dataclass
 
-from ..config import AdaptSection
-from ..records.schema import IndividualRecord
+from ...config import AdaptSection
+from ...records.schema import IndividualRecord
 from .stopping import relative_drop
 
 

@@ -23,8 +23,8 @@ from __future__ import annotations
 from collections.abc import Iterable
 from dataclasses import dataclass
 
-from ..config import HalvingSection
-from ..records.schema import IndividualRecord
+from ...config import HalvingSection
+from ...records.schema import IndividualRecord
 from .selection import rank
 
 

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import dataclasses
 
-from ..config import Config
-from ..records.schema import ANCESTOR, OFFSPRING, IndividualRecord
-from ..synthesis import Environment, Schedule, derive_seed, offspring_seed
-from ..synthesis.baselines import LINEAGE_KINDS
-from .jobs import Spec
+from ...config import Config
+from ...records.schema import ANCESTOR, OFFSPRING, IndividualRecord
+from ...synthesis import Environment, Schedule, derive_seed, offspring_seed
+from ...synthesis.baselines import LINEAGE_KINDS
+from ..jobs import Spec
 
 ROOT_ID = "g1-0"
 
@@ -47,7 +47,7 @@ def offspring_specs(
     """Offspring of ``ancestors`` (ranked, each with individual_id and lineage) in generation G.
 
     Offspring i of the ancestor ranked r gets the id g<G>-<r * offspring + i>. ``factors``: the C of
-    each ancestor's offspring where the environment adapts (`evopop.engine.adaptation`).
+    each ancestor's offspring where the environment adapts (`evopop.engine.policy.adaptation`).
 
     With ``evolution.parents`` m > 1, the ancestor ranked r heads a family whose offspring are
     synthesized from it and the next m - 1 ancestors in rank order, cyclically (ranks r, r + 1, ...,

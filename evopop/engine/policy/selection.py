@@ -10,9 +10,9 @@ import math
 from collections.abc import Iterable
 from dataclasses import dataclass
 
-from ..config import SELECTION_RULES
-from ..records.ids import natural_key
-from ..records.schema import IndividualRecord
+from ...config import SELECTION_RULES
+from ...records.ids import natural_key
+from ...records.schema import IndividualRecord
 
 
 @dataclass(frozen=True)

@@ -1,42 +1,21 @@
-"""Executors carry out the policy's jobs: ``run(specs, load_parent)`` yields a `Result` per spec, in
-the order they finish. The policy never knows how (nevergrad's ``executor=`` idea). A parent's state
-is loaded when the executor asks for it (``load_parent(spec.parent_key)``), one parent at a time, so a
-driver never holds a generation's parents in memory at once.
-
-- `LocalExecutor` (``resources.executor: local``): one `Developer` in this process, one individual
-  after another. No Ray: for debugging with pdb, and for fast tests of the policy. It retries the
-  infrastructure's failures in place; one that breaks the process (a CUDA error) stops the run.
-- `evopop.engine.ray_executor.RayExecutor` (``resources.executor: ray``, the default): long-lived
-  trainer actors on a Ray cluster, parents in the object store once, dead processes retried.
-
-Both give the same records for the same seeds: an individual is a pure function of its spec.
+"""`LocalExecutor` (``resources.executor: local``): one `Developer` in this process, one individual
+after another. No Ray: for debugging with pdb, and for fast tests of the policy. It retries the
+infrastructure's failures in place; one that breaks the process (a CUDA error) stops the run.
+It gives the same records as the Ray executor for the same seeds.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import replace
-from typing import Protocol
 
 import torch
 
-from ..config import Config
-from .develop import Developer
-from .failures import RunStopped
-from .jobs import ParentState, Result, Spec
-
-ParentLoader = Callable[[str], ParentState]
-
-
-class Executor(Protocol):
-    def start(self) -> None:
-        """Acquire workers (and check they can exist) before the first job."""
-
-    def run(self, specs: Sequence[Spec], load_parent: ParentLoader) -> Iterator[Result]:
-        """Develop every spec (its parents from ``load_parent(spec.parent_key)``); yield results as they finish."""
-
-    def shutdown(self) -> None:
-        """Release the workers; the executor can be started again."""
+from ...config import Config
+from ..failures import RunStopped
+from ..jobs import ParentState, Result, Spec
+from ..worker.develop import Developer
+from .base import ParentLoader, trainer_threads
 
 
 class LocalExecutor:
@@ -50,7 +29,7 @@ class LocalExecutor:
     def start(self) -> None:
         # the same intra-op thread count as a trainer actor: CPU results then match it bit for bit
         self._threads = torch.get_num_threads()
-        torch.set_num_threads(trainer_threads(self.config))
+        torch.set_num_threads(trainer_threads(self.config.resources))
         self.developer = Developer(self.config, self.run_dir)
 
     def run(self, specs: Sequence[Spec], load_parent: ParentLoader) -> Iterator[Result]:
@@ -91,18 +70,3 @@ class LocalExecutor:
 
 def _first_line(text: str | None) -> str:
     return (text or "").strip().split("\n", 1)[0]
-
-
-def trainer_threads(config: Config) -> int:
-    """Intra-op threads of one trainer: ``torch_threads``, else its whole CPUs."""
-    r = config.resources
-    return r.torch_threads or max(1, int(r.cpus_per_trainer))
-
-
-def make_executor(config: Config, run_dir: str) -> Executor:
-    """The executor ``resources.executor`` names (Ray is imported only when it is the Ray one)."""
-    if config.resources.executor == "local":
-        return LocalExecutor(config, run_dir)
-    from .ray_executor import RayExecutor
-
-    return RayExecutor(config, run_dir)
