@@ -138,9 +138,9 @@ def synthesis_only(args, config, records: RunRecords, cs, run_digests: dict) -> 
     model = task.build_model()
     arch = trace_architecture(model, task.example_input())
     payload = records.read_checkpoint("g1-0")
-    model.load_state_dict(payload["weights"])
+    model.load_state_dict(payload.weights)
     ancestor = {k: v.clone() for k, v in model.state_dict().items()}
-    parent = Genome.from_state_dict(payload["masks"])
+    parent = Genome.from_state_dict(payload.masks)
     weights = {k: w.clone() for k, w in synaptic_weights(model, arch).items()}  # the model is masked below
     val = task.eval_sets()["val"]
     images = torch.stack([val[i][0] for i in range(len(val))])
@@ -340,8 +340,8 @@ def main(argv=None) -> int:
     model = task.build_model()
     arch = trace_architecture(model, task.example_input())
     payload = first_records.read_checkpoint("g1-0")
-    model.load_state_dict(payload["weights"])
-    parent, weights = Genome.from_state_dict(payload["masks"]), synaptic_weights(model, arch)
+    model.load_state_dict(payload.weights)
+    parent, weights = Genome.from_state_dict(payload.masks), synaptic_weights(model, arch)
     grid = np.round(np.linspace(0.1, 0.95, 18), 3)
     curve = pd.DataFrame({"C": grid, "expected": [expected_jaccard(arch, weights, parent, float(c)) for c in grid]})
     (out / "diversity_vs_c.png").write_bytes(render(figure(table, ancestor_accuracy, curve)))

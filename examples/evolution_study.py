@@ -162,9 +162,9 @@ def ancestor_checkpoint(task: str, out: Path, smoke: bool = False) -> str:
     overrides += ["evolution.generations=1"]
     run_dir = out / task / "ancestor"
     records = RunRecords(str(run_dir))
-    before = records.read_checkpoint("g1-0")["weights"] if records.exists() and records.has_checkpoint("g1-0") else None
+    before = records.read_checkpoint("g1-0").weights if records.exists() and records.has_checkpoint("g1-0") else None
     run(task, "ancestor", overrides, out)
-    after = records.read_checkpoint("g1-0")["weights"]
+    after = records.read_checkpoint("g1-0").weights
     if before is not None and any(not torch.equal(before[k], after[k]) for k in after):
         for arm_dir in sorted((out / task).iterdir()):
             if arm_dir.is_dir() and arm_dir.name in ARMS:

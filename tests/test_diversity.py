@@ -24,6 +24,7 @@ from evopop.analysis.diversity import (
     synapse_distances,
 )
 from evopop.analysis.generation_diversity import TaskProbe, generation_diversity, write_generation_diversity
+from evopop.records.checkpoints import Checkpoint, GenomeFile
 from evopop.records.run import RunRecords
 from evopop.records.schema import IndividualRecord, population_schema
 from evopop.synthesis import Genome, SynapticLayer
@@ -168,10 +169,10 @@ def write_generation(
     for individual_id, masks in {**genomes, **{f: None for f in failed}}.items():
         ok = individual_id not in failed
         if ok:
-            records.write_checkpoint(individual_id, {}, masks, {})
+            records.write_checkpoint(individual_id, Checkpoint({}, masks))
             if probes:  # as a trainer stores them: beside the bit-packed masks
                 described = {"probe": {"eval_set": "val", "size": 4, "requested": 4}}
-                records.write_genome(individual_id, masks, probes[individual_id], described)
+                records.write_genome(individual_id, GenomeFile(masks, described, probes[individual_id]))
         row = {
             "run_id": "hand",
             "individual_id": individual_id,
@@ -294,18 +295,18 @@ def test_the_driver_runs_no_network_and_reads_no_checkpoint_for_diversity(ray_cl
         expected = int(individual_id in parents)
         assert reads[individual_id] == expected, (individual_id, reads[individual_id], expected)
         genome = records.read_genome(individual_id)
-        assert genome["probe"].shape[0] == 16, "the diversity read the genome file instead"
+        assert genome.probe.shape[0] == 16, "the diversity read the genome file instead"
 
     # what the trainer stored is what the network computes
     monkeypatch.undo()
     task = build_task(config.task.name, config.task.args)
     batch = held_out_batch(task, 16)
     genome, checkpoint = records.read_genome("g2-0"), records.read_checkpoint("g2-0")
-    assert genome["meta"]["probe"] == {"eval_set": batch.eval_set, "size": len(batch.inputs), "requested": 16}
-    for name, mask in checkpoint["masks"].items():
-        assert torch.equal(genome["masks"][name], mask.bool()), "bit-packing loses nothing"
+    assert genome.probe_batch == {"eval_set": batch.eval_set, "size": len(batch.inputs), "requested": 16}
+    for name, mask in checkpoint.masks.items():
+        assert torch.equal(genome.masks[name], mask.bool()), "bit-packing loses nothing"
     recomputed = gd.checkpoint_outputs(task, batch)(checkpoint)
-    torch.testing.assert_close(genome["probe"], recomputed, rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(genome.probe, recomputed, rtol=1e-4, atol=1e-5)
 
     # a run recorded before genome files (or with them lost): the checkpoints serve, the driver computes
     import shutil

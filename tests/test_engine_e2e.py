@@ -74,11 +74,11 @@ def test_best_lineage_run(ray_cluster, tmp_path):
     records = RunRecords(run_dir)
     for _, row in population.iterrows():
         payload = records.read_checkpoint(row["individual_id"])
-        genome = Genome.from_state_dict(payload["masks"])
+        genome = Genome.from_state_dict(payload.masks)
         assert genome.synapses() == row["synapses"]
         assert genome.digest() == row["mask_digest"]
-        for name, mask in payload["masks"].items():  # dead synapses are exactly zero in the weights
-            assert not payload["weights"][f"{name}.weight"][~mask].any()
+        for name, mask in payload.masks.items():  # dead synapses are exactly zero in the weights
+            assert not payload.weights[f"{name}.weight"][~mask].any()
 
 
 def test_offspring_resynthesize_bit_identically(ray_cluster, tmp_path):
@@ -89,9 +89,9 @@ def test_offspring_resynthesize_bit_identically(ray_cluster, tmp_path):
     arch = trace_architecture(task.build_model(), task.example_input())
     root = records.individuals(1)[0]
     parent = records.read_checkpoint("g1-0")
-    weights = {l.name: parent["weights"][f"{l.name}.weight"] for l in arch.layers}
+    weights = {l.name: parent.weights[f"{l.name}.weight"] for l in arch.layers}
     for spec in offspring_specs(config, 2, [root]):
-        child = synthesize(arch, weights, Genome.from_state_dict(parent["masks"]), spec.environment, spec.seed)
+        child = synthesize(arch, weights, Genome.from_state_dict(parent.masks), spec.environment, spec.seed)
         recorded = population.set_index("individual_id").loc[spec.individual_id]
         assert child.digest() == recorded["mask_digest"]
 
@@ -152,9 +152,9 @@ def test_baselines_at_matched_sparsity(ray_cluster, tmp_path):
     # magnitude pruning keeps the strongest synapses of the parent
     parent = records.read_checkpoint(population.set_index("individual_id").loc["g2-0", "parent_id"])
     magnitude = records.read_checkpoint(population[population["kind"] == "magnitude"].iloc[0]["individual_id"])
-    w = parent["weights"]["classifier.1.weight"].abs()
-    kept = magnitude["masks"]["classifier.1"]
-    assert w[kept].min() >= w[parent["masks"]["classifier.1"] & ~kept].max()
+    w = parent.weights["classifier.1.weight"].abs()
+    kept = magnitude.masks["classifier.1"]
+    assert w[kept].min() >= w[parent.masks["classifier.1"] & ~kept].max()
     # the lineage never goes through a baseline
     assert set(population[population["selected"].astype(bool)]["kind"]) <= {"ancestor", "offspring"}
     # and the report answers the question
@@ -192,15 +192,15 @@ def test_iterative_magnitude_pruning_follows_a_lineage_of_its_own(tmp_path):
         # magnitude: what survives is the strongest of its parent's living synapses
         parent, child = records.read_checkpoint(chain[0]), records.read_checkpoint(chain[1])
         w, alive, kept = (
-            parent["weights"]["classifier.1.weight"].abs(),
-            parent["masks"]["classifier.1"],
-            child["masks"]["classifier.1"],
+            parent.weights["classifier.1.weight"].abs(),
+            parent.masks["classifier.1"],
+            child.masks["classifier.1"],
         )
         assert w[kept].min() >= w[alive & ~kept].max()
     # both prune the root to the same mask; rewinding starts the training from the root's initial weights
     imp, rewind = records.read_checkpoint(f"{best[2]}-imp"), records.read_checkpoint(f"{best[2]}-imp_rewind")
-    assert all(torch.equal(imp["masks"][name], rewind["masks"][name]) for name in imp["masks"])
-    assert not torch.equal(imp["weights"]["classifier.1.weight"], rewind["weights"]["classifier.1.weight"])
+    assert all(torch.equal(imp.masks[name], rewind.masks[name]) for name in imp.masks)
+    assert not torch.equal(imp.weights["classifier.1.weight"], rewind.weights["classifier.1.weight"])
     # rewinding starts from the root's initialisation, as the root's own training started
     from evopop.engine.policy.specs import ROOT_ID, train_seed
     from evopop.engine.worker.develop import _initial_weights_of

@@ -54,10 +54,10 @@ def _masked_outputs(run_dir: str, individual_id: str, x: torch.Tensor) -> torch.
     built = built_task(config.task.name, config.task.args)
     model = built.task.build_model().eval()
     checkpoint = records.read_checkpoint(individual_id)
-    model.load_state_dict(checkpoint["weights"])
+    model.load_state_dict(checkpoint.weights)
     from evopop.synthesis import Genome
 
-    masks = parameter_masks(built.arch, Genome.from_state_dict(checkpoint["masks"]))
+    masks = parameter_masks(built.arch, Genome.from_state_dict(checkpoint.masks))
     params = dict(model.named_parameters())
     with torch.no_grad():
         for name, mask in masks.items():

@@ -174,8 +174,8 @@ def test_an_offspring_that_continues_ends_exactly_as_its_full_training(tmp_path)
     assert len(survivor) == 1 and a.loc[survivor[0], "epochs"] == 4
     for column in [METRIC, "val_loss", "mask_digest", "synapses"]:
         assert a.loc[survivor[0], column] == b.loc[survivor[0], column], column
-    same = RunRecords(halved_dir).read_checkpoint(survivor[0])["weights"]
-    other = RunRecords(full_dir).read_checkpoint(survivor[0])["weights"]
+    same = RunRecords(halved_dir).read_checkpoint(survivor[0]).weights
+    other = RunRecords(full_dir).read_checkpoint(survivor[0]).weights
     assert all(torch.equal(same[k], other[k]) for k in other), "bit for bit the weights of a full training"
     # a stopped offspring trained less, and its metric is that of the rung it stopped at
     stopped = a[a["status"] == STOPPED]

@@ -40,7 +40,7 @@ def test_a_plain_state_dict_ancestor_is_masked_before_it_is_measured(tmp_path):
     assert outcome.status == "ok", outcome.error
 
     checkpoint = RunRecords(str(run_dir)).read_checkpoint("g1-0")
-    weights, genome = checkpoint["weights"], Genome.from_state_dict(checkpoint["masks"])
+    weights, genome = checkpoint.weights, Genome.from_state_dict(checkpoint.masks)
     assert not bool(genome.masks["features.4"][:, DEAD].any()), "the synapses a dead neuron fed are dead"
     assert torch.count_nonzero(weights["features.4.weight"][:, DEAD]) == 0, "and zero in the checkpoint"
     assert weights["features.1.bias"][DEAD] == 0 and weights["features.1.weight"][DEAD] == 0

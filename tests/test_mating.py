@@ -216,9 +216,9 @@ def test_each_selected_individual_mates_with_the_next_and_records_every_parent(t
     assert families == [tuple(ranked)] * 2 + [tuple(reversed(ranked))] * 2, "rank r mates with rank r + 1"
     assert g3["parent_id"].tolist() == [ranked[0]] * 2 + [ranked[1]] * 2
     records = RunRecords(run_dir)
-    parents = [Genome.from_state_dict(records.read_checkpoint(p)["masks"]) for p in ranked]
+    parents = [Genome.from_state_dict(records.read_checkpoint(p).masks) for p in ranked]
     for individual_id in g3.index:
-        child = Genome.from_state_dict(records.read_checkpoint(individual_id)["masks"])
+        child = Genome.from_state_dict(records.read_checkpoint(individual_id).masks)
         for parent in parents:
             assert all(not bool((child.masks[n] & ~parent.masks[n]).any()) for n in child.masks)
     # diversity: offspring of one set of parents are siblings, whichever parent heads their family
@@ -275,10 +275,10 @@ def test_single_parent_records_are_those_of_the_method_before_mating_existed(tmp
     for _, row in offspring.iterrows():
         parent = records.read_checkpoint(row["parent_id"])
         model = developer.task.build_model()
-        model.load_state_dict(parent["weights"])
+        model.load_state_dict(parent.weights)
         weights = {
             layer.name: dict(model.named_modules())[layer.name].weight.detach() for layer in developer.arch.layers
         }
         env = Environment(row["env_factor"], row["env_mode"])
-        genome = synthesize(developer.arch, weights, Genome.from_state_dict(parent["masks"]), env, int(row["seed"]))
+        genome = synthesize(developer.arch, weights, Genome.from_state_dict(parent.masks), env, int(row["seed"]))
         assert genome.digest() == row["mask_digest"]

@@ -19,6 +19,7 @@ from evopop.engine.controller import EvolutionFailed
 from evopop.engine.hooks import Batch, Hook
 from evopop.engine.jobs import Outcome, ParentState, Result, Spec
 from evopop.engine.plan import plan_run
+from evopop.records.checkpoints import Checkpoint
 from evopop.records.run import RunRecords
 from evopop.records.schema import FAILED, OK, IndividualRecord, LayerRecord, population_schema
 from evopop.synthesis import Genome
@@ -54,7 +55,7 @@ class ScriptedExecutor:
             if value is None:
                 yield Result(spec, Outcome.failed(spec.individual_id, "RuntimeError: scripted"), attempts=1)
                 continue
-            checkpoint = self.records.write_checkpoint(spec.individual_id, {}, self.masks, {})
+            checkpoint = self.records.write_checkpoint(spec.individual_id, Checkpoint({}, self.masks))
             layer = LayerRecord(spec.individual_id, "fc", "linear", 1, 1, 1, 1, 1, 1.0)
             outcome = Outcome(
                 spec.individual_id,

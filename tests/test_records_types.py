@@ -55,12 +55,12 @@ def test_every_offspring_resynthesizes_from_the_whole_run_table(tiny_run):
         assert len(offspring) == 4, reader
         for row in offspring.itertuples():
             parent = records.read_checkpoint(row.parent_id)
-            weights = {layer.name: parent["weights"][f"{layer.name}.weight"] for layer in arch.layers}
+            weights = {layer.name: parent.weights[f"{layer.name}.weight"] for layer in arch.layers}
             generation = int(row.generation)
             child = synthesize(
                 arch,
                 weights,
-                Genome.from_state_dict(parent["masks"]),
+                Genome.from_state_dict(parent.masks),
                 schedule.at(generation),
                 row.seed,
                 config.evolution.normalizer,

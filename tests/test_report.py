@@ -19,6 +19,7 @@ from evopop.analysis.figures import FIGURES, pareto_front
 from evopop.analysis.generation_diversity import TaskProbe, write_generation_diversity
 from evopop.analysis.loading import load_run
 from evopop.analysis.report import build_report
+from evopop.records.checkpoints import Checkpoint
 from evopop.records.run import RunRecords
 from evopop.records.schema import IndividualRecord, LayerRecord, SelectionRecord, population_schema
 
@@ -89,7 +90,7 @@ def make_hand_run(run_dir: Path) -> RunRecords:
 
     def add(generation, individual_id, parent, lineage, masks, accuracy, ancestor, status="ok"):
         if status == "ok":
-            records.write_checkpoint(individual_id, {}, masks, {})
+            records.write_checkpoint(individual_id, Checkpoint({}, masks))
         row = _row(
             individual_id, generation, parent, lineage, masks if status == "ok" else None, accuracy, ancestor, status
         )

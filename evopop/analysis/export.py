@@ -74,8 +74,8 @@ def export_individual(run_dir: str, individual_id: str, out: str, fmt: str = "pt
     model = built.task.build_model()
     example = built.task.example_input()
     try:
-        model.load_state_dict(checkpoint["weights"], strict=True)
-        compacted = compact(model, built.arch, Genome.from_state_dict(checkpoint["masks"]), example)
+        model.load_state_dict(checkpoint.weights, strict=True)
+        compacted = compact(model, built.arch, Genome.from_state_dict(checkpoint.masks), example)
         program = exported_bytes(compacted.module, example, fmt)
     except (CompactionError, RuntimeError, KeyError) as exc:
         raise ExportError(f"{individual_id}: cannot export ({type(exc).__name__}: {exc})") from None

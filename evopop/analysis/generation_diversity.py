@@ -18,6 +18,7 @@ import pyarrow as pa
 import torch
 import yaml
 
+from ..records.checkpoints import Checkpoint, GenomeFile
 from ..records.ids import natural_key
 from ..records.schema import DIVERSITY_PAIR_FIELDS, DIVERSITY_SUMMARY_FIELDS, EVOLVED_KINDS, MEASURED, OK, plain_value
 from ..synthesis.layers import SynapticLayer
@@ -39,7 +40,7 @@ from .diversity import (
 )
 
 # -- outputs of recorded individuals on a held-out batch -------------------------------------------
-Outputs = Callable[[dict], torch.Tensor]  # a checkpoint's payload -> its network's outputs on one fixed batch
+Outputs = Callable[[Checkpoint | GenomeFile], torch.Tensor]  # a stored individual -> its outputs on one fixed batch
 
 
 def checkpoint_outputs(task, batch: torch.Tensor | ProbeBatch, device: str | torch.device = "cpu") -> Outputs:
@@ -55,8 +56,8 @@ def checkpoint_outputs(task, batch: torch.Tensor | ProbeBatch, device: str | tor
         model = task.build_model()
     model.to(torch.device(device))
 
-    def outputs(checkpoint: dict) -> torch.Tensor:
-        model.load_state_dict(checkpoint["weights"], strict=True)
+    def outputs(checkpoint: Checkpoint) -> torch.Tensor:
+        model.load_state_dict(checkpoint.weights, strict=True)
         return probe_outputs(model, inputs)
 
     return outputs
@@ -83,23 +84,24 @@ class TaskProbe:
         self.may_compute = True  # False: raise OutputsMissing instead (off the thread that seeds training)
         self._compute: Outputs | None = None
 
-    def stored(self, payload: dict) -> bool:
-        """Whether ``payload`` (a genome file) holds outputs computed on this probe's batch."""
-        described = payload.get("meta", {}).get("probe")
-        return payload.get("probe") is not None and bool(described) and described.get("requested") == self.size
+    def stored(self, stored: Checkpoint | GenomeFile) -> bool:
+        """Whether ``stored`` is a genome file that holds outputs computed on this probe's batch."""
+        if not isinstance(stored, GenomeFile) or stored.probe is None or not stored.probe_batch:
+            return False
+        return stored.probe_batch.get("requested") == self.size
 
-    def __call__(self, payload: dict) -> torch.Tensor:
-        """The outputs stored in ``payload``; else computed here from its weights (a checkpoint)."""
-        if self.stored(payload):
-            self.batch = payload["meta"]["probe"]
-            return payload["probe"].float()
+    def __call__(self, stored: Checkpoint | GenomeFile) -> torch.Tensor:
+        """The outputs stored in a genome file; else computed here from a checkpoint's weights."""
+        if self.stored(stored):
+            self.batch = stored.probe_batch
+            return stored.probe.float()
         if not self.may_compute:
             raise OutputsMissing("no stored outputs on the probe's batch: the network must run here")
         if self._compute is None:
             batch = held_out_batch(self.task, self.size)
             self._compute, self.batch = checkpoint_outputs(self.task, batch, self.device), batch.describe()
         self.computed += 1
-        return self._compute(payload)
+        return self._compute(stored)
 
     @property
     def note(self) -> str:
@@ -176,16 +178,16 @@ def generation_diversity(
     kept, outs = [], []
     for _, row in ok.iterrows():
         individual_id = row["individual_id"]
-        payload = _read_individual(records, individual_id, outputs)
-        if payload is None:
+        stored = _read_individual(records, individual_id, outputs)
+        if stored is None:
             warnings.warn(
                 f"{individual_id}: recorded ok but its checkpoint is missing; left out of the diversity", stacklevel=2
             )
             continue
-        packer.add(payload["masks"], individual_id)
+        packer.add(stored.masks, individual_id)
         if outputs is not None:  # held as labels, not outputs: a generation's are held at once
-            outs.append(compact_labels(predictions(outputs(payload), kind)))
-        del payload
+            outs.append(compact_labels(predictions(outputs(stored), kind)))
+        del stored
         kept.append(row)
     ok = pd.DataFrame(kept).reset_index(drop=True) if kept else ok.iloc[0:0]
     packed = packer.done()
@@ -199,7 +201,7 @@ def generation_diversity(
     return pairs, summary
 
 
-def _read_individual(records, individual_id: str, outputs: Outputs | None) -> dict | None:
+def _read_individual(records, individual_id: str, outputs: Outputs | None) -> Checkpoint | GenomeFile | None:
     """What the diversity of one individual needs, read once: its genome file (masks, probe outputs;
     a fraction of the checkpoint's size) where it has one that serves ``outputs``, else its
     checkpoint (weights, masks); None if it has neither."""

@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
+from ..records.checkpoints import Checkpoint
 from ..records.schema import FAILED, OFFSPRING, IndividualRecord, LayerRecord
 from ..synthesis import Environment, efficiency
 from .failures import INFRASTRUCTURE, OWN, Failure
@@ -67,8 +68,8 @@ class ParentState:
     mates: tuple[ParentState, ...] = ()
 
     @classmethod
-    def from_checkpoint(cls, payload: dict) -> ParentState:
-        return cls(_to_numpy(payload["weights"]), _to_numpy(payload["masks"]))
+    def from_checkpoint(cls, checkpoint: Checkpoint) -> ParentState:
+        return cls(_to_numpy(checkpoint.weights), _to_numpy(checkpoint.masks))
 
     def tensors(self) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
         """(weights, masks) as tensors sharing the arrays' memory."""

@@ -1,44 +1,107 @@
-"""Checkpoint files (weights + masks + metadata) and genome files (the masks bit-packed, and the
-network's outputs on the diversity probe's batch: what the diversity study reads, a fraction of a
-checkpoint's size), all read with ``weights_only=True`` (no code runs)."""
+"""The run's stored files as typed values: `Checkpoint` (weights + masks + metadata), `GenomeFile`
+(the masks bit-packed, and the network's outputs on the diversity probe's batch: what the diversity
+study reads, a fraction of a checkpoint's size) and `RungState` (a training stopped at a rung of
+successive halving). Only this module knows their keys; all are read with ``weights_only=True``
+(no code runs)."""
 
 from __future__ import annotations
 
 import io
 import json
 import math
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
 
-
-def checkpoint_bytes(weights: dict, masks: dict, meta: dict) -> bytes:
-    return torch_bytes({"weights": weights, "masks": masks, "meta": json.dumps(meta)})
+from ..training.loop import TrainingState
 
 
-def genome_bytes(masks: dict[str, torch.Tensor], probe: torch.Tensor | None, meta: dict) -> bytes:
-    """The masks packed 8 to a byte, and ``probe`` (outputs on the held-out batch ``meta["probe"]`` names)."""
-    packed = {name: torch.from_numpy(np.packbits(mask.cpu().numpy().reshape(-1))) for name, mask in masks.items()}
-    shapes = {name: list(mask.shape) for name, mask in masks.items()}
-    payload = {"packed_masks": packed, "meta": json.dumps({**meta, "mask_shapes": shapes})}
-    if probe is not None:
-        payload["probe"] = probe
-    return torch_bytes(payload)
+@dataclass(frozen=True)
+class Checkpoint:
+    """An individual's checkpoint: its weights (the network's state dict), its genome's masks
+    (synaptic layer -> bool tensor), and ``meta`` (generation, parent_id, lineage[, parent_ids])."""
+
+    weights: dict[str, torch.Tensor]
+    masks: dict[str, torch.Tensor]
+    meta: dict = field(default_factory=dict)
+
+    def to_bytes(self) -> bytes:
+        return torch_bytes({"weights": self.weights, "masks": self.masks, "meta": json.dumps(self.meta)})
+
+    @classmethod
+    def from_bytes(cls, data: bytes) -> Checkpoint:
+        """ValueError unless ``data`` is an evopop checkpoint; tensors only (``weights_only=True``)."""
+        payload = read_torch_bytes(data)
+        if not is_evopop_checkpoint(payload):
+            raise ValueError("not an evopop checkpoint: expected a dict with 'weights' and 'masks'")
+        return cls(payload["weights"], payload["masks"], json.loads(payload.get("meta") or "{}"))
 
 
-def load_genome_bytes(data: bytes) -> dict:
-    """A genome file's {"masks" (bool tensors), "meta"[, "probe"]}."""
+@dataclass(frozen=True)
+class GenomeFile:
+    """What the diversity study reads of an individual, a fraction of its checkpoint's size: its masks
+    (stored bit-packed) and ``probe``, its outputs on the held-out batch ``meta["probe"]`` describes."""
+
+    masks: dict[str, torch.Tensor]
+    meta: dict = field(default_factory=dict)
+    probe: torch.Tensor | None = None
+
+    @property
+    def probe_batch(self) -> dict | None:
+        """The held-out batch the probe outputs are of (eval_set, size, requested); None without one."""
+        return self.meta.get("probe") or None
+
+    def to_bytes(self) -> bytes:
+        """The masks packed 8 to a byte, their shapes in the metadata."""
+        packed = {name: torch.from_numpy(np.packbits(m.cpu().numpy().reshape(-1))) for name, m in self.masks.items()}
+        shapes = {name: list(mask.shape) for name, mask in self.masks.items()}
+        payload = {"packed_masks": packed, "meta": json.dumps({**self.meta, "mask_shapes": shapes})}
+        if self.probe is not None:
+            payload["probe"] = self.probe
+        return torch_bytes(payload)
+
+    @classmethod
+    def from_bytes(cls, data: bytes) -> GenomeFile:
+        payload = read_torch_bytes(data)
+        if not isinstance(payload, dict) or "packed_masks" not in payload:
+            raise ValueError("not an evopop genome file: expected a dict with 'packed_masks'")
+        meta = json.loads(payload.get("meta") or "{}")
+        shapes = meta.pop("mask_shapes", {})
+        masks = {}
+        for name, packed in payload["packed_masks"].items():
+            shape = tuple(shapes[name])
+            bits = np.unpackbits(packed.numpy(), count=math.prod(shape)).astype(bool)
+            masks[name] = torch.from_numpy(bits.reshape(shape))
+        return cls(masks, meta, payload.get("probe"))
+
+
+@dataclass(frozen=True)
+class RungState:
+    """An offspring stopped at a rung of successive halving: its genome's masks and its training so
+    far, which the next rung continues exactly."""
+
+    masks: dict[str, torch.Tensor]
+    training: TrainingState
+
+    def to_bytes(self) -> bytes:
+        return torch_bytes({"masks": self.masks, "training": self.training.payload()})
+
+    @classmethod
+    def from_bytes(cls, data: bytes) -> RungState:
+        payload = read_torch_bytes(data)
+        return cls(payload["masks"], TrainingState.from_payload(payload["training"]))
+
+
+def read_weights_file(data: bytes) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor] | None]:
+    """(weights, masks) of an evopop checkpoint, or (the state dict, None) of a plain one;
+    ValueError if it is neither."""
     payload = read_torch_bytes(data)
-    if not isinstance(payload, dict) or "packed_masks" not in payload:
-        raise ValueError("not an evopop genome file: expected a dict with 'packed_masks'")
-    meta = json.loads(payload.get("meta") or "{}")
-    shapes = meta.pop("mask_shapes", {})
-    masks = {}
-    for name, packed in payload.pop("packed_masks").items():
-        shape = tuple(shapes[name])
-        bits = np.unpackbits(packed.numpy(), count=math.prod(shape)).astype(bool)
-        masks[name] = torch.from_numpy(bits.reshape(shape))
-    return {**payload, "masks": masks, "meta": meta}
+    if is_evopop_checkpoint(payload):
+        return payload["weights"], payload["masks"]
+    if not isinstance(payload, dict):
+        raise ValueError(f"a {type(payload).__name__}, not a state_dict")
+    return payload, None
 
 
 def torch_bytes(payload: dict) -> bytes:
@@ -58,12 +121,3 @@ def read_torch_bytes(data: bytes):
 
 def is_evopop_checkpoint(payload) -> bool:
     return isinstance(payload, dict) and "weights" in payload and "masks" in payload
-
-
-def load_checkpoint_bytes(data: bytes) -> dict:
-    """A checkpoint's {"weights", "masks", "meta"}; tensors only (``weights_only=True``)."""
-    payload = read_torch_bytes(data)
-    if not is_evopop_checkpoint(payload):
-        raise ValueError("not an evopop checkpoint: expected a dict with 'weights' and 'masks'")
-    payload["meta"] = json.loads(payload.get("meta") or "{}")
-    return payload

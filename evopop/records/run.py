@@ -40,12 +40,9 @@ import pyarrow.parquet as pq
 from pyarrow.fs import FileSelector, FileType
 
 from .checkpoints import (
-    checkpoint_bytes,
-    genome_bytes,
-    load_checkpoint_bytes,
-    load_genome_bytes,
-    read_torch_bytes,
-    torch_bytes,
+    Checkpoint,
+    GenomeFile,
+    RungState,
 )
 from .ids import check_individual_id, natural_key, natural_order
 from .locks import lock_for
@@ -335,13 +332,13 @@ class RunRecords:
     def training_state_path(individual_id: str, rung: int) -> str:
         return f"{TRAINING}/{check_individual_id(individual_id)}-r{int(rung)}.pt"
 
-    def write_training_state(self, individual_id: str, rung: int, payload: dict) -> None:
+    def write_training_state(self, individual_id: str, rung: int, state: RungState) -> None:
         """Training stopped after ``rung``, to be continued by the next (one file per rung: the
         next rung's state never replaces the one a retry of that rung still needs)."""
-        self.storage.write_bytes(self.training_state_path(individual_id, rung), torch_bytes(payload))
+        self.storage.write_bytes(self.training_state_path(individual_id, rung), state.to_bytes())
 
-    def read_training_state(self, individual_id: str, rung: int) -> dict:
-        return read_torch_bytes(self.storage.read_bytes(self.training_state_path(individual_id, rung)))
+    def read_training_state(self, individual_id: str, rung: int) -> RungState:
+        return RungState.from_bytes(self.storage.read_bytes(self.training_state_path(individual_id, rung)))
 
     def delete_training_states(self, individual_ids: Iterable[str], rung: int | None = None) -> None:
         """Remove the stored training of these individuals: at ``rung``, or at every rung (their
@@ -387,13 +384,14 @@ class RunRecords:
     def checkpoint_path(individual_id: str) -> str:
         return f"checkpoints/{check_individual_id(individual_id)}.pt"
 
-    def write_checkpoint(self, individual_id: str, weights: dict, masks: dict, meta: dict) -> str:
+    def write_checkpoint(self, individual_id: str, checkpoint: Checkpoint) -> str:
+        """Write ``checkpoint``; returns its path relative to the run directory."""
         rel = self.checkpoint_path(individual_id)
-        self.storage.write_bytes(rel, checkpoint_bytes(weights, masks, meta))
+        self.storage.write_bytes(rel, checkpoint.to_bytes())
         return rel
 
-    def read_checkpoint(self, individual_id: str) -> dict:
-        return load_checkpoint_bytes(self.storage.read_bytes(self.checkpoint_path(individual_id)))
+    def read_checkpoint(self, individual_id: str) -> Checkpoint:
+        return Checkpoint.from_bytes(self.storage.read_bytes(self.checkpoint_path(individual_id)))
 
     def has_checkpoint(self, individual_id: str) -> bool:
         return self.storage.exists(self.checkpoint_path(individual_id))
@@ -403,18 +401,18 @@ class RunRecords:
     def genome_path(individual_id: str) -> str:
         return f"{GENOMES}/{check_individual_id(individual_id)}.pt"
 
-    def write_genome(self, individual_id: str, masks: dict, probe, meta: dict) -> None:
-        """The masks (bit-packed) and ``probe`` outputs of an individual, beside its checkpoint."""
-        self.storage.write_bytes(self.genome_path(individual_id), genome_bytes(masks, probe, meta))
+    def write_genome(self, individual_id: str, genome: GenomeFile) -> None:
+        """The masks (bit-packed) and probe outputs of an individual, beside its checkpoint."""
+        self.storage.write_bytes(self.genome_path(individual_id), genome.to_bytes())
 
-    def read_genome(self, individual_id: str) -> dict | None:
-        """{"masks", "meta"[, "probe"]} of an individual; None where it has none that can be read
+    def read_genome(self, individual_id: str) -> GenomeFile | None:
+        """The genome file of an individual; None where it has none that can be read
         (runs recorded before evopop wrote them, or with diversity off): the checkpoint serves."""
         try:
             data = self.storage.read_bytes(self.genome_path(individual_id))
         except OSError:  # missing (or, on S3 without s3:ListBucket, forbidden: 403 for a missing key)
             return None
-        return load_genome_bytes(data)
+        return GenomeFile.from_bytes(data)
 
 
 _NULLABLE_INTEGERS = {

@@ -17,7 +17,7 @@ import torch
 
 from ...compaction import compact, latency_ms
 from ...config import Config
-from ...records.checkpoints import is_evopop_checkpoint, read_torch_bytes
+from ...records.checkpoints import Checkpoint, GenomeFile, RungState, read_weights_file
 from ...records.run import RunRecords
 from ...records.schema import EVOLVED_KINDS, OK, LayerRecord
 from ...records.storage import read_uri
@@ -118,8 +118,12 @@ class Developer:
         outputs, described = self._probe(model) if genome_file else (None, {})
         try:
             if genome_file:  # read by the driver's diversity study instead of the checkpoint
-                self.records.write_genome(spec.individual_id, genome.state_dict(), outputs, {**meta, **described})
-            checkpoint = self.records.write_checkpoint(spec.individual_id, weights, genome.state_dict(), meta)
+                self.records.write_genome(
+                    spec.individual_id, GenomeFile(genome.state_dict(), {**meta, **described}, outputs)
+                )
+            checkpoint = self.records.write_checkpoint(
+                spec.individual_id, Checkpoint(weights, genome.state_dict(), meta)
+            )
         except OSError as exc:  # the storage's failure, not the individual's: retried
             raise StorageError(f"could not write the checkpoint to {self.records.uri}: {exc}") from exc
         counts = count(self.arch, genome)
@@ -154,12 +158,11 @@ class Developer:
         except OSError as exc:  # the storage's failure: retried
             where = f"rung {spec.rung - 1} from {self.records.uri}"
             raise StorageError(f"could not read the training of {where}: {exc}") from exc
-        return Genome.from_state_dict(stored["masks"]), TrainingState.from_payload(stored["training"])
+        return Genome.from_state_dict(stored.masks), stored.training
 
     def _store_training(self, spec: Spec, genome: Genome, state: TrainingState) -> None:
         try:
-            payload = {"masks": genome.state_dict(), "training": state.payload()}
-            self.records.write_training_state(spec.individual_id, spec.rung or 0, payload)
+            self.records.write_training_state(spec.individual_id, spec.rung or 0, RungState(genome.state_dict(), state))
         except OSError as exc:
             where = f"rung {spec.rung} to {self.records.uri}"
             raise StorageError(f"could not store the training of {where}: {exc}") from exc
@@ -240,7 +243,7 @@ class Developer:
             load_weights(parent_model, parent_weights, f"parent {spec.parent_id}")
             weights = synaptic_weights(parent_model, self.arch)
         if spec.kind in BASELINE_KINDS:
-            match = Genome.from_state_dict(self.records.read_checkpoint(spec.match_id)["masks"])
+            match = Genome.from_state_dict(self.records.read_checkpoint(spec.match_id).masks)
             counts = {name: int(torch.count_nonzero(mask)) for name, mask in match.masks.items()}
             genome = matched_genome(spec.kind, self.arch, weights, parent_genome, counts, spec.seed or 0)
             if spec.kind == IMP_REWIND:  # the pruned network trains on from the ancestor's start (lottery tickets)
@@ -320,15 +323,9 @@ def load_ancestor(path: str, model: torch.nn.Module, arch) -> Genome:
     except OSError as exc:
         raise ValueError(f"cannot read ancestor checkpoint {path}: {exc}") from None
     try:
-        payload = read_torch_bytes(data)
+        weights, masks = read_weights_file(data)
     except ValueError as exc:
         raise ValueError(f"ancestor checkpoint {path} is {exc}") from None
-    if is_evopop_checkpoint(payload):
-        weights, masks = payload["weights"], payload["masks"]
-    else:  # a plain state_dict
-        weights, masks = payload, None
-    if not isinstance(weights, dict):
-        raise ValueError(f"ancestor checkpoint {path} holds a {type(weights).__name__}, not a state_dict")
     load_weights(model, weights, f"ancestor checkpoint {path}")
     if not masks:
         genome = genome_from_weights(arch, model)
