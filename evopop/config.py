@@ -6,16 +6,19 @@ rejected with a suggestion. Overrides come as ``dotted.key=value`` (values parse
 
 from __future__ import annotations
 
+import dataclasses
 import difflib
+import typing
 from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model, field_validator, model_validator
 
 from .records.storage import is_uri
 from .synthesis.baselines import KINDS as BASELINE_KINDS
 from .synthesis.environment import MAX_SHARPNESS, MODES, check_factor
+from .training.loop import Recipe
 
 SELECTION_RULES = ("best", "topk", "all")  # see evopop.engine.policy.selection
 
@@ -38,22 +41,22 @@ class TaskSection(_Section):
     args: dict[str, Any] = Field(default_factory=dict)
 
 
-class TrainSection(_Section):
-    epochs: int = Field(1, ge=1)
-    batch_size: int = Field(64, ge=1)
-    optimizer: Literal["sgd", "adam", "adamw"] = "sgd"
-    lr: float = Field(0.05, gt=0)
-    momentum: float = Field(0.9, ge=0, lt=1)
-    weight_decay: float = Field(5e-4, ge=0)
-    # restarts: cosine with warm restarts (SGDR), `cycles` equal cycles per training
-    schedule: Literal["constant", "cosine", "step", "restarts"] = "cosine"
-    step_size: int = Field(1, ge=1)
-    cycles: int = Field(2, ge=1)
-    gamma: float = Field(0.1, gt=0, le=1)
-    warmup_steps: int = Field(0, ge=0)
-    mixed_precision: Literal["auto", "bf16", "fp16", "off"] = "auto"
-    eval_batch_size: int = Field(256, ge=1)
-    num_workers: int = Field(0, ge=0)
+class _RecipeSection(_Section):
+    def recipe(self, epochs: int | None = None) -> Recipe:
+        """The training recipe of this section, for ``epochs`` (default: its own)."""
+        values = self.model_dump()
+        return Recipe(**{**values, "epochs": epochs or values["epochs"]})
+
+
+def _section_of(recipe: type, name: str) -> type[_RecipeSection]:
+    """A config section whose keys, types, bounds and defaults are the fields of the dataclass
+    ``recipe``: they are defined once, where the training reads them."""
+    hints = typing.get_type_hints(recipe, include_extras=True)
+    fields = {f.name: (hints[f.name], f.default) for f in dataclasses.fields(recipe)}
+    return create_model(name, __base__=_RecipeSection, __module__=__name__, **fields)
+
+
+TrainSection = _section_of(Recipe, "TrainSection")  # evopop.training.loop.Recipe's fields
 
 
 class AncestorSection(_Section):
@@ -234,6 +237,12 @@ class SelectionSection(_Section):
     halving: HalvingSection | None = None  # off: every offspring trains for the full epochs
     latency: LatencySection | None = None  # off: the metric alone decides
 
+    @property
+    def candidates_needed(self) -> int:
+        """How many candidates the rule needs to choose from to select all it selects: k for topk,
+        else 1 (successive halving never keeps fewer)."""
+        return self.k if self.rule == "topk" else 1
+
     @model_validator(mode="after")
     def _halving_needs_a_choice(self):
         if self.halving is not None and self.rule == "all":
@@ -354,13 +363,13 @@ class Config(_Section):
         halving = self.selection.halving
         if halving is None:
             return self
-        full = self.evolution.epochs or self.train.epochs
+        full = self.offspring_epochs
         if halving.min_epochs >= full:
             raise ValueError(
                 f"selection.halving.min_epochs ({halving.min_epochs}) must be below the offspring's epochs "
                 f"({full}, evolution.epochs or train.epochs): the first rung would already be the full training"
             )
-        kept = self.selection.k if self.selection.rule == "topk" else 1
+        kept = self.selection.candidates_needed
         if kept >= self.evolution.offspring:
             raise ValueError(
                 f"selection.halving keeps at least the {kept} offspring selection needs, and a generation "
@@ -368,6 +377,16 @@ class Config(_Section):
                 "early; raise evolution.offspring or remove halving"
             )
         return self
+
+    @property
+    def offspring_epochs(self) -> int:
+        """The epochs an offspring (and its baselines) trains: evolution.epochs, else train.epochs."""
+        return self.evolution.epochs or self.train.epochs
+
+    @property
+    def ancestor_epochs(self) -> int:
+        """The epochs the root ancestor trains: ancestor.epochs, else train.epochs."""
+        return self.ancestor.epochs or self.train.epochs
 
     def to_yaml(self) -> str:
         return yaml.safe_dump(self.model_dump(mode="json"), sort_keys=False)

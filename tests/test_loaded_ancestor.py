@@ -9,7 +9,7 @@ import torch
 
 from evopop.config import load_config
 from evopop.engine.policy.specs import root_spec
-from evopop.engine.worker.develop import Developer, recipe_of
+from evopop.engine.worker.develop import Developer
 from evopop.records.run import RunRecords
 from evopop.synthesis import Genome, MaskedParameters, parameter_masks
 from evopop.tasks.registry import built_task
@@ -50,11 +50,11 @@ def test_a_plain_state_dict_ancestor_is_masked_before_it_is_measured(tmp_path):
     model = developer.task.build_model()
     model.load_state_dict(state)
     MaskedParameters(model, parameter_masks(arch, genome))
-    expected = evaluate(model, developer.task, recipe_of(config, 1), torch.device("cpu"))
+    expected = evaluate(model, developer.task, config.train.recipe(1), torch.device("cpu"))
     assert outcome.metrics == expected
     unmasked = developer.task.build_model()
     unmasked.load_state_dict(state)
-    assert evaluate(unmasked, developer.task, recipe_of(config, 1), torch.device("cpu")) != expected, (
+    assert evaluate(unmasked, developer.task, config.train.recipe(1), torch.device("cpu")) != expected, (
         "the unmasked network computes something else: the test would see a missing mask"
     )
 

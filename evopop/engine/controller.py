@@ -144,7 +144,7 @@ class EvolutionController:
             self._notify("batch_started", batch)
             self._notify("batch_finished", batch)
             return
-        needed = selection.k if selection.rule == "topk" else 1
+        needed = selection.candidates_needed
         teaches = self.config.evolution.distill.weight > 0  # a later rung reads its parents only to learn from them
         alive = list(specs)
         for rung, epochs in enumerate(rungs.epochs):

@@ -10,7 +10,7 @@ from ..tasks.registry import built_task
 from .policy.halving import Rungs
 from .policy.stopping import StopRule
 
-MINIMISED_SUFFIXES = ("_loss", "_mae")  # metrics a stop rule judges as "lower is better" unless told
+MINIMISED_SUFFIXES = ("_loss", "_mae")  # measured columns where lower is better, unless the config says
 
 
 @dataclass(frozen=True)
@@ -24,13 +24,20 @@ class Plan:
     rungs: Rungs | None = None  # selection.halving: the epochs of each rung
 
 
+def metric_direction(metric: str, default_metric: str, default_direction: str = "max") -> str:
+    """Whether ``metric`` is maximised or minimised where the config does not say: the task's own
+    direction for its default metric; else "min" for a loss or an error (`MINIMISED_SUFFIXES`), "max"."""
+    if metric == default_metric:
+        return default_direction
+    return "min" if metric.endswith(MINIMISED_SUFFIXES) else "max"
+
+
 def selection_metric(
     metric: str | None, direction: str | None, default_metric: str, default_direction: str = "max"
 ) -> tuple[str, str]:
-    """(metric, direction) of a run: the configured ones, else the task's defaults; losses are minimised."""
+    """(metric, direction) of a run: the configured ones, else the task's defaults (`metric_direction`)."""
     metric = metric or default_metric
-    direction = direction or ("min" if metric.endswith("_loss") else default_direction)
-    return metric, direction
+    return metric, direction or metric_direction(metric, default_metric, default_direction)
 
 
 def plan_run(config: Config) -> Plan:
@@ -66,10 +73,9 @@ def plan_run(config: Config) -> Plan:
             f"evolution.stop.metric: {stop.metric!r} is not measured by task {config.task.name!r}; "
             f"allowed: {', '.join(columns)}"
         )
-    stop_metric, stop_direction = (metric, stop.direction or direction)
-    if stop.metric is not None and stop.metric != metric:
-        minimised = stop.metric.endswith(MINIMISED_SUFFIXES)
-        stop_metric, stop_direction = stop.metric, stop.direction or ("min" if minimised else "max")
+    stop_metric = stop.metric or metric
+    judged = direction if stop_metric == metric else metric_direction(stop_metric, task.default_metric)
+    stop_direction = stop.direction or judged
     if config.ancestor.checkpoint:
         from .worker.develop import load_ancestor
 
@@ -78,5 +84,5 @@ def plan_run(config: Config) -> Plan:
         except ValueError as exc:
             raise ConfigError(f"ancestor.checkpoint: {exc}") from None
     rule = StopRule.of(stop, stop_metric, stop_direction)
-    rungs = Rungs.of(config.selection.halving, config.evolution.epochs or config.train.epochs)
+    rungs = Rungs.of(config.selection.halving, config.offspring_epochs)
     return Plan(metric, direction, columns, arch.names, arch.synapses, rule, rungs)

@@ -189,13 +189,6 @@ def fbeta_curve(saliency: torch.Tensor, truth: torch.Tensor, beta2: float = BETA
     return fbeta_from_counts(true_pos, predicted, g.sum(1, keepdim=True), beta2)
 
 
-def emeasure_curve(saliency: torch.Tensor, truth: torch.Tensor) -> torch.Tensor:
-    """E-measure per image at each threshold t = 0..255 (salient iff level >= t): (N, 256)."""
-    s, g = _per_image(saliency, truth)
-    true_pos, predicted = _curve_counts(s, g)
-    return emeasure_from_counts(true_pos, predicted, g.sum(1, keepdim=True), s.shape[1])
-
-
 def _s_object(values: torch.Tensor, inside: torch.Tensor) -> torch.Tensor:
     """``2 m / (m^2 + 1 + sd + eps)`` of ``values`` (N, P) over the pixels ``inside`` (N, P): (N,)."""
     n = inside.sum(1).double()

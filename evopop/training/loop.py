@@ -11,8 +11,10 @@ import bisect
 import math
 import time
 from dataclasses import dataclass, field
+from typing import Annotated, Literal
 
 import torch
+from annotated_types import Ge, Gt, Le, Lt
 from torch import nn
 from torch.utils.data import DataLoader
 
@@ -26,20 +28,24 @@ class DivergedError(RuntimeError):
 
 @dataclass(frozen=True)
 class Recipe:
-    epochs: int = 1
-    batch_size: int = 64
-    optimizer: str = "sgd"  # sgd | adam | adamw
-    lr: float = 0.05
-    momentum: float = 0.9
-    weight_decay: float = 5e-4
-    schedule: str = "cosine"  # constant | cosine | step | restarts
-    step_size: int = 1  # epochs per decay, for "step"
-    cycles: int = 2  # cosine cycles of equal length, for "restarts"
-    gamma: float = 0.1
-    warmup_steps: int = 0
-    mixed_precision: str = "auto"  # auto | bf16 | fp16 | off (GPU only)
-    eval_batch_size: int = 256
-    num_workers: int = 0
+    """How a network trains. The one home of these fields: a run's ``train`` config section is
+    derived from them (`evopop.config.TrainSection`), their bounds included."""
+
+    epochs: Annotated[int, Ge(1)] = 1  # epochs of a training (evolution.epochs / ancestor.epochs may differ)
+    batch_size: Annotated[int, Ge(1)] = 64
+    optimizer: Literal["sgd", "adam", "adamw"] = "sgd"
+    lr: Annotated[float, Gt(0)] = 0.05  # the peak learning rate
+    momentum: Annotated[float, Ge(0), Lt(1)] = 0.9  # sgd's momentum; adam's beta1
+    weight_decay: Annotated[float, Ge(0)] = 5e-4
+    # restarts: cosine with warm restarts (SGDR), `cycles` equal cycles per training
+    schedule: Literal["constant", "cosine", "step", "restarts"] = "cosine"
+    step_size: Annotated[int, Ge(1)] = 1  # epochs per decay, for "step"
+    cycles: Annotated[int, Ge(1)] = 2  # cosine cycles of equal length, for "restarts"
+    gamma: Annotated[float, Gt(0), Le(1)] = 0.1  # the decay factor of "step"
+    warmup_steps: Annotated[int, Ge(0)] = 0  # linear warm-up, in optimizer steps
+    mixed_precision: Literal["auto", "bf16", "fp16", "off"] = "auto"  # GPU only
+    eval_batch_size: Annotated[int, Ge(1)] = 256
+    num_workers: Annotated[int, Ge(0)] = 0  # data-loading worker processes per trainer
 
 
 @dataclass(frozen=True)

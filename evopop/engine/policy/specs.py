@@ -37,7 +37,7 @@ def train_seed(config: Config, individual_id: str) -> int:
 
 
 def root_spec(config: Config) -> Spec:
-    epochs = config.ancestor.epochs or config.train.epochs
+    epochs = config.ancestor_epochs
     return Spec(1, ROOT_ID, None, (ROOT_ID,), None, None, train_seed(config, ROOT_ID), None, epochs, kind=ANCESTOR)
 
 
@@ -58,7 +58,7 @@ def offspring_specs(
     scheduled = schedule_of(config).at(generation)
     clusters = cluster_environment(config, generation)
     n = config.evolution.offspring
-    epochs = config.evolution.epochs or config.train.epochs
+    epochs = config.offspring_epochs
     specs = []
     mates = min(config.evolution.parents, len(ancestors))
     for r, ancestor in enumerate(ancestors):
@@ -99,7 +99,7 @@ def baseline_specs(
     offspring's parent (a lineage of its own beside the evolved one), or the root ancestor.
     """
     scheduled = schedule_of(config).at(generation)
-    epochs = config.evolution.epochs or config.train.epochs
+    epochs = config.offspring_epochs
     specs = []
     for record in selected:
         if record.kind != OFFSPRING:

@@ -11,7 +11,7 @@ from __future__ import annotations
 import time
 import traceback
 import warnings
-from dataclasses import fields, replace
+from dataclasses import replace
 
 import torch
 
@@ -37,17 +37,11 @@ from ...synthesis import (
 from ...synthesis.baselines import IMP, IMP_REWIND
 from ...synthesis.baselines import KINDS as BASELINE_KINDS
 from ...tasks.registry import built_task
-from ...training.loop import Distillation, Recipe, TrainingState, TrainResult, evaluate, train_and_evaluate
+from ...training.loop import Distillation, TrainingState, TrainResult, evaluate, train_and_evaluate
 from ...training.probe import ProbeBatch, held_out_batch, probe_outputs
 from ..failures import StorageError, classify, gpu_share
 from ..jobs import Compaction, Outcome, ParentState, Spec
 from ..policy.specs import ROOT_ID, train_seed
-
-
-def recipe_of(config: Config, epochs: int) -> Recipe:
-    """The training recipe of ``config.train`` (whose keys are the recipe's fields) for ``epochs``."""
-    train = {f.name: getattr(config.train, f.name) for f in fields(Recipe) if f.name != "epochs"}
-    return Recipe(epochs=epochs, **train)
 
 
 class Developer:
@@ -99,11 +93,11 @@ class Developer:
             genome, trained = self._offspring(model, spec, parent), False
         if trained:  # a loaded ancestor is measured as it is
             model.to(self.device)
-            metrics = evaluate(model, self.task, recipe_of(self.config, 1), self.device)
+            metrics = evaluate(model, self.task, self.config.train.recipe(1), self.device)
             result = TrainResult(metrics, train_seconds=0.0, samples_per_second=float("nan"), epochs=None)
         else:
             masks = parameter_masks(self.arch, genome)
-            recipe = recipe_of(self.config, spec.epochs)
+            recipe = self.config.train.recipe(spec.epochs)
             distill = self._distillation(parent)
             result = train_and_evaluate(
                 model, self.task, recipe, spec.train_seed, masks, self.device, distill, spec.train_until, resume
