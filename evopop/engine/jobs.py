@@ -18,6 +18,18 @@ from ..synthesis import Environment, efficiency
 from .failures import INFRASTRUCTURE, OWN, Failure
 
 PARENT_SEPARATOR = "+"  # never in an individual id (evopop.records.ids)
+# an individual's sizes: fields of `Outcome` and columns of `IndividualRecord` alike
+SIZES = ("synapses", "neurons", "params", "macs", "dense_macs")
+EFFECTIVE_SIZES = ("effective_synapses", "effective_neurons", "effective_macs")  # `effective_genome`'s
+# the compacted network's columns of `IndividualRecord` -> their fields of `Compaction`
+COMPACT_COLUMNS = {
+    "compact_params": "params",
+    "compact_macs": "macs",
+    "compact_neurons": "neurons",
+    "latency_cpu_b1_ms": "cpu_b1_ms",
+    "latency_cpu_b32_ms": "cpu_b32_ms",
+    "latency_gpu_ms": "gpu_ms",
+}
 
 
 @dataclass(frozen=True)
@@ -152,9 +164,10 @@ class Result:
         ``earlier_attempts``: those of earlier drivers of the run (an infrastructure failure resumed)."""
         spec, out = self.spec, self.outcome
         ok = out.status != FAILED
-        synapses = out.synapses if ok else None
+        sizes = {name: getattr(out, name) for name in SIZES + EFFECTIVE_SIZES}  # None for a failure
+        compact = {column: getattr(out.compact, name, None) for column, name in COMPACT_COLUMNS.items()}
+        synapses, effective = sizes["synapses"], sizes["effective_synapses"]
         ancestor_synapses = parent.ancestor_synapses if parent else synapses
-        effective = out.effective_synapses if ok else None
         ancestor_effective = parent.ancestor_effective_synapses if parent else effective
         env = spec.environment
         return IndividualRecord(
@@ -171,27 +184,15 @@ class Result:
             env_factor=env.c if env else None,
             encoding=("cluster" if spec.clusters else "synapse") if spec.kind == OFFSPRING else None,
             cluster_factor=spec.clusters.c if spec.clusters else None,
-            synapses=synapses,
+            **sizes,
+            **compact,
             parent_synapses=parent.synapses if parent else None,
             ancestor_synapses=ancestor_synapses,
             efficiency=efficiency(ancestor_synapses, synapses) if ok and synapses else None,
-            neurons=out.neurons,
-            params=out.params,
-            macs=out.macs,
-            dense_macs=out.dense_macs,
-            effective_synapses=effective,
             ancestor_effective_synapses=ancestor_effective,
             effective_efficiency=efficiency(ancestor_effective, effective)
             if effective and ancestor_effective
             else None,
-            effective_neurons=out.effective_neurons,
-            effective_macs=out.effective_macs,
-            compact_params=out.compact.params if out.compact else None,
-            compact_macs=out.compact.macs if out.compact else None,
-            compact_neurons=out.compact.neurons if out.compact else None,
-            latency_cpu_b1_ms=out.compact.cpu_b1_ms if out.compact else None,
-            latency_cpu_b32_ms=out.compact.cpu_b32_ms if out.compact else None,
-            latency_gpu_ms=out.compact.gpu_ms if out.compact else None,
             layer_fractions=tuple(layer.living_fraction for layer in out.layers) or None,
             epochs=out.epochs,
             rung=spec.rung,

@@ -11,7 +11,7 @@ from __future__ import annotations
 import time
 import traceback
 import warnings
-from dataclasses import replace
+from dataclasses import fields, replace
 
 import torch
 
@@ -23,6 +23,7 @@ from ...records.schema import EVOLVED_KINDS, OK, LayerRecord
 from ...records.storage import read_uri
 from ...synthesis import (
     Genome,
+    LayerCount,
     MaskedParameters,
     count,
     effective_genome,
@@ -40,7 +41,7 @@ from ...tasks.registry import built_task
 from ...training.loop import Distillation, TrainingState, TrainResult, evaluate, train_and_evaluate
 from ...training.probe import ProbeBatch, held_out_batch, probe_outputs
 from ..failures import StorageError, classify, gpu_share
-from ..jobs import Compaction, Outcome, ParentState, Spec
+from ..jobs import EFFECTIVE_SIZES, SIZES, Compaction, Outcome, ParentState, Spec
 from ..policy.specs import ROOT_ID, train_seed
 
 
@@ -124,18 +125,13 @@ class Developer:
         living = effective_genome(self.arch, genome)
         effective = count(self.arch, living)
         compacted = self._compaction(model, genome, living) if self.config.compaction.enabled else None
+        sizes = {name: getattr(counts, name) for name in SIZES}
+        sizes |= {name: getattr(effective, name.removeprefix("effective_")) for name in EFFECTIVE_SIZES}
         return Outcome(
             individual_id=spec.individual_id,
             status=OK,
             metrics=result.metrics,
-            synapses=counts.synapses,
-            neurons=counts.neurons,
-            params=counts.params,
-            macs=counts.macs,
-            dense_macs=counts.dense_macs,
-            effective_synapses=effective.synapses,
-            effective_neurons=effective.neurons,
-            effective_macs=effective.macs,
+            **sizes,
             compact=compacted,
             layers=tuple(_layer_record(spec.individual_id, layer) for layer in counts.layers),
             epochs=result.epochs,
@@ -294,18 +290,10 @@ def _initial_weights_of(config: Config, task, arch) -> dict[str, torch.Tensor]:
     return built_aside(task, train_seed(config, ROOT_ID)).state_dict()
 
 
-def _layer_record(individual_id: str, layer) -> LayerRecord:
-    return LayerRecord(
-        individual_id=individual_id,
-        layer=layer.name,
-        kind=layer.kind,
-        synapses=layer.synapses,
-        dense_synapses=layer.dense_synapses,
-        neurons=layer.neurons,
-        dense_neurons=layer.dense_neurons,
-        macs=layer.macs,
-        living_fraction=layer.living_fraction,
-    )
+def _layer_record(individual_id: str, layer: LayerCount) -> LayerRecord:
+    """The layers row of one synaptic layer's counts: the same fields, its name as ``layer``."""
+    counted = {f.name: getattr(layer, f.name) for f in fields(LayerRecord) if f.name not in ("individual_id", "layer")}
+    return LayerRecord(individual_id=individual_id, layer=layer.name, **counted)
 
 
 def load_ancestor(path: str, model: torch.nn.Module, arch) -> Genome:
