@@ -53,7 +53,9 @@ def _section_of(recipe: type, name: str) -> type[_RecipeSection]:
     ``recipe``: they are defined once, where the training reads them."""
     hints = typing.get_type_hints(recipe, include_extras=True)
     fields = {f.name: (hints[f.name], f.default) for f in dataclasses.fields(recipe)}
-    return create_model(name, __base__=_RecipeSection, __module__=__name__, **fields)
+    section = create_model(name, __base__=_RecipeSection, __module__=__name__, __doc__=recipe.__doc__, **fields)
+    section.__fields_from__ = recipe  # where the fields' comments are (docs/reference.py reads them)
+    return section
 
 
 TrainSection = _section_of(Recipe, "TrainSection")  # evopop.training.loop.Recipe's fields

@@ -222,7 +222,7 @@ def test_resources_the_cluster_can_never_satisfy(ray_cluster):
         (["resources.custom={TPU: 1}"], "resources.custom.TPU: 1.0 per trainer, but the cluster has 0"),
     ]:
         with pytest.raises(ConfigError, match=message.replace(".", r"\.")):
-            check_resources(load_config(TINY, overrides))
+            check_resources(load_config(TINY, overrides).resources)
 
 
 if __name__ == "__main__":

@@ -204,7 +204,9 @@ def test_cluster_that_may_add_nodes_is_waited_for(ray_cluster, small_node, monke
     config = load_config(TINY, ["resources.cpus_per_trainer=2.5", "resources.wait_for_nodes_s=60"])
     lines: list[str] = []
     box: dict = {}
-    thread = threading.Thread(target=lambda: box.update(done=check_resources(config, lines.append)), daemon=True)
+    thread = threading.Thread(
+        target=lambda: box.update(done=check_resources(config.resources, lines.append)), daemon=True
+    )
     thread.start()
     deadline = time.time() + 30
     while not lines and time.time() < deadline:
@@ -231,7 +233,7 @@ def test_cluster_that_adds_no_node_in_time_is_refused(ray_cluster, small_node, m
     lines: list[str] = []
     start = time.perf_counter()
     with pytest.raises(ConfigError, match=r"no node that can hold one joined in 1 s \(resources\.wait_for_nodes_s\)"):
-        check_resources(config, lines.append)
+        check_resources(config.resources, lines.append)
     assert 1 <= time.perf_counter() - start < 10
     assert lines and "(0 s of 1)" in lines[0]
 

@@ -31,20 +31,20 @@ class Recipe:
     """How a network trains. The one home of these fields: a run's ``train`` config section is
     derived from them (`evopop.config.TrainSection`), their bounds included."""
 
-    epochs: Annotated[int, Ge(1)] = 1  # epochs of a training (evolution.epochs / ancestor.epochs may differ)
-    batch_size: Annotated[int, Ge(1)] = 64
-    optimizer: Literal["sgd", "adam", "adamw"] = "sgd"
+    epochs: Annotated[int, Ge(1)] = 1  # epochs of training per individual (see ancestor.epochs, evolution.epochs)
+    batch_size: Annotated[int, Ge(1)] = 64  # training batch size
+    optimizer: Literal["sgd", "adam", "adamw"] = "sgd"  # the optimizer
     lr: Annotated[float, Gt(0)] = 0.05  # the peak learning rate
-    momentum: Annotated[float, Ge(0), Lt(1)] = 0.9  # sgd's momentum; adam's beta1
-    weight_decay: Annotated[float, Ge(0)] = 5e-4
+    momentum: Annotated[float, Ge(0), Lt(1)] = 0.9  # SGD momentum (adam and adamw do not read it)
+    weight_decay: Annotated[float, Ge(0)] = 5e-4  # weight decay
     # restarts: cosine with warm restarts (SGDR), `cycles` equal cycles per training
     schedule: Literal["constant", "cosine", "step", "restarts"] = "cosine"
     step_size: Annotated[int, Ge(1)] = 1  # epochs per decay, for "step"
     cycles: Annotated[int, Ge(1)] = 2  # cosine cycles of equal length, for "restarts"
     gamma: Annotated[float, Gt(0), Le(1)] = 0.1  # the decay factor of "step"
     warmup_steps: Annotated[int, Ge(0)] = 0  # linear warm-up, in optimizer steps
-    mixed_precision: Literal["auto", "bf16", "fp16", "off"] = "auto"  # GPU only
-    eval_batch_size: Annotated[int, Ge(1)] = 256
+    mixed_precision: Literal["auto", "bf16", "fp16", "off"] = "auto"  # GPU only; auto picks what the GPU supports
+    eval_batch_size: Annotated[int, Ge(1)] = 256  # evaluation batch size
     num_workers: Annotated[int, Ge(0)] = 0  # data-loading worker processes per trainer
 
 

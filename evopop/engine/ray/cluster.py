@@ -11,7 +11,7 @@ from collections.abc import Callable
 
 import ray
 
-from ...config import Config, ConfigError
+from ...config import ConfigError, ResourcesSection
 
 REPORT_EVERY_S = 30.0  # a progress line this often while trainers or nodes are awaited
 POLL_S = 2.0  # how often the cluster's nodes are looked at while none can hold a trainer
@@ -38,9 +38,8 @@ def connect() -> None:
 
 
 # -- can the cluster hold a trainer? ----------------------------------------------------------
-def per_trainer(config: Config) -> dict[str, tuple[str, float]]:
+def per_trainer(r: ResourcesSection) -> dict[str, tuple[str, float]]:
     """What one trainer asks for: Ray resource -> (its config key, amount)."""
-    r = config.resources
     wanted = {"CPU": ("cpus_per_trainer", r.cpus_per_trainer)}
     if r.gpus_per_trainer:
         wanted["GPU"] = ("gpus_per_trainer", r.gpus_per_trainer)
@@ -48,7 +47,7 @@ def per_trainer(config: Config) -> dict[str, tuple[str, float]]:
     return wanted
 
 
-def check_resources(config: Config, log: Log = print_line) -> None:
+def check_resources(resources: ResourcesSection, log: Log = print_line) -> None:
     """Refuse trainers the cluster can never place, instead of waiting for them forever.
 
     A trainer runs on one node, so it must fit in one node's resources (not only in the cluster's
@@ -57,12 +56,12 @@ def check_resources(config: Config, log: Log = print_line) -> None:
     refuse, naming the resource. More trainers than the cluster holds at once are never refused:
     the run goes on with the trainers it places (a trainer gets work only once it has answered).
     """
-    wanted = per_trainer(config)
-    nodes = wait_for_node(wanted, config.resources.wait_for_nodes_s, log)
+    wanted = per_trainer(resources)
+    nodes = wait_for_node(wanted, resources.wait_for_nodes_s, log)
     room = sum(_holds(node, wanted) for node in nodes)
-    if room < config.resources.trainers:
+    if room < resources.trainers:
         log(
-            f"the cluster holds {room} of the {config.resources.trainers} trainers at once now: "
+            f"the cluster holds {room} of the {resources.trainers} trainers at once now: "
             f"the run goes on with the trainers it places"
         )
 

@@ -82,8 +82,8 @@ class RayExecutor:
 
     def start(self) -> None:
         connect()
-        check_resources(self.config, self.log)
-        self._cls = trainer_class(self.config)
+        check_resources(self.config.resources, self.log)
+        self._cls = trainer_class(self.config.resources)
         self.actors, self._idle, self._starting = [], [], {}
         for _ in range(self.config.resources.trainers):
             self._launch()
@@ -145,7 +145,7 @@ class RayExecutor:
             if stalled and not done and not running:
                 # no trainer answers: fine while they start, but not if no node can hold one any more
                 wait_for_node(
-                    per_trainer(self.config),
+                    per_trainer(self.config.resources),
                     r.wait_for_nodes_s,
                     self.log,
                     f"{_count(len(queue))} waiting, but no trainer can be placed any more: ",

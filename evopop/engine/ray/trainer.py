@@ -9,7 +9,7 @@ from dataclasses import replace
 import ray
 import torch
 
-from ...config import Config
+from ...config import Config, ResourcesSection
 from ..executors.base import trainer_threads
 from ..jobs import Outcome, ParentState, Spec
 from ..worker.develop import Developer
@@ -38,9 +38,8 @@ class Trainer:
         return os.getpid()
 
 
-def trainer_class(config: Config):
+def trainer_class(r: ResourcesSection):
     """The actor class with the configured resources (fractional GPUs pack offspring on one GPU)."""
-    r = config.resources
     return ray.remote(
         num_cpus=r.cpus_per_trainer, num_gpus=r.gpus_per_trainer, resources=dict(r.custom) or None, max_restarts=0
     )(Trainer)
