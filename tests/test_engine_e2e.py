@@ -203,12 +203,12 @@ def test_iterative_magnitude_pruning_follows_a_lineage_of_its_own(tmp_path):
     assert not torch.equal(imp.weights["classifier.1.weight"], rewind.weights["classifier.1.weight"])
     # rewinding starts from the root's initialisation, as the root's own training started
     from evopop.engine.policy.specs import ROOT_ID, train_seed
-    from evopop.engine.worker.develop import _initial_weights_of
+    from evopop.engine.worker.weights import initial_weights
 
     torch.manual_seed(train_seed(config, ROOT_ID))
     task = build_task(config.task.name, config.task.args)
     expected = task.build_model().state_dict()
-    start = _initial_weights_of(config, task, trace_architecture(task.build_model(), task.example_input()))
+    start = initial_weights(config, task, trace_architecture(task.build_model(), task.example_input()))
     assert all(torch.equal(start[name], expected[name]) for name in expected)
     # the report draws them against synthesis
     from evopop.analysis.report import build_report

@@ -61,12 +61,12 @@ def test_a_plain_state_dict_ancestor_is_masked_before_it_is_measured(tmp_path):
 
 def test_rewinding_from_a_loaded_ancestor_starts_from_its_masked_weights(tmp_path):
     """imp_rewind's start is the loaded ancestor (never trained here), masked by its genome."""
-    from evopop.engine.worker.develop import _initial_weights_of
+    from evopop.engine.worker.weights import initial_weights
 
     path, state = plain_state_dict_with_a_zero_filter(tmp_path)
     config = load_config(TINY, [f"ancestor.checkpoint={path}"])
     built = built_task(config.task.name, config.task.args)
-    start = _initial_weights_of(config, built.task, built.arch)
+    start = initial_weights(config, built.task, built.arch)
     assert torch.equal(start["features.0.weight"], state["features.0.weight"])  # the loaded weights
     assert start["features.1.bias"][DEAD] == 0, "masked: the dead neuron passes nothing on"
     assert torch.count_nonzero(start["features.4.weight"][:, DEAD]) == 0

@@ -77,7 +77,7 @@ def plan_run(config: Config) -> Plan:
     judged = direction if stop_metric == metric else metric_direction(stop_metric, task.default_metric)
     stop_direction = stop.direction or judged
     if config.ancestor.checkpoint:
-        from .worker.develop import load_ancestor
+        from .worker.weights import load_ancestor
 
         try:
             load_ancestor(config.ancestor.checkpoint, task.build_model(), arch)

@@ -17,17 +17,14 @@ import torch
 
 from ...compaction import compact, latency_ms
 from ...config import Config
-from ...records.checkpoints import Checkpoint, GenomeFile, RungState, read_weights_file
+from ...records.checkpoints import Checkpoint, GenomeFile, RungState
 from ...records.run import RunRecords
 from ...records.schema import EVOLVED_KINDS, OK, LayerRecord
-from ...records.storage import read_uri
 from ...synthesis import (
     Genome,
     LayerCount,
-    MaskedParameters,
     count,
     effective_genome,
-    genome_from_weights,
     matched_genome,
     mate,
     mean_weights,
@@ -42,7 +39,7 @@ from ...training.loop import Distillation, TrainingState, TrainResult, evaluate,
 from ...training.probe import ProbeBatch, held_out_batch, probe_outputs
 from ..failures import StorageError, classify, gpu_share
 from ..jobs import EFFECTIVE_SIZES, SIZES, Compaction, Outcome, ParentState, Spec
-from ..policy.specs import ROOT_ID, train_seed
+from .weights import built_aside, initial_weights, load_ancestor, load_weights
 
 
 class Developer:
@@ -168,7 +165,7 @@ class Developer:
 
     def _initial_weights(self) -> dict[str, torch.Tensor]:
         if self._rewind_to is None:
-            self._rewind_to = _initial_weights_of(self.config, self.task, self.arch)
+            self._rewind_to = initial_weights(self.config, self.task, self.arch)
         return self._rewind_to
 
     def _probe(self, model: torch.nn.Module) -> tuple[torch.Tensor | None, dict]:
@@ -270,65 +267,7 @@ class Developer:
         )
 
 
-def built_aside(task, seed: int | None = None) -> torch.nn.Module:
-    """A new network of ``task`` (seeded with ``seed`` where given), built without drawing from or
-    reseeding the caller's random state, on the CPU or any GPU."""
-    devices = list(range(torch.cuda.device_count())) if torch.cuda.is_available() else []
-    with torch.random.fork_rng(devices=devices):
-        if seed is not None:
-            torch.manual_seed(seed)
-        return task.build_model()
-
-
-def _initial_weights_of(config: Config, task, arch) -> dict[str, torch.Tensor]:
-    """The weights the root ancestor started from: its seeded initialisation, as `_develop` seeds it,
-    or the loaded ancestor (masked by its genome) when it was not trained here."""
-    if config.ancestor.checkpoint:
-        model = built_aside(task)
-        load_ancestor(config.ancestor.checkpoint, model, arch)
-        return model.state_dict()
-    return built_aside(task, train_seed(config, ROOT_ID)).state_dict()
-
-
 def _layer_record(individual_id: str, layer: LayerCount) -> LayerRecord:
     """The layers row of one synaptic layer's counts: the same fields, its name as ``layer``."""
     counted = {f.name: getattr(layer, f.name) for f in fields(LayerRecord) if f.name not in ("individual_id", "layer")}
     return LayerRecord(individual_id=individual_id, layer=layer.name, **counted)
-
-
-def load_ancestor(path: str, model: torch.nn.Module, arch) -> Genome:
-    """Load an ancestor checkpoint into ``model``, masked by its genome: an evopop checkpoint (weights
-    + masks) or a plain state_dict (its zero weights become dead synapses, then neuron death).
-    Raises ValueError saying what does not fit."""
-    try:
-        data = read_uri(path)
-    except OSError as exc:
-        raise ValueError(f"cannot read ancestor checkpoint {path}: {exc}") from None
-    try:
-        weights, masks = read_weights_file(data)
-    except ValueError as exc:
-        raise ValueError(f"ancestor checkpoint {path} is {exc}") from None
-    load_weights(model, weights, f"ancestor checkpoint {path}")
-    if not masks:
-        genome = genome_from_weights(arch, model)
-    else:
-        genome = Genome.from_state_dict(masks)
-        try:
-            genome.validate(arch)
-        except ValueError as exc:
-            raise ValueError(f"ancestor checkpoint {path}: {exc}") from None
-    # what the genome says is dead is zero before the ancestor is measured: a neuron that died of an
-    # all-zero filter still passes its norm's bias on, and the synapses it feeds are nonzero
-    MaskedParameters(model, parameter_masks(arch, genome))
-    return genome
-
-
-def load_weights(model: torch.nn.Module, weights: dict[str, torch.Tensor], what: str) -> None:
-    """load_state_dict with an error that says which checkpoint does not fit which network."""
-    try:
-        model.load_state_dict(weights, strict=True)
-    except RuntimeError as exc:
-        first = str(exc).strip().splitlines()[:4]
-        raise ValueError(
-            f"{what} does not fit the task's network ({type(model).__name__}): {' '.join(first)}"
-        ) from None
