@@ -1,4 +1,5 @@
-"""The benchmarks run (their quick modes), so that the README's figures can always be re-measured."""
+"""The benchmarks run (their quick modes, as modules from the repository root: ``python -m benchmarks.bench_X``),
+so that the README's figures can always be re-measured; benchmarks/results/TABLE.md is up to date with the JSONs."""
 
 from __future__ import annotations
 
@@ -8,14 +9,20 @@ from pathlib import Path
 
 import pytest
 
-BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def benchmark(name: str, *args: str) -> list[str]:
+    """The command line of ``python -m benchmarks.NAME ARGS`` (run it with cwd=ROOT)."""
+    return [sys.executable, "-m", f"benchmarks.{name}", *args]
 
 
 @pytest.mark.slow
 def test_compaction_benchmark_quick_mode(tmp_path):
     out = tmp_path / "rows.json"
     result = subprocess.run(
-        [sys.executable, str(BENCHMARKS / "bench_compaction.py"), "--quick", "--json", str(out)],
+        benchmark("bench_compaction", "--quick", "--json", str(out)),
+        cwd=ROOT,
         capture_output=True,
         text=True,
         timeout=300,
@@ -32,13 +39,14 @@ def test_compaction_benchmark_quick_mode(tmp_path):
 
 @pytest.mark.slow
 def test_cluster_benchmark_quick_mode(tmp_path):
-    """bench_cluster.py starts its own simulated cluster (head + 2 worker nodes) in a subprocess,
+    """bench_cluster starts its own simulated cluster (head + 2 worker nodes) in a subprocess,
     measures scaling, the driver's cost and record writes, and shuts everything down."""
     import json
 
     out = tmp_path / "cluster.json"
     proc = subprocess.Popen(
-        [sys.executable, str(BENCHMARKS / "bench_cluster.py"), "--quick", "--json", str(out)],
+        benchmark("bench_cluster", "--quick", "--json", str(out)),
+        cwd=ROOT,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
@@ -48,7 +56,7 @@ def test_cluster_benchmark_quick_mode(tmp_path):
     except subprocess.TimeoutExpired:
         proc.terminate()  # SIGTERM: the script unwinds and shuts its cluster down
         stdout, stderr = proc.communicate(timeout=60)
-        pytest.fail(f"bench_cluster.py --quick ran past 300 s:\n{stdout[-3000:]}\n{stderr[-3000:]}")
+        pytest.fail(f"bench_cluster --quick ran past 300 s:\n{stdout[-3000:]}\n{stderr[-3000:]}")
     assert proc.returncode == 0, stderr[-5000:]
 
     results = json.loads(out.read_text())
@@ -83,7 +91,8 @@ def test_cluster_benchmark_quick_mode(tmp_path):
 def test_diversity_benchmark_quick_mode(tmp_path):
     out = tmp_path / "figures.json"
     result = subprocess.run(
-        [sys.executable, str(BENCHMARKS / "bench_diversity.py"), "--quick", "--json", str(out)],
+        benchmark("bench_diversity", "--quick", "--json", str(out)),
+        cwd=ROOT,
         capture_output=True,
         text=True,
         timeout=300,
@@ -104,7 +113,8 @@ def test_halving_benchmark_quick_mode(tmp_path):
 
     out = tmp_path / "halving.json"
     result = subprocess.run(
-        [sys.executable, str(BENCHMARKS / "bench_halving.py"), "--quick", "--json", str(out)],
+        benchmark("bench_halving", "--quick", "--json", str(out)),
+        cwd=ROOT,
         capture_output=True,
         text=True,
         timeout=600,
@@ -119,3 +129,11 @@ def test_halving_benchmark_quick_mode(tmp_path):
     # training did); its rank among them is the figure
     assert all(1 <= r["pick_rank"] <= r["offspring"] for r in rows)
     assert [r["generation"] for r in result["lineage"]] == [2, 3]
+
+
+def test_results_table_is_up_to_date():
+    """TABLE.md is generated from the JSON results: a JSON re-measured without regenerating it fails here."""
+    result = subprocess.run(
+        [sys.executable, "-m", "benchmarks.table", "--check"], cwd=ROOT, capture_output=True, text=True, timeout=60
+    )
+    assert result.returncode == 0, result.stderr + result.stdout

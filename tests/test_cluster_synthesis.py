@@ -574,7 +574,7 @@ def test_config_accepts_cluster_encoding():
     assert (config.evolution.encoding, config.evolution.clusters.c) == ("cluster", 0.25)
     assert load_config().evolution.encoding == "synapse"  # the paper's encoding by default
     config = load_config(CLUSTER_CONFIG, ["evolution.clusters.multiple=8"])
-    assert schedule_of(config, "clusters").at(2).multiple == 8
+    assert schedule_of(config.evolution, "clusters").at(2).multiple == 8
 
 
 @pytest.mark.parametrize(

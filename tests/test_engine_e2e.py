@@ -205,7 +205,7 @@ def test_iterative_magnitude_pruning_follows_a_lineage_of_its_own(tmp_path):
     from evopop.engine.policy.specs import ROOT_ID, train_seed
     from evopop.engine.worker.weights import initial_weights
 
-    torch.manual_seed(train_seed(config, ROOT_ID))
+    torch.manual_seed(train_seed(config.run.seed, ROOT_ID))
     task = build_task(config.task.name, config.task.args)
     expected = task.build_model().state_dict()
     start = initial_weights(config, task, trace_architecture(task.build_model(), task.example_input()))

@@ -114,7 +114,7 @@ def test_more_trainers_than_the_cluster_places(ray_cluster, tmp_path, capsys, qu
 def test_individual_past_timeout_has_its_trainer_killed_and_is_retried_then_failed(ray_cluster, tmp_path):
     pid_dir = tmp_path / "hung"
     pid_dir.mkdir()
-    seed = train_seed(load_config(TINY), "g2-1")
+    seed = train_seed(load_config(TINY).run.seed, "g2-1")
     config, run_dir = new_run(
         tmp_path,
         "task.name=test_no_hangs:hanging",

@@ -49,7 +49,7 @@ def test_every_offspring_resynthesizes_from_the_whole_run_table(tiny_run):
     records = RunRecords(run_dir)
     task = build_task(config.task.name, config.task.args)
     arch = trace_architecture(task.build_model(), task.example_input())
-    schedule = schedule_of(config)
+    schedule = schedule_of(config.evolution)
     for reader, table in whole_run_tables(run_dir).items():
         offspring = table[table["kind"] == "offspring"]
         assert len(offspring) == 4, reader

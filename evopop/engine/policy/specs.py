@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 
-from ...config import Config
+from ...config import Config, EvolutionSection
 from ...records.schema import ANCESTOR, OFFSPRING, IndividualRecord
 from ...synthesis import Environment, Schedule, derive_seed, offspring_seed
 from ...synthesis.baselines import LINEAGE_KINDS
@@ -13,32 +13,35 @@ from ..jobs import Spec
 ROOT_ID = "g1-0"
 
 
-def schedule_of(config: Config, level: str = "synapses") -> Schedule:
+def schedule_of(evolution: EvolutionSection, level: str = "synapses") -> Schedule:
     """The environment schedule of synapses (F_s) or of clusters (F_c, ``level="clusters"``).
 
     A layer frozen for synapses never mutates, so it is frozen for clusters too (it loses no filter).
     """
-    synapses = config.evolution.environment
-    env = synapses if level == "synapses" else config.evolution.clusters
+    synapses = evolution.environment
+    env = synapses if level == "synapses" else evolution.clusters
     frozen = tuple(env.frozen) + tuple(p for p in synapses.frozen if p not in env.frozen)
     base = Environment(env.c, env.mode, tuple(env.layers.items()), frozen, env.sharpness, env.multiple)
     return Schedule(base, tuple(env.schedule.items()))
 
 
-def cluster_environment(config: Config, generation: int) -> Environment | None:
+def cluster_environment(evolution: EvolutionSection, generation: int) -> Environment | None:
     """F_c(E) of ``generation`` under cluster-driven synthesis; None under the synapse-level encoding."""
-    if config.evolution.encoding != "cluster":
+    if evolution.encoding != "cluster":
         return None
-    return schedule_of(config, "clusters").at(generation)
+    return schedule_of(evolution, "clusters").at(generation)
 
 
-def train_seed(config: Config, individual_id: str) -> int:
-    return derive_seed("train", config.run.seed, individual_id)
+def train_seed(run_seed: int, individual_id: str) -> int:
+    """The seed an individual trains with (its initialisation, data order, dropout)."""
+    return derive_seed("train", run_seed, individual_id)
 
 
 def root_spec(config: Config) -> Spec:
     epochs = config.ancestor_epochs
-    return Spec(1, ROOT_ID, None, (ROOT_ID,), None, None, train_seed(config, ROOT_ID), None, epochs, kind=ANCESTOR)
+    return Spec(
+        1, ROOT_ID, None, (ROOT_ID,), None, None, train_seed(config.run.seed, ROOT_ID), None, epochs, kind=ANCESTOR
+    )
 
 
 def offspring_specs(
@@ -55,8 +58,8 @@ def offspring_specs(
     mates with the next best, a generation keeps its size, and the family head is the offspring's
     ``parent_id`` (its id seeds the synthesis, as a single parent's does).
     """
-    scheduled = schedule_of(config).at(generation)
-    clusters = cluster_environment(config, generation)
+    scheduled = schedule_of(config.evolution).at(generation)
+    clusters = cluster_environment(config.evolution, generation)
     n = config.evolution.offspring
     epochs = config.offspring_epochs
     specs = []
@@ -75,7 +78,7 @@ def offspring_specs(
                     lineage=tuple(ancestor.lineage) + (individual_id,),
                     offspring_index=i,
                     seed=offspring_seed(config.run.seed, generation, ancestor.individual_id, i),
-                    train_seed=train_seed(config, individual_id),
+                    train_seed=train_seed(config.run.seed, individual_id),
                     environment=environment,
                     epochs=epochs,
                     clusters=clusters,
@@ -98,7 +101,7 @@ def baseline_specs(
     prune ``lineage_parents[(offspring's parent id, kind)]``: the same kind's baseline of the
     offspring's parent (a lineage of its own beside the evolved one), or the root ancestor.
     """
-    scheduled = schedule_of(config).at(generation)
+    scheduled = schedule_of(config.evolution).at(generation)
     epochs = config.offspring_epochs
     specs = []
     for record in selected:

@@ -30,7 +30,7 @@ def initial_weights(config: Config, task, arch) -> dict[str, torch.Tensor]:
         model = built_aside(task)
         load_ancestor(config.ancestor.checkpoint, model, arch)
         return model.state_dict()
-    return built_aside(task, train_seed(config, ROOT_ID)).state_dict()
+    return built_aside(task, train_seed(config.run.seed, ROOT_ID)).state_dict()
 
 
 def load_ancestor(path: str, model: torch.nn.Module, arch) -> Genome:
