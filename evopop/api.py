@@ -10,6 +10,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Sequence
 
 import pandas as pd
@@ -53,6 +54,7 @@ def evolution(
         records.write_config(config.to_yaml())
     else:
         check_same_run(config, load_config(yaml.safe_load(records.read_config())), run_dir)
+        plan = recorded_direction(plan, records)
     executor = executor or make_executor(config, run_dir)
     hooks = default_hooks(config, records, plan, stream) if hooks is None else list(hooks)
     return EvolutionController(config, records, plan, executor, hooks)
@@ -65,6 +67,16 @@ def make_executor(config: Config, run_dir: str) -> Executor:
     from .engine.ray.executor import RayExecutor
 
     return RayExecutor(config, run_dir)
+
+
+def recorded_direction(plan: Plan, records: RunRecords) -> Plan:
+    """``plan`` with the selection direction the run's records were selected by: a resumed run goes
+    on as it started, even where the rule for an unstated direction has changed since (runs started
+    before errors such as ``val_mae`` were minimised by default maximised them)."""
+    recorded = records.metadata()
+    if recorded.metric != plan.metric or recorded.direction in (None, plan.direction):
+        return plan
+    return dataclasses.replace(plan, direction=recorded.direction)
 
 
 def check_same_run(config: Config, recorded: Config, run_dir: str) -> None:

@@ -45,7 +45,7 @@ class _RecipeSection(_Section):
     def recipe(self, epochs: int | None = None) -> Recipe:
         """The training recipe of this section, for ``epochs`` (default: its own)."""
         values = self.model_dump()
-        return Recipe(**{**values, "epochs": epochs or values["epochs"]})
+        return Recipe(**{**values, "epochs": values["epochs"] if epochs is None else epochs})
 
 
 def _section_of(recipe: type, name: str) -> type[_RecipeSection]:
@@ -53,6 +53,7 @@ def _section_of(recipe: type, name: str) -> type[_RecipeSection]:
     ``recipe``: they are defined once, where the training reads them."""
     hints = typing.get_type_hints(recipe, include_extras=True)
     fields = {f.name: (hints[f.name], f.default) for f in dataclasses.fields(recipe)}
+    assert all(default is not dataclasses.MISSING for _, default in fields.values()), "every key needs a default"
     section = create_model(name, __base__=_RecipeSection, __module__=__name__, __doc__=recipe.__doc__, **fields)
     section.__fields_from__ = recipe  # where the fields' comments are (docs/reference.py reads them)
     return section

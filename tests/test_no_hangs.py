@@ -88,10 +88,10 @@ def assert_every_individual_recorded(population, offspring: int):
 @pytest.fixture
 def quick_reports(monkeypatch):
     """Progress lines about waiting trainers and nodes every 0.2 s instead of every 30 s."""
-    from evopop.engine import ray_executor
+    from evopop.engine.ray import cluster
 
-    monkeypatch.setattr(ray_executor, "REPORT_EVERY_S", 0.2)
-    monkeypatch.setattr(ray_executor, "POLL_S", 0.2)
+    monkeypatch.setattr(cluster, "REPORT_EVERY_S", 0.2)
+    monkeypatch.setattr(cluster, "POLL_S", 0.2)
 
 
 # -- 1. a trainer gets work only once it has answered ----------------------------------------------

@@ -140,3 +140,33 @@ def test_the_last_generation_ends_the_run_without_a_stop_record(tmp_path):
     RunRecords(run_dir).write_config(config.to_yaml())
     evolve(config, run_dir)
     assert RunRecords(run_dir).read_stop() is None and load_run(run_dir).progress().startswith("finished: 2")
+
+
+def test_a_metric_direction_unless_told_the_task_s_for_its_own_and_min_for_losses_and_errors():
+    from evopop.engine.plan import metric_direction, selection_metric
+
+    assert selection_metric(None, None, "val_accuracy") == ("val_accuracy", "max")
+    assert selection_metric("val_loss", None, "val_accuracy") == ("val_loss", "min")
+    assert selection_metric("val_mae", None, "val_fbeta") == ("val_mae", "min")  # an error: lower is better
+    assert selection_metric("val_mae", "max", "val_fbeta") == ("val_mae", "max")  # told
+    # a task whose own metric is minimised keeps that direction for its other measurements too
+    assert metric_direction("test_rmse", "val_rmse", "min") == "min"
+    assert metric_direction("val_rmse", "val_rmse", "min") == "min"
+
+
+def test_a_resumed_run_keeps_the_direction_its_records_were_selected_by():
+    from evopop.api import recorded_direction
+    from evopop.engine.plan import Plan
+    from evopop.records.run import RunMetadata
+
+    class Records:
+        def __init__(self, metric, direction):
+            self.meta = RunMetadata(["val_mae"], [], metric, direction)
+
+        def metadata(self):
+            return self.meta
+
+    plan = Plan("val_mae", "min", ["val_mae"], [], 0)
+    assert recorded_direction(plan, Records("val_mae", "max")).direction == "max"  # started under the old rule
+    assert recorded_direction(plan, Records("val_mae", None)) is plan  # nothing recorded yet
+    assert recorded_direction(plan, Records("val_fbeta", "max")) is plan  # another metric: not this run's rule

@@ -26,10 +26,11 @@ class Plan:
 
 def metric_direction(metric: str, default_metric: str, default_direction: str = "max") -> str:
     """Whether ``metric`` is maximised or minimised where the config does not say: the task's own
-    direction for its default metric; else "min" for a loss or an error (`MINIMISED_SUFFIXES`), "max"."""
-    if metric == default_metric:
-        return default_direction
-    return "min" if metric.endswith(MINIMISED_SUFFIXES) else "max"
+    direction for its default metric, "min" for a loss or an error (`MINIMISED_SUFFIXES`), else the
+    task's direction."""
+    if metric != default_metric and metric.endswith(MINIMISED_SUFFIXES):
+        return "min"
+    return default_direction
 
 
 def selection_metric(
@@ -74,7 +75,11 @@ def plan_run(config: Config) -> Plan:
             f"allowed: {', '.join(columns)}"
         )
     stop_metric = stop.metric or metric
-    judged = direction if stop_metric == metric else metric_direction(stop_metric, task.default_metric)
+    judged = (
+        direction
+        if stop_metric == metric
+        else metric_direction(stop_metric, task.default_metric, task.default_direction)
+    )
     stop_direction = stop.direction or judged
     if config.ancestor.checkpoint:
         from .worker.weights import load_ancestor

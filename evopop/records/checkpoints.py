@@ -95,13 +95,15 @@ class RungState:
 
 def read_weights_file(data: bytes) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor] | None]:
     """(weights, masks) of an evopop checkpoint, or (the state dict, None) of a plain one;
-    ValueError if it is neither."""
-    payload = read_torch_bytes(data)
-    if is_evopop_checkpoint(payload):
-        return payload["weights"], payload["masks"]
-    if not isinstance(payload, dict):
-        raise ValueError(f"a {type(payload).__name__}, not a state_dict")
-    return payload, None
+    ValueError if it is neither, its message a predicate ("is not a readable torch file", "holds a ...")."""
+    try:
+        payload = read_torch_bytes(data)
+    except ValueError as exc:
+        raise ValueError(f"is {exc}") from None
+    weights, masks = (payload["weights"], payload["masks"]) if is_evopop_checkpoint(payload) else (payload, None)
+    if not isinstance(weights, dict):
+        raise ValueError(f"holds a {type(weights).__name__}, not a state_dict")
+    return weights, masks
 
 
 def torch_bytes(payload: dict) -> bytes:

@@ -35,7 +35,8 @@ from ...config import Config
 from ..executors.base import ParentLoader
 from ..failures import INFRASTRUCTURE, Failure, classify
 from ..jobs import Outcome, Result, Spec
-from .cluster import POLL_S, REPORT_EVERY_S, Log, check_resources, connect, per_trainer, print_line, wait_for_node
+from . import cluster  # its REPORT_EVERY_S and POLL_S are read through the module (tests shorten them)
+from .cluster import Log, check_resources, connect, per_trainer, print_line, wait_for_node
 from .trainer import trainer_class
 
 
@@ -122,10 +123,10 @@ class RayExecutor:
             now = time.monotonic()
             deadline = min((run.started + r.timeout_s for run in running.values()), default=math.inf)
             if self._starting and queue:
-                deadline = min(deadline, reported + REPORT_EVERY_S)
+                deadline = min(deadline, reported + cluster.REPORT_EVERY_S)
             stalled = not running  # work waits, but no trainer has answered
             if stalled:
-                deadline = min(deadline, now + POLL_S)
+                deadline = min(deadline, now + cluster.POLL_S)
             timeout = None if deadline == math.inf else max(0.0, deadline - now)
             done, _ = ray.wait(list(running) + list(self._starting), num_returns=1, timeout=timeout)
             for ref in done:
@@ -135,7 +136,7 @@ class RayExecutor:
                     yield from self._finished(ref, running.pop(ref), queue)
             yield from self._time_out(running, queue)
             now = time.monotonic()
-            if self._starting and queue and now - reported >= REPORT_EVERY_S:
+            if self._starting and queue and now - reported >= cluster.REPORT_EVERY_S:
                 ready = len(self.actors) - len(self._starting)
                 self.log(
                     f"trainers: {ready} of {len(self.actors)} ready, {len(running)} busy; {_count(len(queue))} "

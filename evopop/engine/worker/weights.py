@@ -44,7 +44,7 @@ def load_ancestor(path: str, model: torch.nn.Module, arch) -> Genome:
     try:
         weights, masks = read_weights_file(data)
     except ValueError as exc:
-        raise ValueError(f"ancestor checkpoint {path} is {exc}") from None
+        raise ValueError(f"ancestor checkpoint {path} {exc}") from None
     load_weights(model, weights, f"ancestor checkpoint {path}")
     if not masks:
         genome = genome_from_weights(arch, model)
