@@ -31,18 +31,18 @@ the same run (absolute times on a shared machine are noisy; the ratios are the r
    a few MiB) against the same bytes written once, plainly. Moto on loopback has no network latency:
    the S3 figures count requests, not real S3 time.
 
-    python benchmarks/bench_cluster.py                       # full run (~4 min on 2 quiet cores)
-    python benchmarks/bench_cluster.py --quick               # smoke run (~40 s; figures meaningless)
-    python benchmarks/bench_cluster.py --json cluster.json   # also write the figures as JSON
+    python -m benchmarks.bench_cluster                       # full run (~4 min on 2 quiet cores)
+    python -m benchmarks.bench_cluster --quick               # smoke run (~40 s; figures meaningless)
+    python -m benchmarks.bench_cluster --json cluster.json   # also write the figures as JSON (alone: results/)
 """
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import io
 import json
 import logging
+import math
 import os
 import platform
 import shutil
@@ -55,24 +55,31 @@ from collections import Counter
 from contextlib import ExitStack
 from pathlib import Path
 
-try:
-    import evopop
-except ImportError:  # run from a checkout without `pip install -e .` (see main() for the trainers)
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
 import pyarrow as pa
 import pyarrow.parquet as pq
 import ray
 import torch
-from bench_engine import LoadSampler, median  # noqa: E402  (this folder; pure helpers, never shipped to Ray)
 
 import evopop
+from benchmarks.harness import (
+    LoadSampler,
+    arguments,
+    match_worker_niceness,
+    median,
+    print_runtime,
+    print_summary,
+    ray_worker_niceness,
+    take_turns,
+    timed,
+    write_json,
+)
 from evopop.api import evolution
 from evopop.config import Config, load_config
-from evopop.engine.hooks import OFFSPRING, Batch, Hook
+from evopop.engine.hooks import Batch, Hook
 from evopop.engine.plan import plan_run
 from evopop.engine.progress import Progress
-from evopop.engine.ray_executor import RayExecutor
+from evopop.engine.ray.executor import RayExecutor
+from evopop.records.checkpoints import Checkpoint
 from evopop.records.run import RunRecords
 from evopop.records.schema import LayerRecord, layer_schema, population_schema
 from evopop.records.storage import filesystem_of, join
@@ -91,19 +98,6 @@ def cores() -> int:
         return len(os.sched_getaffinity(0))
     except AttributeError:
         return os.cpu_count() or 1
-
-
-def _niceness() -> int:  # defined here, not imported: Ray ships this script's functions by value
-    return os.nice(0)
-
-
-def match_worker_niceness() -> int:
-    """This process at the niceness of Ray's workers (15), as bench_engine.py does: otherwise the local
-    baseline, at 0, wins every contest for a core against the trainers whenever anything else runs."""
-    target = ray.get(ray.remote(num_cpus=0)(_niceness).remote())
-    if target > os.nice(0):
-        os.nice(target - os.nice(0))
-    return os.nice(0)
 
 
 def _terminate(signum, frame):
@@ -150,14 +144,12 @@ class GenerationTimer(Hook):
 
     def batch_started(self, batch: Batch) -> None:
         if self.executor is not None and self.actors_ready_seconds is None:
-            start = time.perf_counter()
-            self.executor.actor_pids()
-            self.actors_ready_seconds = time.perf_counter() - start
-        if batch.kind == OFFSPRING:
+            _, self.actors_ready_seconds = timed(self.executor.actor_pids)
+        if not batch.baselines:
             self._start, self._individuals = Clocks(), batch.total - batch.already
 
     def batch_finished(self, batch: Batch) -> None:
-        if batch.kind == OFFSPRING:
+        if not batch.baselines:
             self._developed = Clocks()
 
     def selected(self, generation: int, selected: list[str]) -> None:
@@ -244,26 +236,26 @@ def steady(generations: int) -> list[int]:
 def bench_scaling(args, workdir: Path, ancestors: dict, n_cores: int) -> dict:
     task = TRIVIAL_TASK if args.quick else SCALING_TASK
     ancestor = train_ancestor(workdir, task, ancestors)
+
+    def scaling_run(side: str, i: int) -> dict:
+        n = 1 if side == "local" else int(side.split("=")[1])
+        executor = "local" if side == "local" else "ray"
+        config = bench_config(
+            workdir,
+            task,
+            args.epochs,
+            f"evolution.generations={args.generations}",
+            f"evolution.offspring={args.offspring}",
+            f"resources.executor={executor}",
+            f"resources.trainers={n}",
+        )
+        r = timed_run(ancestor, workdir / f"scaling-{side.replace('=', '')}-{i}", config)
+        shown = ", ".join(f"gen {g} {x['wall']:.2f}s" for g, x in r["generations"].items())
+        print(f"  repeat {i + 1}/{args.repeats}, {side}: {shown}", flush=True)
+        return r
+
     sides = ["local"] + [f"trainers={n}" for n in args.trainers]
-    runs: dict[str, list[dict]] = {side: [] for side in sides}
-    for i in range(args.repeats):
-        order = sides[i % len(sides) :] + sides[: i % len(sides)]  # rotate: drift favours no side
-        for side in order:
-            n = 1 if side == "local" else int(side.split("=")[1])
-            executor = "local" if side == "local" else "ray"
-            config = bench_config(
-                workdir,
-                task,
-                args.epochs,
-                f"evolution.generations={args.generations}",
-                f"evolution.offspring={args.offspring}",
-                f"resources.executor={executor}",
-                f"resources.trainers={n}",
-            )
-            r = timed_run(ancestor, workdir / f"scaling-{side.replace('=', '')}-{i}", config)
-            runs[side].append(r)
-            shown = ", ".join(f"gen {g} {x['wall']:.2f}s" for g, x in r["generations"].items())
-            print(f"  repeat {i + 1}/{args.repeats}, {side}: {shown}", flush=True)
+    runs = take_turns({side: lambda i, side=side: scaling_run(side, i) for side in sides}, args.repeats)
 
     gens = list(range(2, args.generations + 1))
     per_gen = {s: {g: median([r["generations"][g]["wall"] for r in rs]) for g in gens} for s, rs in runs.items()}
@@ -452,19 +444,13 @@ def checkpoint_payload(mib: float) -> tuple[dict, dict]:
 
 
 def timed_rounds(sides: dict, n: int, block: int = 5) -> dict:
-    """Call each side's ``write(i)`` n times, in alternating blocks; seconds per call, per side."""
-    total = {name: 0.0 for name in sides}
-    done = 0
-    while done < n:
-        k = min(block, n - done)
-        order = list(sides) if (done // block) % 2 == 0 else list(reversed(list(sides)))
-        for name in order:
-            start = time.perf_counter()
-            for i in range(done, done + k):
-                sides[name](i)
-            total[name] += time.perf_counter() - start
-        done += k
-    return {name: seconds / n for name, seconds in total.items()}
+    """Call each side's ``write(i)`` for i < n, in blocks taking turns; seconds per call, per side."""
+
+    def blocks(write):
+        return lambda r: timed(lambda: [write(i) for i in range(r * block, min(n, (r + 1) * block))])[1]
+
+    seconds = take_turns({name: blocks(write) for name, write in sides.items()}, math.ceil(n / block))
+    return {name: sum(s) / n for name, s in seconds.items()}
 
 
 def bench_storage_on(uri: str, sample, n_records: int, n_checkpoints: int, ckpt_mib: float, counter) -> dict:
@@ -503,7 +489,7 @@ def bench_storage_on(uri: str, sample, n_records: int, n_checkpoints: int, ckpt_
     meta = {"individual_id": "bench", "note": "bench_cluster.py"}
 
     def evopop_checkpoint(i):
-        evo.write_checkpoint(f"g2-{i}", weights, masks, meta)
+        evo.write_checkpoint(f"g2-{i}", Checkpoint(weights, masks, meta))
 
     def bare_checkpoint(i):  # the same serialization, written once to its final name
         buffer = io.BytesIO()
@@ -701,9 +687,7 @@ def report(results: dict) -> None:
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--quick", action="store_true", help="smoke run: trivial offspring, 1 repeat (~40 s)")
-    parser.add_argument("--json", metavar="PATH", help="write the figures as JSON")
+    parser = arguments(__name__, __doc__.split("\n\n")[0], quick="smoke run: trivial offspring, 1 repeat (~40 s)")
     parser.add_argument("--trainers", help="trainer counts of 1. (default 1,2,4)")
     parser.add_argument("--worker-nodes", type=int, default=2, help="worker nodes of the simulated cluster")
     parser.add_argument("--cpus-per-node", type=int, default=2, help="CPUs each worker node offers")
@@ -793,7 +777,7 @@ def main(argv=None) -> int:
         signal.signal(signal.SIGTERM, _terminate)  # after ray.init, which installs a handler of its own
         cluster.wait_for_nodes()
         niceness = os.nice(0) if args.keep_niceness else match_worker_niceness()
-        ray_worker_niceness = ray.get(ray.remote(num_cpus=0)(_niceness).remote())
+        worker_niceness = ray_worker_niceness()
 
         ancestors: dict = {}
         print("1. generation wall time: local, " + ", ".join(f"{n} trainer(s)" for n in args.trainers), flush=True)
@@ -815,7 +799,7 @@ def main(argv=None) -> int:
             "processor": platform.processor() or platform.machine(),
             "load_average_1min": load.stop(),
             "niceness": niceness,
-            "ray_worker_niceness": ray_worker_niceness,
+            "ray_worker_niceness": worker_niceness,
         },
         "cluster": {"head_cpus": 0, "worker_nodes": args.worker_nodes, "cpus_per_node": args.cpus_per_node},
         "quick": args.quick,
@@ -826,18 +810,12 @@ def main(argv=None) -> int:
     }
     results["summary"] = summary_of(results)
     report(results)
-    busy = results["machine"]["load_average_1min"]
-    print(
-        f"\nruntime {results['runtime_seconds']:.0f}s; machine load (1-min average) {busy['mean']:.1f} mean, "
-        f"{busy['max']:.1f} max, on {n_cores} cores; niceness here {niceness}, Ray workers {ray_worker_niceness}"
-    )
+    print_runtime(results["runtime_seconds"], results["machine"], n_cores)
     if args.quick:
         print("(--quick: trivial sizes, one repeat; the figures say nothing, the run says the benchmark works)")
-    print("\nsummary")
-    for key, value in results["summary"].items():
-        print(f"{key}: {value:.4g}" if isinstance(value, float) else f"{key}: {value}")
+    print_summary(results["summary"], ".4g")
     if args.json:
-        Path(args.json).write_text(json.dumps(results, indent=2, default=str))
+        write_json(args.json, results, __name__)
         print(f"figures: {args.json}")
     return 0
 

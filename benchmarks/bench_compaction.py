@@ -15,28 +15,21 @@ It prints MAC reduction (dense MACs / compacted MACs), measured speedup (dense t
 time) and their ratio. Goal (issue 11): a cluster-encoded offspring's measured speedup at batch 32
 on CPU is at least half its MAC reduction; on a GPU, the same at batch 64.
 
-    python benchmarks/bench_compaction.py                  # saliency net at width 1/4, 96x96: ~4 min on 2 cores
-    python benchmarks/bench_compaction.py --quick          # CI smoke run: seconds
-    python benchmarks/bench_compaction.py --device cuda --batches 64
+    python -m benchmarks.bench_compaction                  # saliency net at width 1/4, 96x96: ~4 min on 2 cores
+    python -m benchmarks.bench_compaction --quick          # CI smoke run: seconds
+    python -m benchmarks.bench_compaction --device cuda --batches 64
+    python -m benchmarks.bench_compaction --json           # also write the rows to benchmarks/results/
 """
 
 from __future__ import annotations
 
-import argparse
-import json
-import statistics
 import sys
-from pathlib import Path
 
 import torch
 
-try:
-    import evopop  # noqa: F401
-except ImportError:  # run from a checkout without `pip install -e .`
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
+from benchmarks.harness import arguments, median, take_turns, write_json
 from evopop.compaction import compact, latency_ms
-from evopop.compaction.compact import masked_network  # noqa: E402
+from evopop.compaction.compact import masked_network
 from evopop.models.saliency import SaliencyNet
 from evopop.models.small import SmallConvNet
 from evopop.synthesis import Environment, Genome, count, synaptic_weights, synthesize, trace_architecture
@@ -57,21 +50,19 @@ def build(quick: bool):
 
 def measure(networks: dict, example: torch.Tensor, batch: int, rounds: int, device: str) -> dict[str, float]:
     """Per network: the median over ``rounds`` interleaved rounds of the fastest of 3 passes (ms)."""
-    times: dict[str, list[float]] = {name: [] for name in networks}
-    for _ in range(rounds):
-        for name, net in networks.items():
-            times[name].append(latency_ms(net, example, batch, repeats=3, device=device))
-    return {name: statistics.median(t) for name, t in times.items()}
+    sides = {
+        name: lambda _, net=net: latency_ms(net, example, batch, repeats=3, device=device)
+        for name, net in networks.items()
+    }
+    return {name: median(t) for name, t in take_turns(sides, rounds).items()}
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--quick", action="store_true")
+    parser = arguments(__name__, __doc__, quick="CI smoke run: a small CNN, 2 generations, 2 rounds")
     parser.add_argument("--generations", type=int, default=4, help="offspring generations per encoding")
     parser.add_argument("--batches", default="1,32", help="batch sizes, comma-separated")
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--device", default="cpu")
-    parser.add_argument("--json", help="also write the rows as JSON")
     args = parser.parse_args(argv)
     if args.quick:
         args.generations, args.rounds = 2, 2
@@ -146,8 +137,7 @@ def main(argv=None) -> int:
             f"  cluster gen {r['generation']} batch {goal_batch}: MACs {r['macs_reduction']:.1f}x fewer, "
             f"{r['speedup']:.2f}x faster, speedup/MAC reduction {r['speedup_per_mac_reduction']:.2f} (>= 0.5: {met})"
         )
-    if args.json:
-        Path(args.json).write_text(json.dumps(rows, indent=2))
+    write_json(args.json, rows, __name__)
     return 0
 
 

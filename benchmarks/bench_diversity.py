@@ -12,32 +12,24 @@ and computes every pair's distances (`generation_diversity`), in a background th
    of the same genome files (the I/O floor) and against reading N checkpoints of that network,
    what the driver read before genome files existed (it also ran every network on its CPU then).
 
-    python benchmarks/bench_diversity.py                     # 65 M synapses, N = 8 and 64: ~3 min on 2 cores
-    python benchmarks/bench_diversity.py --quick             # smoke run, seconds
-    python benchmarks/bench_diversity.py --json out.json
+    python -m benchmarks.bench_diversity                     # 65 M synapses, N = 8 and 64: ~3 min on 2 cores
+    python -m benchmarks.bench_diversity --quick             # smoke run, seconds
+    python -m benchmarks.bench_diversity --json out.json     # --json alone: benchmarks/results/bench_diversity.json
 """
 
 from __future__ import annotations
 
-import argparse
-import json
-import resource
 import shutil
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import torch
 
-try:
-    import evopop  # noqa: F401
-except ImportError:  # run from a checkout without `pip install -e .`
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
+from benchmarks.harness import arguments, proc_status, timed, write_json
 from evopop.analysis.generation_diversity import TaskProbe, generation_diversity
 from evopop.config import load_config
-from evopop.records.checkpoints import checkpoint_bytes, genome_bytes
+from evopop.records.checkpoints import Checkpoint, GenomeFile
 from evopop.records.run import RunRecords
 from evopop.records.schema import IndividualRecord, population_schema
 from evopop.synthesis import Genome, SynapticLayer
@@ -54,8 +46,8 @@ def file_sizes(config_path: Path, overrides: list[str]) -> dict:
     model, genome = built.task.build_model(), Genome.full(built.arch)
     size = int(config.task.args.get("size", 64))
     outputs = torch.zeros(config.diversity.functional_batch, 2, size, size)
-    checkpoint = len(checkpoint_bytes(model.state_dict(), genome.state_dict(), {}))
-    genome_file = len(genome_bytes(genome.state_dict(), outputs, PROBE))
+    checkpoint = len(Checkpoint(model.state_dict(), genome.state_dict()).to_bytes())
+    genome_file = len(GenomeFile(genome.state_dict(), PROBE, outputs).to_bytes())
     return {"synapses": built.arch.synapses, "checkpoint_mb": checkpoint / 1e6, "genome_mb": genome_file / 1e6}
 
 
@@ -73,20 +65,14 @@ def write_generation(run_dir: Path, layers, n: int, probe_side: int, checkpoints
         individual_id = f"g2-{i}"
         masks = {layer.name: torch.rand(layer.weight_shape, generator=generator) < 0.4 for layer in layers}
         outputs = torch.randn(32, 2, probe_side, probe_side, generator=generator)
-        records.write_genome(individual_id, masks, outputs, PROBE)
+        records.write_genome(individual_id, GenomeFile(masks, PROBE, outputs))
         if checkpoints:  # the weights a checkpoint carries besides the masks
             weights = {layer.name: torch.randn(layer.weight_shape, generator=generator) for layer in layers}
-            records.write_checkpoint(individual_id, weights, masks, {})
+            records.write_checkpoint(individual_id, Checkpoint(weights, masks))
         row = {"run_id": "bench", "individual_id": individual_id, "parent_id": "g1-0", "lineage": [individual_id]}
         row.update(status="ok", val_accuracy=0.5)
         records.write_individual(2, IndividualRecord.from_row(row, ["val_accuracy"]), [], schema)
     return records
-
-
-def timed(fn) -> float:
-    start = time.perf_counter()
-    fn()
-    return time.perf_counter() - start
 
 
 def measure(workdir: Path, synapses: int, n: int, probe_side: int, checkpoints: bool) -> dict:
@@ -95,23 +81,21 @@ def measure(workdir: Path, synapses: int, n: int, probe_side: int, checkpoints: 
     records = write_generation(run_dir, layers, n, probe_side, checkpoints)
     ids = [f"g2-{i}" for i in range(n)]
     row = {"individuals": n, "synapses": sum(layer.numel for layer in layers)}
-    row["read_genomes_s"] = timed(lambda: [records.read_genome(i) for i in ids])
+    row["read_genomes_s"] = timed(lambda: [records.read_genome(i) for i in ids])[1]
     probe = TaskProbe(None, 32)
-    row["diversity_s"] = timed(lambda: generation_diversity(records, 2, layers, ["val_accuracy"], probe))
+    row["diversity_s"] = timed(lambda: generation_diversity(records, 2, layers, ["val_accuracy"], probe))[1]
     assert probe.computed == 0, "every output came from the genome files"
     row["diversity_vs_read"] = row["diversity_s"] / row["read_genomes_s"]
     if checkpoints:
-        row["read_checkpoints_s"] = timed(lambda: [records.read_checkpoint(i) for i in ids])
+        row["read_checkpoints_s"] = timed(lambda: [records.read_checkpoint(i) for i in ids])[1]
     shutil.rmtree(run_dir)
     return row
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--quick", action="store_true", help="smoke run: 1 M synapses, 4 individuals")
+    parser = arguments(__name__, __doc__, quick="smoke run: 1 M synapses, 4 individuals")
     parser.add_argument("--synapses", type=float, default=65e6)
     parser.add_argument("--individuals", default="8,64", help="generation sizes, comma-separated")
-    parser.add_argument("--json", help="also write the figures here")
     args = parser.parse_args(argv)
     synapses, sizes, side = int(args.synapses), [int(n) for n in args.individuals.split(",")], 224
     if args.quick:
@@ -149,11 +133,10 @@ def main(argv=None) -> int:
             )
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
-    figures["peak_rss_gb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e6
+    figures["peak_rss_gb"] = proc_status("VmHWM") / 1e9
     print(f"   peak memory of this process {figures['peak_rss_gb']:.1f} GB (writing the generation included)")
     print("   the files are on local disk, read warm: from object storage, add their transfer")
-    if args.json:
-        Path(args.json).write_text(json.dumps(figures, indent=2))
+    write_json(args.json, figures, __name__)
     return 0
 
 

@@ -4,14 +4,13 @@ Runs the tiny config for many generations in this process (the driver) on a loca
 driver's resident memory after every generation, and reports the growth between the first
 offspring generation and the last, per generation, against the run's total record volume.
 
-    python benchmarks/bench_driver_memory.py [--generations 12] [--offspring 3]
+    python -m benchmarks.bench_driver_memory [--generations 12] [--offspring 3] [--json [PATH]]
+    python -m benchmarks.bench_driver_memory --quick       # smoke run: 5 generations of 2 offspring
 """
 
 from __future__ import annotations
 
-import argparse
 import gc
-import json
 import os
 import tempfile
 import threading
@@ -20,6 +19,7 @@ from pathlib import Path
 
 import ray
 
+from benchmarks.harness import arguments, print_summary, proc_status, timed, write_json
 from evopop.api import evolve
 from evopop.config import load_config
 from evopop.records.run import RunRecords
@@ -35,18 +35,10 @@ def sample_per_generation(run_dir: str, total: int, stop: threading.Event, out: 
         for g in range(1, decided + 1):
             if g not in out:
                 gc.collect()
-                out[g] = rss_bytes()
+                out[g] = proc_status("VmRSS")
         if decided >= total:
             return
         time.sleep(0.05)
-
-
-def rss_bytes() -> int:
-    """Resident memory of this process (Linux /proc; no extra dependency)."""
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) * 1024
-    raise RuntimeError("VmRSS not found")
 
 
 def _decided(records: RunRecords) -> int:
@@ -57,13 +49,15 @@ def _decided(records: RunRecords) -> int:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser()
+    parser = arguments(__name__, __doc__, quick="smoke run: 5 generations of 2 offspring")
     parser.add_argument("--generations", type=int, default=12)
     parser.add_argument("--offspring", type=int, default=3)
-    parser.add_argument("--json")
     args = parser.parse_args()
+    if args.quick:
+        args.generations, args.offspring = 5, 2
 
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    # address="local": a cluster of its own, never one already running on this machine
+    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
     config = load_config(
         ROOT / "configs" / "tiny.yaml",
         [
@@ -79,10 +73,8 @@ def main() -> None:
         stop = threading.Event()
         sampler = threading.Thread(target=sample_per_generation, args=(run_dir, args.generations, stop, rss))
         sampler.start()
-        start = time.perf_counter()
         with open(os.devnull, "w") as quiet:
-            evolve(config, run_dir, stream=quiet)
-        elapsed = time.perf_counter() - start
+            _, elapsed = timed(lambda: evolve(config, run_dir, stream=quiet))
         stop.set()
         sampler.join()
         records_bytes = sum(p.stat().st_size for p in Path(run_dir).rglob("*.parquet"))
@@ -103,10 +95,8 @@ def main() -> None:
     }
     for g in sorted(rss):
         print(f"generation {g:3d}: driver RSS {rss[g] / 2**20:8.1f} MiB")
-    for key, value in figures.items():
-        print(f"{key}: {value}")
-    if args.json:
-        Path(args.json).write_text(json.dumps(figures, indent=2))
+    print_summary(figures)
+    write_json(args.json, figures, __name__)
     ray.shutdown()
 
 

@@ -6,7 +6,7 @@
      bare     a plain PyTorch loop in this process (SGD + cosine schedule, no masks, no evopop);
      local    evopop's `Developer.develop` in this process (synthesis, masked training, eval,
               checkpoint; no Ray), to tell Ray's cost from the masking's;
-     ray      the real engine path: a trainer actor from `trainer_class(config)` running
+     ray      the real engine path: a trainer actor from `trainer_class(config.resources)` running
               `develop(spec, parent_ref)`, the parent's weights `ray.put` once (as
               `RayExecutor.run` does), timed end to end from this process.
    Training throughput is what evopop records (`samples_per_second`); the end-to-end wall time per
@@ -22,46 +22,48 @@ Absolute times on a shared 2-core machine are noisy; the ratios are the result. 
 at niceness 15; this process raises its own to match (unless --keep-niceness), so that other load on
 the machine slows both sides alike. The 1-minute load average is sampled and reported with the figures.
 
-    python benchmarks/bench_engine.py                        # full run (a few minutes on 2 cores)
-    python benchmarks/bench_engine.py --quick                # smoke run, seconds
-    python benchmarks/bench_engine.py --json results.json    # also write the figures as JSON
+    python -m benchmarks.bench_engine                        # full run (a few minutes on 2 cores)
+    python -m benchmarks.bench_engine --quick                # smoke run, seconds
+    python -m benchmarks.bench_engine --json results.json    # also write the figures as JSON (alone: results/)
 """
 
 from __future__ import annotations
 
-import argparse
 import io
-import json
 import math
 import os
 import platform
 import shutil
-import statistics
 import sys
 import tempfile
-import threading
 import time
 from pathlib import Path
 
+import ray
 import torch
 from torch.utils.data import DataLoader
 
-try:
-    import evopop  # noqa: F401
-except ImportError:  # run from a checkout without `pip install -e .`
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-import ray
-
+from benchmarks.harness import (
+    LoadSampler,
+    arguments,
+    match_worker_niceness,
+    median,
+    print_runtime,
+    ray_worker_niceness,
+    take_turns,
+    timed,
+    write_json,
+)
 from evopop.api import evolution
 from evopop.config import Config, load_config
-from evopop.engine.develop import Developer
-from evopop.engine.hooks import OFFSPRING, Batch, Hook
+from evopop.engine.hooks import Batch, Hook
 from evopop.engine.jobs import ParentState
+from evopop.engine.policy.specs import ROOT_ID, offspring_specs
 from evopop.engine.progress import Progress
-from evopop.engine.ray_executor import RayExecutor
-from evopop.engine.specs import ROOT_ID, offspring_specs
-from evopop.engine.trainer import trainer_class
+from evopop.engine.ray.executor import RayExecutor
+from evopop.engine.ray.trainer import trainer_class
+from evopop.engine.worker.develop import Developer
+from evopop.records.checkpoints import Checkpoint
 from evopop.records.run import RunRecords
 from evopop.records.schema import IndividualRecord
 from evopop.synthesis import Genome, trace_architecture
@@ -88,47 +90,6 @@ def engine_config(args, storage: str, epochs: int, *overrides: str) -> Config:
     return load_config(QUICKSTART, base + list(overrides))
 
 
-def median(values):
-    return statistics.median(values) if values else float("nan")
-
-
-class LoadSampler(threading.Thread):
-    """The machine's 1-minute load average every few seconds: other processes skew every figure,
-    the speed-up most (this benchmark itself adds about 1 to 2 while it trains)."""
-
-    def __init__(self, every: float = 5.0):
-        super().__init__(daemon=True)
-        self.every, self.samples, self._halt = every, [], threading.Event()
-
-    def run(self):
-        while not self._halt.wait(self.every):
-            self.samples.append(os.getloadavg()[0])
-
-    def stop(self) -> dict:
-        self._halt.set()
-        return {
-            "mean": statistics.fmean(self.samples) if self.samples else os.getloadavg()[0],
-            "max": max(self.samples, default=os.getloadavg()[0]),
-        }
-
-
-def _niceness() -> int:
-    return os.nice(0)
-
-
-def match_worker_niceness() -> int:
-    """Run this process at the niceness of Ray's workers (Ray starts them at 15, RAY_worker_niceness).
-
-    Otherwise the bare and local sides, here at 0, win every contest for a core against the trainer
-    actor at 15 whenever anything else runs on the machine, and the ratios measure the scheduler.
-    Raising one's niceness needs no privilege; it cannot be undone, so the whole run stays there.
-    """
-    target = ray.get(ray.remote(num_cpus=0)(_niceness).remote())
-    if target > os.nice(0):
-        os.nice(target - os.nice(0))
-    return os.nice(0)
-
-
 # == 1. throughput: bare PyTorch vs evopop (in process and through Ray) ===========================
 def fresh_parent(config: Config) -> ParentState:
     """A freshly initialised ancestor (every synapse alive), as the object-store payload the executor ships."""
@@ -136,7 +97,7 @@ def fresh_parent(config: Config) -> ParentState:
     task = build_task(config.task.name, config.task.args)
     model = task.build_model()
     genome = Genome.full(trace_architecture(model, task.example_input()))
-    return ParentState.from_checkpoint({"weights": model.state_dict(), "masks": genome.state_dict()})
+    return ParentState.from_checkpoint(Checkpoint(model.state_dict(), genome.state_dict()))
 
 
 def bare_train(task, parent: ParentState, config: Config, seed: int) -> dict:
@@ -168,11 +129,9 @@ def bare_train(task, parent: ParentState, config: Config, seed: int) -> dict:
     return {"train_seconds": seconds, "samples_per_second": samples / seconds}
 
 
-def timed(develop, *args) -> dict:
+def timed_develop(develop, *args) -> dict:
     """An evopop outcome plus the wall time of the call as the caller sees it."""
-    start = time.perf_counter()
-    outcome = develop(*args)
-    wall = time.perf_counter() - start
+    outcome, wall = timed(develop, *args)
     if outcome.status != "ok":
         raise RuntimeError(f"{outcome.individual_id} failed: {outcome.error}")
     return {
@@ -195,35 +154,27 @@ def bench_throughput(args, workdir: Path) -> dict:
     torch.set_num_threads(1)
     task = build_task(config.task.name, config.task.args)
     developer = Developer(config, str(workdir / "local-run"))
-    actor = trainer_class(config).remote(config, str(workdir / "ray-run"))
+    actor = trainer_class(config.resources).remote(config, str(workdir / "ray-run"))
     ray.get(actor.pid.remote())  # wait until the actor has imported torch and built its Developer
     parent_ref = ray.put(parent)  # once, shared by every offspring (as RayExecutor.run does)
     remote = lambda spec, ref: ray.get(actor.develop.remote(spec, ref))  # noqa: E731
 
     # first calls build the data sets (each process its own) and warm allocators: timed, kept apart
-    start = time.perf_counter()
-    task.train_set()
-    data_seconds = time.perf_counter() - start
+    _, data_seconds = timed(task.train_set)
     bare_train(task, parent, config, SEED)
-    timed(developer.develop, next(specs), parent)
-    cold = timed(remote, next(specs), parent_ref)
+    timed_develop(developer.develop, next(specs), parent)
+    cold = timed_develop(remote, next(specs), parent_ref)
 
-    runs = {"bare": [], "local": [], "ray": []}
-    for i in range(args.repeats):
-        # rotate the order so that drift in machine speed does not favour one side
-        order = ["bare", "local", "ray"][i % 3 :] + ["bare", "local", "ray"][: i % 3]
-        for side in order:
-            if side == "bare":
-                runs["bare"].append(bare_train(task, parent, config, SEED + i))
-            elif side == "local":
-                runs["local"].append(timed(developer.develop, next(specs), parent))
-            else:
-                runs["ray"].append(timed(remote, next(specs), parent_ref))
-        print(
-            f"  repeat {i + 1}/{args.repeats}: "
-            + ", ".join(f"{s} {runs[s][-1]['samples_per_second']:.0f} samples/s" for s in ("bare", "local", "ray")),
-            flush=True,
-        )
+    def progress(i: int, runs: dict) -> None:
+        shown = ", ".join(f"{s} {runs[s][-1]['samples_per_second']:.0f} samples/s" for s in ("bare", "local", "ray"))
+        print(f"  repeat {i + 1}/{args.repeats}: {shown}", flush=True)
+
+    sides = {
+        "bare": lambda i: bare_train(task, parent, config, SEED + i),
+        "local": lambda i: timed_develop(developer.develop, next(specs), parent),
+        "ray": lambda i: timed_develop(remote, next(specs), parent_ref),
+    }
+    runs = take_turns(sides, args.repeats, after_round=progress)
     ray.kill(actor)
 
     med = {side: {key: median([r[key] for r in rs]) for key in rs[0]} for side, rs in runs.items()}
@@ -264,10 +215,8 @@ class GenerationTimer(Hook):
 
     def batch_started(self, batch: Batch) -> None:
         if self.actors_ready_seconds is None:
-            start = time.perf_counter()
-            self.executor.actor_pids()
-            self.actors_ready_seconds = time.perf_counter() - start
-        if batch.kind == OFFSPRING:  # a generation's offspring (not its baselines)
+            _, self.actors_ready_seconds = timed(self.executor.actor_pids)
+        if not batch.baselines:  # a generation's offspring (not its baselines)
             self._start = time.perf_counter()
 
     def selected(self, generation: int, selected: list[str]) -> None:
@@ -326,13 +275,14 @@ def time_generations(args, workdir: Path, ancestor_dir: Path, trainers: int, tag
 
 def bench_generations(args, workdir: Path) -> dict:
     ancestor_dir = train_ancestor(args, workdir)
-    runs: dict[int, list[dict]] = {1: [], 2: []}
-    for i in range(args.gen_repeats):
-        for trainers in (1, 2) if i % 2 == 0 else (2, 1):  # alternate to spread drift evenly
-            r = time_generations(args, workdir, ancestor_dir, trainers, f"t{trainers}-{i}")
-            runs[trainers].append(r)
-            shown = ", ".join(f"gen {g} {s:.1f}s" for g, s in r["generation_seconds"].items())
-            print(f"  repeat {i + 1}/{args.gen_repeats}, {trainers} trainer(s): {shown}", flush=True)
+
+    def timed_run(trainers: int, i: int) -> dict:
+        r = time_generations(args, workdir, ancestor_dir, trainers, f"t{trainers}-{i}")
+        shown = ", ".join(f"gen {g} {s:.1f}s" for g, s in r["generation_seconds"].items())
+        print(f"  repeat {i + 1}/{args.gen_repeats}, {trainers} trainer(s): {shown}", flush=True)
+        return r
+
+    runs = take_turns({1: lambda i: timed_run(1, i), 2: lambda i: timed_run(2, i)}, args.gen_repeats)
 
     generations = list(range(2, args.generations + 1))
     med = {t: {g: median([r["generation_seconds"][g] for r in rs]) for g in generations} for t, rs in runs.items()}
@@ -402,9 +352,7 @@ def report(results: dict) -> None:
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--quick", action="store_true", help="smoke run: tiny task, 1 repeat, seconds")
-    parser.add_argument("--json", metavar="PATH", help="write the figures as JSON")
+    parser = arguments(__name__, __doc__.split("\n\n")[0], quick="smoke run: tiny task, 1 repeat, seconds")
     parser.add_argument("--repeats", type=int, help="offspring per side for the throughput medians (default 5)")
     parser.add_argument("--gen-repeats", type=int, help="runs per trainer count (default 3)")
     parser.add_argument("--epochs", type=int, help="epochs per offspring in 1. (default 4: ~5-10 s of training)")
@@ -439,7 +387,7 @@ def main(argv=None) -> int:
             throughput = bench_throughput(args, Path(tmp) / "throughput")
             print("2. generation wall time: 1 vs 2 trainers", flush=True)
             generations = bench_generations(args, Path(tmp) / "generations")
-        ray_worker_niceness = ray.get(ray.remote(num_cpus=0)(_niceness).remote())
+        worker_niceness = ray_worker_niceness()
     finally:
         ray.shutdown()
     results = {
@@ -452,7 +400,7 @@ def main(argv=None) -> int:
             "processor": platform.processor() or platform.machine(),
             "load_average_1min": load.stop(),
             "niceness": niceness,
-            "ray_worker_niceness": ray_worker_niceness,
+            "ray_worker_niceness": worker_niceness,
         },
         "quick": args.quick,
         "throughput": throughput,
@@ -460,14 +408,9 @@ def main(argv=None) -> int:
         "runtime_seconds": time.perf_counter() - started,
     }
     report(results)
-    busy = results["machine"]["load_average_1min"]
-    print(
-        f"\nruntime {results['runtime_seconds']:.0f}s; machine load (1-min average) {busy['mean']:.1f} mean, "
-        f"{busy['max']:.1f} max, on {os.cpu_count()} cores; niceness here {results['machine']['niceness']}, "
-        f"Ray workers {results['machine']['ray_worker_niceness']}"
-    )
+    print_runtime(results["runtime_seconds"], results["machine"], os.cpu_count())
     if args.json:
-        Path(args.json).write_text(json.dumps(results, indent=2, default=float))
+        write_json(args.json, results, __name__, default=float)
         print(f"figures: {args.json}")
     return 0
 

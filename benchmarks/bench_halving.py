@@ -20,27 +20,20 @@ training of every offspring (the config as it is: the baseline) and with
 The issue's goal: at most half the compute, with the selected metric within the spread of siblings
 under full training.
 
-    python benchmarks/bench_halving.py                     # both quickstarts, ~10 min on 2 cores
-    python benchmarks/bench_halving.py --quick             # configs/tiny.yaml, seconds (tested in CI)
-    python benchmarks/bench_halving.py --json out.json
-    python benchmarks/bench_halving.py --configs saliency_quickstart --halving "{eta: 3, min_epochs: 1}"
+    python -m benchmarks.bench_halving                     # both quickstarts, ~10 min on 2 cores
+    python -m benchmarks.bench_halving --quick             # configs/tiny.yaml, seconds (tested in CI)
+    python -m benchmarks.bench_halving --json out.json     # --json alone: benchmarks/results/bench_halving.json
+    python -m benchmarks.bench_halving --configs saliency_quickstart --halving "{eta: 3, min_epochs: 1}"
 """
 
 from __future__ import annotations
 
-import argparse
-import json
 import shutil
-import sys
 import tempfile
 import time
 from pathlib import Path
 
-try:
-    import evopop  # noqa: F401
-except ImportError:  # run from a checkout without `pip install -e .`
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
+from benchmarks.harness import arguments, write_json
 from evopop.api import evolution
 from evopop.config import load_config
 from evopop.engine.hooks import Hook
@@ -181,9 +174,7 @@ def report(name: str, metric: str, halving: str, same_parent: list[dict], lineag
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--quick", action="store_true", help="configs/tiny.yaml only: a smoke run")
-    parser.add_argument("--json", help="write the rows here")
+    parser = arguments(__name__, __doc__, quick="configs/tiny.yaml only: a smoke run")
     parser.add_argument("--configs", nargs="+", choices=list(CONFIGS), default=list(CONFIGS))
     parser.add_argument("--halving", default=HALVING_SECTION, help=f"the selection.halving section ({HALVING_SECTION})")
     args = parser.parse_args()
@@ -205,8 +196,7 @@ def main() -> None:
             lineage = lineage_rows(full, halved, metric)
             results[name] = {"metric": metric, "halving": args.halving, "same_parent": same_parent, "lineage": lineage}
             report(name, metric, args.halving, same_parent, lineage)
-    if args.json:
-        Path(args.json).write_text(json.dumps(results, indent=2))
+    write_json(args.json, results, __name__)
 
 
 if __name__ == "__main__":

@@ -7,30 +7,22 @@ The same VGG-style CNN (6 conv + BN, 2 linears, 32x32 inputs, batch 64) is train
 synthesized offspring (C = 0.4) of the network. The masked model computes the same dense FLOPs,
 so any difference is the masking: gradient hooks and the post-step re-masking.
 
-    python benchmarks/bench_masked_training.py            # full run
-    python benchmarks/bench_masked_training.py --quick    # CI smoke run
+    python -m benchmarks.bench_masked_training            # full run
+    python -m benchmarks.bench_masked_training --quick    # CI smoke run
+    python -m benchmarks.bench_masked_training --json     # also write the summary to benchmarks/results/
 """
 
 from __future__ import annotations
 
-import argparse
 import copy
-import json
-import os
-import statistics
 import sys
 import time
-from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-try:
-    import evopop  # noqa: F401
-except ImportError:  # run from a checkout without `pip install -e .`
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
+from benchmarks.harness import RunClock, arguments, median, print_summary, take_turns, write_json
 from evopop.synthesis import (
     Environment,
     Genome,
@@ -79,13 +71,12 @@ def offspring_masks(model: nn.Module, seed: int):
 
 
 class Trainer:
-    """One model + optimizer, trained step by step; remembers the time of every step."""
+    """One model + optimizer, trained step by step."""
 
     def __init__(self, model: nn.Module, optimizer_name: str, masks: dict | None):
         self.model = model.train()
         self.optimizer = OPTIMIZERS[optimizer_name](model.parameters())
         self.masked = MaskedParameters(model, masks).attach(self.optimizer) if masks is not None else None
-        self.times: list[float] = []
 
     def step(self, x: torch.Tensor, y: torch.Tensor) -> float:
         start = time.perf_counter()
@@ -93,16 +84,11 @@ class Trainer:
         loss = F.cross_entropy(self.model(x), y)
         loss.backward()
         self.optimizer.step()
-        elapsed = time.perf_counter() - start
-        self.times.append(elapsed)
-        return elapsed
+        return time.perf_counter() - start
 
-    def run(self, batches, steps: int, record: bool = True) -> None:
-        for i in range(steps):
-            x, y = batches[i % len(batches)]
-            self.step(x, y)
-        if not record:
-            self.times.clear()
+    def run(self, batches, steps: int) -> list[float]:
+        """The seconds of each of ``steps`` steps."""
+        return [self.step(*batches[i % len(batches)]) for i in range(steps)]
 
 
 def dead_entries_are_zero(trainer: Trainer) -> tuple[bool, int]:
@@ -122,13 +108,14 @@ def bench_optimizer(name: str, model: nn.Module, masks: dict, batches, steps: in
     plain = Trainer(copy.deepcopy(model), name, None)
     masked = Trainer(copy.deepcopy(model), name, masks)
     for trainer in (plain, masked):
-        trainer.run(batches, 3, record=False)  # warm-up: optimizer state, allocator, kernels
-    for r in range(rounds):
-        for trainer in (plain, masked) if r % 2 == 0 else (masked, plain):
-            trainer.run(batches, steps)
+        trainer.run(batches, 3)  # warm-up: optimizer state, allocator, kernels
+    turns = take_turns(
+        {"plain": lambda _: plain.run(batches, steps), "masked": lambda _: masked.run(batches, steps)}, rounds
+    )
+    times = {side: [t for turn in turns[side] for t in turn] for side in turns}
     zero, dead = dead_entries_are_zero(masked)
-    plain_ms = statistics.median(plain.times) * 1e3
-    masked_ms = statistics.median(masked.times) * 1e3
+    plain_ms = median(times["plain"]) * 1e3
+    masked_ms = median(times["masked"]) * 1e3
     return {
         "optimizer": name,
         "plain_ms": plain_ms,
@@ -136,7 +123,7 @@ def bench_optimizer(name: str, model: nn.Module, masks: dict, batches, steps: in
         "ratio": masked_ms / plain_ms,
         "dead_zero": zero,
         "dead_entries": dead,
-        "steps_each": len(plain.times),
+        "steps_each": len(times["plain"]),
     }
 
 
@@ -146,14 +133,12 @@ def fixed_batches(n: int, seed: int):
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = arguments(__name__, __doc__.splitlines()[0], quick="a few steps only: a smoke run")
     parser.add_argument("--steps", type=int, default=10, help="steps per round per variant")
     parser.add_argument("--rounds", type=int, default=20, help="plain/masked turns (short: load bursts hit both)")
-    parser.add_argument("--quick", action="store_true", help="a few steps only: a smoke run")
-    parser.add_argument("--json", type=Path, help="also write the summary here")
     args = parser.parse_args()
     steps, rounds = (3, 2) if args.quick else (args.steps, args.rounds)
-    started, load_start = time.perf_counter(), os.getloadavg()[0]
+    clock = RunClock()
 
     torch.manual_seed(0)
     model = vgg_style_cnn()
@@ -183,15 +168,9 @@ def main() -> None:
         summary[f"{r['optimizer']}_dead_zero"] = r["dead_zero"]
     if not args.quick:  # a few steps say nothing about the goal
         summary["ratio_goal_1.15_met"] = all(r["ratio"] <= 1.15 for r in results)
-    summary["wall_s"] = round(time.perf_counter() - started, 1)
-    # Other jobs on the machine slow multi-threaded kernels most: keep the load beside the figures.
-    summary["loadavg_1min_start"] = round(load_start, 2)
-    summary["loadavg_1min_end"] = round(os.getloadavg()[0], 2)
-    print("\nsummary")
-    for key, value in summary.items():
-        print(f"{key}: {value}")
-    if args.json:
-        args.json.write_text(json.dumps(summary, indent=2) + "\n")
+    summary.update(clock.figures())
+    print_summary(summary)
+    write_json(args.json, summary, __name__)
     if not all(r["dead_zero"] for r in results):
         sys.exit("dead entries moved away from zero")
 

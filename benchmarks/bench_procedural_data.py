@@ -12,29 +12,18 @@ pre-rendered tensors (``Prerendered``), which cannot re-render anything. Also ti
 render of a data set in this process (build + first item; best of ``--repeats`` data sets of
 other seeds, which this process has not rendered before).
 
-    python benchmarks/bench_procedural_data.py            # n=1000, size 64, 2 workers, 10 epochs
-    python benchmarks/bench_procedural_data.py --context spawn
-    python benchmarks/bench_procedural_data.py --quick    # CI smoke run
+    python -m benchmarks.bench_procedural_data            # n=1000, size 64, 2 workers, 10 epochs
+    python -m benchmarks.bench_procedural_data --context spawn
+    python -m benchmarks.bench_procedural_data --quick    # CI smoke run
+    python -m benchmarks.bench_procedural_data --json     # also write the summary to benchmarks/results/
 """
 
 from __future__ import annotations
 
-import argparse
-import json
-import os
-import statistics
-import sys
-import time
-from pathlib import Path
-
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-try:
-    import evopop  # noqa: F401
-except ImportError:  # run from a checkout without `pip install -e .`
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
+from benchmarks.harness import RunClock, arguments, median, print_summary, take_turns, timed, write_json
 from evopop.data.procedural import ProceduralSaliency
 from evopop.data.transforms import normalize_image
 
@@ -54,21 +43,18 @@ class Prerendered(Dataset):
 
 def first_render_s(dataset_cls: type, n: int, size: int, seeds: range) -> float:
     """Best build + first item of data sets this process has not rendered yet (a lazy one renders on access)."""
-    times = []
-    for seed in seeds:
-        start = time.perf_counter()
-        dataset_cls(n, size, seed)[0]
-        times.append(time.perf_counter() - start)
-    return min(times)
+    return min(timed(lambda seed=seed: dataset_cls(n, size, seed)[0])[1] for seed in seeds)
 
 
 def bare_epoch_s(images: torch.Tensor, masks: torch.Tensor, batch: int, seed: int) -> float:
     """One epoch of shuffled batches from pre-rendered tensors, converted as ``__getitem__`` does."""
     order = torch.randperm(images.shape[0], generator=torch.Generator().manual_seed(seed))
-    start = time.perf_counter()
-    for idx in order.split(batch):
-        normalize_image(images[idx].float() / 255), masks[idx].float()
-    return time.perf_counter() - start
+
+    def epoch() -> None:  # each batch dropped at once, as a training step would
+        for idx in order.split(batch):
+            normalize_image(images[idx].float() / 255), masks[idx].float()
+
+    return timed(epoch)[1]
 
 
 def loader_epoch_s(dataset, batch: int, workers: int, context: str | None, seed: int) -> float:
@@ -81,10 +67,12 @@ def loader_epoch_s(dataset, batch: int, workers: int, context: str | None, seed:
         multiprocessing_context=context if workers else None,
         generator=torch.Generator().manual_seed(seed),
     )
-    start = time.perf_counter()
-    for _batch in loader:
-        pass
-    return time.perf_counter() - start
+
+    def epoch() -> None:
+        for _batch in loader:
+            pass
+
+    return timed(epoch)[1]
 
 
 def bench(
@@ -95,17 +83,18 @@ def bench(
     images, masks = dataset_cls(n, size, 0).render(range(n))  # the same pixels, for the bare loop
     loader_set = dataset_cls(n, size, 0)
     bare_epoch_s(images, masks, batch, seed=-1)  # warm-up: first calls of the conversion kernels
-    bare, loader, floor = [], [], []
-    for epoch in range(epochs):  # take turns, so that load bursts hit all three
-        bare.append(bare_epoch_s(images, masks, batch, seed=epoch))
-        loader.append(loader_epoch_s(loader_set, batch, workers, context, seed=epoch))
-        floor.append(loader_epoch_s(Prerendered(images, masks), batch, workers, context, seed=epoch))
-    bare_s, loader_s, floor_s = (statistics.median(t) for t in (bare, loader, floor))
+    sides = {  # one epoch each, the same shuffle in an epoch: they take turns, so that load bursts hit all three
+        "bare": lambda epoch: bare_epoch_s(images, masks, batch, seed=epoch),
+        "loader": lambda epoch: loader_epoch_s(loader_set, batch, workers, context, seed=epoch),
+        "floor": lambda epoch: loader_epoch_s(Prerendered(images, masks), batch, workers, context, seed=epoch),
+    }
+    epoch_s = take_turns(sides, epochs)
+    bare_s, loader_s, floor_s = (median(epoch_s[side]) for side in ("bare", "loader", "floor"))
     return {
         "first_render_s": render_s,
         "bare_epoch_s": bare_s,
         "loader_epoch_s": loader_s,
-        "loader_first_epoch_s": loader[0],
+        "loader_first_epoch_s": epoch_s["loader"][0],
         "ratio": loader_s / bare_s,
         "floor_epoch_s": floor_s,
         "floor_ratio": floor_s / bare_s,
@@ -113,7 +102,7 @@ def bench(
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = arguments(__name__, __doc__.splitlines()[0], quick="200 items, 2 epochs, 1 render: a smoke run")
     parser.add_argument("--n", type=int, default=1000, help="items in the data set")
     parser.add_argument("--size", type=int, default=64, help="image side")
     parser.add_argument("--batch", type=int, default=32)
@@ -121,11 +110,9 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=10, help="epochs per variant (median reported)")
     parser.add_argument("--repeats", type=int, default=3, help="first renders timed (best reported)")
     parser.add_argument("--context", choices=("fork", "spawn", "forkserver"), help="worker start (default: torch's)")
-    parser.add_argument("--quick", action="store_true", help="200 items, 2 epochs, 1 render: a smoke run")
-    parser.add_argument("--json", type=Path, help="also write the summary here")
     args = parser.parse_args()
     n, epochs, repeats = (200, 2, 1) if args.quick else (args.n, args.epochs, args.repeats)
-    started, load_start = time.perf_counter(), os.getloadavg()[0]
+    clock = RunClock()
     print(
         f"{torch.get_num_threads()} threads, torch {torch.__version__}, ProceduralSaliency(n={n}, "
         f"size={args.size}), batch {args.batch}, {args.workers} workers ({args.context or 'default'} start), "
@@ -152,15 +139,9 @@ def main() -> None:
         "context": args.context or torch.multiprocessing.get_start_method(),
     }
     summary.update({key: round(value, 4) for key, value in r.items()})
-    summary["wall_s"] = round(time.perf_counter() - started, 1)
-    # Other jobs on the machine slow worker start-up most: keep the load beside the figures.
-    summary["loadavg_1min_start"] = round(load_start, 2)
-    summary["loadavg_1min_end"] = round(os.getloadavg()[0], 2)
-    print("\nsummary")
-    for key, value in summary.items():
-        print(f"{key}: {value}")
-    if args.json:
-        args.json.write_text(json.dumps(summary, indent=2) + "\n")
+    summary.update(clock.figures())
+    print_summary(summary)
+    write_json(args.json, summary, __name__)
 
 
 if __name__ == "__main__":

@@ -7,9 +7,9 @@ computed outside the timed region. ``synthesize`` also has to find Z, compute p,
 reproducible (a seeded CPU generator per layer) and cascade neuron death, so the ratio
 synthesize / baseline is the price of all that.
 
-    python benchmarks/bench_synthesis.py                      # VGG16 + 1e6/1e7/1e8 + memory
-    python benchmarks/bench_synthesis.py --quick              # CI smoke run, seconds
-    python benchmarks/bench_synthesis.py --json results.json  # also write the summary as JSON
+    python -m benchmarks.bench_synthesis                      # VGG16 + 1e6/1e7/1e8 + memory
+    python -m benchmarks.bench_synthesis --quick              # CI smoke run, seconds
+    python -m benchmarks.bench_synthesis --json results.json  # also write the summary as JSON (alone: results/)
 """
 
 from __future__ import annotations
@@ -19,23 +19,18 @@ import ctypes
 import gc
 import json
 import math
-import os
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import torch
 import torchvision
 from torch import nn
 
-try:
-    import evopop  # noqa: F401
-except ImportError:  # run from a checkout without `pip install -e .`
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
+from benchmarks.harness import RunClock, arguments, print_summary, proc_status, take_turns, timed, write_json
 from evopop.synthesis import Environment, Genome, synaptic_weights, synthesize, trace_architecture
 
+ROOT = Path(__file__).resolve().parents[1]
 C = 0.4
 SEED = 1234
 MODES = ("scale", "budget", "network")  # network: configs/efficient.yaml's (one budget, sharpness 5)
@@ -117,20 +112,13 @@ def best_times(fns: dict, repeats: int, device: torch.device) -> dict[str, float
     The functions take turns within each repeat, so slow drifts of the machine hit all alike.
     """
 
-    def timed(fn) -> float:
+    def synced(fn) -> None:
         sync(device)
-        start = time.perf_counter()
         fn()  # the result is dropped at once: memory stays at one call's worth
         sync(device)
-        return time.perf_counter() - start
 
-    for fn in fns.values():
-        timed(fn)
-    best = {name: math.inf for name in fns}
-    for _ in range(repeats):
-        for name, fn in fns.items():
-            best[name] = min(best[name], timed(fn))
-    return best
+    seconds = take_turns({name: lambda _, fn=fn: timed(synced, fn)[1] for name, fn in fns.items()}, repeats, warmup=1)
+    return {name: min(s) for name, s in seconds.items()}
 
 
 def sync(device: torch.device) -> None:
@@ -175,15 +163,6 @@ def bench_scaling(sizes: list[int], repeats: int, device: torch.device) -> list[
 
 
 # -- memory --------------------------------------------------------------------------------------
-def proc_status(key: str) -> int:
-    """A /proc/self/status figure in bytes (VmRSS: resident now, VmHWM: peak resident)."""
-    with open("/proc/self/status") as f:
-        for line in f:
-            if line.startswith(key + ":"):
-                return int(line.split()[1]) * 1024
-    raise KeyError(key)
-
-
 def release_freed_memory() -> None:
     """Return freed heap pages to the OS, so that resident memory counts only live tensors."""
     gc.collect()
@@ -238,9 +217,9 @@ def bench_memory(quick: bool, device: torch.device) -> dict:
     """One fresh interpreter per mode, so that no earlier allocation hides in the peak."""
     result = {}
     for mode in MODES:
-        cmd = [sys.executable, __file__, "--probe", mode, "--device", str(device)]
+        cmd = [sys.executable, "-m", "benchmarks.bench_synthesis", "--probe", mode, "--device", str(device)]
         cmd += ["--threads", str(torch.get_num_threads())] + (["--quick"] if quick else [])
-        probe = json.loads(subprocess.run(cmd, check=True, capture_output=True, text=True).stdout)
+        probe = json.loads(subprocess.run(cmd, check=True, capture_output=True, text=True, cwd=ROOT).stdout)
         result.setdefault("weight_bytes", probe["weight_bytes"])
         result.setdefault("child_mask_bytes", probe["child_mask_bytes"])
         result[f"{mode}_extra_peak_bytes"] = probe["extra_peak_bytes"]
@@ -282,12 +261,10 @@ def parse_sizes(text: str) -> list[int]:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = arguments(__name__, __doc__.splitlines()[0], quick="tiny sizes and a tiny CNN: a smoke run")
     parser.add_argument("--sizes", default="1e6,1e7,1e8", help="synapse counts of the scaling runs")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--device", default="cpu", help="cpu, or cuda where available")
-    parser.add_argument("--quick", action="store_true", help="tiny sizes and a tiny CNN: a smoke run")
-    parser.add_argument("--json", type=Path, help="also write the summary here")
     parser.add_argument("--threads", type=int, help="torch intra-op threads (default: torch's choice)")
     parser.add_argument("--probe", choices=MODES, help=argparse.SUPPRESS)  # internal: memory subprocess
     args = parser.parse_args()
@@ -299,7 +276,7 @@ def main() -> None:
         print(json.dumps(memory_probe(args.probe, args.quick, device)))
         return
     sizes, repeats = (parse_sizes("1e4,1e5"), 1) if args.quick else (parse_sizes(args.sizes), args.repeats)
-    started, load_start = time.perf_counter(), os.getloadavg()[0]
+    clock = RunClock()
     print(f"device {device}, {torch.get_num_threads()} threads, torch {torch.__version__}, best of {repeats}")
 
     net = bench_network(args.quick, repeats, device)
@@ -331,15 +308,9 @@ def main() -> None:
         )
 
     result = summary(net, rows, memory, goals=not args.quick)
-    result["wall_s"] = round(time.perf_counter() - started, 1)
-    # Other jobs on the machine slow multi-threaded kernels most: keep the load beside the figures.
-    result["loadavg_1min_start"] = round(load_start, 2)
-    result["loadavg_1min_end"] = round(os.getloadavg()[0], 2)
-    print("\nsummary")
-    for key, value in result.items():
-        print(f"{key}: {value}")
-    if args.json:
-        args.json.write_text(json.dumps(result, indent=2) + "\n")
+    result.update(clock.figures())
+    print_summary(result)
+    write_json(args.json, result, __name__)
 
 
 if __name__ == "__main__":

@@ -14,13 +14,14 @@ layers given small weights; nothing downloads; small inputs):
 - Torch-Pruning 1.6 (MagnitudePruner, L1 importance, the classifier ignored): at its plain 50% channel
   ratio, and at the ratio whose parameter count matches evopop's 50% offspring (bisection).
 
-    python benchmarks/bench_zoo.py                      # the README's table (about 15 minutes on 2 cores)
-    python benchmarks/bench_zoo.py --models resnet18,mobilenet_v2 --json out.json
+    python -m benchmarks.bench_zoo                      # the README's table (about 15 minutes on 2 cores)
+    python -m benchmarks.bench_zoo --models resnet18,mobilenet_v2 --json out.json
+    python -m benchmarks.bench_zoo --quick              # smoke run: resnet18 only
+    python -m benchmarks.bench_zoo --json               # the rows to benchmarks/results/bench_zoo.json
 """
 
 from __future__ import annotations
 
-import argparse
 import copy
 import json
 import math
@@ -32,6 +33,7 @@ from torch import nn
 from torch.nn.attention import SDPBackend, sdpa_kernel
 from torch.utils.flop_counter import FlopCounterMode
 
+from benchmarks.harness import arguments, take_turns, write_json
 from evopop.compaction import latency_ms
 from evopop.compaction.compact import relative_error
 from evopop.compaction.export import export_program
@@ -84,11 +86,10 @@ def counted(module: nn.Module, x: torch.Tensor) -> tuple[int, int]:
 
 def paired_latency(a: nn.Module, b: nn.Module, x: torch.Tensor, rounds: int = 3) -> tuple[float, float]:
     """The fastest of ``rounds`` alternated measurements of each (milliseconds at batch ``BATCH``)."""
-    ta, tb = math.inf, math.inf
-    for _ in range(rounds):
-        ta = min(ta, latency_ms(a, x, BATCH, repeats=3, seconds=5))
-        tb = min(tb, latency_ms(b, x, BATCH, repeats=3, seconds=5))
-    return ta, tb
+    sides = {"a": lambda _: latency_ms(a, x, BATCH, repeats=3, seconds=5)}
+    sides["b"] = lambda _: latency_ms(b, x, BATCH, repeats=3, seconds=5)
+    ms = take_turns(sides, rounds)
+    return min(ms["a"]), min(ms["b"])
 
 
 def export_error(module: nn.Module, x: torch.Tensor) -> float:
@@ -247,12 +248,11 @@ def table(rows: list[dict]) -> str:
 
 
 def main(argv=None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = arguments(__name__, __doc__, quick="smoke run: resnet18 only")
     parser.add_argument("--models", help="comma-separated names (default: all)")
-    parser.add_argument("--json", help="write the rows here")
     args = parser.parse_args(argv)
     torch.set_num_threads(max(1, torch.get_num_threads()))
-    wanted = set(args.models.split(",")) if args.models else None
+    wanted = {"resnet18"} if args.quick else set(args.models.split(",")) if args.models else None
     rows = []
     for spec, side, kwargs in MODELS:
         if wanted and spec.split(":", 1)[1] not in wanted and spec not in wanted:
@@ -263,9 +263,7 @@ def main(argv=None) -> None:
             row = {"model": spec, "error": f"{type(exc).__name__}: {str(exc)[:200]}"}
         rows.append(row)
         print(json.dumps(row), flush=True)
-        if args.json:
-            with open(args.json, "w") as f:
-                json.dump(rows, f, indent=1)
+        write_json(args.json, rows, __name__, indent=1)  # after every model: a long run keeps what it measured
     print(table(rows))
 
 
