@@ -15,7 +15,6 @@ downloaded: models are built with random weights, and a user loads their own.
 
 from __future__ import annotations
 
-import importlib
 import os
 import warnings
 
@@ -25,6 +24,7 @@ from torch import nn
 from .compaction import Compacted
 from .compaction import compact as _compact
 from .compaction.export import exported_bytes
+from .models.by_name import model_by_name
 from .synthesis import Architecture, Environment, Genome, synaptic_weights, synthesize, trace_architecture
 from .synthesis.inspection import OUTPUT, Inspection, inspect_architecture
 
@@ -86,24 +86,7 @@ def export(module: nn.Module, example_input: torch.Tensor, path: str, fmt: str |
 
 def load_model(spec: str, **kwargs) -> nn.Module:
     """A model by name, with random weights: ``torchvision:NAME``, ``timm:NAME`` or ``package.module:callable``."""
-    source, _, name = spec.partition(":")
-    if not name:
-        raise ValueError(f"model {spec!r}: expected torchvision:NAME, timm:NAME or package.module:callable")
-    if source == "torchvision":
-        import torchvision
-
-        return torchvision.models.get_model(name, weights=None, **kwargs)
-    if source == "timm":
-        try:
-            import timm
-        except ImportError:
-            raise ValueError(f"model {spec!r} needs timm: pip install timm") from None
-        return timm.create_model(name, pretrained=False, **kwargs)
-    try:
-        factory = getattr(importlib.import_module(source), name)
-    except (ImportError, AttributeError) as exc:
-        raise ValueError(f"model {spec!r}: {exc}") from None
-    return factory(**kwargs)
+    return model_by_name(spec, **kwargs)
 
 
 __all__ = ["trace", "inspect", "offspring", "compact", "export", "load_model", "trace_architecture", "OUTPUT"]

@@ -137,3 +137,22 @@ def test_results_table_is_up_to_date():
         [sys.executable, "-m", "benchmarks.table", "--check"], cwd=ROOT, capture_output=True, text=True, timeout=60
     )
     assert result.returncode == 0, result.stderr + result.stdout
+
+
+@pytest.mark.slow
+def test_images_benchmark_quick_mode(tmp_path):
+    """Trainer images/s on a folder of JPEGs it writes, against a bare ImageFolder loop, in one run."""
+    out = tmp_path / "images.json"
+    result = subprocess.run(
+        benchmark("bench_images", "--quick", "--json", str(out)), cwd=ROOT, capture_output=True, text=True, timeout=300
+    )
+    assert result.returncode == 0, result.stderr
+    import json
+
+    summary = json.loads(out.read_text())["summary"]
+    assert summary["images"] == 45  # 3 classes x 16, one image of each class held out for val
+    assert summary["bare_images_per_s"] > 0 and summary["evopop_images_per_s"] > 0
+    assert summary["ratio_evopop_vs_bare"] == pytest.approx(
+        summary["evopop_images_per_s"] / summary["bare_images_per_s"], rel=0.01
+    )
+    assert summary["data_only_images_per_s"] > summary["bare_images_per_s"], "the data alone is faster than training"

@@ -49,7 +49,8 @@ def plan_run(config: Config) -> Plan:
     except ConfigError:
         raise
     except (ValueError, OSError) as exc:
-        raise ConfigError(f"task: {exc}") from None
+        message = str(exc)  # a task that names the field it refuses (task.args.root: ...) is quoted as it is
+        raise ConfigError(message if message.startswith("task.") else f"task: {message}") from None
     task, arch = built.task, built.arch
     columns = [f"{s}_{m}" for s in task.eval_set_names() for m in ["loss", *task.metric_names()]]
     s = config.selection

@@ -15,6 +15,7 @@ from .base import Task
 BUILTIN = {
     "shapes": "evopop.tasks.classification:shapes",
     "saliency": "evopop.tasks.saliency:saliency",
+    "images": "evopop.tasks.images:images",
 }
 
 

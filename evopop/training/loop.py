@@ -193,6 +193,7 @@ def train_and_evaluate(
         num_workers=recipe.num_workers,
         generator=generator,
         pin_memory=device.type == "cuda",
+        persistent_workers=recipe.num_workers > 0,  # workers (and their open files) live across epochs
     )
     schedule = make_schedule(optimizer, recipe, len(loader))
     amp = _autocast_dtype(recipe, device)

@@ -1,0 +1,216 @@
+"""The built-in image-classification task on folders of real image files written here, models by name,
+and every bad input a user's own data brings, each with one clear message before any work."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from evopop.config import ConfigError, load_config
+from evopop.data.images import DatasetError, image_folder_splits, split_by_class, torchvision_dataset
+from evopop.engine.plan import plan_run
+from evopop.models.by_name import head_parameters, model_by_name
+from evopop.tasks.images import ImagesTask, TopKAccuracy
+
+CLASSES = ("cat", "dog", "fox")
+COLOURS = {"cat": (200, 40, 40), "dog": (40, 200, 40), "fox": (40, 40, 200), "cow": (120, 120, 120)}
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def write_images(folder: Path, per_class: int, size: int = 24, seed: int = 0, classes=CLASSES) -> None:
+    """``per_class`` PNGs per class: the class's colour under noise, so that a network can learn them."""
+    rng = np.random.default_rng(seed)
+    for name in classes:
+        (folder / name).mkdir(parents=True, exist_ok=True)
+        for i in range(per_class):
+            pixels = np.clip(np.array(COLOURS[name]) + rng.normal(0, 40, (size, size, 3)), 0, 255)
+            Image.fromarray(pixels.astype(np.uint8)).save(folder / name / f"{name}_{i:03d}.png")
+
+
+@pytest.fixture
+def split_folder(tmp_path) -> Path:
+    """root/train, root/val and root/test, each with a class folder per class."""
+    root = tmp_path / "pets"
+    write_images(root / "train", 30, seed=1)
+    write_images(root / "val", 8, seed=2)
+    write_images(root / "test", 6, seed=3)
+    return root
+
+
+def images_config(root: Path, *overrides: str):
+    base = [
+        "task.name=images",
+        f"task.args={{root: '{root}', model: 'torchvision:resnet18', image_size: 32}}",
+        "train.epochs=1",
+        "train.batch_size=16",
+        "evolution.generations=2",
+        "evolution.offspring=2",
+        "resources.trainers=2",
+    ]
+    return load_config(ROOT / "configs" / "tiny.yaml", [*base, *overrides])
+
+
+# -- the folder --------------------------------------------------------------------------------------
+def test_a_folder_with_train_val_and_test_splits(split_folder):
+    (split_folder / "train" / "cat" / "README.txt").write_text("not an image")
+    splits = image_folder_splits(split_folder)
+    assert splits.classes == list(CLASSES)
+    assert (len(splits.train), len(splits.val), len(splits.test)) == (90, 24, 18)
+    assert splits.skipped == [str(split_folder / "train" / "cat" / "README.txt")]
+    assert splits.describe() == "3 classes: train 90, val 24, test 18 images; skipped 1 files that are not images"
+    task = ImagesTask(str(split_folder), image_size=32)
+    assert task.eval_set_names() == ["val", "test"] and task.num_classes == 3
+    image, label = task.train_set()[0]
+    assert image.shape == (3, 32, 32) and image.dtype == torch.float32 and label == 0
+
+
+def test_one_folder_of_classes_is_split_per_class_by_a_seeded_fraction(tmp_path):
+    write_images(tmp_path / "flat", 20)
+    splits = image_folder_splits(tmp_path / "flat", val_fraction=0.25, seed=3)
+    assert (len(splits.train), len(splits.val), splits.test) == (45, 15, None)
+    assert {label for _, label in splits.val} == {0, 1, 2}, "every class is in val"
+    assert not {p for p, _ in splits.train} & {p for p, _ in splits.val}
+    assert image_folder_splits(tmp_path / "flat", val_fraction=0.25, seed=3).val == splits.val, "seeded"
+    assert image_folder_splits(tmp_path / "flat", val_fraction=0.25, seed=4).val != splits.val
+    train, val = split_by_class([("a", 0)], 0.5, 0)
+    assert (train, val) == ([("a", 0)], []), "a class of one image stays in training"
+
+
+@pytest.mark.parametrize(
+    ("damage", "message"),
+    [
+        (lambda root: (root / "train" / "emu").mkdir(), "class folder without images: .*emu"),
+        (lambda root: (root / "val" / "dog" / "bad.png").write_bytes(b"not a png"), "not a readable image: .*bad.png"),
+        (lambda root: write_images(root / "val", 2, classes=("cow",)), "classes the training set lacks: cow"),
+    ],
+    ids=["empty class folder", "unreadable image", "val class unknown to train"],
+)
+def test_bad_folders_are_refused_naming_what_is_wrong(tmp_path, damage, message):
+    root = tmp_path / "pets"
+    write_images(root / "train", 3)
+    write_images(root / "val", 2)
+    damage(root)
+    with pytest.raises(DatasetError, match=message):
+        image_folder_splits(root)
+
+
+def test_a_missing_root_is_refused(tmp_path):
+    with pytest.raises(DatasetError, match="image folder .*nowhere does not exist"):
+        image_folder_splits(tmp_path / "nowhere")
+    with pytest.raises(ConfigError, match="task.args.root: .*nowhere does not exist"):
+        plan_run(images_config(tmp_path / "nowhere"))
+
+
+def test_a_bad_folder_stops_the_run_before_any_work_with_exit_2(tmp_path):
+    root = tmp_path / "pets"
+    write_images(root / "train", 3)
+    write_images(root / "val", 2)
+    (root / "train" / "dog" / "broken.jpg").write_bytes(b"\xff\xd8 truncated")
+    with pytest.raises(ConfigError, match="task.args.root: .*not a readable image: .*broken.jpg"):
+        plan_run(images_config(root))
+    config = tmp_path / "run.yaml"
+    config.write_text(images_config(root).to_yaml())
+    result = subprocess.run(
+        [sys.executable, "-m", "evopop", "run", str(config), "--run-dir", str(tmp_path / "run")],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode == 2, result.stderr
+    assert "broken.jpg" in result.stderr and not (tmp_path / "run").exists()
+
+
+def test_a_torchvision_data_set_without_its_files_says_how_to_get_them(tmp_path):
+    with pytest.raises(DatasetError, match="lacks the files of torchvision.datasets.CIFAR10.*never downloads"):
+        torchvision_dataset("CIFAR10", tmp_path, train=True)
+    with pytest.raises(DatasetError, match="no data set class 'CIFAR11'"):
+        torchvision_dataset("CIFAR11", tmp_path, train=True)
+    with pytest.raises(ConfigError, match="task.args.root: .*lacks the files of torchvision.datasets.MNIST"):
+        plan_run(images_config(tmp_path, "task.args.dataset=MNIST"))
+
+
+# -- models by name ----------------------------------------------------------------------------------
+def test_models_by_name_are_sized_for_the_data_s_classes(split_folder):
+    task = ImagesTask(str(split_folder), model="torchvision:resnet18", image_size=32)
+    assert task.build_model().eval()(task.example_input()).shape == (1, 3)
+    assert task.head_parameters() == ["fc.weight", "fc.bias"]
+    vit = ImagesTask(str(split_folder), model="timm:test_vit", image_size=32, model_args={"img_size": 32})
+    assert vit.build_model().eval()(vit.example_input()).shape == (1, 3)
+    assert vit.head_parameters() == ["head.weight", "head.bias"]
+    assert head_parameters("torchvision:mobilenet_v3_small", 7) == ["classifier.3.weight", "classifier.3.bias"]
+
+
+def test_unknown_models_and_missing_timm_say_what_to_do(monkeypatch):
+    with pytest.raises(ValueError, match="torchvision has no model 'resnet19'; similar: .*resnet"):
+        model_by_name("torchvision:resnet19")
+    with pytest.raises(ValueError, match="timm has no model 'not_a_net'"):
+        model_by_name("timm:not_a_net")
+    with pytest.raises(ValueError, match="expected torchvision:NAME, timm:NAME or package.module:callable"):
+        model_by_name("resnet18")
+    monkeypatch.setitem(sys.modules, "timm", None)  # as if not installed
+    with pytest.raises(ValueError, match=r"needs timm: pip install 'evopop\[timm\]'"):
+        model_by_name("timm:test_vit")
+
+
+def test_top_k_accuracy():
+    metric = TopKAccuracy(2)
+    logits = torch.tensor([[3.0, 2.0, 1.0], [1.0, 3.0, 2.0], [1.0, 2.0, 3.0]])
+    metric.update(logits, torch.tensor([0, 2, 0]))  # right; second best; last
+    assert metric.compute() == {"accuracy": 1 / 3, "top2": 2 / 3}
+
+
+# -- end to end --------------------------------------------------------------------------------------
+@pytest.mark.slow
+def test_a_torchvision_resnet_evolves_on_an_image_folder_on_ray(ray_cluster, split_folder, tmp_path):
+    from evopop.api import evolve
+
+    config = images_config(split_folder)
+    population = evolve(config, str(tmp_path / "run"))
+    assert len(population) == 3 and (population["status"] == "ok").all()
+    for column in ("val_accuracy", "val_top5", "test_accuracy", "test_top5", "val_loss"):
+        assert population[column].between(0, 1 if "loss" not in column else 100).all(), column
+    assert (population["val_top5"] == 1.0).all(), "three classes: the top five hold the right one"
+    offspring = population[population["generation"] == 2]
+    assert (offspring["synapses"] < population.loc[population["generation"] == 1, "synapses"].iloc[0]).all()
+
+
+@pytest.mark.slow
+def test_a_timm_vit_evolves_on_a_folder_of_classes(split_folder, tmp_path):
+    from evopop.api import evolve
+
+    flat = split_folder / "train"  # one folder of classes, split by val_fraction
+    config = images_config(
+        flat,
+        "task.args.model=timm:vit_tiny_patch16_224",
+        "task.args.model_args={img_size: 32}",
+        "task.args.val_fraction=0.2",
+        "resources.executor=local",
+    )
+    population = evolve(config, str(tmp_path / "run"))
+    assert len(population) == 3 and (population["status"] == "ok").all()
+    assert "test_accuracy" not in population.columns
+    assert population["val_accuracy"].notna().all()
+    assert population["compact_macs"].notna().all(), "traced and compacted: its attention and norms followed"
+
+
+def test_the_readme_s_own_model_and_data_config_is_valid(split_folder):
+    """The YAML of the README's "Your own model and data", pointed at a folder written here, passes preflight."""
+    import re
+
+    import yaml
+
+    section = (ROOT / "README.md").read_text().split("## Your own model and data", 1)[1]
+    (text,) = re.findall(r"```yaml\n(.*?)```", section.split("\n## ", 1)[0], re.S)
+    raw = yaml.safe_load(text)
+    assert raw["task"]["args"]["root"] == "/data/pets"
+    raw["task"]["args"]["root"] = str(split_folder)
+    plan = plan_run(load_config(raw))
+    assert (
+        plan.metric == "val_accuracy" and "val_top5" in plan.metric_columns and "test_accuracy" in plan.metric_columns
+    )
