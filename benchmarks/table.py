@@ -190,6 +190,19 @@ def halving(d: dict) -> list[Row]:
     return rows
 
 
+def images(d: dict) -> list[Row]:
+    s = d["summary"]
+    what = f"{s['model']} at {s['image_size']} px, {s['images']} JPEGs, batch {s['batch']}, {s['workers']} workers"
+    return [
+        (
+            f"training images/s of the images task ({what})",
+            f"{s['evopop_images_per_s']:.1f}/s",
+            f"{s['ratio_evopop_vs_bare']:.3f}x a bare ImageFolder loop ({s['bare_images_per_s']:.1f}/s; goal >= 0.9); "
+            f"the data alone {s['data_only_images_per_s']:.0f}/s",
+        )
+    ]
+
+
 def masked_training(d: dict) -> list[Row]:
     return [
         (
@@ -275,6 +288,7 @@ HEADLINES: dict[str, Callable] = {
     "bench_driver_memory": driver_memory,
     "bench_engine": engine,
     "bench_halving": halving,
+    "bench_images": images,
     "bench_masked_training": masked_training,
     "bench_procedural_data": procedural_data,
     "bench_synthesis": synthesis,

@@ -173,8 +173,9 @@ def test_a_torchvision_resnet_evolves_on_an_image_folder_on_ray(ray_cluster, spl
     config = images_config(split_folder)
     population = evolve(config, str(tmp_path / "run"))
     assert len(population) == 3 and (population["status"] == "ok").all()
-    for column in ("val_accuracy", "val_top5", "test_accuracy", "test_top5", "val_loss"):
-        assert population[column].between(0, 1 if "loss" not in column else 100).all(), column
+    for column in ("val_accuracy", "val_top5", "test_accuracy", "test_top5"):
+        assert population[column].between(0, 1).all(), column
+    assert np.isfinite(population["val_loss"]).all() and (population["val_loss"] > 0).all()
     assert (population["val_top5"] == 1.0).all(), "three classes: the top five hold the right one"
     offspring = population[population["generation"] == 2]
     assert (offspring["synapses"] < population.loc[population["generation"] == 1, "synapses"].iloc[0]).all()
