@@ -215,3 +215,80 @@ def test_the_readme_s_own_model_and_data_config_is_valid(split_folder):
     assert (
         plan.metric == "val_accuracy" and "val_top5" in plan.metric_columns and "test_accuracy" in plan.metric_columns
     )
+
+
+# -- ancestors from the wild ---------------------------------------------------------------------------
+def save_ancestor(model: torch.nn.Module, path: Path, how: str) -> Path:
+    """``model``'s weights saved the way ``how`` names: the ways people save them."""
+    weights = model.state_dict()
+    if how == "safetensors":
+        from safetensors.torch import save_file
+
+        path = path.with_suffix(".safetensors")
+        save_file(weights, str(path))
+        return path
+    payload = {
+        "state_dict": weights,
+        "lightning": {"state_dict": {f"model.{k}": v for k, v in weights.items()}, "epoch": 3},
+        "data_parallel": {f"module.{k}": v for k, v in weights.items()},
+        "training_checkpoint": {"model_state_dict": weights, "optimizer_state_dict": {"state": {}}, "epoch": 3},
+        "pickled_module": model,
+    }[how]
+    torch.save(payload, path)
+    return path
+
+
+@pytest.mark.parametrize("how", ["state_dict", "lightning", "data_parallel", "training_checkpoint", "safetensors"])
+def test_ancestor_files_load_however_they_were_saved(split_folder, tmp_path, how, capsys):
+    from evopop.engine.worker.weights import load_ancestor
+
+    trained = model_by_name("torchvision:resnet18", 3)
+    path = save_ancestor(trained, tmp_path / "ancestor.pt", how)
+    config = images_config(split_folder, f"ancestor.checkpoint={path}")
+    plan_run(config)
+    assert "ancestor.checkpoint: loaded 122 of the network's 122 tensors\n" in capsys.readouterr().out
+    task = ImagesTask(str(split_folder), image_size=32)
+    model = task.build_model()
+    loaded = load_ancestor(str(path), model, _arch(task), task.head_parameters())
+    assert loaded.fresh == ()
+    for key, value in trained.state_dict().items():
+        assert torch.equal(model.state_dict()[key], value), key
+
+
+def _arch(task):
+    from evopop.synthesis import trace_architecture
+
+    return trace_architecture(task.build_model(), task.example_input())
+
+
+def test_an_ancestor_with_a_head_for_other_classes_loads_its_backbone_and_trains_a_fresh_head(
+    split_folder, tmp_path, capsys
+):
+    from evopop.engine.policy.specs import root_spec
+    from evopop.engine.worker.develop import Developer
+
+    imagenet = model_by_name("torchvision:resnet18")  # 1000 classes, as a downloaded torchvision file
+    path = save_ancestor(imagenet, tmp_path / "resnet18.pth", "state_dict")
+    config = images_config(split_folder, f"ancestor.checkpoint={path}", "ancestor.epochs=1")
+    plan_run(config)
+    said = capsys.readouterr().out
+    assert (
+        "loaded 120 of the network's 122 tensors; the head starts fresh (fc.weight, fc.bias: 1000 classes in the "
+        "file, 3 here) and trains with the ancestor" in said
+    )
+    developer = Developer(config, str(tmp_path / "run"))
+    outcome = developer.develop(root_spec(config), None)
+    assert outcome.status == "ok", outcome.error
+    assert outcome.epochs == 1, "a fresh head is trained, not measured as it is"
+    assert set(outcome.metrics) >= {"val_accuracy", "val_top5", "test_accuracy"}
+
+
+def test_ancestor_files_that_cannot_load_say_why(split_folder, tmp_path):
+    pickled = save_ancestor(model_by_name("torchvision:resnet18", 3), tmp_path / "whole.pt", "pickled_module")
+    with pytest.raises(
+        ConfigError, match=r"pickled object \(torchvision.models.resnet.ResNet\).*torch.save\(model.state_dict\(\)"
+    ):
+        plan_run(images_config(split_folder, f"ancestor.checkpoint={pickled}"))
+    other = save_ancestor(model_by_name("torchvision:resnet34", 3), tmp_path / "resnet34.pt", "state_dict")
+    with pytest.raises(ConfigError, match="ancestor.checkpoint: .*resnet34.pt does not fit the task's network"):
+        plan_run(images_config(split_folder, f"ancestor.checkpoint={other}"))

@@ -86,9 +86,10 @@ def plan_run(config: Config) -> Plan:
         from .worker.weights import load_ancestor
 
         try:
-            load_ancestor(config.ancestor.checkpoint, task.build_model(), arch)
+            loaded = load_ancestor(config.ancestor.checkpoint, task.build_model(), arch, task.head_parameters())
         except ValueError as exc:
             raise ConfigError(f"ancestor.checkpoint: {exc}") from None
+        print(f"ancestor.checkpoint: {loaded.describe()}", flush=True)  # once, on the driver
     rule = StopRule.of(stop, stop_metric, stop_direction)
     rungs = Rungs.of(config.selection.halving, config.offspring_epochs)
     return Plan(metric, direction, columns, arch.names, arch.synapses, rule, rungs)

@@ -9,6 +9,7 @@ from __future__ import annotations
 import io
 import json
 import math
+import re
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -93,17 +94,73 @@ class RungState:
         return cls(payload["masks"], TrainingState.from_payload(payload["training"]))
 
 
+# where checkpoints saved the ways people save them keep the state dict (Lightning, training scripts)
+STATE_DICT_KEYS = ("state_dict", "model_state_dict", "model", "module", "net", "network", "weights")
+
+
 def read_weights_file(data: bytes) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor] | None]:
-    """(weights, masks) of an evopop checkpoint, or (the state dict, None) of a plain one;
-    ValueError if it is neither, its message a predicate ("is not a readable torch file", "holds a ...")."""
+    """(weights, masks) of an evopop checkpoint; (the state dict, None) of a plain one, of a
+    safetensors file, or of a training checkpoint that keeps it under one of `STATE_DICT_KEYS`.
+    Never runs code from the file. ValueError if it is none of them, its message a predicate
+    ("is not a readable torch file", "holds a pickled module ...")."""
+    if is_safetensors(data):
+        return read_safetensors(data), None
     try:
-        payload = read_torch_bytes(data)
-    except ValueError as exc:
-        raise ValueError(f"is {exc}") from None
-    weights, masks = (payload["weights"], payload["masks"]) if is_evopop_checkpoint(payload) else (payload, None)
-    if not isinstance(weights, dict):
-        raise ValueError(f"holds a {type(weights).__name__}, not a state_dict")
-    return weights, masks
+        payload = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
+    except Exception as exc:
+        raise ValueError(_unreadable(exc)) from None
+    if is_evopop_checkpoint(payload):
+        return payload["weights"], payload["masks"]
+    weights = _state_dict_in(payload)
+    if weights is None:
+        raise ValueError(f"holds a {type(payload).__name__}, not a state_dict")
+    return weights, None
+
+
+def _state_dict_in(payload) -> dict[str, torch.Tensor] | None:
+    """``payload`` if it is a state dict (names -> tensors), else the one it keeps under a usual key."""
+    if _is_state_dict(payload):
+        return payload
+    if isinstance(payload, dict):
+        for key in STATE_DICT_KEYS:
+            if _is_state_dict(payload.get(key)):
+                return payload[key]
+    return None
+
+
+def _is_state_dict(value) -> bool:
+    return isinstance(value, dict) and bool(value) and all(isinstance(v, torch.Tensor) for v in value.values())
+
+
+def _unreadable(exc: Exception) -> str:
+    """Why torch.load refused a file; for a whole pickled module, how to save its state dict instead."""
+    found = re.search(r"Unsupported global: GLOBAL ([\w.]+)", str(exc))
+    if found:
+        return (
+            f"holds a pickled object ({found.group(1)}), which evopop does not unpickle (that would run code from "
+            "the file): save the model's weights instead, `torch.save(model.state_dict(), 'ancestor.pt')`"
+        )
+    first = str(exc).splitlines()[0][:200] if str(exc) else ""
+    return f"is not a readable torch file ({type(exc).__name__}: {first})"
+
+
+def is_safetensors(data: bytes) -> bool:
+    """Whether ``data`` is a safetensors file: an 8-byte header length, then a JSON header."""
+    if len(data) < 10:
+        return False
+    size = int.from_bytes(data[:8], "little")
+    return 2 <= size <= len(data) - 8 and data[8:9] == b"{"
+
+
+def read_safetensors(data: bytes) -> dict[str, torch.Tensor]:
+    try:
+        from safetensors.torch import load
+    except ImportError:
+        raise ValueError("is a safetensors file: pip install safetensors to read it") from None
+    try:
+        return load(data)
+    except Exception as exc:
+        raise ValueError(f"is not a readable safetensors file ({type(exc).__name__}: {exc})") from None
 
 
 def torch_bytes(payload: dict) -> bytes:

@@ -53,5 +53,10 @@ class Task(ABC):
         The evaluation loop always adds ``loss`` (the mean of ``self.loss`` over the set)."""
         return []
 
+    def head_parameters(self) -> list[str]:
+        """The state-dict keys of the output layer that the data sizes (a classifier's head): an ancestor
+        file whose head was sized for other classes loads without them, and they start fresh."""
+        return []
+
     def validate(self) -> None:  # noqa: B027 (optional hook: most tasks have nothing to check)
         """Check the task's inputs (files, sizes) and raise one clear error before any training."""

@@ -211,11 +211,13 @@ class Developer:
         )
 
     def _ancestor(self, model) -> tuple[Genome, bool]:
-        """Generation 1: a loaded checkpoint (already trained), or a fresh network to train."""
+        """Generation 1: (its genome, whether it is trained already): a loaded checkpoint is, unless its
+        head starts fresh (sized for other classes: it trains then); a fresh network is not."""
         path = self.config.ancestor.checkpoint
         if path is None:
             return Genome.full(self.arch), False
-        return load_ancestor(path, model, self.arch), True
+        loaded = load_ancestor(path, model, self.arch, self.task.head_parameters())
+        return loaded.genome, not loaded.fresh
 
     def _offspring(self, model, spec: Spec, parent: ParentState) -> Genome:
         if parent.mates:
