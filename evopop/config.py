@@ -39,6 +39,9 @@ class RunSection(_Section):
 class TaskSection(_Section):
     name: str = "shapes"  # a built-in task, or an import path "package.module:factory"
     args: dict[str, Any] = Field(default_factory=dict)
+    # folders an import-path task is looked for in (after sys.path, before the current folder); a config
+    # file read from disk adds its own folder, relative to the current one where it is inside it
+    paths: list[str] = Field(default_factory=list)
 
 
 class _RecipeSection(_Section):
@@ -445,10 +448,30 @@ def load_config(source: str | Path | dict | None = None, overrides: list[str] | 
         if not isinstance(data, dict):
             raise ConfigError(f"{path}: the top level must be a mapping of sections, got {type(data).__name__}")
     data = apply_overrides(data, overrides or [])
+    if not isinstance(source, (dict, type(None))):
+        data = with_config_folder(data, Path(source))
     try:
         return Config.model_validate(data)
     except ValidationError as exc:
         raise ConfigError(format_errors(exc)) from None
+
+
+def with_config_folder(data: dict, path: Path) -> dict:
+    """``data`` whose import-path task is also looked for next to its config file: the file's folder
+    added to ``task.paths``, relative to the current folder where it is inside it (so that it holds on
+    a cluster, where ``ray job submit --working-dir .`` copies the current folder)."""
+    task = data.get("task")
+    if not isinstance(task, dict) or ":" not in str(task.get("name", "")):
+        return data
+    folder = path.resolve().parent
+    try:
+        folder_text = folder.relative_to(Path.cwd().resolve()).as_posix() or "."
+    except ValueError:
+        folder_text = str(folder)
+    paths = list(task.get("paths") or [])
+    if folder_text in paths or folder_text == ".":
+        return data
+    return {**data, "task": {**task, "paths": [*paths, folder_text]}}
 
 
 def format_errors(exc: ValidationError) -> str:

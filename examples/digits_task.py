@@ -2,7 +2,7 @@
 shipped inside the scikit-learn package), classified by the quickstart's small CNN.
 
     pip install scikit-learn
-    PYTHONPATH=examples evopop run configs/efficient.yaml task.name=digits_task:digits
+    evopop run configs/efficient.yaml task.name=digits_task:digits "task.paths=[examples]"
 
 The images are split once, by a seeded permutation, into train / val / test (1,000 / 397 / 400):
 selection reads ``val``, and ``test`` is never seen by training or selection, so it is the number

@@ -1,6 +1,6 @@
 """A torchvision network evolved on the built-in shapes: what a user who brings a ResNet gets.
 
-    PYTHONPATH=examples evopop run examples/torchvision_shapes.yaml      # from the repository root
+    evopop run examples/torchvision_shapes.yaml      # from the repository root
 
 ``task.args.model`` names any torchvision classification model (random weights: nothing downloads);
 the network, its residual blocks and its batch norms are evopop's usual genome, and the cluster

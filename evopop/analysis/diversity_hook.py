@@ -40,7 +40,7 @@ class DiversityRecorder(Hook):
         if generation not in self._developed and self.records.has_diversity(generation):
             return
         # built here, in the driver's thread: building a network draws from the global random state
-        built = built_task(self.config.task.name, self.config.task.args)
+        built = built_task(self.config.task.name, self.config.task.args, self.config.task.paths)
         if self._worker is None:
             self._worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="evopop-diversity")
         self._worker.submit(self._record, generation, built, background=True)
@@ -57,7 +57,11 @@ class DiversityRecorder(Hook):
     def _record_deferred(self) -> None:
         while self._deferred:
             generation = self._deferred.pop(0)
-            self._record(generation, built_task(self.config.task.name, self.config.task.args), background=False)
+            self._record(
+                generation,
+                built_task(self.config.task.name, self.config.task.args, self.config.task.paths),
+                background=False,
+            )
 
     def _record(self, generation: int, built, background: bool) -> None:
         try:

@@ -65,7 +65,7 @@ def export_individual(run_dir: str, individual_id: str, out: str, fmt: str = "pt
             raise ExportError(f"{individual_id}: its checkpoint {records.checkpoint_path(individual_id)} is missing")
         _check_output(out, run_dir)
         config = load_config(yaml.safe_load(records.read_config()))
-        built = built_task(config.task.name, config.task.args)
+        built = built_task(config.task.name, config.task.args, config.task.paths)
         checkpoint = records.read_checkpoint(individual_id)
     except (OSError, ValueError) as exc:  # unreachable storage, an unknown scheme, an unreadable file
         if isinstance(exc, ExportError):

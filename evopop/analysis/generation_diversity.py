@@ -118,7 +118,9 @@ def layers_of_run(records) -> list[SynapticLayer] | None:
     """The run's synaptic layers, from its config's task (None if the task cannot be built here)."""
     try:
         config = yaml.safe_load(records.read_config())
-        return list(built_task(config["task"]["name"], config["task"].get("args")).arch.layers)
+        return list(
+            built_task(config["task"]["name"], config["task"].get("args"), config["task"].get("paths", ())).arch.layers
+        )
     except Exception as exc:  # analysis must work without the user's task importable
         warnings.warn(
             f"could not build the run's task ({type(exc).__name__}: {exc}); reading layers off the "

@@ -183,7 +183,7 @@ def _configured_metric(config: dict, metric_columns: list[str]) -> tuple[str | N
     selection = config.get("selection") or {}
     try:
         task_config = config.get("task") or {}
-        task = build_task(task_config["name"], task_config.get("args"))
+        task = build_task(task_config["name"], task_config.get("args"), task_config.get("paths", ()))
         defaults = (task.default_metric, task.default_direction)
     except Exception:  # the task is not importable here
         first = next((c for c in metric_columns if not c.endswith("_loss")), None)

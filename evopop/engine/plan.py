@@ -44,7 +44,7 @@ def selection_metric(
 def plan_run(config: Config) -> Plan:
     """Build the task, trace its network, check the names the config refers to; ConfigError if off."""
     try:
-        built = built_task(config.task.name, config.task.args)
+        built = built_task(config.task.name, config.task.args, config.task.paths)
         built.task.validate()
     except ConfigError:
         raise

@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import importlib
 import json
+import os
+import sys
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -19,8 +22,9 @@ BUILTIN = {
 }
 
 
-def resolve_factory(target: str):
-    """The callable named by ``target`` (a built-in name or "module:attribute")."""
+def resolve_factory(target: str, paths: Sequence[str] = ()):
+    """The callable named by ``target`` (a built-in name or "module:attribute"); a module not on
+    sys.path is looked for in ``paths`` (relative ones from the current folder), then the current folder."""
     path = BUILTIN.get(target, target)
     if ":" not in path:
         raise ValueError(
@@ -28,10 +32,7 @@ def resolve_factory(target: str):
             "or an import path 'package.module:factory'"
         )
     module_name, attr = path.split(":", 1)
-    try:
-        module = importlib.import_module(module_name)
-    except ImportError as exc:
-        raise ValueError(f"cannot import module {module_name!r} for task {target!r}: {exc}") from exc
+    module = import_from(module_name, paths, f"task {target!r}")
     factory = module
     for part in attr.split("."):
         factory = getattr(factory, part, None)
@@ -42,8 +43,33 @@ def resolve_factory(target: str):
     return factory
 
 
-def build_task(target: str, args: dict[str, Any] | None = None) -> Task:
-    factory = resolve_factory(target)
+def import_from(module_name: str, paths: Sequence[str], what: str):
+    """Import ``module_name``; where it is on no sys.path entry, from the first of ``paths`` and the
+    current folder that holds it (that folder joins sys.path: the plugin may import its neighbours)."""
+    try:
+        return importlib.import_module(module_name)
+    except ImportError as exc:
+        missing = isinstance(exc, ModuleNotFoundError) and exc.name == module_name.split(".")[0]
+        if not missing:  # the module is there; it failed, or something it imports is missing
+            raise ValueError(f"cannot import module {module_name!r} for {what}: {exc}") from exc
+    searched = list(dict.fromkeys([os.path.abspath(p) for p in paths] + [os.getcwd()]))
+    top = module_name.split(".")[0]
+    for folder in searched:
+        if os.path.isfile(os.path.join(folder, f"{top}.py")) or os.path.isdir(os.path.join(folder, top)):
+            if folder not in sys.path:
+                sys.path.insert(0, folder)
+            try:
+                return importlib.import_module(module_name)
+            except ImportError as exc:
+                raise ValueError(f"cannot import module {module_name!r} for {what} from {folder}: {exc}") from exc
+    raise ValueError(
+        f"cannot import module {module_name!r} for {what}: it is on no sys.path entry, and not in "
+        f"{', '.join(searched)} (task.paths, the config file's folder, the current folder)"
+    )
+
+
+def build_task(target: str, args: dict[str, Any] | None = None, paths: Sequence[str] = ()) -> Task:
+    factory = resolve_factory(target, paths)
     try:
         task = factory(**(args or {}))
     except TypeError as exc:
@@ -64,7 +90,7 @@ class BuiltTask:
 _BUILT: dict[str, BuiltTask] = {}
 
 
-def built_task(target: str, args: dict[str, Any] | None = None) -> BuiltTask:
+def built_task(target: str, args: dict[str, Any] | None = None, paths: Sequence[str] = ()) -> BuiltTask:
     """The task named by ``target`` with ``args``, and its traced architecture, once per process.
 
     Every part of a process that needs the task (preflight, the in-process trainer, diversity) shares
@@ -73,7 +99,7 @@ def built_task(target: str, args: dict[str, Any] | None = None) -> BuiltTask:
     """
     key = f"{target}\x1f{json.dumps(args or {}, sort_keys=True, default=repr)}"
     if key not in _BUILT:
-        task = build_task(target, args)
+        task = build_task(target, args, paths)
         with torch.random.fork_rng(devices=[]):
             arch = trace_architecture(task.build_model(), task.example_input())
         _BUILT[key] = BuiltTask(task, arch)

@@ -45,7 +45,7 @@ from .weights import built_aside, initial_weights, load_ancestor, load_weights
 class Developer:
     def __init__(self, config: Config, run_dir: str, device: str | None = None):
         self.config = config
-        built = built_task(config.task.name, config.task.args)
+        built = built_task(config.task.name, config.task.args, config.task.paths)
         self.task, self.arch = built.task, built.arch
         self.records = RunRecords(run_dir)
         wants_gpu = config.resources.gpus_per_trainer > 0 and torch.cuda.is_available()
