@@ -40,7 +40,7 @@ def _records(run_dir: str):
 
 
 def cmd_run(args) -> int:
-    from .engine.plan import plan_run
+    from .engine.plan import expected_survival, plan_run
     from .records.run import RunRecords
 
     config = load_config(args.config, args.overrides)
@@ -50,6 +50,7 @@ def cmd_run(args) -> int:
     if records.exists():
         raise ConfigError(f"--run-dir: {run_dir} already holds a run; use 'evopop resume {run_dir}' to finish it")
     print(f"run directory: {run_dir}", flush=True)
+    print(f"evolution: {expected_survival(config.evolution)}", flush=True)
     return _drive(config, run_dir, plan)
 
 

@@ -182,6 +182,15 @@ class EvolutionSection(_Section):
         return self
 
     @model_validator(mode="after")
+    def _clusters_alone_keep_the_synapses(self):
+        """With ``encoding: cluster`` and no ``environment`` given, the synapse level keeps every synapse
+        of a surviving cluster (budget 1.0): who sets the clusters alone asks for that many, not for the
+        default synapse environment on top of them (18.9x fewer synapses where ~2x was asked)."""
+        if self.encoding == "cluster" and "environment" not in self.model_fields_set:
+            return self.model_copy(update={"environment": EnvironmentSection(c=1.0, mode="budget")})
+        return self
+
+    @model_validator(mode="after")
     def _clusters_do_not_adapt(self):
         if self.clusters.adapt is not None:
             raise ValueError(

@@ -30,6 +30,7 @@ from evopop.records.schema import IndividualRecord
 from evopop.synthesis import (
     Environment,
     Genome,
+    count,
     derive_seed,
     kill_orphans,
     normalizers,
@@ -569,7 +570,8 @@ def test_config_accepts_cluster_encoding():
     for config in (load_config(CLUSTER_CONFIG), Config.model_validate(CLUSTER_CONFIG)):
         assert config.evolution.encoding == "cluster"
         assert (config.evolution.clusters.c, config.evolution.clusters.mode) == (0.5, "budget")
-        assert config.evolution.environment.c == 0.4  # the synaptic environment is separate
+        # the synaptic environment is separate: not set, it keeps every synapse of a surviving cluster
+        assert (config.evolution.environment.c, config.evolution.environment.mode) == (1.0, "budget")
     config = load_config(None, ["evolution.encoding=cluster", "evolution.clusters.c=0.25"])
     assert (config.evolution.encoding, config.evolution.clusters.c) == ("cluster", 0.25)
     assert load_config().evolution.encoding == "synapse"  # the paper's encoding by default
@@ -643,3 +645,25 @@ def test_cluster_layer_patterns_are_checked_before_ray(field):
     config = load_config(None, ["evolution.encoding=cluster", f"evolution.clusters.{field}"])
     with pytest.raises(ConfigError, match=r"evolution\.clusters\.\w+: pattern .* matches no synaptic layer"):
         plan_run(config)
+
+
+def test_clusters_alone_keep_every_synapse_of_a_surviving_cluster(cnn):
+    """encoding: cluster with only the clusters set: the synapse level does nothing (budget 1.0), and
+    what generation 2 keeps is said before any work starts."""
+    from evopop.engine.plan import expected_survival
+
+    config = load_config(CLUSTER_CONFIG)
+    assert (config.evolution.environment.c, config.evolution.environment.mode) == (1.0, "budget")
+    assert expected_survival(config.evolution) == (
+        "generation 2 keeps about 50% of the clusters (filters / units) (budget); "
+        "then every one of the synapses of a surviving cluster"
+    )
+    told = load_config({"evolution": {**CLUSTER_CONFIG["evolution"], "environment": {"c": 0.7}}})
+    assert (told.evolution.environment.c, told.evolution.environment.mode) == (0.7, "scale"), "set: kept as set"
+    assert load_config(None).evolution.environment.c == 0.4, "the synapse encoding keeps the paper's default"
+    _, arch, weights = cnn
+    spec = offspring_specs(config, 2, [root_record()])[0]
+    child = synthesize(arch, weights, Genome.full(arch), spec.environment, 5, clusters=spec.clusters)
+    for layer in arch.layers[:1]:  # the first layer's inputs never die: its surviving filters keep every synapse
+        assert child.masks[layer.name][child.neurons(layer)].all()
+    assert count(arch, child).synapses < count(arch, Genome.full(arch)).synapses, "whole clusters died"

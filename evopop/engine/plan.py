@@ -5,9 +5,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 from fnmatch import fnmatchcase
 
-from ..config import Config, ConfigError
+from ..config import Config, ConfigError, EvolutionSection
 from ..tasks.registry import built_task
 from .policy.halving import Rungs
+from .policy.specs import schedule_of
 from .policy.stopping import StopRule
 
 MINIMISED_SUFFIXES = ("_loss", "_mae")  # measured columns where lower is better, unless the config says
@@ -39,6 +40,27 @@ def selection_metric(
     """(metric, direction) of a run: the configured ones, else the task's defaults (`metric_direction`)."""
     metric = metric or default_metric
     return metric, direction or metric_direction(metric, default_metric, default_direction)
+
+
+def expected_survival(evolution: EvolutionSection) -> str:
+    """What generation 2 is expected to keep of its parent, per level, said before any work starts."""
+    levels = [("clusters", "clusters (filters / units)")] if evolution.encoding == "cluster" else []
+    parts = []
+    for level, what in [*levels, ("synapses", "synapses" + (" of a surviving cluster" if levels else ""))]:
+        env = schedule_of(evolution, level).at(2)
+        section = evolution.clusters if level == "clusters" else evolution.environment
+        if env.mode == "scale":
+            kept = (
+                f"each of the {what} with probability {env.c:g} x P(s | w): a share that depends on the trained weights"
+            )
+        elif env.c >= 1:
+            kept = f"every one of the {what}"
+        else:
+            kept = f"about {env.c:.0%} of the {what} ({env.mode})"
+        if section.layers:
+            kept += f"; {len(section.layers)} layer pattern(s) set their own"
+        parts.append(kept)
+    return "generation 2 keeps " + "; then ".join(parts)
 
 
 def plan_run(config: Config) -> Plan:
