@@ -21,7 +21,7 @@ from .engine.controller import EvolutionController
 from .engine.executors.base import Executor
 from .engine.executors.local import LocalExecutor
 from .engine.hooks import Hook
-from .engine.plan import Plan, plan_run
+from .engine.plan import Plan, network_card, plan_run
 from .engine.progress import Progress
 from .records.run import RunRecords
 from .records.storage import absolute
@@ -51,6 +51,7 @@ def evolution(
     run_dir = absolute(run_dir)  # trainers on other nodes, or in other working directories, must find it
     records = RunRecords(run_dir)
     if not records.exists():
+        records.write_network(network_card(config))  # before config.yaml: a run directory is whole once that exists
         records.write_config(config.to_yaml())
     else:
         check_same_run(config, load_config(yaml.safe_load(records.read_config())), run_dir)

@@ -292,3 +292,31 @@ def test_ancestor_files_that_cannot_load_say_why(split_folder, tmp_path):
     other = save_ancestor(model_by_name("torchvision:resnet34", 3), tmp_path / "resnet34.pt", "state_dict")
     with pytest.raises(ConfigError, match="ancestor.checkpoint: .*resnet34.pt does not fit the task's network"):
         plan_run(images_config(split_folder, f"ancestor.checkpoint={other}"))
+
+
+@pytest.mark.slow
+def test_an_individual_exports_in_a_fresh_process_from_a_copied_run_without_the_data(split_folder, tmp_path):
+    """The run directory alone, copied to where the image folder is not, exports a compacted program."""
+    import json
+    import shutil
+
+    from evopop.api import evolve
+
+    config = images_config(split_folder, "resources.executor=local", "evolution.encoding=cluster")
+    population = evolve(config, str(tmp_path / "run"))
+    individual = population.loc[population["generation"] == 2, "individual_id"].iloc[0]
+    copied = shutil.copytree(tmp_path / "run", tmp_path / "elsewhere" / "run")
+    shutil.rmtree(split_folder)  # the data is gone, as on another machine
+    out = tmp_path / "elsewhere" / "offspring.pt2"
+    result = subprocess.run(
+        [sys.executable, "-m", "evopop", "export", str(copied), individual, "--out", str(out)],
+        cwd=tmp_path / "elsewhere",
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    program = torch.export.load(str(out)).module()
+    assert program(torch.randn(2, 3, 32, 32)).shape == (2, 3)
+    metadata = json.loads(Path(f"{out}.json").read_text())
+    assert metadata["compacted"]["macs"] < population.loc[population["generation"] == 1, "dense_macs"].iloc[0]

@@ -16,16 +16,18 @@ from dataclasses import dataclass
 from importlib.metadata import PackageNotFoundError, version
 from typing import Any
 
+import torch
 import yaml
 
 from ..compaction import CompactionError, compact
 from ..compaction.export import FORMATS, exported_bytes, require_onnx
 from ..config import load_config
+from ..models.by_name import model_by_name
 from ..records.ids import natural_key
 from ..records.run import RunRecords
 from ..records.schema import MEASURED, plain_value
 from ..records.storage import filesystem_of, is_uri
-from ..synthesis import Genome
+from ..synthesis import Architecture, Genome, trace_architecture
 from ..tasks.registry import built_task
 
 
@@ -65,17 +67,15 @@ def export_individual(run_dir: str, individual_id: str, out: str, fmt: str = "pt
             raise ExportError(f"{individual_id}: its checkpoint {records.checkpoint_path(individual_id)} is missing")
         _check_output(out, run_dir)
         config = load_config(yaml.safe_load(records.read_config()))
-        built = built_task(config.task.name, config.task.args, config.task.paths)
+        model, arch, example = _network(records, config)
         checkpoint = records.read_checkpoint(individual_id)
     except (OSError, ValueError) as exc:  # unreachable storage, an unknown scheme, an unreadable file
         if isinstance(exc, ExportError):
             raise
         raise ExportError(f"cannot read {individual_id} of {run_dir}: {exc}") from None
-    model = built.task.build_model()
-    example = built.task.example_input()
     try:
         model.load_state_dict(checkpoint.weights, strict=True)
-        compacted = compact(model, built.arch, Genome.from_state_dict(checkpoint.masks), example)
+        compacted = compact(model, arch, Genome.from_state_dict(checkpoint.masks), example)
         program = exported_bytes(compacted.module, example, fmt)
     except (CompactionError, RuntimeError, KeyError) as exc:
         raise ExportError(f"{individual_id}: cannot export ({type(exc).__name__}: {exc})") from None
@@ -102,6 +102,20 @@ def export_individual(run_dir: str, individual_id: str, out: str, fmt: str = "pt
     _write(out, program)
     _write(out + ".json", (json.dumps(metadata, indent=2) + "\n").encode())
     return Exported(out, out + ".json", metadata)
+
+
+def _network(records: RunRecords, config) -> tuple[torch.nn.Module, Architecture, torch.Tensor]:
+    """(a new network, its traced architecture, an example input): from the run's network card where it
+    names a model (no data, no plugin needed), else from the task."""
+    card = records.read_network()
+    if card is not None and card.model is not None:
+        spec = card.model
+        with torch.random.fork_rng(devices=[]):
+            model = model_by_name(spec["model"], spec.get("num_classes"), **(spec.get("model_args") or {}))
+        example = torch.zeros(card.example_shape, dtype=getattr(torch, card.example_dtype))
+        return model, trace_architecture(model, example), example
+    built = built_task(config.task.name, config.task.args, config.task.paths)
+    return built.task.build_model(), built.arch, built.task.example_input()
 
 
 def _recorded_row(records: RunRecords, individual_id: str) -> dict[str, Any]:

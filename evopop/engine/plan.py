@@ -6,6 +6,7 @@ from dataclasses import dataclass
 from fnmatch import fnmatchcase
 
 from ..config import Config, ConfigError, EvolutionSection
+from ..records.checkpoints import NetworkCard
 from ..tasks.registry import built_task
 from .policy.halving import Rungs
 from .policy.specs import schedule_of
@@ -61,6 +62,13 @@ def expected_survival(evolution: EvolutionSection) -> str:
             kept += f"; {len(section.layers)} layer pattern(s) set their own"
         parts.append(kept)
     return "generation 2 keeps " + "; then ".join(parts)
+
+
+def network_card(config: Config) -> NetworkCard:
+    """What rebuilding the run's network takes (`NetworkCard`), from its task (built once per process)."""
+    task = built_task(config.task.name, config.task.args, config.task.paths).task
+    example = task.example_input()
+    return NetworkCard(tuple(example.shape), str(example.dtype).removeprefix("torch."), task.network())
 
 
 def plan_run(config: Config) -> Plan:

@@ -98,6 +98,28 @@ class RungState:
 STATE_DICT_KEYS = ("state_dict", "model_state_dict", "model", "module", "net", "network", "weights")
 
 
+@dataclass(frozen=True)
+class NetworkCard:
+    """What rebuilding a run's network takes, recorded when the run starts, so that an individual can be
+    exported from the run directory alone (never the data): the example input's shape and dtype, and
+    for a model by name, how to build it (``{"model": "torchvision:NAME", "num_classes": n,
+    "model_args": {...}}``); without that, export builds the task (its plugin must be importable)."""
+
+    example_shape: tuple[int, ...]
+    example_dtype: str
+    model: dict | None = None
+
+    def to_json(self) -> str:
+        card = {"example_input": {"shape": list(self.example_shape), "dtype": self.example_dtype}}
+        return json.dumps({**card, "model": self.model}, indent=2)
+
+    @classmethod
+    def from_json(cls, text: str) -> NetworkCard:
+        card = json.loads(text)
+        example = card["example_input"]
+        return cls(tuple(example["shape"]), example["dtype"], card.get("model"))
+
+
 def read_weights_file(data: bytes) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor] | None]:
     """(weights, masks) of an evopop checkpoint; (the state dict, None) of a plain one, of a
     safetensors file, or of a training checkpoint that keeps it under one of `STATE_DICT_KEYS`.

@@ -1,6 +1,7 @@
 """The run directory: resolved config, population records, diversity, checkpoints. Knows nothing of Ray.
 
     RUN_DIR/config.yaml
+    RUN_DIR/network.json                                           how to rebuild the network: export needs no data
     RUN_DIR/population/generation=G/part-<individual_id>.parquet   one row per individual, ever
     RUN_DIR/layers/generation=G/part-<individual_id>.parquet       per-layer counts
     RUN_DIR/selection/generation=G/part-0.parquet                  which individuals were selected
@@ -42,6 +43,7 @@ from pyarrow.fs import FileSelector, FileType
 from .checkpoints import (
     Checkpoint,
     GenomeFile,
+    NetworkCard,
     RungState,
 )
 from .ids import check_individual_id, natural_key, natural_order
@@ -72,6 +74,7 @@ DIVERSITY, DIVERSITY_SUMMARY = "diversity", "diversity_summary"
 GENOMES = "genomes"
 RUNGS, PROMOTION, TRAINING = "rungs", "promotion", "training"
 STOP = "stop.json"
+NETWORK = "network.json"
 REPORT = "report"
 
 
@@ -125,6 +128,15 @@ class RunRecords:
 
     def exists(self) -> bool:
         return self.storage.exists("config.yaml")
+
+    def write_network(self, card: NetworkCard) -> None:
+        self.storage.write_bytes(NETWORK, card.to_json().encode())
+
+    def read_network(self) -> NetworkCard | None:
+        """How to rebuild the run's network; None for runs recorded before evopop wrote it."""
+        if not self.storage.exists(NETWORK):
+            return None
+        return NetworkCard.from_json(self.storage.read_bytes(NETWORK).decode())
 
     # -- one driver at a time -------------------------------------------------------------------
     @contextmanager

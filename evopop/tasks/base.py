@@ -53,6 +53,12 @@ class Task(ABC):
         The evaluation loop always adds ``loss`` (the mean of ``self.loss`` over the set)."""
         return []
 
+    def network(self) -> dict | None:
+        """How to build the network without the task (its data, its code): ``{"model": "torchvision:NAME",
+        "num_classes": n, "model_args": {...}}`` for a model by name (`evopop.models.by_name`); None where
+        only the task can build it. Recorded with the run: `evopop export` then needs neither."""
+        return None
+
     def head_parameters(self) -> list[str]:
         """The state-dict keys of the output layer that the data sizes (a classifier's head): an ancestor
         file whose head was sized for other classes loads without them, and they start fresh."""

@@ -106,6 +106,9 @@ class ImagesTask(ClassificationTask):
     def build_model(self) -> torch.nn.Module:
         return model_by_name(self.model, self.num_classes, **self.model_args)
 
+    def network(self) -> dict:
+        return {"model": self.model, "num_classes": self.num_classes, "model_args": self.model_args}
+
     def head_parameters(self) -> list[str]:
         """The state-dict keys of the classifier head, sized for this data's classes."""
         return head_parameters(self.model, self.num_classes, **self.model_args)
