@@ -16,6 +16,7 @@ from collections.abc import Sequence
 import pandas as pd
 import yaml
 
+from .analysis.tracking import tracking_hooks
 from .config import Config, ConfigError, load_config
 from .engine.controller import EvolutionController
 from .engine.executors.base import Executor
@@ -33,7 +34,7 @@ def default_hooks(config: Config, records: RunRecords, plan: Plan, stream=None) 
         from .analysis.diversity_hook import DiversityRecorder
 
         hooks.append(DiversityRecorder(config, records, plan.metric_columns))
-    return hooks
+    return hooks + tracking_hooks(config, records, plan)
 
 
 def evolution(
@@ -84,7 +85,7 @@ def check_same_run(config: Config, recorded: Config, run_dir: str) -> None:
     """ConfigError unless ``config`` is the config ``run_dir`` was started with (``resources`` and
     ``compaction`` aside: where individuals run and how they are timed change none of them)."""
     wanted, have = config.model_dump(mode="json"), recorded.model_dump(mode="json")
-    free = ("resources.", "compaction.")
+    free = ("resources.", "compaction.", "tracking.")
     differ = [key for key in _dotted(wanted) if not key.startswith(free) and _get(wanted, key) != _get(have, key)]
     if differ:
         raise ConfigError(

@@ -322,6 +322,17 @@ class CompactionSection(_Section):
     seconds: float = Field(5.0, gt=0)  # at most this long per batch size (at least one pass is timed)
 
 
+class TrackingSection(_Section):
+    """Where a run is mirrored as it goes (`evopop.analysis.tracking`), besides its own Parquet records:
+    TensorBoard event files and an MLflow tracking store, each an optional extra."""
+
+    tensorboard: bool | str = False  # true: RUN_DIR/tensorboard (a local run directory); or a local folder
+    mlflow: str | None = (
+        None  # an MLflow tracking URI: a local store (sqlite:///mlflow.db) or a server (http://host:5000)
+    )
+    experiment: str | None = None  # the MLflow experiment; default: run.name
+
+
 class StorageSection(_Section):
     path: str = "runs"  # where run directories are created (local path; URIs via pyarrow.fs)
 
@@ -338,6 +349,7 @@ class Config(_Section):
     baselines: BaselinesSection = Field(default_factory=BaselinesSection)
     compaction: CompactionSection = Field(default_factory=CompactionSection)
     storage: StorageSection = Field(default_factory=StorageSection)
+    tracking: TrackingSection = Field(default_factory=TrackingSection)
 
     @model_validator(mode="after")
     def _latency_needs_compaction(self):

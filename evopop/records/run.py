@@ -14,6 +14,7 @@
     RUN_DIR/genomes/<individual_id>.pt                             masks (bit-packed) + probe outputs
     RUN_DIR/stop.json                                              why the run ended early (evolution.stop)
     RUN_DIR/report/                                                `evopop report` (see `report_storage`)
+    RUN_DIR/tensorboard/                                           TensorBoard event files (tracking.tensorboard)
     RUN_DIR/.lock                                                  held by the driving process
 
 A record is written only after its checkpoint (and genome file) is durable, and a part is named after its individual,
@@ -76,6 +77,7 @@ RUNGS, PROMOTION, TRAINING = "rungs", "promotion", "training"
 STOP = "stop.json"
 NETWORK = "network.json"
 REPORT = "report"
+TENSORBOARD = "tensorboard"
 
 
 @dataclass(frozen=True)
@@ -114,6 +116,11 @@ class RunRecords:
     def report_uri(self) -> str:
         """Where `evopop report` writes by default: RUN_DIR/report."""
         return join(self.uri, REPORT)
+
+    def tensorboard_dir(self) -> str | None:
+        """Where TensorBoard event files go by default: RUN_DIR/tensorboard; None for a run directory
+        on an object store (TensorBoard's writer writes local files)."""
+        return None if is_uri(self.uri) else os.path.join(self.uri, TENSORBOARD)
 
     def report_storage(self, out: str | None = None) -> Storage:
         """Atomic storage for a report's files: ``out``, or RUN_DIR/report."""

@@ -1,0 +1,173 @@
+"""Follow a run where people already watch training: TensorBoard and MLflow, as hooks on the evolution.
+
+- TensorBoard (``tracking.tensorboard``): one event folder per individual (``<id>``: its metrics, synapses,
+  MACs and efficiency at step = its generation) and one for the population (``population``: per generation,
+  the selected best's metric, synapses and efficiency, and how many were selected), so TensorBoard's run
+  list is the population and its charts the lineage's progress.
+- MLflow (``tracking.mlflow``): one parent run per evopop run (tag ``evopop.run_id``), one nested run per
+  individual with its lineage as tags (generation, kind, parent ids, lineage) and its measurements as
+  metrics; the generation summary as the parent's metrics at step = generation.
+
+A resumed run continues the same tracked run without duplicates: individuals are tracked as they are
+recorded (an individual recorded before the kill is not developed again), a generation's summary only by
+the process that developed some of it, the MLflow parent run is found again by its tag, and an
+individual MLflow already has is not logged twice. Tracking must never fail the run it follows: its
+errors become warnings. Both are optional extras (``pip install 'evopop[tensorboard]'`` / ``[mlflow]``).
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import warnings
+from collections.abc import Callable
+
+from ..config import Config, ConfigError
+from ..engine.hooks import Batch, Hook
+from ..engine.plan import Plan
+from ..records.run import RunRecords
+from ..records.schema import MEASURED, IndividualRecord
+
+SIZES = ("synapses", "efficiency", "effective_efficiency", "neurons", "macs", "compact_macs")
+
+
+def tracking_hooks(config: Config, records: RunRecords, plan: Plan) -> list[Hook]:
+    """The trackers ``config.tracking`` asks for; ConfigError (before any work) where one cannot be."""
+    tracking, hooks = config.tracking, []
+    if tracking.tensorboard:
+        folder = records.tensorboard_dir() if tracking.tensorboard is True else str(tracking.tensorboard)
+        if folder is None:
+            raise ConfigError(
+                "tracking.tensorboard: the run directory is on an object store; give a local folder instead"
+            )
+        hooks.append(TensorBoardTracker(folder, records, plan))
+    if tracking.mlflow:
+        hooks.append(MLflowTracker(tracking.mlflow, tracking.experiment or config.run.name, records, plan))
+    return hooks
+
+
+def measurements(record: IndividualRecord) -> dict[str, float]:
+    """An individual's metrics and sizes, as numbers (those it has)."""
+    values = {**record.metrics, **{name: getattr(record, name) for name in SIZES}}
+    return {k: float(v) for k, v in values.items() if v is not None and not math.isnan(float(v))}
+
+
+class _Tracker(Hook):
+    """What both trackers share: the generations this process developed, and the summary of one."""
+
+    def __init__(self, records: RunRecords, plan: Plan):
+        self.records, self.plan = records, plan
+        self._developed: set[int] = set()
+        self._generation = 0  # of the batch whose records arrive (a record does not hold its generation)
+
+    def batch_started(self, batch: Batch) -> None:
+        self._generation = batch.generation
+        if not batch.baselines and batch.already < batch.total:
+            self._developed.add(batch.generation)
+
+    def recorded(self, record: IndividualRecord) -> None:
+        if record.status in MEASURED:
+            self._guarded(self.track_individual, self._generation, record)
+
+    def selected(self, generation: int, selected: list[str]) -> None:
+        if generation in self._developed:  # a generation decided before a resume was tracked then
+            self._guarded(self.track_generation, generation, self.summary(generation, selected))
+
+    def summary(self, generation: int, selected: list[str]) -> dict[str, float]:
+        by_id = {r.individual_id: r for r in self.records.individuals(generation)}
+        best = by_id[selected[0]]
+        values = {f"best_{k}": v for k, v in measurements(best).items()}
+        return {**values, "selected": float(len(selected)), "recorded": float(len(by_id))}
+
+    def track_individual(self, generation: int, record: IndividualRecord) -> None: ...
+
+    def track_generation(self, generation: int, values: dict[str, float]) -> None: ...
+
+    def _guarded(self, track: Callable, *args) -> None:
+        try:
+            track(*args)
+        except Exception as exc:  # tracking follows the run; it never fails it
+            warnings.warn(f"{type(self).__name__}: {type(exc).__name__}: {exc}", stacklevel=2)
+
+
+class TensorBoardTracker(_Tracker):
+    def __init__(self, folder: str, records: RunRecords, plan: Plan):
+        try:
+            from torch.utils.tensorboard import SummaryWriter
+        except ImportError:
+            raise ConfigError("tracking.tensorboard needs TensorBoard: pip install 'evopop[tensorboard]'") from None
+        super().__init__(records, plan)
+        self.folder, self._writer = folder, SummaryWriter
+
+    def _write(self, run: str, step: int, values: dict[str, float]) -> None:
+        writer = self._writer(os.path.join(self.folder, run))
+        try:
+            for tag, value in values.items():
+                writer.add_scalar(tag, value, step)
+        finally:
+            writer.close()  # flushed at once: a killed driver loses nothing it tracked
+
+    def track_individual(self, generation: int, record: IndividualRecord) -> None:
+        self._write(record.individual_id, generation, measurements(record))
+
+    def track_generation(self, generation: int, values: dict[str, float]) -> None:
+        self._write("population", generation, values)
+
+
+class MLflowTracker(_Tracker):
+    def __init__(self, uri: str, experiment: str, records: RunRecords, plan: Plan):
+        try:
+            from mlflow.tracking import MlflowClient
+        except ImportError:
+            raise ConfigError("tracking.mlflow needs MLflow: pip install 'evopop[mlflow]'") from None
+        super().__init__(records, plan)
+        self.client = MlflowClient(tracking_uri=uri)
+        found = self.client.get_experiment_by_name(experiment)
+        self.experiment = found.experiment_id if found else self.client.create_experiment(experiment)
+        self.parent = self._parent_run()
+        self.tracked = self._tracked_individuals()
+
+    def _parent_run(self) -> str:
+        """The MLflow run of this evopop run: found again on a resume (its tag), else started."""
+        runs = self.client.search_runs([self.experiment], f"tags.`evopop.run_id` = '{self.records.run_id}'")
+        parents = [r for r in runs if "evopop.individual_id" not in r.data.tags]
+        if parents:
+            self.client.update_run(parents[0].info.run_id, status="RUNNING")
+            return parents[0].info.run_id
+        tags = {"evopop.run_id": self.records.run_id, "evopop.run_dir": self.records.uri}
+        run = self.client.create_run(self.experiment, run_name=self.records.run_id, tags=tags)
+        self.client.log_param(run.info.run_id, "selection_metric", f"{self.plan.metric} ({self.plan.direction})")
+        return run.info.run_id
+
+    def _tracked_individuals(self) -> set[str]:
+        runs = self.client.search_runs([self.experiment], f"tags.`mlflow.parentRunId` = '{self.parent}'")
+        return {r.data.tags["evopop.individual_id"] for r in runs if "evopop.individual_id" in r.data.tags}
+
+    def track_individual(self, generation: int, record: IndividualRecord) -> None:
+        if record.individual_id in self.tracked:  # tracked before a resume
+            return
+        tags = {
+            "mlflow.parentRunId": self.parent,
+            "evopop.run_id": self.records.run_id,
+            "evopop.individual_id": record.individual_id,
+            "evopop.generation": str(generation),
+            "evopop.kind": record.kind,
+            "evopop.status": record.status,
+            "evopop.parent_ids": ",".join(record.parent_ids or ()),
+            "evopop.lineage": "/".join(record.lineage or ()),
+        }
+        run = self.client.create_run(self.experiment, run_name=record.individual_id, tags=tags)
+        for key, value in measurements(record).items():
+            self.client.log_metric(run.info.run_id, key, value, step=generation)
+        for key in ("env_mode", "env_factor", "cluster_factor", "seed", "epochs"):
+            if getattr(record, key, None) is not None:
+                self.client.log_param(run.info.run_id, key, getattr(record, key))
+        self.client.set_terminated(run.info.run_id)
+        self.tracked.add(record.individual_id)
+
+    def track_generation(self, generation: int, values: dict[str, float]) -> None:
+        for key, value in values.items():
+            self.client.log_metric(self.parent, key, value, step=generation)
+
+    def run_finished(self, completed: bool) -> None:
+        self._guarded(self.client.set_terminated, self.parent, "FINISHED" if completed else "KILLED")
