@@ -51,14 +51,16 @@ def evolution(
     plan = plan or plan_run(config)
     run_dir = absolute(run_dir)  # trainers on other nodes, or in other working directories, must find it
     records = RunRecords(run_dir)
-    if not records.exists():
-        records.write_network(network_card(config))  # before config.yaml: a run directory is whole once that exists
-        records.write_config(config.to_yaml())
-    else:
+    resumed = records.exists()
+    if resumed:
         check_same_run(config, load_config(yaml.safe_load(records.read_config())), run_dir)
         plan = recorded_direction(plan, records)
-    executor = executor or make_executor(config, run_dir)
+    # the hooks (trackers) are set up before a new run directory is written: one that cannot be leaves none
     hooks = default_hooks(config, records, plan, stream) if hooks is None else list(hooks)
+    if not resumed:
+        records.write_network(network_card(config))  # before config.yaml: a run directory is whole once that exists
+        records.write_config(config.to_yaml())
+    executor = executor or make_executor(config, run_dir)
     return EvolutionController(config, records, plan, executor, hooks)
 
 
@@ -85,7 +87,7 @@ def check_same_run(config: Config, recorded: Config, run_dir: str) -> None:
     """ConfigError unless ``config`` is the config ``run_dir`` was started with (``resources`` and
     ``compaction`` aside: where individuals run and how they are timed change none of them)."""
     wanted, have = config.model_dump(mode="json"), recorded.model_dump(mode="json")
-    free = ("resources.", "compaction.", "tracking.")
+    free = ("resources.", "compaction.", "tracking.", "task.paths")  # how and where, not what
     differ = [key for key in _dotted(wanted) if not key.startswith(free) and _get(wanted, key) != _get(have, key)]
     if differ:
         raise ConfigError(

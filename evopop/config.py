@@ -162,7 +162,8 @@ class EvolutionSection(_Section):
     offspring: int = Field(4, ge=1)  # per ancestor
     # synapse: the paper's encoding; cluster: whole filters / units survive first (evopop.synthesis.clusters)
     encoding: Literal[ENCODINGS] = "synapse"
-    environment: EnvironmentSection = Field(default_factory=EnvironmentSection)  # F_s(E): synapses
+    # F_s(E): synapses; with encoding: cluster and none given, budget 1.0 (every synapse of a surviving cluster)
+    environment: EnvironmentSection = Field(default_factory=EnvironmentSection)
     clusters: EnvironmentSection = Field(default_factory=EnvironmentSection)  # F_c(E): clusters (encoding: cluster)
     normalizer: Literal["layer", "global"] = "layer"  # Z: max |w| of the layer's or the network's living synapses
     init: Literal["inherit", "reinit"] = "inherit"  # offspring start from the parent's surviving weights, or fresh
@@ -181,14 +182,15 @@ class EvolutionSection(_Section):
             )
         return self
 
-    @model_validator(mode="after")
-    def _clusters_alone_keep_the_synapses(self):
+    @model_validator(mode="before")
+    @classmethod
+    def _clusters_alone_keep_the_synapses(cls, data):
         """With ``encoding: cluster`` and no ``environment`` given, the synapse level keeps every synapse
         of a surviving cluster (budget 1.0): who sets the clusters alone asks for that many, not for the
         default synapse environment on top of them (18.9x fewer synapses where ~2x was asked)."""
-        if self.encoding == "cluster" and "environment" not in self.model_fields_set:
-            return self.model_copy(update={"environment": EnvironmentSection(c=1.0, mode="budget")})
-        return self
+        if isinstance(data, dict) and data.get("encoding") == "cluster" and "environment" not in data:
+            return {**data, "environment": {"c": 1.0, "mode": "budget"}}
+        return data
 
     @model_validator(mode="after")
     def _clusters_do_not_adapt(self):
@@ -482,7 +484,13 @@ def with_config_folder(data: dict, path: Path) -> dict:
     added to ``task.paths``, relative to the current folder where it is inside it (so that it holds on
     a cluster, where ``ray job submit --working-dir .`` copies the current folder)."""
     task = data.get("task")
-    if not isinstance(task, dict) or ":" not in str(task.get("name", "")):
+    if not isinstance(task, dict):
+        return data
+    model = (task.get("args") or {}).get("model") if isinstance(task.get("args"), dict) else None
+    names_code = ":" in str(task.get("name", "")) or (
+        isinstance(model, str) and ":" in model and not model.startswith(("torchvision:", "timm:"))
+    )
+    if not names_code:  # a built-in task with a model by name: nothing to look for
         return data
     folder = path.resolve().parent
     try:

@@ -128,9 +128,9 @@ def test_a_bad_folder_stops_the_run_before_any_work_with_exit_2(tmp_path):
 
 def test_a_torchvision_data_set_without_its_files_says_how_to_get_them(tmp_path):
     with pytest.raises(DatasetError, match="lacks the files of torchvision.datasets.CIFAR10.*never downloads"):
-        torchvision_dataset("CIFAR10", tmp_path, train=True)
+        torchvision_dataset("CIFAR10", tmp_path, True)
     with pytest.raises(DatasetError, match="no data set class 'CIFAR11'"):
-        torchvision_dataset("CIFAR11", tmp_path, train=True)
+        torchvision_dataset("CIFAR11", tmp_path, True)
     with pytest.raises(ConfigError, match="task.args.root: .*lacks the files of torchvision.datasets.MNIST"):
         plan_run(images_config(tmp_path, "task.args.dataset=MNIST"))
 
@@ -232,13 +232,22 @@ def save_ancestor(model: torch.nn.Module, path: Path, how: str) -> Path:
         "lightning": {"state_dict": {f"model.{k}": v for k, v in weights.items()}, "epoch": 3},
         "data_parallel": {f"module.{k}": v for k, v in weights.items()},
         "training_checkpoint": {"model_state_dict": weights, "optimizer_state_dict": {"state": {}}, "epoch": 3},
+        # torchvision's and timm's training scripts: their arguments, paths and numpy numbers beside the weights
+        "reference_script": {
+            "model": weights,
+            "args": __import__("argparse").Namespace(lr=0.1, output_dir=Path("/runs/x")),
+            "best_acc1": np.float64(0.91),
+            "epoch": 89,
+        },
         "pickled_module": model,
     }[how]
     torch.save(payload, path)
     return path
 
 
-@pytest.mark.parametrize("how", ["state_dict", "lightning", "data_parallel", "training_checkpoint", "safetensors"])
+@pytest.mark.parametrize(
+    "how", ["state_dict", "lightning", "data_parallel", "training_checkpoint", "reference_script", "safetensors"]
+)
 def test_ancestor_files_load_however_they_were_saved(split_folder, tmp_path, how, capsys):
     from evopop.engine.worker.weights import load_ancestor
 
@@ -286,7 +295,7 @@ def test_an_ancestor_with_a_head_for_other_classes_loads_its_backbone_and_trains
 def test_ancestor_files_that_cannot_load_say_why(split_folder, tmp_path):
     pickled = save_ancestor(model_by_name("torchvision:resnet18", 3), tmp_path / "whole.pt", "pickled_module")
     with pytest.raises(
-        ConfigError, match=r"pickled object \(torchvision.models.resnet.ResNet\).*torch.save\(model.state_dict\(\)"
+        ConfigError, match=r"whole pickled model \(torchvision.models.resnet.ResNet\).*torch.save\(model.state_dict\(\)"
     ):
         plan_run(images_config(split_folder, f"ancestor.checkpoint={pickled}"))
     other = save_ancestor(model_by_name("torchvision:resnet34", 3), tmp_path / "resnet34.pt", "state_dict")
@@ -320,3 +329,43 @@ def test_an_individual_exports_in_a_fresh_process_from_a_copied_run_without_the_
     assert program(torch.randn(2, 3, 32, 32)).shape == (2, 3)
     metadata = json.loads(Path(f"{out}.json").read_text())
     assert metadata["compacted"]["macs"] < population.loc[population["generation"] == 1, "dense_macs"].iloc[0]
+
+
+def test_a_head_for_other_classes_loads_from_files_without_batch_norm_step_counts(split_folder, tmp_path):
+    from evopop.engine.worker.weights import load_ancestor
+
+    weights = {k: v for k, v in model_by_name("torchvision:resnet18").state_dict().items()}
+    old = {k: v for k, v in weights.items() if not k.endswith("num_batches_tracked")}  # as older weight files
+    torch.save(old, tmp_path / "old.pth")
+    task = ImagesTask(str(split_folder), image_size=32)
+    loaded = load_ancestor(str(tmp_path / "old.pth"), task.build_model(), _arch(task), task.head_parameters())
+    assert loaded.fresh == ("fc.weight", "fc.bias") and loaded.classes == (1000, 3)
+
+
+def test_folder_layouts_evopop_would_misread_are_refused_and_hidden_files_skipped(tmp_path):
+    root = tmp_path / "pets"
+    write_images(root / "train", 3)
+    write_images(root / "test", 2)  # no val/: these are not classes named train and test
+    with pytest.raises(DatasetError, match=r"split folders \(test, train\) but not the layout"):
+        image_folder_splits(root)
+    flat = tmp_path / "flat"
+    write_images(flat, 3)
+    (flat / "cat" / "._cat_000.png").write_bytes(b"AppleDouble")  # macOS's resource forks
+    assert len(image_folder_splits(flat).skipped) == 1
+    single = tmp_path / "single"
+    write_images(single, 1)
+    with pytest.raises(DatasetError, match="no class has two images"):
+        image_folder_splits(single)
+
+
+def test_torchvision_data_sets_use_their_own_splits_and_others_are_refused(tmp_path):
+    from evopop.data.images import held_out, torchvision_splits
+
+    assert torchvision_splits("CIFAR10") == (True, None, False), "val held out of train; the test set is test"
+    assert torchvision_splits("Flowers102") == ("train", "val", "test")
+    assert torchvision_splits("OxfordIIITPet") == ("trainval", None, "test")
+    with pytest.raises(DatasetError, match="does not know its train / val / test splits"):
+        torchvision_splits("EuroSAT")
+    train, val = held_out(100, 0.1, 0)
+    assert len(val) == 10 and not set(train) & set(val) and held_out(100, 0.1, 0) == (train, val)
+    assert ImagesTask(str(tmp_path), dataset="CIFAR10").eval_set_names() == ["val", "test"]

@@ -123,6 +123,7 @@ def test_tracking_that_cannot_be_says_so_before_any_work(tmp_path, monkeypatch):
     monkeypatch.setitem(sys.modules, "mlflow.tracking", None)
     with pytest.raises(ConfigError, match=r"tracking.mlflow needs MLflow: pip install 'evopop\[mlflow\]'"):
         evolve(tracked_config(tmp_path), str(tmp_path / "run"))
+    assert not (tmp_path / "run").exists(), "no run directory left behind: the same command works once fixed"
     config = tracked_config(tmp_path, "tracking.mlflow=null")
     with pytest.raises(ConfigError, match="tracking.tensorboard: the run directory is on an object store"):
         from evopop.analysis.tracking import tracking_hooks

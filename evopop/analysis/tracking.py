@@ -62,7 +62,8 @@ class _Tracker(Hook):
 
     def batch_started(self, batch: Batch) -> None:
         self._generation = batch.generation
-        if not batch.baselines and batch.already < batch.total:
+        undecided = batch.already < batch.total or not self.records.has_selection(batch.generation)
+        if not batch.baselines and undecided:  # its summary was not tracked before a resume
             self._developed.add(batch.generation)
 
     def recorded(self, record: IndividualRecord) -> None:
@@ -129,19 +130,27 @@ class MLflowTracker(_Tracker):
 
     def _parent_run(self) -> str:
         """The MLflow run of this evopop run: found again on a resume (its tag), else started."""
-        runs = self.client.search_runs([self.experiment], f"tags.`evopop.run_id` = '{self.records.run_id}'")
-        parents = [r for r in runs if "evopop.individual_id" not in r.data.tags]
+        found = f"tags.`evopop.run_id` = '{self.records.run_id}' and tags.`evopop.role` = 'run'"
+        parents = self.client.search_runs([self.experiment], found, max_results=1)
         if parents:
             self.client.update_run(parents[0].info.run_id, status="RUNNING")
             return parents[0].info.run_id
-        tags = {"evopop.run_id": self.records.run_id, "evopop.run_dir": self.records.uri}
+        tags = {"evopop.run_id": self.records.run_id, "evopop.role": "run", "evopop.run_dir": self.records.uri}
         run = self.client.create_run(self.experiment, run_name=self.records.run_id, tags=tags)
         self.client.log_param(run.info.run_id, "selection_metric", f"{self.plan.metric} ({self.plan.direction})")
         return run.info.run_id
 
     def _tracked_individuals(self) -> set[str]:
-        runs = self.client.search_runs([self.experiment], f"tags.`mlflow.parentRunId` = '{self.parent}'")
-        return {r.data.tags["evopop.individual_id"] for r in runs if "evopop.individual_id" in r.data.tags}
+        """The individuals this run already has in MLflow, every page of them."""
+        tracked, token = set(), None
+        while True:
+            page = self.client.search_runs(
+                [self.experiment], f"tags.`mlflow.parentRunId` = '{self.parent}'", max_results=1000, page_token=token
+            )
+            tracked |= {r.data.tags["evopop.individual_id"] for r in page if "evopop.individual_id" in r.data.tags}
+            token = page.token
+            if not token:
+                return tracked
 
     def track_individual(self, generation: int, record: IndividualRecord) -> None:
         if record.individual_id in self.tracked:  # tracked before a resume
@@ -149,6 +158,7 @@ class MLflowTracker(_Tracker):
         tags = {
             "mlflow.parentRunId": self.parent,
             "evopop.run_id": self.records.run_id,
+            "evopop.role": "individual",
             "evopop.individual_id": record.individual_id,
             "evopop.generation": str(generation),
             "evopop.kind": record.kind,

@@ -22,7 +22,7 @@ from pathlib import Path
 
 import torch
 from PIL import Image
-from torch.utils.data import Dataset
+from torch.utils.data import Dataset, Subset
 from torchvision.transforms import v2
 
 from .saliency import IMAGE_EXTENSIONS, DatasetError
@@ -111,11 +111,11 @@ def scan_folder(folder: str | Path, classes: Sequence[str] | None = None, check_
         if name not in own:
             continue
         found = 0
-        for root, dirs, files in os.walk(folder / name):
+        for root, dirs, files in os.walk(folder / name, followlinks=True):  # as torchvision's ImageFolder
             dirs[:] = sorted(d for d in dirs if not d.startswith("."))
             for file in sorted(files):
                 path = os.path.join(root, file)
-                if not file.lower().endswith(IMAGE_EXTENSIONS):
+                if file.startswith(".") or not file.lower().endswith(IMAGE_EXTENSIONS):  # macOS's ._name.jpg too
                     skipped.append(path)
                     continue
                 if check_headers and not _readable_header(path):
@@ -175,9 +175,25 @@ class FolderSplits:
         return f"{len(self.classes)} classes: train {len(self.train)}, val {len(self.val)}{test} images{skipped}"
 
 
+SPLIT_NAMES = ("train", "val", "valid", "validation", "test")
+
+
 def has_split_folders(root: str | Path) -> bool:
-    """Whether ``root`` holds train/ and val/ folders (else its subfolders are the classes)."""
-    return (Path(root) / "train").is_dir() and (Path(root) / "val").is_dir()
+    """Whether ``root`` holds train/ and val/ folders (else its subfolders are the classes); DatasetError
+    where it holds some split folders but not that layout (a train/ and test/ alone, a Val/), rather
+    than taking the split folders for classes."""
+    root = Path(root)
+    if not root.is_dir():
+        return False
+    if (root / "train").is_dir() and (root / "val").is_dir():
+        return True
+    splits = sorted(d.name for d in root.iterdir() if d.is_dir() and d.name.lower() in SPLIT_NAMES)
+    if splits:
+        raise DatasetError(
+            f"{root} has split folders ({', '.join(splits)}) but not the layout evopop reads: train/<class>/ and "
+            "val/<class>/ (and an optional test/<class>/); or one folder of class folders, split by val_fraction"
+        )
+    return False
 
 
 def image_folder_splits(root: str | Path, val_fraction: float = 0.2, seed: int = 0, check_headers: bool = True):
@@ -193,12 +209,44 @@ def image_folder_splits(root: str | Path, val_fraction: float = 0.2, seed: int =
         return FolderSplits(train.classes, train.samples, val.samples, test.samples if test else None, skipped)
     scan = scan_folder(root, check_headers=check_headers)
     train, val = split_by_class(scan.samples, val_fraction, seed)
+    if not val:
+        raise DatasetError(f"image folder {root}: no class has two images, so nothing is left to validate on")
     return FolderSplits(scan.classes, train, val, None, scan.skipped)
 
 
-def torchvision_dataset(name: str, root: str | Path, train: bool, transform=None) -> Dataset:
-    """torchvision's data set class ``name`` over the files already in ``root`` (never downloads);
-    DatasetError saying how to get them where they are missing."""
+# The splits of torchvision's classification data sets: (training, validation, test), as each class names
+# them (True / False: its ``train`` argument). No validation split: a seeded val_fraction of the training
+# split is held out. A data set not listed is refused rather than validated on the wrong split.
+TORCHVISION_SPLITS: dict[str, tuple] = {
+    **{
+        name: (True, None, False)
+        for name in ("MNIST", "FashionMNIST", "KMNIST", "QMNIST", "CIFAR10", "CIFAR100", "USPS")
+    },
+    **{name: ("train", None, "test") for name in ("SVHN", "STL10", "GTSRB", "Food101", "StanfordCars", "FER2013")},
+    **{name: ("train", "val", "test") for name in ("Flowers102", "DTD", "FGVCAircraft", "PCAM")},
+    "OxfordIIITPet": ("trainval", None, "test"),
+    "Country211": ("train", "valid", "test"),
+    "ImageNet": ("train", "val", None),
+    "Imagenette": ("train", "val", None),
+    "Places365": ("train-standard", "val", None),
+}
+
+
+def torchvision_splits(name: str) -> tuple:
+    """(training, validation, test) split of torchvision's data set ``name``; DatasetError if unknown."""
+    if name not in TORCHVISION_SPLITS:
+        known = ", ".join(sorted(TORCHVISION_SPLITS))
+        raise DatasetError(
+            f"torchvision data set {name!r}: evopop does not know its train / val / test splits (it knows {known}); "
+            "use an image folder for it"
+        )
+    return TORCHVISION_SPLITS[name]
+
+
+def torchvision_dataset(name: str, root: str | Path, split, transform=None) -> Dataset:
+    """torchvision's data set class ``name``, its ``split`` (a split name, or True / False for the classes
+    that take ``train``), over the files already in ``root`` (never downloads); DatasetError saying how to
+    get them where they are missing."""
     import inspect
 
     import torchvision
@@ -207,16 +255,11 @@ def torchvision_dataset(name: str, root: str | Path, train: bool, transform=None
     if not (isinstance(cls, type) and issubclass(cls, Dataset)):
         raise DatasetError(f"torchvision has no data set class {name!r} (torchvision.datasets.{name})")
     params = inspect.signature(cls).parameters
-    kwargs = {"transform": transform}
-    if "download" in params:
-        kwargs["download"] = False
-    if "train" in params:
-        kwargs["train"] = train
-    elif "split" in params:
-        kwargs["split"] = "train" if train else "test"
+    kwargs = {"transform": transform, **({"download": False} if "download" in params else {})}
+    kwargs.update({"train": split} if isinstance(split, bool) else {"split": split})
     try:
         return cls(str(root), **kwargs)
-    except (RuntimeError, FileNotFoundError, OSError) as exc:
+    except (RuntimeError, FileNotFoundError, OSError, ValueError) as exc:
         raise DatasetError(
             f"{root} lacks the files of torchvision.datasets.{name} ({str(exc).splitlines()[0][:160]}): evopop "
             f"never downloads; fetch them once where there is internet, e.g. "
@@ -225,12 +268,23 @@ def torchvision_dataset(name: str, root: str | Path, train: bool, transform=None
         ) from None
 
 
+def held_out(size: int, fraction: float, seed: int) -> tuple[list[int], list[int]]:
+    """(training, validation) indices of ``size`` items: a seeded ``fraction`` held out (at least one)."""
+    order = list(range(size))
+    random.Random(f"{seed}:held-out").shuffle(order)
+    held = min(size - 1, max(1, round(size * fraction)))
+    return sorted(order[held:]), sorted(order[:held])
+
+
 def dataset_classes(dataset: Dataset) -> int:
-    """The number of classes of a torchvision classification data set."""
+    """The number of classes of a torchvision classification data set (or of a part of one)."""
+    while isinstance(dataset, Subset):
+        dataset = dataset.dataset
     classes = getattr(dataset, "classes", None)
     if classes:
         return len(classes)
-    targets = getattr(dataset, "targets", None) or getattr(dataset, "labels", None)
+    targets = getattr(dataset, "targets", None)
+    targets = getattr(dataset, "labels", None) if targets is None else targets
     if targets is None:
-        raise DatasetError(f"cannot tell how many classes {type(dataset).__name__} has: set task.args.num_classes")
+        raise DatasetError(f"cannot tell how many classes {type(dataset).__name__} has: use an image folder instead")
     return int(max(int(t) for t in targets)) + 1

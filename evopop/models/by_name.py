@@ -69,7 +69,12 @@ def _similar(name: str, known: list[str], lister: str) -> str:
 def head_parameters(spec: str, num_classes: int, **kwargs: Any) -> list[str]:
     """The state-dict keys whose shape follows ``num_classes``: the classifier head. Found by building
     the model for two class counts (on the meta device: no memory, no time) and comparing shapes."""
-    with torch.device("meta"):
-        one = model_by_name(spec, num_classes, **kwargs).state_dict()
-        other = model_by_name(spec, num_classes + 1, **kwargs).state_dict()
+    try:
+        with torch.device("meta"):
+            one = model_by_name(spec, num_classes, **kwargs).state_dict()
+            other = model_by_name(spec, num_classes + 1, **kwargs).state_dict()
+    except (NotImplementedError, RuntimeError):  # an initialiser that copies data (torchvision's RegNets)
+        with torch.random.fork_rng(devices=[]):
+            one = model_by_name(spec, num_classes, **kwargs).state_dict()
+            other = model_by_name(spec, num_classes + 1, **kwargs).state_dict()
     return [key for key, value in one.items() if key in other and other[key].shape != value.shape]

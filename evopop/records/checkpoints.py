@@ -128,7 +128,8 @@ def read_weights_file(data: bytes) -> tuple[dict[str, torch.Tensor], dict[str, t
     if is_safetensors(data):
         return read_safetensors(data), None
     try:
-        payload = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
+        with torch.serialization.safe_globals(_harmless_globals()):
+            payload = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
     except Exception as exc:
         raise ValueError(_unreadable(exc)) from None
     if is_evopop_checkpoint(payload):
@@ -154,16 +155,43 @@ def _is_state_dict(value) -> bool:
     return isinstance(value, dict) and bool(value) and all(isinstance(v, torch.Tensor) for v in value.values())
 
 
+def _harmless_globals() -> list:
+    """Types training scripts keep beside the weights (their arguments, paths, numpy numbers), which
+    unpickle without running code of the file: torchvision's and timm's training checkpoints load."""
+    import argparse
+    import pathlib
+
+    numpy_types = [np.dtype, *(t for t in vars(np.dtypes).values() if isinstance(t, type))]
+    scalar = getattr(getattr(np, "_core", np.core).multiarray, "scalar", None)
+    paths = [pathlib.PosixPath, pathlib.WindowsPath, pathlib.PurePosixPath, pathlib.PureWindowsPath]
+    return [argparse.Namespace, *paths, *numpy_types, *([scalar] if scalar else [])]
+
+
 def _unreadable(exc: Exception) -> str:
-    """Why torch.load refused a file; for a whole pickled module, how to save its state dict instead."""
+    """Why torch.load refused a file; for a pickled model, how to save its state dict instead."""
     found = re.search(r"Unsupported global: GLOBAL ([\w.]+)", str(exc))
     if found:
+        name = found.group(1)
+        what = "a whole pickled model" if _is_module_class(name) else f"a pickled object ({name})"
         return (
-            f"holds a pickled object ({found.group(1)}), which evopop does not unpickle (that would run code from "
-            "the file): save the model's weights instead, `torch.save(model.state_dict(), 'ancestor.pt')`"
+            f"holds {what} ({name}), which evopop does not unpickle (that would run code from the file): save the "
+            "weights alone, `torch.save(model.state_dict(), 'ancestor.pt')` (or the checkpoint's own state dict, "
+            "e.g. `torch.save(checkpoint['model'], 'ancestor.pt')`)"
         )
     first = str(exc).splitlines()[0][:200] if str(exc) else ""
     return f"is not a readable torch file ({type(exc).__name__}: {first})"
+
+
+def _is_module_class(name: str) -> bool:
+    """Whether the dotted ``name`` is an importable nn.Module subclass (imported, not unpickled)."""
+    import importlib
+
+    module, _, attr = name.rpartition(".")
+    try:
+        found = getattr(importlib.import_module(module), attr)
+    except Exception:
+        return False
+    return isinstance(found, type) and issubclass(found, torch.nn.Module)
 
 
 def is_safetensors(data: bytes) -> bool:

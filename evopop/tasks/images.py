@@ -21,7 +21,7 @@ from contextlib import contextmanager
 from typing import Any
 
 import torch
-from torch.utils.data import Dataset
+from torch.utils.data import Dataset, Subset
 
 from ..data.images import (
     IMAGENET_MEAN,
@@ -32,8 +32,10 @@ from ..data.images import (
     class_names,
     dataset_classes,
     has_split_folders,
+    held_out,
     image_folder_splits,
     torchvision_dataset,
+    torchvision_splits,
 )
 from ..metrics.base import Metric
 from ..models.by_name import head_parameters, model_by_name
@@ -98,8 +100,8 @@ class ImagesTask(ClassificationTask):
             if self.dataset is not None:
                 self._num_classes = dataset_classes(self._data_sets()["train"])
             else:
-                folder = os.path.join(self.root, "train") if has_split_folders(self.root) else self.root
                 with _naming_the_root():
+                    folder = os.path.join(self.root, "train") if has_split_folders(self.root) else self.root
                     self._num_classes = len(class_names(folder))
         return self._num_classes
 
@@ -118,8 +120,10 @@ class ImagesTask(ClassificationTask):
 
     # -- the data ----------------------------------------------------------------------------------
     def validate(self) -> None:
-        """Every file check (missing root, empty class folders, unreadable images) before training."""
-        sets = self._data_sets()
+        """Every file check (missing root, empty class folders, unreadable images) before training: on
+        the driver, once (trainers read the folder's names only)."""
+        self._sets = None
+        sets = self._data_sets(check_headers=self.check_images)
         if self._splits is not None:
             print(f"images: {self.root}: {self._splits.describe()}", flush=True)
         else:
@@ -132,7 +136,9 @@ class ImagesTask(ClassificationTask):
         return {name: data for name, data in self._data_sets().items() if name != "train"}
 
     def eval_set_names(self) -> list[str]:
-        if self.dataset is None and has_split_folders(self.root) and os.path.isdir(os.path.join(self.root, "test")):
+        if self.dataset is not None:
+            return ["val", "test"] if torchvision_splits(self.dataset)[2] is not None else ["val"]
+        if has_split_folders(self.root) and os.path.isdir(os.path.join(self.root, "test")):
             return ["val", "test"]
         return ["val"]
 
@@ -142,20 +148,17 @@ class ImagesTask(ClassificationTask):
     def metric_names(self) -> list[str]:
         return ["accuracy", "top5"]
 
-    def _data_sets(self) -> dict[str, Dataset]:
+    def _data_sets(self, check_headers: bool = False) -> dict[str, Dataset]:
         if self._sets is None:
             with _naming_the_root():
-                self._sets = self._build_sets()
+                self._sets = self._build_sets(check_headers)
         return self._sets
 
-    def _build_sets(self) -> dict[str, Dataset]:
+    def _build_sets(self, check_headers: bool) -> dict[str, Dataset]:
         train, evaluate = self.transforms.train(), self.transforms.eval()
         if self.dataset is not None:
-            return {
-                "train": torchvision_dataset(self.dataset, self.root, True, train),
-                "val": torchvision_dataset(self.dataset, self.root, False, evaluate),
-            }
-        splits = image_folder_splits(self.root, self.val_fraction, self.split_seed, self.check_images)
+            return self._torchvision_sets(train, evaluate)
+        splits = image_folder_splits(self.root, self.val_fraction, self.split_seed, check_headers)
         self._splits = splits
         sets = {
             "train": ImageFiles(splits.train, splits.classes, train),
@@ -163,6 +166,21 @@ class ImagesTask(ClassificationTask):
         }
         if splits.test is not None:
             sets["test"] = ImageFiles(splits.test, splits.classes, evaluate)
+        return sets
+
+    def _torchvision_sets(self, train, evaluate) -> dict[str, Dataset]:
+        """The data set's own validation split, else a seeded val_fraction held out of its training split;
+        its test split as ``test`` (never read by selection)."""
+        train_split, val_split, test_split = torchvision_splits(self.dataset)
+        training = torchvision_dataset(self.dataset, self.root, train_split, train)
+        if val_split is None:
+            kept, held = held_out(len(training), self.val_fraction, self.split_seed)
+            viewed = torchvision_dataset(self.dataset, self.root, train_split, evaluate)
+            sets = {"train": Subset(training, kept), "val": Subset(viewed, held)}
+        else:
+            sets = {"train": training, "val": torchvision_dataset(self.dataset, self.root, val_split, evaluate)}
+        if test_split is not None:
+            sets["test"] = torchvision_dataset(self.dataset, self.root, test_split, evaluate)
         return sets
 
     @staticmethod

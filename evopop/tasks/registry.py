@@ -57,7 +57,8 @@ def import_from(module_name: str, paths: Sequence[str], what: str):
     for folder in searched:
         if os.path.isfile(os.path.join(folder, f"{top}.py")) or os.path.isdir(os.path.join(folder, top)):
             if folder not in sys.path:
-                sys.path.insert(0, folder)
+                sys.path.append(folder)  # after what is installed: a neighbour never shadows a library
+            importlib.invalidate_caches()
             try:
                 return importlib.import_module(module_name)
             except ImportError as exc:
@@ -68,7 +69,17 @@ def import_from(module_name: str, paths: Sequence[str], what: str):
     )
 
 
+def search_in(paths: Sequence[str]) -> None:
+    """Let code the task names by import path (its model too: ``model: mymodels:net``) be found in
+    ``paths`` and the current folder: appended to sys.path, after what is installed."""
+    for folder in [os.path.abspath(p) for p in paths] + [os.getcwd()]:
+        if os.path.isdir(folder) and folder not in sys.path:
+            sys.path.append(folder)
+    importlib.invalidate_caches()
+
+
 def build_task(target: str, args: dict[str, Any] | None = None, paths: Sequence[str] = ()) -> Task:
+    search_in(paths)
     factory = resolve_factory(target, paths)
     try:
         task = factory(**(args or {}))

@@ -29,8 +29,8 @@ def built_aside(task, seed: int | None = None) -> torch.nn.Module:
 def initial_weights(config: Config, task, arch) -> dict[str, torch.Tensor]:
     """The weights the root ancestor started from: its seeded initialisation, as `_develop` seeds it,
     or the loaded ancestor (masked by its genome) when it was not trained here."""
-    if config.ancestor.checkpoint:
-        model = built_aside(task)
+    if config.ancestor.checkpoint:  # seeded as the root's: a head left fresh starts where the root's did
+        model = built_aside(task, train_seed(config.run.seed, ROOT_ID))
         load_ancestor(config.ancestor.checkpoint, model, arch, task.head_parameters())
         return model.state_dict()
     return built_aside(task, train_seed(config.run.seed, ROOT_ID)).state_dict()
@@ -70,13 +70,16 @@ def load_ancestor(path: str, model: torch.nn.Module, arch, head: Sequence[str] =
         raise ValueError(f"ancestor checkpoint {path} {exc}") from None
     own = model.state_dict()
     weights = _named_as(weights, own)
-    differ = [k for k in own if k not in weights or weights[k].shape != own[k].shape]
+    # a batch norm counts its own steps: files saved before torch kept the count lack it, and need not have it
+    counts = {k for k in own if k.endswith("num_batches_tracked") and k not in weights}
+    differ = [k for k in own if k not in counts and (k not in weights or weights[k].shape != own[k].shape)]
     fresh = tuple(differ) if differ and set(differ) <= set(head) and set(weights) <= set(own) else ()
     classes = (weights[fresh[0]].shape[0], own[fresh[0]].shape[0]) if fresh and fresh[0] in weights else None
     what = f"ancestor checkpoint {path}"
     if differ and not fresh:  # not only the head: strict, so that the error names what does not fit
         load_weights(model, weights, what)
     load_weights(model, {**own, **{k: v for k, v in weights.items() if k not in fresh}}, what)
+    # (own's values fill what the file lacks: the head that starts fresh, and step counts)
     genome = _genome_of(arch, model, masks, fresh, path)
     # what the genome says is dead is zero before the ancestor is measured: a neuron that died of an
     # all-zero filter still passes its norm's bias on, and the synapses it feeds are nonzero
