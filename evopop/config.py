@@ -172,6 +172,9 @@ class EvolutionSection(_Section):
     distill: DistillSection = Field(default_factory=DistillSection)  # learn the parent's outputs too
     # m: every offspring from generation 3 on is synthesized from m selected parents (evopop.synthesis.mating)
     parents: int = Field(1, ge=1, le=16)
+    # the layers of the task's head (the images task's classifier: Task.head_parameters) never mutate: the paper
+    # keeps the output layer's meaning; false: they evolve as any other layer
+    protect_head: bool = True
 
     @model_validator(mode="after")
     def _distillation_needs_a_parent(self):

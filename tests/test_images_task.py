@@ -369,3 +369,24 @@ def test_torchvision_data_sets_use_their_own_splits_and_others_are_refused(tmp_p
     train, val = held_out(100, 0.1, 0)
     assert len(val) == 10 and not set(train) & set(val) and held_out(100, 0.1, 0) == (train, val)
     assert ImagesTask(str(tmp_path), dataset="CIFAR10").eval_set_names() == ["val", "test"]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("protect", [True, False])
+def test_the_head_the_data_sized_is_protected_from_mutation_by_default(split_folder, tmp_path, protect):
+    from evopop.api import evolve
+    from evopop.records.run import RunRecords
+
+    config = images_config(
+        split_folder,
+        "resources.executor=local",
+        "evolution.environment={c: 0.5, mode: budget}",
+        f"evolution.protect_head={str(protect).lower()}",
+    )
+    evolve(config, str(tmp_path / "run"))
+    layers = RunRecords(str(tmp_path / "run")).layers()
+    offspring = layers[layers["individual_id"].str.startswith("g2-")]
+    head = offspring[offspring["layer"] == "fc"]["living_fraction"]
+    assert len(head) == 2
+    assert (head == 1.0).all() if protect else (head < 0.9).all()
+    assert (offspring[offspring["layer"] == "conv1"]["living_fraction"] < 0.9).all(), "the rest evolves"

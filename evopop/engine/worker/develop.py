@@ -8,6 +8,7 @@ fault they were (`evopop.engine.failures`): the executor retries those of the in
 
 from __future__ import annotations
 
+import glob
 import time
 import traceback
 import warnings
@@ -21,6 +22,7 @@ from ...records.checkpoints import Checkpoint, GenomeFile, RungState
 from ...records.run import RunRecords
 from ...records.schema import EVOLVED_KINDS, OK, LayerRecord
 from ...synthesis import (
+    Environment,
     Genome,
     LayerCount,
     count,
@@ -52,6 +54,7 @@ class Developer:
         self.device = torch.device(device or ("cuda" if wants_gpu else "cpu"))
         self._probe_batch: ProbeBatch | None = None
         self._rewind_to: dict[str, torch.Tensor] | None = None  # imp_rewind's start, built once
+        self._head_layers: tuple[str, ...] | None = None  # the task's head, frozen (evolution.protect_head)
 
     @property
     def probe_batch(self) -> ProbeBatch | None:
@@ -241,7 +244,25 @@ class Developer:
                 load_weights(model, parent_weights, f"parent {spec.parent_id}")
             return genome
         normalizer = self.config.evolution.normalizer
-        return synthesize(self.arch, weights, parent_genome, spec.environment, spec.seed, normalizer, spec.clusters)
+        environment, clusters = self._environments(spec)
+        return synthesize(self.arch, weights, parent_genome, environment, spec.seed, normalizer, clusters)
+
+    def _environments(self, spec: Spec) -> tuple[Environment, Environment | None]:
+        """The spec's synapse and cluster environments, the task's head frozen in both where
+        ``evolution.protect_head`` (a task without a head, the default, changes nothing)."""
+        if not self.config.evolution.protect_head:
+            return spec.environment, spec.clusters
+        if self._head_layers is None:
+            head = set(self.task.head_parameters())
+            self._head_layers = tuple(glob.escape(l.name) for l in self.arch.layers if l.weight_name in head)
+        if not self._head_layers:
+            return spec.environment, spec.clusters
+        head = self._head_layers
+
+        def with_head_frozen(env: Environment | None) -> Environment | None:
+            return None if env is None else replace(env, frozen=(*env.frozen, *head))
+
+        return with_head_frozen(spec.environment), with_head_frozen(spec.clusters)
 
     def _mated(self, model, spec: Spec, first: ParentState) -> Genome:
         """Multi-parent synthesis (`evopop.synthesis.mating`): the parents' mated strengths and
@@ -257,14 +278,15 @@ class Developer:
         ]
         mated = mate(self.arch, parents)
         normalizer = self.config.evolution.normalizer
+        environment, clusters = self._environments(spec)
         return synthesize(
             self.arch,
             mated.strengths,
             mated.genome,
-            spec.environment,
+            environment,
             spec.seed,
             normalizer,
-            spec.clusters,
+            clusters,
             mated.cluster_strengths,
         )
 
