@@ -32,6 +32,7 @@ def resolve_factory(target: str, paths: Sequence[str] = ()):
             "or an import path 'package.module:factory'"
         )
     module_name, attr = path.split(":", 1)
+    search_in(paths)
     module = import_from(module_name, paths, f"task {target!r}")
     factory = module
     for part in attr.split("."):
@@ -44,8 +45,8 @@ def resolve_factory(target: str, paths: Sequence[str] = ()):
 
 
 def import_from(module_name: str, paths: Sequence[str], what: str):
-    """Import ``module_name``; where it is on no sys.path entry, from the first of ``paths`` and the
-    current folder that holds it (that folder joins sys.path: the plugin may import its neighbours)."""
+    """Import ``module_name`` (`search_in` has put ``paths`` and the current folder on sys.path);
+    ValueError saying where it was looked for, or what it failed on."""
     try:
         return importlib.import_module(module_name)
     except ImportError as exc:
@@ -53,16 +54,6 @@ def import_from(module_name: str, paths: Sequence[str], what: str):
         if not missing:  # the module is there; it failed, or something it imports is missing
             raise ValueError(f"cannot import module {module_name!r} for {what}: {exc}") from exc
     searched = list(dict.fromkeys([os.path.abspath(p) for p in paths] + [os.getcwd()]))
-    top = module_name.split(".")[0]
-    for folder in searched:
-        if os.path.isfile(os.path.join(folder, f"{top}.py")) or os.path.isdir(os.path.join(folder, top)):
-            if folder not in sys.path:
-                sys.path.append(folder)  # after what is installed: a neighbour never shadows a library
-            importlib.invalidate_caches()
-            try:
-                return importlib.import_module(module_name)
-            except ImportError as exc:
-                raise ValueError(f"cannot import module {module_name!r} for {what} from {folder}: {exc}") from exc
     raise ValueError(
         f"cannot import module {module_name!r} for {what}: it is on no sys.path entry, and not in "
         f"{', '.join(searched)} (task.paths, the config file's folder, the current folder)"
@@ -79,7 +70,6 @@ def search_in(paths: Sequence[str]) -> None:
 
 
 def build_task(target: str, args: dict[str, Any] | None = None, paths: Sequence[str] = ()) -> Task:
-    search_in(paths)
     factory = resolve_factory(target, paths)
     try:
         task = factory(**(args or {}))
