@@ -40,7 +40,7 @@ def _records(run_dir: str):
 
 
 def cmd_run(args) -> int:
-    from .engine.plan import expected_survival, plan_run
+    from .engine.plan import drawn_survival, expected_survival, plan_run
     from .records.run import RunRecords
 
     config = load_config(args.config, args.overrides)
@@ -51,6 +51,9 @@ def cmd_run(args) -> int:
         raise ConfigError(f"--run-dir: {run_dir} already holds a run; use 'evopop resume {run_dir}' to finish it")
     print(f"run directory: {run_dir}", flush=True)
     print(f"evolution: {expected_survival(config.evolution)}", flush=True)
+    drawn = drawn_survival(config)
+    if drawn:
+        print(f"evolution: {drawn}", flush=True)
     return _drive(config, run_dir, plan)
 
 

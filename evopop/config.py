@@ -340,6 +340,8 @@ class TrackingSection(_Section):
 
 class StorageSection(_Section):
     path: str = "runs"  # where run directories are created (local path; URIs via pyarrow.fs)
+    # the run lock's lease: renewed every quarter of it; a new driver takes over a lock not renewed for this long
+    lock_lease_s: float = Field(60.0, ge=2, le=3600)
 
 
 class Config(_Section):

@@ -18,7 +18,6 @@ from __future__ import annotations
 import os
 import warnings
 
-import torch
 from torch import nn
 
 from .compaction import Compacted
@@ -26,10 +25,11 @@ from .compaction import compact as _compact
 from .compaction.export import exported_bytes
 from .models.by_name import model_by_name
 from .synthesis import Architecture, Environment, Genome, synaptic_weights, synthesize, trace_architecture
+from .synthesis.inputs import Inputs
 from .synthesis.inspection import OUTPUT, Inspection, inspect_architecture
 
 
-def trace(model: nn.Module, example_input: torch.Tensor) -> Architecture:
+def trace(model: nn.Module, example_input: Inputs) -> Architecture:
     """The architecture of ``model``: its layers, wiring and coupling groups. One warning names the layers
     whose neurons can never be removed (beyond the network's outputs), and why."""
     arch = trace_architecture(model, example_input)
@@ -69,12 +69,12 @@ def offspring(
     )
 
 
-def compact(model: nn.Module, arch: Architecture, genome: Genome, example_input: torch.Tensor) -> Compacted:
+def compact(model: nn.Module, arch: Architecture, genome: Genome, example_input: Inputs) -> Compacted:
     """``model`` under ``genome`` as a physically smaller dense network, checked against the masked one."""
     return _compact(model, arch, genome, example_input)
 
 
-def export(module: nn.Module, example_input: torch.Tensor, path: str, fmt: str | None = None) -> str:
+def export(module: nn.Module, example_input: Inputs, path: str, fmt: str | None = None) -> str:
     """Write ``module`` as a standalone program: ``pt2`` (torch.export) or ``onnx``, by ``fmt`` or the
     file's extension; returns ``path``."""
     fmt = fmt or os.path.splitext(path)[1].lstrip(".") or "pt2"

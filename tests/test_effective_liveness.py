@@ -140,7 +140,7 @@ def test_untraceable_networks_keep_their_genome():
         def forward(self, x):
             return self.a(x) if x.sum() > 0 else x  # data-dependent control flow
 
-    with pytest.warns(UserWarning, match="could not trace"):
+    with pytest.warns(UserWarning, match="cannot be traced"):
         arch = trace_architecture(Branchy(), torch.zeros(1, 4))
     genome = Genome.full(arch)
     assert living(effective_genome(arch, genome)) == living(genome)

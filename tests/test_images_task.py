@@ -3,6 +3,7 @@ and every bad input a user's own data brings, each with one clear message before
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -203,6 +204,7 @@ def test_a_timm_vit_evolves_on_a_folder_of_classes(split_folder, tmp_path):
 def test_the_readme_s_own_model_and_data_config_is_valid(split_folder):
     """The YAML of the README's "Your own model and data", pointed at a folder written here, passes preflight."""
     import re
+    import shlex
 
     import yaml
 
@@ -215,6 +217,11 @@ def test_the_readme_s_own_model_and_data_config_is_valid(split_folder):
     assert (
         plan.metric == "val_accuracy" and "val_top5" in plan.metric_columns and "test_accuracy" in plan.metric_columns
     )
+    # the same config through `ray job submit`: its overrides load onto it
+    (command,) = re.findall(r"```bash\n(.*?)```", section.split("\n## ", 1)[0], re.S)
+    overrides = shlex.split(re.sub(r"\\\n\s*", " ", command).split("evopop run pets.yaml", 1)[1])
+    submitted = load_config(yaml.safe_load(text), overrides)
+    assert submitted.task.args["root"] == "/shared/pets" and submitted.resources.gpus_per_trainer == 0.5
 
 
 # -- ancestors from the wild ---------------------------------------------------------------------------
@@ -299,8 +306,11 @@ def test_ancestor_files_that_cannot_load_say_why(split_folder, tmp_path):
     ):
         plan_run(images_config(split_folder, f"ancestor.checkpoint={pickled}"))
     other = save_ancestor(model_by_name("torchvision:resnet34", 3), tmp_path / "resnet34.pt", "state_dict")
-    with pytest.raises(ConfigError, match="ancestor.checkpoint: .*resnet34.pt does not fit the task's network"):
+    with pytest.raises(ConfigError, match="ancestor.checkpoint: .*resnet34.pt does not fit the task's network") as e:
         plan_run(images_config(split_folder, f"ancestor.checkpoint={other}"))
+    # counts and a few names, not every one of resnet34's extra keys
+    assert re.search(r"\d+ unexpected \(layer1\.2\.conv1\.weight, .*, \.\.\. \(\d+ more\)\)", str(e.value))
+    assert len(str(e.value)) < 600
 
 
 @pytest.mark.slow

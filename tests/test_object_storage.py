@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import multiprocessing
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -183,3 +184,82 @@ def test_local_run_directories_are_made_absolute_before_trainers_see_them(tmp_pa
     config = load_config(TINY, [*SMALL, "resources.executor=local"])
     run = evolution(config, "relative/run")
     assert run.records.uri == str(tmp_path / "relative" / "run")
+
+
+# -- the lock as a lease, and the fence ---------------------------------------------------------------
+def _lock_path(storage: str, base: str, tmp_path, name: str) -> tuple[str, callable, callable]:
+    """(run directory, write(claim), read() -> claim) of a run's lock on local disk or S3."""
+    if storage == "local":
+        run_dir = tmp_path / name
+        run_dir.mkdir(exist_ok=True)
+        lock = run_dir / ".lock"
+        return str(run_dir), lambda c: lock.write_text(json.dumps(c)), lambda: json.loads(lock.read_text())
+    client = boto3.client("s3", endpoint_url=_endpoint(base), aws_access_key_id="testing",
+                          aws_secret_access_key="testing", region_name="us-east-1")  # fmt: skip
+    key = f"runs/{name}/.lock"
+    return (
+        join(base, "runs", name),
+        lambda c: client.put_object(Bucket=BUCKET, Key=key, Body=json.dumps(c).encode()),
+        lambda: json.loads(client.get_object(Bucket=BUCKET, Key=key)["Body"].read()),
+    )
+
+
+def _endpoint(base: str) -> str:
+    from urllib.parse import parse_qs, urlsplit
+
+    query = {k: v[-1] for k, v in parse_qs(urlsplit(base).query).items()}
+    return f"{query['scheme']}://{query['endpoint_override']}"
+
+
+def _other_host(lease_s: float, renewed_ago: float, token: str = "theirs") -> dict:
+    """A lock left by a driver on another host (a head that died: its pod is gone, a new one has another name)."""
+    since = time.time() - renewed_ago
+    return {"host": "old-head-7f9c", "pid": 4242, "since": "then", "token": token, "lease_s": lease_s, "renewed": since}
+
+
+@pytest.mark.parametrize("storage", ["local", "s3"])
+def test_a_dead_heads_lock_is_taken_over_once_its_lease_lapses(storage, s3, tmp_path, capsys):
+    run_dir, write, read = _lock_path(storage, s3[0], tmp_path, f"lapse-{storage}")
+    write(_other_host(lease_s=2.0, renewed_ago=0.5))
+    started = time.monotonic()
+    with RunRecords(run_dir).lock(lease_s=5.0) as lease:
+        waited = time.monotonic() - started
+        assert read()["token"] == lease.token and read()["host"] == socket.gethostname()
+    assert 1.0 <= waited < 6.0, waited  # the lease's remaining 1.5 s, not forever, not at once
+    assert re.search(
+        r"held by pid 4242 on old-head-7f9c; waiting \d+ s for its lease to lapse", capsys.readouterr().out
+    )
+
+    # a lease renewed while it is waited out: its driver is alive, and the run is refused
+    write(_other_host(lease_s=2.0, renewed_ago=0.0))
+    renewer = __import__("threading").Timer(1.0, lambda: write(_other_host(lease_s=2.0, renewed_ago=0.0)))
+    renewer.start()
+    with pytest.raises(RunLockedError, match="on old-head-7f9c .*lease was renewed"):
+        with RunRecords(run_dir).lock(lease_s=5.0):
+            pass
+    renewer.join()
+
+
+@pytest.mark.parametrize("storage", ["local", "s3"])
+def test_the_lease_is_renewed_and_fences_every_writer_once_taken_over(storage, s3, tmp_path):
+    from evopop.records.locks import RunFencedError
+
+    run_dir, write, read = _lock_path(storage, s3[0], tmp_path, f"fence-{storage}")
+    records = RunRecords(run_dir)
+    with records.lock(lease_s=2.0) as lease:
+        first = read()["renewed"]
+        time.sleep(1.3)
+        assert read()["renewed"] > first, "renewed every quarter of the lease"
+        trainer = RunRecords(run_dir, fence_token=lease.token)
+        trainer.storage.write_bytes("checkpoints/a.pt", b"ok")  # its driver holds the run: written
+
+        write(_other_host(lease_s=60.0, renewed_ago=0.0, token="new-driver"))  # another driver took it over
+        with pytest.raises(RunFencedError, match="no longer holds the run .*old-head-7f9c"):
+            trainer.storage.write_bytes("checkpoints/b.pt", b"late")
+        deadline = time.monotonic() + 5
+        while lease.lost is None and time.monotonic() < deadline:
+            time.sleep(0.1)
+        with pytest.raises(RunFencedError, match="another driver took its lock over"):
+            records.storage.write_bytes("population/x.parquet", b"late")
+    assert not records.storage.exists("checkpoints/b.pt") and not records.storage.exists("population/x.parquet")
+    assert read()["token"] == "new-driver", "the driver that lost the run leaves the new holder's lock alone"

@@ -51,19 +51,31 @@ def mlflow_runs(tmp_path) -> pd.DataFrame:
 
 
 def test_tensorboard_and_mlflow_hold_what_the_records_hold(tmp_path):
+    from mlflow.tracking import MlflowClient
+
+    from evopop.records.run import RunRecords
+
     run_dir = tmp_path / "run"
-    population = evolve(tracked_config(tmp_path), str(run_dir)).set_index("individual_id")
+    population = evolve(tracked_config(tmp_path, "train.epochs=2"), str(run_dir)).set_index("individual_id")
     board = run_dir / "tensorboard"
     assert {p.name for p in board.iterdir()} == {*population.index, "population"}
     for individual_id, row in population.iterrows():
         values = scalars(board / individual_id)
         assert values["val_accuracy"] == [(row["generation"], pytest.approx(row["val_accuracy"]))]
         assert values["synapses"] == [(row["generation"], float(row["synapses"]))]
+        curve = [(epoch, pytest.approx(loss)) for epoch, loss in enumerate(row["train_loss"], start=1)]
+        assert len(curve) == 2 and values["train_loss"] == curve, "the training curve, epoch by epoch"
     selected = population[population["selected"]]
     summary = scalars(board / "population")
     assert [step for step, _ in summary["best_val_accuracy"]] == [1, 2, 3]
     for step, value in summary["best_synapses"]:
         assert value == float(selected.loc[selected["generation"] == step, "synapses"].iloc[0])
+    diversity = RunRecords(str(run_dir)).diversity_summary()
+    network = diversity[(diversity["group"] == "generation") & (diversity["scope"] == "network")]
+    assert not network.empty
+    for _, row in network.dropna(subset=["mean"]).iterrows():
+        tracked = dict(summary[f"diversity/{row['quantity']}"])
+        assert tracked[row["generation"]] == pytest.approx(row["mean"]), (row["quantity"], row["generation"])
 
     runs = mlflow_runs(tmp_path)
     parent = runs[runs["tags.evopop.individual_id"].isna()]
@@ -77,6 +89,14 @@ def test_tensorboard_and_mlflow_hold_what_the_records_hold(tmp_path):
         assert child["metrics.synapses"] == row["synapses"]
         assert child["tags.evopop.lineage"] == "/".join(row["lineage"])
         assert child["tags.evopop.generation"] == str(row["generation"])
+        history = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}").get_metric_history(child["run_id"], "train_loss")
+        assert [(m.step, m.value) for m in history] == [
+            (epoch, pytest.approx(loss)) for epoch, loss in enumerate(row["train_loss"], start=1)
+        ]
+    parent_id = parent["run_id"].iloc[0]
+    quantity = network.dropna(subset=["mean"])["quantity"].iloc[0]
+    history = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}").get_metric_history(parent_id, f"diversity/{quantity}")
+    assert sorted(m.step for m in history) == sorted(network[network["quantity"] == quantity]["generation"])
 
 
 def test_a_run_stopped_and_resumed_tracks_every_point_once(tmp_path, monkeypatch):
@@ -110,6 +130,9 @@ def test_a_run_stopped_and_resumed_tracks_every_point_once(tmp_path, monkeypatch
         ), individual_id
     summary = scalars(board / "population")
     assert sorted(step for step, _ in summary["best_val_accuracy"]) == [1, 2, 3], "each generation once"
+    for tag in (t for t in summary if t.startswith("diversity/")):
+        steps = [step for step, _ in summary[tag]]
+        assert len(steps) == len(set(steps)), f"{tag}: a generation's diversity tracked twice"
     runs = mlflow_runs(tmp_path)
     children = runs[runs["tags.evopop.individual_id"].notna()]
     assert sorted(children["tags.evopop.individual_id"]) == sorted(population.index), "each individual once"

@@ -12,7 +12,7 @@ from torch.nn import functional as F
 from torch.utils.data import TensorDataset
 
 from evopop.tasks.base import Metric, Task
-from evopop.tasks.classification import ShapesTask
+from evopop.tasks.classification import ClassificationTask, ShapesTask
 
 
 class MeanError(Metric):
@@ -158,3 +158,65 @@ class Flaky(ShapesTask):
 
 def flaky(**kwargs) -> Flaky:
     return Flaky(**kwargs)
+
+
+class BagOfTokens(nn.Module):
+    """A text classifier whose forward takes its inputs by name, as most text models do:
+    ``model(input_ids=..., attention_mask=...)``."""
+
+    def __init__(self, vocab: int = 40, width: int = 16, hidden: int = 24, classes: int = 3):
+        super().__init__()
+        self.embed = nn.Embedding(vocab, width)
+        self.hidden, self.out = nn.Linear(width, hidden), nn.Linear(hidden, classes)
+
+    def forward(self, input_ids, attention_mask):
+        tokens = self.embed(input_ids) * attention_mask.unsqueeze(-1)
+        pooled = tokens.sum(dim=1) / attention_mask.sum(dim=1, keepdim=True).clamp(min=1)
+        return self.out(torch.relu(self.hidden(pooled)))
+
+
+class TokenItems(torch.utils.data.Dataset):
+    """Items ``({"input_ids", "attention_mask"}, label)``: sequences of varying length padded to ``length``;
+    the label is which third of the vocabulary most of a sequence's tokens come from."""
+
+    def __init__(self, n: int, length: int, vocab: int, seed: int):
+        g = torch.Generator().manual_seed(seed)
+        self.ids = torch.randint(0, vocab, (n, length), generator=g)
+        lengths = torch.randint(length // 2, length + 1, (n,), generator=g)
+        self.mask = (torch.arange(length)[None, :] < lengths[:, None]).float()
+        third = (self.ids * 3 // vocab).clamp(max=2)
+        counts = torch.stack([((third == c).float() * self.mask).sum(1) for c in range(3)], dim=1)
+        self.labels = counts.argmax(dim=1)
+
+    def __len__(self):
+        return len(self.labels)
+
+    def __getitem__(self, i):
+        return {"input_ids": self.ids[i], "attention_mask": self.mask[i]}, self.labels[i]
+
+
+class TokenClassification(ClassificationTask):
+    """A task whose network takes a dict of inputs (`BagOfTokens`): its example input is that dict."""
+
+    def __init__(self, n: int = 256, length: int = 12, vocab: int = 40):
+        self.length, self.vocab = length, vocab
+        self._train, self._val = TokenItems(n, length, vocab, 0), TokenItems(n // 2, length, vocab, 1)
+
+    def build_model(self):
+        return BagOfTokens(self.vocab)
+
+    def example_input(self):
+        return {
+            "input_ids": torch.zeros(1, self.length, dtype=torch.long),
+            "attention_mask": torch.ones(1, self.length),
+        }
+
+    def train_set(self):
+        return self._train
+
+    def eval_sets(self):
+        return {"val": self._val}
+
+
+def tokens(**kwargs) -> TokenClassification:
+    return TokenClassification(**kwargs)

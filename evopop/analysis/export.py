@@ -28,7 +28,8 @@ from ..records.run import RunRecords
 from ..records.schema import MEASURED, plain_value
 from ..records.storage import filesystem_of, is_uri
 from ..synthesis import Architecture, Genome, trace_architecture
-from ..tasks.registry import built_task
+from ..synthesis.inputs import Inputs
+from ..tasks.registry import built_task, search_in
 
 
 class ExportError(ValueError):
@@ -83,8 +84,7 @@ def export_individual(run_dir: str, individual_id: str, out: str, fmt: str = "pt
     metadata = {
         "format": fmt,
         "load": "torch.export.load(path).module()" if fmt == "pt2" else "onnxruntime.InferenceSession(path)",
-        "input_shape": ["batch", *example.shape[1:]],
-        "input_dtype": str(example.dtype).removeprefix("torch."),
+        **_input_metadata(example),
         "run_id": records.run_id,
         "individual_id": individual_id,
         "task": {"name": config.task.name, "args": config.task.args},
@@ -104,18 +104,34 @@ def export_individual(run_dir: str, individual_id: str, out: str, fmt: str = "pt
     return Exported(out, out + ".json", metadata)
 
 
-def _network(records: RunRecords, config) -> tuple[torch.nn.Module, Architecture, torch.Tensor]:
+def _network(records: RunRecords, config) -> tuple[torch.nn.Module, Architecture, Inputs]:
     """(a new network, its traced architecture, an example input): from the run's network card where it
     names a model (no data, no plugin needed), else from the task."""
     card = records.read_network()
     if card is not None and card.model is not None:
         spec = card.model
+        search_in(config.task.paths)  # a model by import path: next to the config, as the run found it
         with torch.random.fork_rng(devices=[]):
             model = model_by_name(spec["model"], spec.get("num_classes"), **(spec.get("model_args") or {}))
-        example = torch.zeros(card.example_shape, dtype=getattr(torch, card.example_dtype))
+        example = card.example()
         return model, trace_architecture(model, example), example
     built = built_task(config.task.name, config.task.args, config.task.paths)
     return built.task.build_model(), built.arch, built.task.example_input()
+
+
+def _input_metadata(example: Inputs) -> dict:
+    """The exported program's inputs, the batch dimension named: ``input_shape`` and ``input_dtype`` for
+    one tensor (as before), ``inputs`` (a list, or a dict by argument name) for several."""
+
+    def one(t: torch.Tensor) -> dict:
+        return {"shape": ["batch", *t.shape[1:]], "dtype": str(t.dtype).removeprefix("torch.")}
+
+    if isinstance(example, torch.Tensor):
+        single = one(example)
+        return {"input_shape": single["shape"], "input_dtype": single["dtype"]}
+    if isinstance(example, dict):
+        return {"inputs": {name: one(t) for name, t in example.items()}}
+    return {"inputs": [one(t) for t in example]}
 
 
 def _recorded_row(records: RunRecords, individual_id: str) -> dict[str, Any]:

@@ -47,10 +47,11 @@ from evopop.synthesis.architecture import (
     ChannelSplit,
     LayerNormUse,
     SizedView,
-    symbolic_trace,
 )
 from evopop.synthesis.attention import AttentionHeads, is_window_attention
+from evopop.synthesis.inputs import Inputs, call, map_tensors
 from evopop.synthesis.nodes import LAYER_NORM_ARGUMENTS, arguments
+from evopop.synthesis.tracing import symbolic_trace
 from evopop.synthesis.wiring import ChannelMap
 
 from .attention import HeadsAttention, WindowHeadsAttention
@@ -81,7 +82,7 @@ def compact(
     model: nn.Module,
     arch: Architecture,
     genome: Genome,
-    example_input: torch.Tensor,
+    example_input: Inputs,
     effective: Genome | None = None,
 ) -> Compacted:
     """The compacted network of ``model`` (trained weights) under ``genome``; ``model`` is untouched.
@@ -370,13 +371,13 @@ def _replace_module(graph: fx.GraphModule, name: str, module: nn.Module) -> None
 
 
 @torch.no_grad()
-def _max_difference(masked: nn.Module, compacted: nn.Module, example_input: torch.Tensor) -> float:
+def _max_difference(masked: nn.Module, compacted: nn.Module, example_input: Inputs) -> float:
     """Run both networks; the largest |compacted - masked| relative to the largest |masked|.
     `CompactionError` unless it is within `RELATIVE_TOLERANCE`."""
-    x = input_batch(example_input.detach().cpu(), 2)
-    expected, _ = tree_flatten(masked(x))
+    x = input_batch(map_tensors(example_input, lambda t: t.detach().cpu()), 2)
+    expected, _ = tree_flatten(call(masked, x))
     try:
-        got, _ = tree_flatten(compacted(x))
+        got, _ = tree_flatten(call(compacted, x))
     except Exception as exc:  # a shape evopop's wiring did not foresee
         raise CompactionError(f"the compacted network does not run ({type(exc).__name__}: {exc})") from exc
     worst = 0.0

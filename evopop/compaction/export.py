@@ -10,41 +10,61 @@ Both return bytes: where they are written is the caller's business (any storage 
 
 from __future__ import annotations
 
+import inspect
 import io
 import os
 import tempfile
+from collections.abc import Mapping
+from dataclasses import dataclass
 
 import torch
 from torch import nn
+
+from ..synthesis.inputs import Inputs, takes_whole_dict, tensors, with_batch
 
 FORMATS = ("pt2", "onnx")
 MAX_BATCH = 1 << 16
 
 
-def example_batch(example_input: torch.Tensor) -> torch.Tensor:
+def example_batch(example_input: Inputs) -> Inputs:
     """The example at batch 2: exporting at batch 1 would specialise the batch dimension to 1."""
-    return example_input[:1].expand(2, *example_input.shape[1:]).contiguous()
+    return with_batch(example_input, 2)
 
 
-def _dynamic_batch(example: torch.Tensor, argument: str) -> dict:
-    return {argument: {0: torch.export.Dim("batch", min=1, max=MAX_BATCH)}}
+@dataclass(frozen=True)
+class _Call:
+    """How the exporter calls the network: positional and keyword arguments, their names, and the
+    batch dimension (the first of every input, one shared size) marked dynamic by name."""
+
+    args: tuple
+    kwargs: dict
+    names: list[str]
+    dynamic: dict
+
+    @classmethod
+    def of(cls, module: nn.Module, example_input: Inputs) -> _Call:
+        example = example_batch(example_input)
+        batch = torch.export.Dim("batch", min=1, max=MAX_BATCH)
+        if isinstance(example, Mapping) and takes_whole_dict(module, example):
+            (name,) = list(inspect.signature(module.forward).parameters)[:1]
+            return cls((dict(example),), {}, [name], {name: {key: {0: batch} for key in example}})
+        if isinstance(example, Mapping):
+            names, args, kwargs = list(example), (), dict(example)
+        else:
+            args = tuple(tensors(example))
+            names, kwargs = list(inspect.signature(module.forward).parameters)[: len(args)], {}
+        return cls(args, kwargs, names, {name: {0: batch} for name in names})
 
 
-def _argument_name(module: nn.Module) -> str:
-    import inspect
-
-    return next(iter(inspect.signature(module.forward).parameters))
-
-
-def export_program(module: nn.Module, example_input: torch.Tensor) -> torch.export.ExportedProgram:
+def export_program(module: nn.Module, example_input: Inputs) -> torch.export.ExportedProgram:
     """``module`` (in eval mode) as a ``torch.export`` program whose batch dimension is dynamic."""
-    example = example_batch(example_input)
+    call = _Call.of(module, example_input)
     module = module.eval()
     with torch.no_grad():
-        return torch.export.export(module, (example,), dynamic_shapes=_dynamic_batch(example, _argument_name(module)))
+        return torch.export.export(module, call.args, call.kwargs, dynamic_shapes=call.dynamic)
 
 
-def pt2_bytes(module: nn.Module, example_input: torch.Tensor) -> bytes:
+def pt2_bytes(module: nn.Module, example_input: Inputs) -> bytes:
     buffer = io.BytesIO()
     torch.export.save(export_program(module, example_input), buffer)
     return buffer.getvalue()
@@ -60,29 +80,31 @@ def require_onnx() -> None:
         raise RuntimeError(f"{needs} ({exc}): pip install 'evopop[export]'") from None
 
 
-def onnx_bytes(module: nn.Module, example_input: torch.Tensor) -> bytes:
-    """The ONNX model (one self-contained file, batch dimension named ``batch``)."""
+def onnx_bytes(module: nn.Module, example_input: Inputs) -> bytes:
+    """The ONNX model (one self-contained file, batch dimension named ``batch``); its inputs are named
+    ``input`` (one tensor) or after the network's arguments."""
     require_onnx()
-    example = example_batch(example_input)
+    call = _Call.of(module, example_input)
     module = module.eval()
     with tempfile.TemporaryDirectory() as tmp:  # the exporter writes files; it is read back whole
         path = os.path.join(tmp, "model.onnx")
         torch.onnx.export(
             module,
-            (example,),
+            call.args,
             path,
+            kwargs=call.kwargs or None,
             dynamo=True,
             external_data=False,
             verbose=False,
-            input_names=["input"],
+            input_names=["input"] if isinstance(example_input, torch.Tensor) else call.names,
             output_names=["output"],
-            dynamic_shapes=_dynamic_batch(example, _argument_name(module)),
+            dynamic_shapes=call.dynamic,
         )
         with open(path, "rb") as f:
             return f.read()
 
 
-def exported_bytes(module: nn.Module, example_input: torch.Tensor, fmt: str) -> bytes:
+def exported_bytes(module: nn.Module, example_input: Inputs, fmt: str) -> bytes:
     if fmt not in FORMATS:
         raise ValueError(f"export format must be one of {FORMATS}, got {fmt!r}")
     return pt2_bytes(module, example_input) if fmt == "pt2" else onnx_bytes(module, example_input)

@@ -13,6 +13,7 @@ import time
 import torch
 from torch import nn
 
+from ..synthesis.inputs import Inputs, call, to_device
 from .inputs import input_batch
 
 WARMUP = 2  # passes before timing: lazy initialisation, allocator and cache warm-up
@@ -21,7 +22,7 @@ WARMUP = 2  # passes before timing: lazy initialisation, allocator and cache war
 @torch.inference_mode()
 def latency_ms(
     module: nn.Module,
-    example_input: torch.Tensor,
+    example_input: Inputs,
     batch: int,
     repeats: int = 10,
     device: str | torch.device = "cpu",
@@ -33,14 +34,14 @@ def latency_ms(
     on one CPU thread must not cost its trainer minutes.
     """
     device = torch.device(device)
-    x = input_batch(example_input, batch).to(device)
+    x = to_device(input_batch(example_input, batch), device)
     module = module.to(device).eval()
     times: list[float] = []
     started = time.perf_counter()
     for i in range(WARMUP + repeats):
         _sync(device)
         start = time.perf_counter()
-        module(x)
+        call(module, x)
         _sync(device)
         if i >= WARMUP or time.perf_counter() - started > seconds:
             times.append(time.perf_counter() - start)

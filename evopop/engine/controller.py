@@ -59,8 +59,8 @@ class EvolutionController:
 
     def run(self) -> pd.DataFrame:
         """Run (or finish) every generation; returns the population records."""
-        with self.records.lock():
-            self.executor.start()
+        with self.records.lock(self.config.storage.lock_lease_s) as lease:
+            self.executor.start(lease.token)
             completed = False
             try:
                 ancestors: list[IndividualRecord] = []

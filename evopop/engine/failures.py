@@ -19,6 +19,8 @@ from dataclasses import dataclass
 
 import torch
 
+from ..records.locks import RunFencedError
+
 INDIVIDUAL, INFRASTRUCTURE = "individual", "infrastructure"
 
 # how CUDA errors read (torch raises most as RuntimeError, or AcceleratorError since torch 2.8)
@@ -81,7 +83,7 @@ def classify(exc: BaseException, gpu: GpuShare | None = None) -> Failure:
       assert (the program's own bug).
     - Everything else: the individual's own.
     """
-    if isinstance(exc, StorageError):
+    if isinstance(exc, (StorageError, RunFencedError)):  # fenced: the run is another driver's now
         return Failure(INFRASTRUCTURE)
     text = str(exc).lower()
     cuda = _is_cuda_error(exc, text)

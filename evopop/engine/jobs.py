@@ -131,6 +131,7 @@ class Outcome:
     compact: Compaction | None = None  # the compacted network's size and measured latency
     layers: tuple[LayerRecord, ...] = ()
     epochs: int | None = None  # epochs trained (over every rung); None for a loaded ancestor
+    train_loss: tuple[float, ...] = ()  # the mean training loss of each of those epochs
     train_seconds: float | None = None
     samples_per_second: float | None = None
     mask_digest: str | None = None
@@ -195,6 +196,7 @@ class Result:
             else None,
             layer_fractions=tuple(layer.living_fraction for layer in out.layers) or None,
             epochs=out.epochs,
+            train_loss=out.train_loss or None,
             rung=spec.rung,
             metrics={c: out.metrics[c] for c in metric_columns if c in out.metrics},
             train_seconds=out.train_seconds,

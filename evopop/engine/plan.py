@@ -5,12 +5,16 @@ from __future__ import annotations
 from dataclasses import dataclass
 from fnmatch import fnmatchcase
 
+import torch
+
 from ..config import Config, ConfigError, EvolutionSection
 from ..records.checkpoints import NetworkCard
+from ..synthesis import Genome, count, synaptic_weights, synthesize
 from ..tasks.registry import built_task
 from .policy.halving import Rungs
-from .policy.specs import schedule_of
+from .policy.specs import cluster_environment, schedule_of
 from .policy.stopping import StopRule
+from .worker.develop import head_layers, with_frozen
 
 MINIMISED_SUFFIXES = ("_loss", "_mae")  # measured columns where lower is better, unless the config says
 
@@ -64,11 +68,44 @@ def expected_survival(evolution: EvolutionSection) -> str:
     return "generation 2 keeps " + "; then ".join(parts)
 
 
+def drawn_survival(config: Config) -> str:
+    """What one generation-2 offspring of the (untrained) ancestor keeps, drawn now as the trainers
+    will draw it: the share of neurons and of synapses, and how many times fewer synapses that is.
+    Under the "scale" modes the share depends on the trained weights, so it says so."""
+    built = built_task(config.task.name, config.task.args, config.task.paths)
+    task, arch = built.task, built.arch
+    if not arch.layers:
+        return ""
+    evolution = config.evolution
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(config.run.seed)
+        model = task.build_model()
+    patterns = head_layers(task, arch) if evolution.protect_head else ()
+    synapses = with_frozen(schedule_of(evolution).at(2), patterns)
+    clusters = with_frozen(cluster_environment(evolution, 2), patterns)
+    genome = synthesize(
+        arch,
+        synaptic_weights(model, arch),
+        Genome.full(arch),
+        synapses,
+        config.run.seed,
+        evolution.normalizer,
+        clusters,
+    )
+    kept = count(arch, genome)
+    fewer = kept.dense_synapses / max(1, kept.synapses)
+    scaled = "scale" in {env.mode for env in (synapses, clusters) if env is not None}
+    caveat = " (scale mode: with trained weights the share differs)" if scaled else ""
+    return (
+        f"one offspring drawn now keeps {kept.neurons / max(1, kept.dense_neurons):.0%} of the neurons and "
+        f"{kept.synapses / max(1, kept.dense_synapses):.0%} of the synapses ({fewer:.1f}x fewer){caveat}"
+    )
+
+
 def network_card(config: Config) -> NetworkCard:
     """What rebuilding the run's network takes (`NetworkCard`), from its task (built once per process)."""
     task = built_task(config.task.name, config.task.args, config.task.paths).task
-    example = task.example_input()
-    return NetworkCard(tuple(example.shape), str(example.dtype).removeprefix("torch."), task.network())
+    return NetworkCard.of(task.example_input(), task.network())
 
 
 def plan_run(config: Config) -> Plan:
@@ -82,6 +119,8 @@ def plan_run(config: Config) -> Plan:
         message = str(exc)  # a task that names the field it refuses (task.args.root: ...) is quoted as it is
         raise ConfigError(message if message.startswith("task.") else f"task: {message}") from None
     task, arch = built.task, built.arch
+    if not arch.traced:
+        print(f"network: {arch.note}", flush=True)  # once, on the driver; the run goes on without both
     columns = [f"{s}_{m}" for s in task.eval_set_names() for m in ["loss", *task.metric_names()]]
     s = config.selection
     metric, direction = selection_metric(s.metric, s.direction, task.default_metric, task.default_direction)

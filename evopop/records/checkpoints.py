@@ -10,11 +10,13 @@ import io
 import json
 import math
 import re
+import sys
 from dataclasses import dataclass, field
 
 import numpy as np
 import torch
 
+from ..synthesis.inputs import Inputs, description, from_description
 from ..training.loop import TrainingState
 
 
@@ -101,23 +103,29 @@ STATE_DICT_KEYS = ("state_dict", "model_state_dict", "model", "module", "net", "
 @dataclass(frozen=True)
 class NetworkCard:
     """What rebuilding a run's network takes, recorded when the run starts, so that an individual can be
-    exported from the run directory alone (never the data): the example input's shape and dtype, and
-    for a model by name, how to build it (``{"model": "torchvision:NAME", "num_classes": n,
-    "model_args": {...}}``); without that, export builds the task (its plugin must be importable)."""
+    exported from the run directory alone (never the data): the example input's shapes and dtypes
+    (`evopop.synthesis.inputs.description`: one tensor, several, or several by name), and for a model by
+    name, how to build it (``{"model": "torchvision:NAME", "num_classes": n, "model_args": {...}}``);
+    without that, export builds the task (its plugin must be importable)."""
 
-    example_shape: tuple[int, ...]
-    example_dtype: str
+    example_input: dict | list
     model: dict | None = None
 
+    @classmethod
+    def of(cls, example_input: Inputs, model: dict | None = None) -> NetworkCard:
+        return cls(description(example_input), model)
+
+    def example(self) -> Inputs:
+        """Zeros of the recorded shapes and dtypes: enough to trace, compact and export the network."""
+        return from_description(self.example_input)
+
     def to_json(self) -> str:
-        card = {"example_input": {"shape": list(self.example_shape), "dtype": self.example_dtype}}
-        return json.dumps({**card, "model": self.model}, indent=2)
+        return json.dumps({"example_input": self.example_input, "model": self.model}, indent=2)
 
     @classmethod
     def from_json(cls, text: str) -> NetworkCard:
         card = json.loads(text)
-        example = card["example_input"]
-        return cls(tuple(example["shape"]), example["dtype"], card.get("model"))
+        return cls(card["example_input"], card.get("model"))
 
 
 def read_weights_file(data: bytes) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor] | None]:
@@ -183,14 +191,10 @@ def _unreadable(exc: Exception) -> str:
 
 
 def _is_module_class(name: str) -> bool:
-    """Whether the dotted ``name`` is an importable nn.Module subclass (imported, not unpickled)."""
-    import importlib
-
+    """Whether the dotted ``name`` is an nn.Module subclass of a module already imported: a file is
+    never let import anything (a crafted name could run a local module's code)."""
     module, _, attr = name.rpartition(".")
-    try:
-        found = getattr(importlib.import_module(module), attr)
-    except Exception:
-        return False
+    found = getattr(sys.modules.get(module), attr, None)
     return isinstance(found, type) and issubclass(found, torch.nn.Module)
 
 

@@ -1,12 +1,24 @@
-"""One driver per run: an exclusive lock file, RUN_DIR/.lock, on every storage.
+"""One driver per run: an exclusive lock file, RUN_DIR/.lock, on every storage, held as a lease.
 
-The lock holds who took it (host, pid, time) and a random token. Three rules, on every storage:
+The lock holds who took it (host, pid, time), a random token, and when it was last renewed: the
+driver renews it every quarter of its lease (``storage.lock_lease_s``, 60 s by default) from a
+background thread (`LeaseKeeper`). Four rules, on every storage:
 
 - taking it is one atomic create-if-absent, so two drivers racing for a run never both win;
-- a lock whose driver died on this host (its pid is gone) is taken over, atomically too: only if it
-  is still the very lock that was found dead, so two drivers taking over the same stale lock never
-  both win; a lock from another host cannot be checked and is refused, naming the file to remove;
-- a driver removes the lock only if it is still its own (its token), never one another took over.
+- a lock is stale when its driver died on this host (its pid is gone) or when its lease ran out
+  (not renewed for ``lease_s``: its driver, on any host, is gone or cut off). A stale lock is taken
+  over, atomically too: only if it is still the very lock that was found stale, so two drivers taking
+  over the same stale lock never both win. A live lease from another host is waited out once (at
+  most one lease: a driver whose head died resumes from a new head without a hand-deleted lock); if
+  it is renewed meanwhile, its driver lives and the run is refused;
+- a driver removes the lock only if it is still its own (its token), never one another took over;
+- fencing: the token is the run's fence. The driver stops writing once a renewal finds the lock is
+  not its own any more, and its trainers check the lock still holds their driver's token before each
+  file they write (`TokenFence`), so trainers that outlive a dead driver (Ray takes about a minute to
+  reap them) write nothing into the run a new driver resumed.
+
+Clocks: a lease compares the holder's wall clock with the reader's; hosts kept by NTP agree to well
+within a lease.
 
 How "atomic" is done depends on the storage:
 
@@ -20,9 +32,11 @@ How "atomic" is done depends on the storage:
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import socket
+import threading
 import time
 import uuid
 from datetime import datetime, timezone
@@ -32,32 +46,143 @@ from .storage import Storage
 
 TAKEOVER_GUARD_STALE_S = 60.0  # a take-over guard older than this was left by a driver that died in it
 LEASE_SETTLE_S = 1.0  # best-effort stores: how long to wait before reading a fresh lock back
+DEFAULT_LEASE_S = 60.0
 
 
 class RunLockedError(RuntimeError):
     """Another driver holds the run."""
 
 
+class RunFencedError(RuntimeError):
+    """This process's driver no longer holds the run: another driver took it over."""
+
+
 def holder_text(holder: dict, where: str) -> str:
+    lease = holder.get("lease_s")
+    expiry = ""
+    if isinstance(lease, (int, float)) and isinstance(holder.get("renewed"), (int, float)):
+        age = time.time() - holder["renewed"]
+        expiry = f"; its lease was renewed {age:.0f} s ago and lapses {lease:g} s after a renewal"
     return (
-        f"is being driven by pid {holder.get('pid')} on {holder.get('host')} since {holder.get('since')}; "
-        f"if that driver is gone, remove {where}"
+        f"is being driven by pid {holder.get('pid')} on {holder.get('host')} since {holder.get('since')}{expiry}; "
+        f"if that driver is gone, remove {where} (or wait for its lease to lapse)"
     )
 
 
-def new_claim() -> dict:
-    """What a driver writes into the lock: who it is, and a token no other driver has."""
+def new_claim(lease_s: float = DEFAULT_LEASE_S) -> dict:
+    """What a driver writes into the lock: who it is, a token no other driver has, and its lease."""
     return {
         "host": socket.gethostname(),
         "pid": os.getpid(),
         "since": datetime.now(timezone.utc).isoformat(),
         "token": uuid.uuid4().hex,
+        "lease_s": float(lease_s),
+        "renewed": time.time(),
     }
 
 
+def renewed(claim: dict) -> dict:
+    return {**claim, "renewed": time.time()}
+
+
+def lease_left(holder: dict) -> float | None:
+    """Seconds until ``holder``'s lease lapses (negative: lapsed); None for a lock without a lease."""
+    lease, at = holder.get("lease_s"), holder.get("renewed")
+    if not isinstance(lease, (int, float)) or not isinstance(at, (int, float)):
+        return None
+    return at + lease - time.time()
+
+
 def is_stale(holder: dict) -> bool:
-    """A lock left by a driver that died on this host; one from another host cannot be checked."""
-    return holder.get("host") == socket.gethostname() and not pid_alive(holder.get("pid"))
+    """A lock left by a driver that died on this host, or whose lease lapsed (its driver, anywhere, gone)."""
+    if holder.get("host") == socket.gethostname() and not pid_alive(holder.get("pid")):
+        return True
+    left = lease_left(holder)
+    return left is not None and left < 0
+
+
+def stale_holder(found: tuple[dict | None, object], read, uri: str, where: str) -> tuple[dict | None, object]:
+    """The lock ``found`` (holder, version), or what it became, once it may be taken over: stale, or gone
+    (None). A live lease from another host is waited out once (at most one lease); RunLockedError for
+    a driver alive on this host, a lock without a lease from another host, or a lease renewed meanwhile."""
+    holder, _ = found
+    if holder is None or is_stale(holder):
+        return found
+    left = lease_left(holder)
+    alive_here = holder.get("host") == socket.gethostname() and pid_alive(holder.get("pid"))
+    if alive_here or left is None:
+        raise RunLockedError(f"{uri} {holder_text(holder, where)}")
+    print(
+        f"{uri}: its lock is held by pid {holder.get('pid')} on {holder.get('host')}; waiting {left:.0f} s "
+        "for its lease to lapse (it does if that driver is gone)",
+        flush=True,
+    )
+    time.sleep(left + 0.5)
+    again = read()
+    if again[0] is None or (again[0] == holder and is_stale(again[0])):
+        return again
+    raise RunLockedError(f"{uri} {holder_text(again[0], where)}")
+
+
+class LeaseKeeper:
+    """Renews a held lock every quarter of its lease, in a daemon thread; `check` raises
+    `RunFencedError` once the lock is lost: taken over by another driver, or not renewed for a whole
+    lease (the storage unreachable), after which another driver may take it."""
+
+    def __init__(self, lock, lease_s: float):
+        self.lock, self.lease_s = lock, float(lease_s)
+        self.lost: str | None = None
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._renew_until_stopped, name="evopop-lease", daemon=True)
+
+    @property
+    def token(self) -> str | None:
+        return self.lock.token
+
+    def start(self) -> LeaseKeeper:
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(timeout=self.lease_s)
+
+    def check(self) -> None:
+        if self.lost:
+            raise RunFencedError(f"{self.lock.uri}: this driver no longer holds the run ({self.lost}); it stops")
+
+    def _renew_until_stopped(self) -> None:
+        last = time.monotonic()
+        while not self._stop.wait(self.lease_s / 4):
+            try:
+                if not self.lock.renew():
+                    self.lost = "another driver took its lock over"
+                    return
+                last = time.monotonic()
+            except Exception as exc:  # the storage unreachable: retried until the lease is spent
+                if time.monotonic() - last > self.lease_s:
+                    self.lost = f"its lock could not be renewed for {self.lease_s:g} s: {type(exc).__name__}: {exc}"
+                    return
+
+
+class TokenFence:
+    """What a trainer checks before each file it writes: the run's lock still holds its driver's token.
+    One small read a write; a lock that cannot be read (the storage down) lets the write fail on its own."""
+
+    def __init__(self, storage: Storage, token: str):
+        self.storage, self.token = storage, token
+
+    def check(self) -> None:
+        try:
+            holder = _parse(self.storage.read_bytes(".lock"))
+        except FileNotFoundError:
+            holder = {}
+        if holder.get("token") != self.token:
+            now = f"pid {holder.get('pid')} on {holder.get('host')}" if holder else "no driver"
+            raise RunFencedError(
+                f"{self.storage.uri}: the driver this trainer works for no longer holds the run (now: {now}); "
+                "nothing written"
+            )
 
 
 def pid_alive(pid) -> bool:
@@ -72,47 +197,76 @@ def pid_alive(pid) -> bool:
     return True
 
 
-def lock_for(storage: Storage, uri: str):
+def lock_for(storage: Storage, uri: str, lease_s: float = DEFAULT_LEASE_S):
     """The lock implementation for the storage the run lives on."""
     if storage.is_local:
-        return LocalLock(storage.path(".lock"), uri)
+        return LocalLock(storage.path(".lock"), uri, lease_s)
     if urlsplit(uri).scheme == "s3":
-        return S3Lock(uri)
-    return LeaseLock(storage, uri)
+        return S3Lock(uri, lease_s)
+    return LeaseLock(storage, uri, lease_s)
 
 
 class LocalLock:
-    def __init__(self, path: str, uri: str):
-        self.path, self.uri = path, uri
+    def __init__(self, path: str, uri: str, lease_s: float = DEFAULT_LEASE_S):
+        self.path, self.uri, self.lease_s = path, uri, lease_s
         self.claim: dict | None = None
+
+    @property
+    def token(self) -> str | None:
+        return self.claim["token"] if self.claim else None
 
     def acquire(self) -> None:
         os.makedirs(os.path.dirname(self.path), exist_ok=True)
-        claim = new_claim()
+        claim = new_claim(self.lease_s)
         if self._create(self.path, claim):
             self.claim = claim
             return
-        holder = _read_json_file(self.path)
-        if not is_stale(holder):
-            raise RunLockedError(f"{self.uri} {holder_text(holder, self.path)}")
-        self._take_over(holder, claim)
+        read = lambda: (_read_json_file(self.path) or None, None)  # noqa: E731
+        holder, _ = stale_holder(read(), read, self.uri, self.path)
+        self._take_over(holder or {}, claim)
         self.claim = claim
 
+    def renew(self) -> bool:
+        """Whether the lock is still this driver's; renewed if so (under the take-over guard: a
+        take-over and a renewal never interleave)."""
+        if self.claim is None:
+            return False
+        with self._guarded(self.claim, "renew") as held:
+            if not held:
+                return True  # a take-over is under way: the next renewal sees who won
+            if _read_json_file(self.path).get("token") != self.claim["token"]:
+                return False
+            self.claim = renewed(self.claim)
+            self._replace(self.claim)
+        return True
+
     def _take_over(self, stale: dict, claim: dict) -> None:
+        with self._guarded(claim, "take-over") as held:
+            if not held:
+                raise RunLockedError(f"{self.uri}: another driver is taking over its stale lock {self.path}")
+            if _read_json_file(self.path) != stale:  # someone was faster: it is theirs now
+                raise RunLockedError(f"{self.uri}: another driver took over its stale lock {self.path}")
+            self._replace(claim)
+
+    @contextlib.contextmanager
+    def _guarded(self, claim: dict, why: str):
+        """Hold the lock's guard file (``.lock.takeover``) if no one else does; yields whether held."""
         guard = self.path + ".takeover"
         if os.path.exists(guard) and time.time() - os.path.getmtime(guard) > TAKEOVER_GUARD_STALE_S:
             _unlink(guard)
-        if not self._create(guard, claim):
-            raise RunLockedError(f"{self.uri}: another driver is taking over its stale lock {self.path}")
+        if not self._create(guard, {**claim, "why": why}):
+            yield False
+            return
         try:
-            if _read_json_file(self.path) != stale:  # someone was faster: it is theirs now
-                raise RunLockedError(f"{self.uri}: another driver took over its stale lock {self.path}")
-            tmp = f"{self.path}.{claim['token']}"
-            with open(tmp, "w") as f:
-                json.dump(claim, f)
-            os.replace(tmp, self.path)
+            yield True
         finally:
             _unlink(guard)
+
+    def _replace(self, claim: dict) -> None:
+        tmp = f"{self.path}.{claim['token']}"
+        with open(tmp, "w") as f:
+            json.dump(claim, f)
+        os.replace(tmp, self.path)
 
     @staticmethod
     def _create(path: str, claim: dict) -> bool:
@@ -133,29 +287,40 @@ class LocalLock:
 class S3Lock:
     """Conditional writes: S3 (since 2024) and S3-compatible stores that implement them."""
 
-    def __init__(self, uri: str):
-        self.uri = uri
+    def __init__(self, uri: str, lease_s: float = DEFAULT_LEASE_S):
+        self.uri, self.lease_s = uri, lease_s
         self.client, self.bucket, self.key = _s3_client(uri)
         self.etag: str | None = None
         self.token: str | None = None
+        self.claim: dict | None = None
 
     def acquire(self) -> None:
-        claim = new_claim()
+        claim = new_claim(self.lease_s)
         body = json.dumps(claim).encode()
         try:
             self.etag = self._put(body, IfNoneMatch="*")
         except self._precondition_failed:
-            holder, etag = self._read()
+            holder, etag = stale_holder(self._read(), self._read, self.uri, self._where)
             if holder is None:  # released in between: try once more, as a fresh create
                 self.etag = self._put(body, IfNoneMatch="*")
-            elif not is_stale(holder):
-                raise RunLockedError(f"{self.uri} {holder_text(holder, self._where)}") from None
             else:
                 try:
                     self.etag = self._put(body, IfMatch=etag)  # only if it is still the stale lock
                 except self._precondition_failed:
                     raise RunLockedError(f"{self.uri}: another driver took over its stale lock") from None
-        self.token = claim["token"]
+        self.token, self.claim = claim["token"], claim
+
+    def renew(self) -> bool:
+        """Whether the lock is still this driver's (its ETag unchanged); renewed if so."""
+        if self.claim is None:
+            return False
+        claim = renewed(self.claim)
+        try:
+            self.etag = self._put(json.dumps(claim).encode(), IfMatch=self.etag)
+        except self._precondition_failed:
+            return False
+        self.claim = claim
+        return True
 
     def release(self) -> None:
         if self.etag is None:
@@ -164,7 +329,7 @@ class S3Lock:
             self.client.delete_object(Bucket=self.bucket, Key=self.key, IfMatch=self.etag)
         except Exception:  # taken over (not ours any more) or already gone: leave it
             pass
-        self.etag = self.token = None
+        self.etag = self.token = self.claim = None
 
     @property
     def _where(self) -> str:
@@ -194,28 +359,37 @@ class S3Lock:
 class LeaseLock:
     """Best effort where no conditional write is available: create if absent, then read back."""
 
-    def __init__(self, storage: Storage, uri: str):
-        self.storage, self.uri = storage, uri
+    def __init__(self, storage: Storage, uri: str, lease_s: float = DEFAULT_LEASE_S):
+        self.storage, self.uri, self.lease_s = storage, uri, lease_s
         self.token: str | None = None
+        self.claim: dict | None = None
+
+    def _read(self) -> tuple[dict | None, None]:
+        if not self.storage.exists(".lock"):
+            return None, None
+        return _parse(self.storage.read_bytes(".lock")), None
 
     def acquire(self) -> None:
-        where = self.storage.path(".lock")
-        if self.storage.exists(".lock"):
-            holder = _parse(self.storage.read_bytes(".lock"))
-            if not is_stale(holder):
-                raise RunLockedError(f"{self.uri} {holder_text(holder, where)}")
-        claim = new_claim()
+        stale_holder(self._read(), self._read, self.uri, self.storage.path(".lock"))
+        claim = new_claim(self.lease_s)
         self.storage.write_bytes(".lock", json.dumps(claim).encode())
         time.sleep(LEASE_SETTLE_S)  # a driver that wrote at the same moment shows up now
         if _parse(self.storage.read_bytes(".lock")).get("token") != claim["token"]:
             raise RunLockedError(f"{self.uri}: another driver took the run at the same moment")
-        self.token = claim["token"]
+        self.token, self.claim = claim["token"], claim
+
+    def renew(self) -> bool:
+        if self.claim is None or (self._read()[0] or {}).get("token") != self.token:
+            return False
+        self.claim = renewed(self.claim)
+        self.storage.write_bytes(".lock", json.dumps(self.claim).encode())
+        return True
 
     def release(self) -> None:
         if self.token and self.storage.exists(".lock"):
             if _parse(self.storage.read_bytes(".lock")).get("token") == self.token:
                 self.storage.delete(".lock")
-        self.token = None
+        self.token = self.claim = None
 
 
 def _s3_client(uri: str):

@@ -48,7 +48,7 @@ from .checkpoints import (
     RungState,
 )
 from .ids import check_individual_id, natural_key, natural_order
-from .locks import lock_for
+from .locks import DEFAULT_LEASE_S, LeaseKeeper, TokenFence, lock_for
 from .schema import (
     DIVERSITY_PAIR_FIELDS,
     DIVERSITY_SUMMARY_FIELDS,
@@ -102,9 +102,13 @@ def _frame_table(frame: pd.DataFrame, schema: pa.Schema) -> pa.Table:
 
 
 class RunRecords:
-    def __init__(self, uri: str):
+    def __init__(self, uri: str, fence_token: str | None = None):
+        """``fence_token``: the token of the driver this process works for (a trainer's): every write
+        first checks that the run's lock still holds it (`TokenFence`)."""
         self.storage = Storage(uri)
         self.uri = str(uri)
+        if fence_token is not None:
+            self.storage.fence = TokenFence(Storage(uri), fence_token).check
 
     @property
     def run_id(self) -> str:
@@ -147,15 +151,20 @@ class RunRecords:
 
     # -- one driver at a time -------------------------------------------------------------------
     @contextmanager
-    def lock(self):
+    def lock(self, lease_s: float = DEFAULT_LEASE_S):
         """Hold RUN_DIR/.lock while driving the run, so two drivers never write into one directory
-        (`evopop.records.locks`: atomic on local disks and S3, a take-over of a dead driver's lock
-        on this host, and never the removal of a lock this driver does not hold)."""
-        lock = lock_for(self.storage, self.uri)
+        (`evopop.records.locks`: atomic on local disks and S3, a lease renewed in the background and
+        taken over once it lapses, never the removal of a lock this driver does not hold). Yields the
+        `LeaseKeeper`, whose ``token`` fences the trainers; this driver's own writes stop once it is lost."""
+        lock = lock_for(Storage(self.uri), self.uri, lease_s)
         lock.acquire()
+        keeper = LeaseKeeper(lock, lease_s).start()
+        self.storage.fence = keeper.check
         try:
-            yield
+            yield keeper
         finally:
+            self.storage.fence = None
+            keeper.stop()
             lock.release()
 
     # -- writing -----------------------------------------------------------------------------
@@ -376,7 +385,11 @@ class RunRecords:
         """Every recorded pair of every generation (typed, empty if none)."""
         return self._frame(DIVERSITY, fields=DIVERSITY_PAIR_FIELDS).sort_values("generation", kind="stable")
 
-    def diversity_summary(self) -> pd.DataFrame:
+    def diversity_summary(self, generation: int | None = None) -> pd.DataFrame:
+        """The spread of each quantity per group (all generations, or one; typed, empty if none)."""
+        if generation is not None:
+            frame = self._frame(DIVERSITY_SUMMARY, generation)
+            return frame if frame is not None else self.diversity_summary().iloc[0:0]
         return self._frame(DIVERSITY_SUMMARY, fields=DIVERSITY_SUMMARY_FIELDS).sort_values("generation", kind="stable")
 
     def metadata(self) -> RunMetadata:

@@ -23,7 +23,7 @@ import pyarrow as pa
 
 from ..synthesis.baselines import KINDS as BASELINE_KINDS
 
-SCHEMA_VERSION = "5"
+SCHEMA_VERSION = "6"  # 6: train_loss
 PARTITIONING = pa.schema([("generation", pa.int32())])
 
 ANCESTOR, OFFSPRING = "ancestor", "offspring"
@@ -96,6 +96,7 @@ class IndividualRecord:
     latency_gpu_ms: float | None = arrow(pa.float64())  # at compaction.gpu_batch, when the trainer has a GPU
     layer_fractions: tuple[float, ...] | None = arrow(pa.list_(pa.float32()))  # per layer, see metadata
     epochs: int | None = arrow(pa.int32())  # epochs trained (null for a loaded ancestor)
+    train_loss: tuple[float, ...] | None = arrow(pa.list_(pa.float64()))  # its mean training loss per epoch
     rung: int | None = arrow(pa.int32())  # under selection.halving: the rung it stopped at, or reached last
     metrics: dict[str, float] = field(default_factory=dict)  # one float64 column per metric, here
     train_seconds: float | None = arrow(pa.float64())

@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 import posixpath
 import uuid
+from collections.abc import Callable
 from urllib.parse import urlsplit, urlunsplit
 
 import pyarrow.fs as pafs
@@ -48,6 +49,8 @@ class Storage:
     def __init__(self, uri: str):
         self.uri = str(uri)
         self.fs, self.root = filesystem_of(self.uri)
+        # called before every write and delete; raises to refuse it (the run's fence: `records.locks`)
+        self.fence: Callable[[], None] | None = None
 
     @property
     def is_local(self) -> bool:
@@ -70,6 +73,8 @@ class Storage:
 
     def write_bytes(self, rel: str, data: bytes) -> None:
         """Write ``data`` to ``rel`` atomically (readers see the old file or the whole new one)."""
+        if self.fence is not None:
+            self.fence()
         final = self.path(rel)
         if self.uploads_atomically:
             with self.fs.open_output_stream(final) as out:
@@ -96,6 +101,8 @@ class Storage:
         return sorted(n for n in names if n.endswith(suffix) and not n.startswith(".tmp-"))
 
     def delete(self, rel: str) -> None:
+        if self.fence is not None:
+            self.fence()
         if self.exists(rel):
             self.fs.delete_file(self.path(rel))
 

@@ -18,7 +18,8 @@ counted. It sees through:
 Anything else (reshapes that mix channels, softmax over channels, custom leaf modules) is a barrier: the
 layers after it treat their inputs as always alive. That is safe: it only means fewer synapses die by
 cascade, never that a living one does. A model that cannot be
-traced at all (data-dependent control flow) falls back to "no cascade", with a warning.
+traced at all (data-dependent control flow) falls back to "no cascade", with a warning that says which
+operation, in which module and on which line, stopped the tracer (`evopop.synthesis.tracing`).
 """
 
 from __future__ import annotations
@@ -32,7 +33,6 @@ from dataclasses import dataclass, field, replace
 import torch
 import torch.nn.functional as F
 from torch import fx, nn
-from torch.fx.passes.shape_prop import ShapeProp
 
 from .attention import (
     AttentionHeads,
@@ -42,8 +42,10 @@ from .attention import (
     is_window_attention_function,
 )
 from .coupling import Coupling, coupling_groups
+from .inputs import Inputs
 from .layers import SYNAPTIC_TYPES, SynapticLayer, find_synaptic_layers
 from .nodes import LAYER_NORM_ARGUMENTS, arguments, first_input, qualified_name
+from .tracing import Untraceable, shaped_graph
 from .wiring import ChannelMap, Source, concatenate, union
 
 # Modules whose per-channel parameters belong to the neurons that feed them: they die with them.
@@ -280,50 +282,19 @@ class Architecture:
         return sum(layer.numel for layer in self.layers)
 
 
-def trace_architecture(model: nn.Module, example_input: torch.Tensor) -> Architecture:
-    """Find the synaptic layers of ``model`` and, by tracing one forward pass, their wiring."""
+def trace_architecture(model: nn.Module, example_input: Inputs) -> Architecture:
+    """Find the synaptic layers of ``model`` and, by tracing one forward pass on ``example_input`` (a
+    tensor, a tuple of them or a dict of them: `evopop.synthesis.inputs`), their wiring."""
     layers = find_synaptic_layers(model)
     weights = {layer.weight_name for layer in layers}
     other = {n: p.numel() for n, p in model.named_parameters() if n not in weights}
     try:
-        graph = _shaped_graph(model, example_input)
-    except Exception as exc:  # tracing is best effort: cascade is an optimisation of the genome
-        why = f"{type(model).__name__} ({type(exc).__name__}: {exc})"
-        note = f"could not trace {why}; neuron death will not cascade between layers"
+        graph = shaped_graph(model, example_input)
+    except Untraceable as exc:  # tracing is best effort: cascade is an optimisation of the genome
+        note = f"{exc}; neuron death will not cascade between layers, and offspring cannot be compacted"
         warnings.warn(note, stacklevel=2)
         return Architecture(layers, {}, [], {}, other, {}, {}, traced=False, note=note)
     return _Tracer(model, layers, graph, other).run()
-
-
-class _LeafTracer(fx.Tracer):
-    """torch.fx's tracer, which also keeps subclasses of batch norm whole (timm's ``BatchNormAct2d``
-    is one; traced through, it would read its parameters directly and pin its channels), and timm's
-    attention (traced through, its heads would be reshapes of constant sizes)."""
-
-    def is_leaf_module(self, m: nn.Module, qualname: str) -> bool:
-        if isinstance(m, nn.modules.batchnorm._BatchNorm) or is_packed_attention(m) or is_window_attention(m):
-            return True
-        return super().is_leaf_module(m, qualname)
-
-
-def symbolic_trace(model: nn.Module) -> fx.GraphModule:
-    """``model`` as a ``torch.fx.GraphModule``, traced the way evopop reads architectures."""
-    tracer = _LeafTracer()
-    graph = tracer.trace(model)
-    return fx.GraphModule(tracer.root, graph, type(model).__name__)
-
-
-def _shaped_graph(model: nn.Module, example_input: torch.Tensor) -> fx.GraphModule:
-    gm = symbolic_trace(model)
-    was_training = [m.training for m in gm.modules()]
-    gm.eval()  # no running-stat updates, no dropout while shapes are read
-    try:
-        with torch.no_grad():
-            ShapeProp(gm).propagate(example_input)
-    finally:
-        for m, mode in zip(gm.modules(), was_training):
-            m.training = mode
-    return gm
 
 
 class _Tracer(AttentionTracing):

@@ -14,6 +14,7 @@ from torch import nn
 from torch.utils.data import Dataset
 
 from ..metrics.base import Metric
+from ..synthesis.inputs import Inputs
 
 
 class Task(ABC):
@@ -26,8 +27,11 @@ class Task(ABC):
         """A freshly initialised network (initialised from torch's global RNG)."""
 
     @abstractmethod
-    def example_input(self) -> torch.Tensor:
-        """One input batch of size 1, used to trace the network's wiring and count MACs."""
+    def example_input(self) -> Inputs:
+        """One input batch of size 1, used to trace the network's wiring and count MACs: a tensor, or for
+        a network whose ``forward`` takes several inputs, a tuple of them (positional) or a dict of them
+        (by argument name). The training and evaluation sets then yield ``(inputs, target)`` items whose
+        inputs have the same form; the network is called as ``model(x)``, ``model(*x)`` or ``model(**x)``."""
 
     @abstractmethod
     def train_set(self) -> Dataset: ...

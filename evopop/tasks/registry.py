@@ -6,6 +6,7 @@ import importlib
 import json
 import os
 import sys
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -101,7 +102,10 @@ def built_task(target: str, args: dict[str, Any] | None = None, paths: Sequence[
     key = f"{target}\x1f{json.dumps(args or {}, sort_keys=True, default=repr)}"
     if key not in _BUILT:
         task = build_task(target, args, paths)
-        with torch.random.fork_rng(devices=[]):
+        with torch.random.fork_rng(devices=[]), warnings.catch_warnings():
+            # a network that cannot be traced is said once, by the run's plan (`Architecture.note`),
+            # not by every process that builds the task
+            warnings.filterwarnings("ignore", message=".* cannot be traced")
             arch = trace_architecture(task.build_model(), task.example_input())
         _BUILT[key] = BuiltTask(task, arch)
     return _BUILT[key]

@@ -19,6 +19,7 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from ..synthesis import MaskedParameters
+from ..synthesis.inputs import batch_size, call, normalised, to_device
 from ..tasks.base import Task
 
 
@@ -207,15 +208,15 @@ def train_and_evaluate(
     model.train()
     for _ in range(first, stop):
         total, batches = torch.zeros((), device=device), 0
-        for inputs, targets in loader:
-            inputs = inputs.to(device, non_blocking=True)
+        for batch, targets in loader:
+            inputs = to_device(normalised(batch), device, non_blocking=True)
             targets = targets.to(device, non_blocking=True)
             with torch.autocast(device.type, dtype=amp, enabled=amp is not None):
-                outputs = model(inputs)
+                outputs = call(model, inputs)
                 loss = task.loss(outputs, targets)
                 if distill is not None:
                     with torch.no_grad():
-                        taught = distill.teacher(inputs)
+                        taught = call(distill.teacher, inputs)
                     imitation = distillation_loss(outputs, taught, distill.temperature)
                     loss = (1 - distill.weight) * loss + distill.weight * imitation
             optimizer.zero_grad(set_to_none=True)
@@ -229,7 +230,7 @@ def train_and_evaluate(
             schedule.step()
             total += loss.detach().float()
             batches += 1
-            samples += inputs.shape[0]
+            samples += batch_size(inputs)
         epoch_loss = float(total) / max(1, batches)  # one sync per epoch, not per step
         if not math.isfinite(epoch_loss):
             raise DivergedError(f"training loss became {epoch_loss} in epoch {len(history) + 1}")
@@ -318,13 +319,14 @@ def evaluate(model: nn.Module, task: Task, recipe: Recipe, device, amp=None) -> 
             num_workers=recipe.num_workers,
             collate_fn=_collate_of(dataset),
         )
-        for inputs, targets in loader:
-            inputs, targets = inputs.to(device), _to_device(targets, device)
+        for batch, targets in loader:
+            inputs, targets = to_device(normalised(batch), device), _to_device(targets, device)
             with torch.autocast(device.type, dtype=amp, enabled=amp is not None):
-                output = model(inputs)
+                output = call(model, inputs)
             output = output.float()
-            loss_sum += task.loss(output, targets).double() * inputs.shape[0]
-            count += inputs.shape[0]
+            size = batch_size(inputs)
+            loss_sum += task.loss(output, targets).double() * size
+            count += size
             metric.update(output, targets)
         results[f"{set_name}_loss"] = float(loss_sum) / max(1, count)
         for name, value in metric.compute().items():

@@ -10,37 +10,40 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
+from torch.utils.data import default_collate
+
+from ..synthesis.inputs import Inputs, batch_size, call, normalised, split, to_device
 
 
 @dataclass(frozen=True)
 class ProbeBatch:
-    """The first ``len(inputs)`` items of evaluation set ``eval_set``; ``requested``: the size asked for
-    (``diversity.functional_batch``; the set may hold fewer)."""
+    """The first ``batch_size(inputs)`` items of evaluation set ``eval_set``; ``requested``: the size
+    asked for (``diversity.functional_batch``; the set may hold fewer)."""
 
-    inputs: torch.Tensor
+    inputs: Inputs
     eval_set: str
     requested: int
 
     def describe(self) -> dict:
         """What the checkpoint records about the batch its probe outputs were computed on."""
-        return {"eval_set": self.eval_set, "size": len(self.inputs), "requested": self.requested}
+        return {"eval_set": self.eval_set, "size": batch_size(self.inputs), "requested": self.requested}
 
 
 def held_out_batch(task, size: int = 32, eval_set: str | None = None) -> ProbeBatch:
-    """The first ``size`` inputs of the task's first (or named) evaluation set, stacked: a fixed batch
-    (the same in every trainer and in the driver)."""
+    """The first ``size`` inputs of the task's first (or named) evaluation set, batched as a data loader
+    batches them: a fixed batch (the same in every trainer and in the driver)."""
     sets = task.eval_sets()
     name = eval_set or next(iter(sets))
     dataset = sets[name]
     n = min(int(size), len(dataset))
-    return ProbeBatch(torch.stack([torch.as_tensor(dataset[i][0]) for i in range(n)]), name, int(size))
+    return ProbeBatch(normalised(default_collate([dataset[i][0] for i in range(n)])), name, int(size))
 
 
 @torch.no_grad()
-def probe_outputs(model: torch.nn.Module, inputs: torch.Tensor, batch_size: int | None = None) -> torch.Tensor:
+def probe_outputs(model: torch.nn.Module, inputs: Inputs, step: int | None = None) -> torch.Tensor:
     """``model``'s outputs on ``inputs`` (eval mode, on the model's device, full precision), as float32
-    on CPU; ``batch_size`` inputs at a time (the evaluation's batch size: no more memory than it)."""
+    on CPU; ``step`` inputs at a time (the evaluation's batch size: no more memory than it)."""
     model.eval()
     device = next((p.device for p in model.parameters()), torch.device("cpu"))
-    step = batch_size or len(inputs) or 1
-    return torch.cat([model(chunk.to(device)).float().cpu() for chunk in inputs.split(step)])
+    chunks = split(inputs, step or batch_size(inputs) or 1)
+    return torch.cat([call(model, to_device(chunk, device)).float().cpu() for chunk in chunks])

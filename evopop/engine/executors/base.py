@@ -21,8 +21,9 @@ ParentLoader = Callable[[str], ParentState]
 
 
 class Executor(Protocol):
-    def start(self) -> None:
-        """Acquire workers (and check they can exist) before the first job."""
+    def start(self, fence_token: str | None = None) -> None:
+        """Acquire workers (and check they can exist) before the first job; ``fence_token``: the run
+        lock's token, which every file a worker writes is fenced by (`evopop.records.locks`)."""
 
     def run(self, specs: Sequence[Spec], load_parent: ParentLoader) -> Iterator[Result]:
         """Develop every spec (its parents from ``load_parent(spec.parent_key)``); yield results as they finish."""

@@ -26,11 +26,11 @@ class LocalExecutor:
         self.developer: Developer | None = None
         self._threads: int | None = None
 
-    def start(self) -> None:
+    def start(self, fence_token: str | None = None) -> None:
         # the same intra-op thread count as a trainer actor: CPU results then match it bit for bit
         self._threads = torch.get_num_threads()
         torch.set_num_threads(trainer_threads(self.config.resources))
-        self.developer = Developer(self.config, self.run_dir)
+        self.developer = Developer(self.config, self.run_dir, fence_token=fence_token)
 
     def run(self, specs: Sequence[Spec], load_parent: ParentLoader) -> Iterator[Result]:
         if self.developer is None:

@@ -37,6 +37,33 @@ def connect() -> None:
     ray.init(address="local", include_dashboard=False, dashboard_host="127.0.0.1")
 
 
+def alive_nodes() -> dict[str, str]:
+    """Node id -> its address, of every node the cluster holds alive now."""
+    return {n["NodeID"]: n.get("NodeManagerAddress", "?") for n in ray.nodes() if n.get("Alive")}
+
+
+class NodeWatch:
+    """Says, in one plain line each, when a node is lost or joins: looked at when a trainer fails (a
+    lost node's trainers fail together), never polled. How soon Ray declares a silent node dead (power
+    lost, partitioned) is its health check's business: ``RAY_health_check_period_ms`` x
+    ``RAY_health_check_failure_threshold`` (+ ``RAY_health_check_timeout_ms``), set on ``ray start``
+    (the cluster's README and `evopop.cluster.LocalCluster` set it to about 10 s)."""
+
+    def __init__(self, log: Log = print_line):
+        self.log = log
+        self.nodes = alive_nodes()
+
+    def look(self) -> None:
+        now = alive_nodes()
+        for node, address in self.nodes.items():
+            if node not in now:
+                self.log(f"node {node[:12]} ({address}) lost: the individuals its trainers ran are retried elsewhere")
+        for node, address in now.items():
+            if node not in self.nodes:
+                self.log(f"node {node[:12]} ({address}) joined")
+        self.nodes = now
+
+
 # -- can the cluster hold a trainer? ----------------------------------------------------------
 def per_trainer(r: ResourcesSection) -> dict[str, tuple[str, float]]:
     """What one trainer asks for: Ray resource -> (its config key, amount)."""

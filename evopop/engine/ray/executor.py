@@ -80,17 +80,21 @@ class RayExecutor:
         self.actors: list = []  # every trainer: answered or not
         self._idle: list = []  # trainers that answered and have no work
         self._starting: dict = {}  # ready() reference -> trainer that has not answered yet
+        self._fence_token: str | None = None
+        self._nodes: cluster.NodeWatch | None = None  # set by start()
 
-    def start(self) -> None:
+    def start(self, fence_token: str | None = None) -> None:
+        self._fence_token = fence_token
         connect()
         check_resources(self.config.resources, self.log)
+        self._nodes = cluster.NodeWatch(self.log)
         self._cls = trainer_class(self.config.resources)
         self.actors, self._idle, self._starting = [], [], {}
         for _ in range(self.config.resources.trainers):
             self._launch()
 
     def _launch(self) -> None:
-        actor = self._cls.remote(self.config, self.run_dir)
+        actor = self._cls.remote(self.config, self.run_dir, self._fence_token)
         self.actors.append(actor)
         self._starting[actor.ready.remote()] = actor
 
@@ -171,6 +175,8 @@ class RayExecutor:
             ray.get(ref)
         except RayError as exc:  # its process died before it answered (the task failed to build, node lost)
             self._discard(actor)
+            if self._nodes is not None:
+                self._nodes.look()
             if queue:  # charged to the next individual, as if the trainer had died running it: never a loop
                 job = queue.popleft()
                 job.attempts += 1
@@ -183,6 +189,8 @@ class RayExecutor:
             outcome = ray.get(future)
         except RayActorError as exc:  # the process died: replace it, retry the individual
             self._discard(run.actor)
+            if self._nodes is not None:
+                self._nodes.look()
             yield from self._retry(run.job, queue, f"trainer process died: {_first_line(exc)}")
             return
         except RayTaskError as exc:  # raised outside the Developer's own handling (a parent that did not load)
@@ -225,6 +233,8 @@ class RayExecutor:
         memory to free up); once it has had ``max_retries`` retries, it failed with ``error``."""
         retries = self.config.resources.max_retries
         if job.attempts <= retries:
+            why = _first_line_of(error)
+            self.log(f"{job.spec.individual_id}: attempt {job.attempts} of {retries + 1} failed ({why}); retried")
             queue.append(job) if last else queue.appendleft(job)
             return
         error = f"{error} ({job.attempts} attempts; resources.max_retries: {retries})"
@@ -263,3 +273,8 @@ def _count(n: int) -> str:
 def _first_line(exc: BaseException) -> str:
     text = str(exc).strip()
     return text.splitlines()[0][:500] if text else type(exc).__name__
+
+
+def _first_line_of(text: str, limit: int = 200) -> str:
+    line = next((part.strip() for part in str(text).splitlines() if part.strip()), "")
+    return line if len(line) <= limit else line[: limit - 3] + "..."

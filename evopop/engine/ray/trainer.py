@@ -16,9 +16,9 @@ from ..worker.develop import Developer
 
 
 class Trainer:
-    def __init__(self, config: Config, run_dir: str):
+    def __init__(self, config: Config, run_dir: str, fence_token: str | None = None):
         torch.set_num_threads(trainer_threads(config.resources))
-        self.developer = Developer(config, run_dir)
+        self.developer = Developer(config, run_dir, fence_token=fence_token)
         # build the data now, while the driver is still shipping parents, not on the first offspring
         self.developer.task.train_set()
         self.developer.task.eval_sets()

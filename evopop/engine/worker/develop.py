@@ -45,11 +45,11 @@ from .weights import built_aside, initial_weights, load_ancestor, load_weights
 
 
 class Developer:
-    def __init__(self, config: Config, run_dir: str, device: str | None = None):
+    def __init__(self, config: Config, run_dir: str, device: str | None = None, fence_token: str | None = None):
         self.config = config
         built = built_task(config.task.name, config.task.args, config.task.paths)
         self.task, self.arch = built.task, built.arch
-        self.records = RunRecords(run_dir)
+        self.records = RunRecords(run_dir, fence_token)  # fenced: nothing lands once another driver holds the run
         wants_gpu = config.resources.gpus_per_trainer > 0 and torch.cuda.is_available()
         self.device = torch.device(device or ("cuda" if wants_gpu else "cpu"))
         self._probe_batch: ProbeBatch | None = None
@@ -135,6 +135,7 @@ class Developer:
             compact=compacted,
             layers=tuple(_layer_record(spec.individual_id, layer) for layer in counts.layers),
             epochs=result.epochs,
+            train_loss=tuple(result.history),
             train_seconds=result.train_seconds,
             samples_per_second=result.samples_per_second,
             mask_digest=genome.digest(),
@@ -188,6 +189,8 @@ class Developer:
 
     def _compaction(self, model: torch.nn.Module, genome: Genome, effective: Genome) -> Compaction | None:
         """The compacted network's size, and its latency measured here (CPU; the GPU if this trainer has one)."""
+        if not self.arch.traced:  # said once, before the run (`plan_run`), not once per individual
+            return None
         example, settings = self.task.example_input(), self.config.compaction
         try:
             compacted = compact(model, self.arch, genome, example, effective)
@@ -253,16 +256,8 @@ class Developer:
         if not self.config.evolution.protect_head:
             return spec.environment, spec.clusters
         if self._head_layers is None:
-            head = set(self.task.head_parameters())
-            self._head_layers = tuple(glob.escape(l.name) for l in self.arch.layers if l.weight_name in head)
-        if not self._head_layers:
-            return spec.environment, spec.clusters
-        head = self._head_layers
-
-        def with_head_frozen(env: Environment | None) -> Environment | None:
-            return None if env is None else replace(env, frozen=(*env.frozen, *head))
-
-        return with_head_frozen(spec.environment), with_head_frozen(spec.clusters)
+            self._head_layers = head_layers(self.task, self.arch)
+        return with_frozen(spec.environment, self._head_layers), with_frozen(spec.clusters, self._head_layers)
 
     def _mated(self, model, spec: Spec, first: ParentState) -> Genome:
         """Multi-parent synthesis (`evopop.synthesis.mating`): the parents' mated strengths and
@@ -295,3 +290,16 @@ def _layer_record(individual_id: str, layer: LayerCount) -> LayerRecord:
     """The layers row of one synaptic layer's counts: the same fields, its name as ``layer``."""
     counted = {f.name: getattr(layer, f.name) for f in fields(LayerRecord) if f.name not in ("individual_id", "layer")}
     return LayerRecord(individual_id=individual_id, layer=layer.name, **counted)
+
+
+def head_layers(task, arch) -> tuple[str, ...]:
+    """The synaptic layers of the task's head (`Task.head_parameters`), as patterns that match them alone."""
+    head = set(task.head_parameters())
+    return tuple(glob.escape(layer.name) for layer in arch.layers if layer.weight_name in head)
+
+
+def with_frozen(env: Environment | None, patterns: tuple[str, ...]) -> Environment | None:
+    """``env`` with the layers ``patterns`` name frozen too (None stays None)."""
+    if env is None or not patterns:
+        return env
+    return replace(env, frozen=(*env.frozen, *patterns))

@@ -113,11 +113,30 @@ def _genome_of(arch, model, masks, fresh: tuple[str, ...], path: str) -> Genome:
 
 
 def load_weights(model: torch.nn.Module, weights: dict[str, torch.Tensor], what: str) -> None:
-    """load_state_dict with an error that says which checkpoint does not fit which network."""
+    """load_state_dict with an error that says which checkpoint does not fit which network: how many
+    keys are missing, unexpected or of another shape, with the first few of each (not all ninety)."""
     try:
         model.load_state_dict(weights, strict=True)
-    except RuntimeError as exc:
-        first = str(exc).strip().splitlines()[:4]
-        raise ValueError(
-            f"{what} does not fit the task's network ({type(model).__name__}): {' '.join(first)}"
-        ) from None
+    except RuntimeError:
+        why = misfit(model, weights)
+        raise ValueError(f"{what} does not fit the task's network ({type(model).__name__}): {why}") from None
+
+
+def misfit(model: torch.nn.Module, weights: dict[str, torch.Tensor], shown: int = 3) -> str:
+    """What differs between ``model``'s state dict and ``weights``, in counts and a few names."""
+    own = model.state_dict()
+    kinds = {
+        "missing": [k for k in own if k not in weights],
+        "unexpected": [k for k in weights if k not in own],
+        "of another shape": [
+            f"{k} {tuple(weights[k].shape)} vs {tuple(own[k].shape)}"
+            for k in own
+            if k in weights and tuple(weights[k].shape) != tuple(own[k].shape)
+        ],
+    }
+    parts = []
+    for kind, keys in kinds.items():
+        if keys:
+            more = f", ... ({len(keys) - shown} more)" if len(keys) > shown else ""
+            parts.append(f"{len(keys)} {kind} ({', '.join(keys[:shown])}{more})")
+    return "; ".join(parts) or "the weights do not load"
