@@ -127,6 +127,24 @@ def test_a_bad_folder_stops_the_run_before_any_work_with_exit_2(tmp_path):
     assert "broken.jpg" in result.stderr and not (tmp_path / "run").exists()
 
 
+def test_an_image_damaged_past_its_header_stops_the_run_naming_it(tmp_path):
+    """Headers are checked before any work (fast); a body cut short is found at its first read: the run
+    stops at generation 1 with the error that names the file, the records intact."""
+    from evopop.api import evolve
+    from evopop.engine.controller import EvolutionFailed
+
+    root = tmp_path / "pets"
+    write_images(root / "train", 4)
+    write_images(root / "val", 2)
+    whole = root / "train" / "cat" / "cut.jpg"
+    Image.fromarray(np.random.default_rng(0).integers(0, 255, (24, 24, 3), dtype=np.uint8)).save(whole)
+    data = whole.read_bytes()
+    whole.write_bytes(data[: int(len(data) * 0.8)])  # the header reads; the last pixels do not
+    config = images_config(root, "resources.executor=local", "evolution.generations=1")
+    with pytest.raises(EvolutionFailed, match=r"generation 1 failed; the first error: .*cut.jpg"):
+        evolve(config, str(tmp_path / "run"))
+
+
 def test_a_torchvision_data_set_without_its_files_says_how_to_get_them(tmp_path):
     with pytest.raises(DatasetError, match="lacks the files of torchvision.datasets.CIFAR10.*never downloads"):
         torchvision_dataset("CIFAR10", tmp_path, True)
@@ -183,7 +201,7 @@ def test_a_torchvision_resnet_evolves_on_an_image_folder_on_ray(ray_cluster, spl
 
 
 @pytest.mark.slow
-def test_a_timm_vit_evolves_on_a_folder_of_classes(split_folder, tmp_path):
+def test_a_timm_vit_evolves_on_a_folder_of_classes_on_ray(ray_cluster, split_folder, tmp_path):
     from evopop.api import evolve
 
     flat = split_folder / "train"  # one folder of classes, split by val_fraction
@@ -192,10 +210,10 @@ def test_a_timm_vit_evolves_on_a_folder_of_classes(split_folder, tmp_path):
         "task.args.model=timm:vit_tiny_patch16_224",
         "task.args.model_args={img_size: 32}",
         "task.args.val_fraction=0.2",
-        "resources.executor=local",
     )
     population = evolve(config, str(tmp_path / "run"))
     assert len(population) == 3 and (population["status"] == "ok").all()
+    assert population["node_id"].notna().all(), "developed by Ray trainers"
     assert "test_accuracy" not in population.columns
     assert population["val_accuracy"].notna().all()
     assert population["compact_macs"].notna().all(), "traced and compacted: its attention and norms followed"

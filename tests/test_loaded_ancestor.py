@@ -70,3 +70,28 @@ def test_rewinding_from_a_loaded_ancestor_starts_from_its_masked_weights(tmp_pat
     assert torch.equal(start["features.0.weight"], state["features.0.weight"])  # the loaded weights
     assert start["features.1.bias"][DEAD] == 0, "masked: the dead neuron passes nothing on"
     assert torch.count_nonzero(start["features.4.weight"][:, DEAD]) == 0
+
+
+def test_an_evopop_checkpoint_continues_as_an_ancestor_with_its_genome(tmp_path):
+    """A run's own checkpoint (weights and masks) starts another run: its genome is the new root's, and
+    its weights load as they were (evopop's own format among the files `ancestor.checkpoint` takes)."""
+    from evopop.records.checkpoints import Checkpoint
+
+    config = load_config(TINY, ["compaction.enabled=false", "diversity.enabled=false"])
+    first = Developer(config, str(tmp_path / "first"))
+    assert first.develop(root_spec(config), None).status == "ok"
+    task, arch = first.task, first.arch
+    torch.manual_seed(5)
+    weights = task.build_model().state_dict()
+    genome = Genome.full(arch)
+    genome.masks["features.4"][:, :3] = False  # an evolved genome: some synapses dead
+    path = tmp_path / "evolved.pt"
+    path.write_bytes(Checkpoint(weights, genome.state_dict(), {"generation": 4}).to_bytes())
+
+    resumed = load_config(TINY, [f"ancestor.checkpoint={path}", "compaction.enabled=false", "diversity.enabled=false"])
+    outcome = Developer(resumed, str(tmp_path / "second")).develop(root_spec(resumed), None)
+    assert outcome.status == "ok", outcome.error
+    stored = RunRecords(str(tmp_path / "second")).read_checkpoint("g1-0")
+    assert not bool(stored.masks["features.4"][:, :3].any()) and bool(stored.masks["features.4"][:, 3:].all())
+    living = stored.masks["features.4"]
+    assert torch.equal(stored.weights["features.4.weight"][living], weights["features.4.weight"][living])

@@ -83,3 +83,61 @@ def test_a_plugin_next_to_its_config_runs_on_ray_trainers_in_a_fresh_process(pro
     population = pd.read_parquet(project / "runs" / "pets" / "population")
     assert len(population) == 3 and (population["status"] == "ok").all()
     assert population["node_id"].notna().all(), "developed by Ray trainers, which imported the plugin too"
+
+
+NETS = textwrap.dedent(
+    """
+    from torch import nn
+
+
+    class Plain(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.body = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten())
+            self.fc = nn.Linear(8, 1000)
+
+        def forward(self, x):
+            return self.fc(self.body(x))
+
+
+    def plain():  # no num_classes: evopop replaces its head (`fc`) for the folder's classes
+        return Plain()
+    """
+)
+
+
+@pytest.mark.slow
+def test_a_model_by_import_path_next_to_its_config_runs_and_exports_in_fresh_processes(project, tmp_path):
+    """``model: mynets:plain`` (a factory without num_classes) in a folder beside the config: its head is
+    replaced for the folder's classes, the run finds it with no PYTHONPATH, and so does `evopop export`."""
+    from test_images_task import write_images
+
+    write_images(project / "images", 6)
+    (project / "plugins" / "mynets.py").write_text(NETS)
+    (project / "plugins" / "nets.yaml").write_text(
+        textwrap.dedent(
+            """
+            run: {name: nets, seed: 2}
+            task: {name: images, args: {root: images, model: "mynets:plain", image_size: 16, val_fraction: 0.3}}
+            train: {epochs: 1, batch_size: 8}
+            evolution: {generations: 2, offspring: 1}
+            resources: {executor: local}
+            diversity: {enabled: false}
+            """
+        )
+    )
+    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "RAY_ADDRESS")}
+
+    def evopop(*args: str) -> subprocess.CompletedProcess:
+        command = [sys.executable, "-m", "evopop", *args]
+        return subprocess.run(command, cwd=project, env=env, capture_output=True, text=True, timeout=300)
+
+    ran = evopop("run", "plugins/nets.yaml", "--run-dir", "runs/nets")
+    assert ran.returncode == 0, ran.stdout[-3000:] + ran.stderr[-3000:]
+    assert "one offspring drawn now keeps" in ran.stdout
+    exported = evopop("export", "runs/nets", "g2-0", "--out", str(tmp_path / "g2-0.pt2"))
+    assert exported.returncode == 0, exported.stdout[-3000:] + exported.stderr[-3000:]
+    import torch
+
+    program = torch.export.load(str(tmp_path / "g2-0.pt2")).module()
+    assert program(torch.randn(2, 3, 16, 16)).shape == (2, 3), "three classes, from the folder"

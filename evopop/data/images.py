@@ -261,11 +261,17 @@ def torchvision_dataset(name: str, root: str | Path, split, transform=None) -> D
         return cls(str(root), **kwargs)
     except (RuntimeError, FileNotFoundError, OSError, ValueError) as exc:
         raise DatasetError(
-            f"{root} lacks the files of torchvision.datasets.{name} ({str(exc).splitlines()[0][:160]}): evopop "
+            f"{root} lacks the files of torchvision.datasets.{name} ({_without_download_hint(exc)}): evopop "
             f"never downloads; fetch them once where there is internet, e.g. "
             f"`python -c \"import torchvision; torchvision.datasets.{name}('{root}', download=True)\"`, "
             "and copy the folder here"
         ) from None
+
+
+def _without_download_hint(exc: Exception) -> str:
+    """torchvision's own message, less its "You can use download=True" (evopop says what to do instead)."""
+    first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+    return first.split(" You can use download=True")[0].strip()[:160]
 
 
 def held_out(size: int, fraction: float, seed: int) -> tuple[list[int], list[int]]:

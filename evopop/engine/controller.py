@@ -309,8 +309,10 @@ class EvolutionController:
         latency, reference = self.latency_rule()
         ranking, selected = select(candidates, s.rule, s.k, self.plan.metric, self.plan.direction, latency, reference)
         if not selected:
+            errors = [str(r.error).strip().splitlines()[0] for r in candidates if r.error and str(r.error).strip()]
+            first = f"; the first error: {errors[0][:300]}" if errors else ""
             raise EvolutionFailed(
-                f"every individual of generation {generation} failed (see the 'error' column: "
+                f"every individual of generation {generation} failed{first} (see the 'error' column: "
                 f"evopop show {self.records.uri}); the records so far are intact"
             )
         rank_of = {individual_id: i for i, individual_id in enumerate(ranking)}
