@@ -72,7 +72,7 @@ def _drive(config: Config, run_dir: str, plan) -> int:
     from .analysis.tables import lineage_table, metrics_first
     from .api import evolve
     from .engine.failures import RunStopped
-    from .records.locks import RunLockedError
+    from .records.locks import RunFencedError, RunLockedError
 
     try:
         population = evolve(config, run_dir, plan=plan)
@@ -82,6 +82,16 @@ def _drive(config: Config, run_dir: str, plan) -> int:
     except RunLockedError as exc:
         print(f"evopop: {exc}", file=sys.stderr)
         return EXIT_CONFIG
+    except RunFencedError as exc:  # another driver took the run over: it carries on, this one stops
+        print(f"evopop: {exc}", file=sys.stderr)
+        return EXIT_FAILED
+    except OSError as exc:  # the run's storage went away (a store down, a volume unmounted)
+        print(
+            f"evopop: the run's storage failed ({type(exc).__name__}: {str(exc).strip()[:300]}); the records written "
+            f"so far are intact: once it is back, `evopop resume {run_dir}` carries on",
+            file=sys.stderr,
+        )
+        return EXIT_FAILED
     print()
     print(lineage_table(population, metrics_first(plan.metric, plan.metric_columns)).to_string(index=False))
     print(f"\nrecords: {run_dir}/population  (evopop show {run_dir})")

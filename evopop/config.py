@@ -342,6 +342,10 @@ class StorageSection(_Section):
     path: str = "runs"  # where run directories are created (local path; URIs via pyarrow.fs)
     # the run lock's lease: renewed every quarter of it; a new driver takes over a lock not renewed for this long
     lock_lease_s: float = Field(60.0, ge=2, le=3600)
+    # which offspring checkpoints a decided generation keeps: "all", or "lineage": the selected (every
+    # ancestor of what comes next) and the best keep_top of each generation; baselines keep theirs
+    checkpoints: Literal["all", "lineage"] = "all"
+    keep_top: int = Field(1, ge=0)
 
 
 class Config(_Section):

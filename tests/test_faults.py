@@ -37,13 +37,20 @@ def new_run(tmp_path, name, *overrides):
 
 
 def assert_complete(population: pd.DataFrame, run_dir: str, expected_ids: set[str]):
-    """Rows expected == rows present, no duplicate, none lost, one Parquet part per individual."""
+    """Rows expected == rows present, no duplicate, none lost: through the records and in the raw Parquet
+    files too (a part per individual, or a generation's parts folded into one file, never both)."""
     ids = list(population["individual_id"])
     assert len(ids) == len(set(ids)), f"duplicates: {pd.Series(ids)[pd.Series(ids).duplicated()].tolist()}"
     assert set(ids) == expected_ids, f"lost: {expected_ids - set(ids)}, extra: {set(ids) - expected_ids}"
-    parts = list((Path(run_dir) / "population").rglob("*.parquet"))
-    assert len(parts) == len(expected_ids)
+    stored = [i for p in (Path(run_dir) / "population").rglob("*.parquet") for i in _ids_in(p)]
+    assert sorted(stored) == sorted(expected_ids), "each individual's row in exactly one file"
     assert not list(Path(run_dir).rglob(".tmp-*")), "no temporary file may be left behind"
+
+
+def _ids_in(path: Path) -> list[str]:
+    import pyarrow.parquet as pq
+
+    return pq.read_table(path, columns=["individual_id"]).column(0).to_pylist()
 
 
 def expected_ids(offspring_per_generation: list[int]) -> set[str]:

@@ -54,8 +54,8 @@ def s3():
     server.stop()
 
 
-def _keys(client, prefix: str) -> list[str]:
-    pages = client.get_paginator("list_objects_v2").paginate(Bucket=BUCKET, Prefix=prefix)
+def _keys(client, prefix: str, bucket: str = BUCKET) -> list[str]:
+    pages = client.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix)
     return [item["Key"] for page in pages for item in page.get("Contents", [])]
 
 
@@ -263,3 +263,49 @@ def test_the_lease_is_renewed_and_fences_every_writer_once_taken_over(storage, s
             records.storage.write_bytes("population/x.parquet", b"late")
     assert not records.storage.exists("checkpoints/b.pt") and not records.storage.exists("population/x.parquet")
     assert read()["token"] == "new-driver", "the driver that lost the run leaves the new holder's lock alone"
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(300)
+def test_a_store_that_goes_away_mid_run_stops_it_clearly_and_it_resumes_without_loss_once_back(tmp_path):
+    """The S3 server stops mid-generation 2: the driver stops with one plain message (no hang, no
+    traceback), and once the server is back on the same address, `evopop resume` finishes the run with
+    every individual recorded once."""
+    server = moto_server.ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server.start()
+    host, port = server.get_host_and_port()
+    client = boto3.client("s3", endpoint_url=f"http://{host}:{port}", aws_access_key_id="testing",
+                          aws_secret_access_key="testing", region_name="us-east-1")  # fmt: skip
+    client.create_bucket(Bucket="vanishing")
+    run_dir = f"s3://testing:testing@vanishing/runs/v?endpoint_override={host}:{port}&scheme=http&region=us-east-1"
+    slow = ["task.name=user_tasks:flaky", "task.args={step_sleep: 0.05, train_size: 256, val_size: 64}"]
+    command = [sys.executable, "-m", "evopop", "run", TINY, *SMALL, *slow, "resources.executor=local"]
+    driver = subprocess.Popen([*command, "--run-dir", run_dir], cwd=ROOT / "tests", stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, text=True)  # fmt: skip
+    try:
+        deadline = time.monotonic() + 120
+        while not any("generation=2" in k for k in _keys(client, "runs/v/population/", "vanishing")):
+            assert driver.poll() is None and time.monotonic() < deadline, "the driver never reached generation 2"
+            time.sleep(0.2)
+        server.stop()  # the store is gone (its objects stay in this process's memory, as a real store's would)
+        out, err = driver.communicate(timeout=180)
+    finally:
+        if driver.poll() is None:
+            driver.kill()
+    assert driver.returncode == 1, out[-2000:] + err[-2000:]
+    assert "Traceback" not in err, err[-3000:]
+    assert "the run's storage failed" in err and "evopop resume" in err, err[-2000:]
+
+    server = moto_server.ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
+    server.start()  # back, on the same address
+    try:
+        lock = json.loads(client.get_object(Bucket="vanishing", Key="runs/v/.lock")["Body"].read())
+        assert lock["pid"] == driver.pid  # its driver could not remove it: dead on this host, it is taken over
+        resumed = subprocess.run([sys.executable, "-m", "evopop", "resume", run_dir], cwd=ROOT / "tests",
+                                 capture_output=True, text=True, timeout=240)  # fmt: skip
+        assert resumed.returncode == 0, resumed.stdout[-2000:] + resumed.stderr[-3000:]
+        population = RunRecords(run_dir).population()
+        assert sorted(population["individual_id"]) == sorted(["g1-0", "g2-0", "g2-1", "g3-0", "g3-1"])
+        assert population["status"].eq("ok").all()
+    finally:
+        server.stop()

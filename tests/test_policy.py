@@ -11,6 +11,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 import yaml
+from helpers import forget_record
 
 from evopop.analysis.diversity_hook import DiversityRecorder
 from evopop.api import evolution, evolve
@@ -43,7 +44,7 @@ class ScriptedExecutor:
         self.parents_seen: list[set[str]] = []
         self.started = self.stopped = 0
 
-    def start(self) -> None:
+    def start(self, fence_token: str | None = None) -> None:
         self.started += 1
 
     def run(self, specs: Sequence[Spec], load_parent: Callable[[str], ParentState]) -> Iterator[Result]:
@@ -163,7 +164,7 @@ def test_resume_develops_only_what_is_not_recorded(tmp_path):
     script = {"g2-0": 0.6, "g2-1": 0.9, "g2-2": 0.7}
     config, run_dir, _, _, run = scripted_run(tmp_path, script, "evolution.generations=2")
     first = run.run()
-    RunRecords(run_dir).storage.delete("population/generation=2/part-g2-2.parquet")
+    forget_record(run_dir, 2, "g2-2")
     again, hook = ScriptedExecutor(run_dir, script), Recorder()
     second = evolution(config, run_dir, executor=again, hooks=[hook]).run()
     assert again.calls == [[], ["g2-2"]]
@@ -228,7 +229,7 @@ def test_diversity_is_recorded_once_per_generation_and_never_fails_the_run(tmp_p
         records.storage.fs.get_file_info(records.storage.path("diversity/generation=2/part-0.parquet")).mtime == written
     )
     # a generation developed anew whose diversity cannot be written: a warning, and the run goes on
-    records.storage.delete("population/generation=2/part-g2-0.parquet")
+    forget_record(run_dir, 2, "g2-0")
     broken = [DiversityRecorder(config, Broken(run_dir), [METRIC])]
     with pytest.warns(UserWarning, match="diversity of generation 2 not recorded: OSError: disk full"):
         population = evolution(config, run_dir, executor=ScriptedExecutor(run_dir, {}), hooks=broken).run()

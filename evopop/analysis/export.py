@@ -65,7 +65,15 @@ def export_individual(run_dir: str, individual_id: str, out: str, fmt: str = "pt
             raise ExportError(f"{run_dir}: no evopop run here (config.yaml missing)")
         row = _recorded_row(records, individual_id)
         if not records.has_checkpoint(individual_id):
-            raise ExportError(f"{individual_id}: its checkpoint {records.checkpoint_path(individual_id)} is missing")
+            kept = load_config(yaml.safe_load(records.read_config())).storage
+            why = (
+                f" (storage.checkpoints: lineage kept the selected and the best {kept.keep_top} of each generation)"
+                if kept.checkpoints == "lineage"
+                else ""
+            )
+            raise ExportError(
+                f"{individual_id}: its checkpoint {records.checkpoint_path(individual_id)} is missing{why}"
+            )
         _check_output(out, run_dir)
         config = load_config(yaml.safe_load(records.read_config()))
         model, arch, example = _network(records, config)

@@ -21,6 +21,7 @@ from ..config import Config
 from ..records.run import RunRecords
 from ..records.schema import (
     FAILED,
+    OFFSPRING,
     STOPPED,
     IndividualRecord,
     PromotionRecord,
@@ -102,7 +103,22 @@ class EvolutionController:
             self.stop_on_infrastructure_failures(
                 generation, self.develop_and_record(generation, baselines, parents, baselines=True)
             )
+        self.records.consolidate(generation)  # decided: its records fold into one file per dataset
+        if self.config.storage.checkpoints == "lineage":
+            self.drop_checkpoints(generation)
         return selected
+
+    def drop_checkpoints(self, generation: int) -> None:
+        """Under ``storage.checkpoints: lineage``, delete the checkpoints of the decided generation's
+        offspring that no later step reads: neither selected (a parent, and an ancestor of all that
+        follows) nor among its best ``keep_top``. Their records, genome files and diversity stay."""
+        keep_top = self.config.storage.keep_top
+        ranks = self.records.ranks(generation)
+        for record in self.records.individuals(generation):
+            rank = ranks.get(record.individual_id)
+            kept = record.selected or (rank is not None and rank < keep_top)
+            if record.kind == OFFSPRING and record.checkpoint and not kept:
+                self.records.delete_checkpoint(record.individual_id)
 
     def adapted_factors(self, generation: int, ancestors: list[IndividualRecord]) -> dict[str, float] | None:
         """Ancestor id -> its offspring's C where ``evolution.environment.adapt`` is set, else None."""

@@ -6,6 +6,7 @@
     RUN_DIR/layers/generation=G/part-<individual_id>.parquet       per-layer counts
     RUN_DIR/selection/generation=G/part-0.parquet                  which individuals were selected
     RUN_DIR/rungs/generation=G/part-<id>-r<rung>.parquet           successive halving: each rung's result
+    RUN_DIR/{population,layers,rungs}/generation=G/part-all.parquet   the parts above, folded once G is decided
     RUN_DIR/promotion/generation=G/part-r<rung>.parquet            which offspring continued past a rung
     RUN_DIR/training/<individual_id>-r<rung>.pt                    training stopped at a rung, to continue
     RUN_DIR/diversity/generation=G/part-0.parquet                  pairwise diversity of the generation
@@ -18,8 +19,10 @@
     RUN_DIR/.lock                                                  held by the driving process
 
 A record is written only after its checkpoint (and genome file) is durable, and a part is named after its individual,
-so writing it twice (a retry after a crash) replaces it instead of doubling it. This module is the
-only one that knows these paths.
+so writing it twice (a retry after a crash) replaces it instead of doubling it. Once a generation is
+decided, its parts are folded into one file per dataset (`evopop.records.consolidation`): a
+generation then reads in one request, however many offspring it had. This module is the only one
+that knows these paths.
 """
 
 from __future__ import annotations
@@ -47,6 +50,7 @@ from .checkpoints import (
     NetworkCard,
     RungState,
 )
+from .consolidation import CONSOLIDATED, consolidate, files_to_read, parquet_bytes, unique_rows
 from .ids import check_individual_id, natural_key, natural_order
 from .locks import DEFAULT_LEASE_S, LeaseKeeper, TokenFence, lock_for
 from .schema import (
@@ -90,10 +94,8 @@ class RunMetadata:
     direction: str | None = None
 
 
-def parquet_bytes(table: pa.Table) -> bytes:
-    sink = io.BytesIO()
-    pq.write_table(table, sink)
-    return sink.getvalue()
+# the datasets written a part per individual, folded per generation once it is decided; their row keys
+FOLDED = {POPULATION: ("individual_id",), LAYERS: ("individual_id", "layer"), RUNGS: ("individual_id", "rung")}
 
 
 def _frame_table(frame: pd.DataFrame, schema: pa.Schema) -> pa.Table:
@@ -107,6 +109,9 @@ class RunRecords:
         first checks that the run's lock still holds it (`TokenFence`)."""
         self.storage = Storage(uri)
         self.uri = str(uri)
+        # the driver's reads of what it wrote itself: a generation's records are read once per decision
+        self._individuals: dict[int, list[IndividualRecord]] = {}
+        self._metadata: RunMetadata | None = None
         if fence_token is not None:
             self.storage.fence = TokenFence(Storage(uri), fence_token).check
 
@@ -178,6 +183,8 @@ class RunRecords:
         """Append one individual: its per-layer rows first, then the population row (the commit)."""
         individual_id = check_individual_id(record.individual_id)
         self._write_record(self._part(POPULATION, generation, individual_id), generation, record, layers, schema)
+        self._individuals.pop(int(generation), None)
+        self._metadata = None
 
     def write_rung(
         self, generation: int, record: IndividualRecord, layers: list[LayerRecord], schema: pa.Schema
@@ -205,6 +212,15 @@ class RunRecords:
     def write_selection(self, generation: int, rows: list[SelectionRecord]) -> None:
         table = pa.Table.from_pylist([dataclasses.asdict(r) for r in rows], schema=selection_schema())
         self.storage.write_bytes(self._part(SELECTION, generation), parquet_bytes(table))
+        self._individuals.pop(int(generation), None)
+
+    def consolidate(self, generation: int) -> int:
+        """Fold the generation's per-individual parts into one file per dataset (it is decided: nothing
+        rewrites them); returns how many parts were folded. Idempotent, and safe for concurrent readers."""
+        folded = 0
+        for dataset, keys in FOLDED.items():
+            folded += consolidate(self.storage, f"{dataset}/generation={int(generation)}", keys)
+        return folded
 
     # -- an early stop (evolution.stop) ------------------------------------------------------
     def write_stop(self, generation: int, reason: str) -> None:
@@ -237,12 +253,17 @@ class RunRecords:
 
     # -- reading -----------------------------------------------------------------------------
     def recorded_ids(self, generation: int | None = None) -> set[str]:
-        """Ids with a population record (cheap: file names, no Parquet reads)."""
+        """Ids with a population record (cheap: file names, and the id column of a folded generation)."""
         gens = [generation] if generation is not None else self.generations()
         ids = set()
         for g in gens:
-            for name in self.storage.list(f"{POPULATION}/generation={g}", ".parquet"):
-                ids.add(name[len("part-") : -len(".parquet")])
+            folder = f"{POPULATION}/generation={g}"
+            for name in self.storage.list(folder, ".parquet"):
+                if name == CONSOLIDATED:
+                    with self.storage.fs.open_input_file(self.storage.path(f"{folder}/{name}")) as f:
+                        ids |= set(pq.read_table(f, columns=["individual_id"]).column(0).to_pylist())
+                else:
+                    ids.add(name[len("part-") : -len(".parquet")])
         return ids
 
     def generations(self) -> list[int]:
@@ -253,18 +274,32 @@ class RunRecords:
         return sorted(int(g) for g in gens if g.isdigit())
 
     def _table(self, dataset: str, generation: int | None = None, schema: pa.Schema | None = None) -> pa.Table | None:
-        """One dataset (or one generation of it) as an Arrow table with an int32 ``generation`` column."""
+        """One dataset (or one generation of it) as an Arrow table with an int32 ``generation`` column;
+        one row per key of a folded dataset (a part left beside its folded file is read once)."""
+        for attempt in range(3):
+            try:
+                table = self._read_table(dataset, generation, schema)
+                break
+            except FileNotFoundError:  # a part folded and deleted between the listing and the read
+                if attempt == 2:
+                    raise
+        if table is None or dataset not in FOLDED:
+            return table
+        return unique_rows(table, ("generation", *FOLDED[dataset]))
+
+    def _read_table(self, dataset: str, generation: int | None, schema: pa.Schema | None) -> pa.Table | None:
         rel = dataset if generation is None else f"{dataset}/generation={int(generation)}"
-        if not self.storage.exists(rel):
+        files = files_to_read(self.storage, rel, FOLDED.get(dataset))
+        if not files:
             return None
         data = ds.dataset(
-            self.storage.path(rel),
+            files,
             schema=schema,
             format="parquet",
             filesystem=self.storage.fs,
             partitioning=ds.partitioning(PARTITIONING, flavor="hive") if generation is None else None,
+            partition_base_dir=self.storage.path(rel),
             exclude_invalid_files=True,
-            ignore_prefixes=[".tmp-", "."],
         )
         if not data.files:  # a folder whose first file is still being written (a concurrent reader)
             return None
@@ -304,7 +339,13 @@ class RunRecords:
         return df.sort_values(["generation", "individual_id"], key=natural_order).reset_index(drop=True)
 
     def individuals(self, generation: int) -> list[IndividualRecord]:
-        """One generation's records as typed values (read through Arrow: integers stay exact)."""
+        """One generation's records as typed values (read through Arrow: integers stay exact); read once
+        and kept until this object writes the generation's records or selection again."""
+        if int(generation) not in self._individuals:
+            self._individuals[int(generation)] = self._read_individuals(int(generation))
+        return list(self._individuals[int(generation)])
+
+    def _read_individuals(self, generation: int) -> list[IndividualRecord]:
         table = self._table(POPULATION, generation)
         if table is None:
             return []
@@ -315,6 +356,13 @@ class RunRecords:
             row["selected"] = _selected(decided.get((generation, row["individual_id"])), row.get("kind"))
             records.append(IndividualRecord.from_row(row, metric_columns))
         return sorted(records, key=lambda r: natural_key(r.individual_id))
+
+    def ranks(self, generation: int) -> dict[str, int | None]:
+        """Id -> rank (0 best; None: failed) of a decided generation's individuals."""
+        return {i: rank for (_, i), (_, rank) in self._decisions(generation).items()}
+
+    def delete_checkpoint(self, individual_id: str) -> None:
+        self.storage.delete(self.checkpoint_path(individual_id))
 
     def _decisions(self, generation: int | None = None) -> dict[tuple[int, str], tuple[bool, int | None]]:
         """(generation, id) -> (selected, rank) of every recorded selection (one generation's, or all)."""
@@ -327,15 +375,14 @@ class RunRecords:
 
     # -- successive halving ----------------------------------------------------------------------
     def rung_records(self, generation: int, rung: int) -> list[IndividualRecord]:
-        """The results of one rung of a generation, as typed values, in natural id order."""
-        rel = f"{RUNGS}/generation={int(generation)}"
-        suffix = f"-r{int(rung)}.parquet"
-        names = [n for n in self.storage.list(rel, ".parquet") if n.endswith(suffix)]
+        """The results of one rung of a generation, as typed values, in natural id order (the
+        generation's rung results in one read, however many files)."""
+        table = self._table(RUNGS, generation)
+        if table is None:
+            return []
         metric_columns = self.metadata().metric_columns
-        records = []
-        for name in names:
-            table = pq.read_table(io.BytesIO(self.storage.read_bytes(f"{rel}/{name}")))
-            records += [IndividualRecord.from_row(row, metric_columns) for row in table.to_pylist()]
+        rows = [row for row in table.to_pylist() if row.get("rung") == int(rung)]
+        records = [IndividualRecord.from_row(row, metric_columns) for row in rows]
         return sorted(records, key=lambda r: natural_key(r.individual_id))
 
     def rungs(self) -> pd.DataFrame:
@@ -393,7 +440,13 @@ class RunRecords:
         return self._frame(DIVERSITY_SUMMARY, fields=DIVERSITY_SUMMARY_FIELDS).sort_values("generation", kind="stable")
 
     def metadata(self) -> RunMetadata:
-        """Metric columns, layer names and selection metric, from the newest population file's metadata."""
+        """Metric columns, layer names and selection metric, from the newest population file's metadata
+        (read once, again after this object writes a record)."""
+        if self._metadata is None:
+            self._metadata = self._read_metadata()
+        return self._metadata
+
+    def _read_metadata(self) -> RunMetadata:
         for generation in reversed(self.generations()):
             rel = f"{POPULATION}/generation={generation}"
             for name in self.storage.list(rel, ".parquet"):

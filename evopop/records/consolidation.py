@@ -1,0 +1,101 @@
+"""One file per generation and dataset, once the generation is decided.
+
+While a generation is developed, every individual's rows are a file of their own
+(``part-<individual_id>.parquet``): written once, atomically, by whichever process finished it, and
+replaced whole by a retry. That is what makes records crash-safe and resumable, but at thousands of
+offspring it is thousands of objects a generation, each a storage request to list and to read.
+Once a generation is decided nothing rewrites its rows, so its parts are folded into one file,
+``part-all.parquet``, and then deleted:
+
+- the folded file is written atomically before any part is deleted, so a reader finds every row in
+  one or the other; a crash in between leaves parts whose rows are also in the folded file, and
+  readers keep one row per key (`unique_rows`), so no row is ever seen twice or not at all;
+- a part written after the fold (a baseline recorded later, a resumed run) is read beside it, and
+  folded in by the next consolidation;
+- the fold is idempotent: consolidating a consolidated generation lists it and does nothing else.
+"""
+
+from __future__ import annotations
+
+import io
+import posixpath
+from collections.abc import Sequence
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+from pyarrow.fs import FileSelector, FileType
+
+from .storage import Storage
+
+CONSOLIDATED = "part-all.parquet"
+
+
+def consolidate(storage: Storage, folder: str, keys: Sequence[str]) -> int:
+    """Fold the per-individual parts of ``folder`` (one generation of one dataset) into `CONSOLIDATED`,
+    one row per ``keys`` (a part's row over an older folded one); returns how many parts it folded."""
+    names = storage.list(folder, ".parquet")
+    parts = [name for name in names if name != CONSOLIDATED]
+    if not parts:
+        return 0
+    ordered = ([CONSOLIDATED] if CONSOLIDATED in names else []) + parts
+    tables = [pq.read_table(io.BytesIO(storage.read_bytes(posixpath.join(folder, name)))) for name in ordered]
+    table = unique_rows(concatenated(tables), keys, keep="last")
+    storage.write_bytes(posixpath.join(folder, CONSOLIDATED), parquet_bytes(table))
+    for name in parts:  # only once the folded file is durable
+        storage.delete(posixpath.join(folder, name))
+    return len(parts)
+
+
+def files_to_read(storage: Storage, folder: str, keys: Sequence[str] | None) -> list[str]:
+    """The Parquet files under ``folder`` (a dataset, or one generation of it) a reader reads, as full
+    paths, in one listing: in a generation folder holding a folded file, only the parts it does not
+    cover (``keys``: the dataset's row keys; a part's name says its individual). A part the fold covers
+    is never opened, so a fold deleting its parts meanwhile cannot fail the read."""
+    infos = storage.fs.get_file_info(FileSelector(storage.path(folder), recursive=True, allow_not_found=True))
+    by_folder: dict[str, list[str]] = {}
+    for info in infos:
+        if info.type == FileType.File and info.base_name.endswith(".parquet") and not info.base_name.startswith("."):
+            by_folder.setdefault(posixpath.dirname(info.path), []).append(info.base_name)
+    paths = []
+    for directory, names in sorted(by_folder.items()):
+        if keys and CONSOLIDATED in names and len(names) > 1:
+            names = [CONSOLIDATED, *sorted(set(names) - covered(storage, directory, keys) - {CONSOLIDATED})]
+        paths += [posixpath.join(directory, name) for name in sorted(names)]
+    return paths
+
+
+def covered(storage: Storage, directory: str, keys: Sequence[str]) -> set[str]:
+    """The part names whose rows the folded file of ``directory`` holds (``part-<id>.parquet``, or
+    ``part-<id>-r<rung>.parquet`` for a dataset keyed by rung too)."""
+    with storage.fs.open_input_file(posixpath.join(directory, CONSOLIDATED)) as f:
+        table = pq.read_table(f, columns=[k for k in keys if k in ("individual_id", "rung")])
+    ids = table.column("individual_id").to_pylist()
+    rungs = table.column("rung").to_pylist() if "rung" in table.column_names else [None] * len(ids)
+    return {f"part-{i}.parquet" if r is None else f"part-{i}-r{r}.parquet" for i, r in zip(ids, rungs)}
+
+
+def concatenated(tables: Sequence[pa.Table]) -> pa.Table:
+    """``tables`` as one, their columns unified (files of older schema versions lack later columns),
+    with the newest table's schema metadata (what the run's population files say of themselves)."""
+    table = pa.concat_tables(tables, promote_options="permissive")
+    return table.replace_schema_metadata(tables[-1].schema.metadata)
+
+
+def unique_rows(table: pa.Table, keys: Sequence[str], keep: str = "first") -> pa.Table:
+    """``table`` with one row per value of ``keys`` (the ``keep`` = "first" or "last" of each)."""
+    if not keys or len(table) == 0 or any(key not in table.column_names for key in keys):
+        return table
+    columns = [table.column(key).to_pylist() for key in keys]
+    chosen: dict[tuple, int] = {}
+    for index, key in enumerate(zip(*columns)):
+        if keep == "last" or key not in chosen:
+            chosen[key] = index
+    if len(chosen) == len(table):
+        return table
+    return table.take(pa.array(sorted(chosen.values()), pa.int64()))
+
+
+def parquet_bytes(table: pa.Table) -> bytes:
+    sink = io.BytesIO()
+    pq.write_table(table, sink)
+    return sink.getvalue()
