@@ -143,3 +143,34 @@ def test_lineage_retention_keeps_the_selected_and_the_best_and_export_says_why_o
     assert len(dropped) == 2 * 2, "generations 2 and 3: 4 offspring, the best 2 kept"
     with pytest.raises(ExportError, match="storage.checkpoints: lineage kept the selected and the best 2"):
         export_individual(run_dir, dropped[0], str(tmp_path / "x.pt2"))
+
+
+def test_the_driver_reads_each_generation_once_and_keeps_what_it_writes(tmp_path, monkeypatch):
+    """Selection, adaptation and baselines decide from the records the driver wrote, kept in memory:
+    a generation's population files are listed once (before it is developed), whatever its size; and
+    what the driver holds equals what a fresh reader reads from the files."""
+    from evopop.api import evolution
+    from evopop.config import load_config
+    from evopop.records import run as run_module
+
+    reads: list[str] = []
+    listing = run_module.files_to_read
+
+    def counted(storage, folder, keys):
+        reads.append(folder)
+        return listing(storage, folder, keys)
+
+    monkeypatch.setattr(run_module, "files_to_read", counted)
+    overrides = [
+        "resources.executor=local",
+        "evolution.offspring=4",
+        "baselines.enabled=true",
+        "baselines.kinds=[magnitude]",
+        "diversity.enabled=false",  # the diversity study reads each generation once more, aside
+    ]
+    run = evolution(load_config(CONFIGS / "tiny.yaml", overrides), str(tmp_path / "run"))
+    run.run()
+    per_generation = [folder for folder in reads if folder.startswith("population/generation=")]
+    assert sorted(per_generation) == ["population/generation=1", "population/generation=2", "population/generation=3"]
+    for generation in (1, 2, 3):
+        assert run.records.individuals(generation) == RunRecords(run.records.uri).individuals(generation)

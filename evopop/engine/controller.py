@@ -228,7 +228,7 @@ class EvolutionController:
         if interim:
             recorded, retry = self.rung_status(generation, rung)
         else:
-            recorded = self.records.recorded_ids(generation)
+            recorded = {r.individual_id for r in self.records.individuals(generation)}  # kept as it is written
             retry = self.retryable(generation, baselines) if recorded else {}
         pending = [s for s in specs if s.individual_id not in recorded or s.individual_id in retry]
         epochs = (specs[0].train_until or specs[0].epochs) if rung is not None and specs else None

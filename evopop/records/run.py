@@ -34,10 +34,11 @@ import os
 import posixpath
 from collections.abc import Iterable
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timezone
 from urllib.parse import urlsplit
 
+import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pyarrow.dataset as ds
@@ -182,9 +183,13 @@ class RunRecords:
     ) -> None:
         """Append one individual: its per-layer rows first, then the population row (the commit)."""
         individual_id = check_individual_id(record.individual_id)
+        record = _stamped(record)
         self._write_record(self._part(POPULATION, generation, individual_id), generation, record, layers, schema)
-        self._individuals.pop(int(generation), None)
-        self._metadata = None
+        known = self._individuals.get(int(generation))
+        if known is not None:  # kept as written: the decision reads its generation from memory, not N files
+            self._individuals[int(generation)] = _replaced(known, _as_read_back(record))
+        if self._metadata is None or not self._metadata.metric_columns:
+            self._metadata = None
 
     def write_rung(
         self, generation: int, record: IndividualRecord, layers: list[LayerRecord], schema: pa.Schema
@@ -200,8 +205,7 @@ class RunRecords:
         if layers:
             table = pa.Table.from_pylist([dataclasses.asdict(r) for r in layers], schema=layer_schema())
             self.storage.write_bytes(self._part(LAYERS, generation, record.individual_id), parquet_bytes(table))
-        row = record.row()
-        row["finished_at"] = row.get("finished_at") or datetime.now(timezone.utc)
+        row = _stamped(record).row()
         self.storage.write_bytes(part, parquet_bytes(pa.Table.from_pylist([row], schema=schema)))
 
     def write_promotion(self, generation: int, rung: int, rows: list[PromotionRecord]) -> None:
@@ -212,7 +216,14 @@ class RunRecords:
     def write_selection(self, generation: int, rows: list[SelectionRecord]) -> None:
         table = pa.Table.from_pylist([dataclasses.asdict(r) for r in rows], schema=selection_schema())
         self.storage.write_bytes(self._part(SELECTION, generation), parquet_bytes(table))
-        self._individuals.pop(int(generation), None)
+        known = self._individuals.get(int(generation))
+        if known is not None:
+            chosen = {row.individual_id: row.selected for row in rows}
+            self._individuals[int(generation)] = [
+                replace(r, selected=_selected((chosen[r.individual_id], None), r.kind) if r.individual_id in chosen
+                        else r.selected)
+                for r in known
+            ]  # fmt: skip
 
     def consolidate(self, generation: int) -> int:
         """Fold the generation's per-individual parts into one file per dataset (it is decided: nothing
@@ -339,8 +350,8 @@ class RunRecords:
         return df.sort_values(["generation", "individual_id"], key=natural_order).reset_index(drop=True)
 
     def individuals(self, generation: int) -> list[IndividualRecord]:
-        """One generation's records as typed values (read through Arrow: integers stay exact); read once
-        and kept until this object writes the generation's records or selection again."""
+        """One generation's records as typed values (read through Arrow: integers stay exact); read once,
+        then kept up to date with what this object writes (the driver writes every record of its run)."""
         if int(generation) not in self._individuals:
             self._individuals[int(generation)] = self._read_individuals(int(generation))
         return list(self._individuals[int(generation)])
@@ -524,3 +535,25 @@ def _selected(decision: tuple[bool, int | None] | None, kind: str | None) -> boo
     if is_baseline(kind):
         return False
     return None if decision is None else decision[0]
+
+
+def _as_read_back(record: IndividualRecord) -> IndividualRecord:
+    """``record`` as reading its file gives it: undecided, its layer fractions as float32 (their column's type)."""
+    fractions = record.layer_fractions
+    if fractions is not None:
+        fractions = tuple(float(f) for f in np.asarray(fractions, dtype=np.float32))
+    return replace(record, selected=_selected(None, record.kind), layer_fractions=fractions)
+
+
+def _stamped(record: IndividualRecord) -> IndividualRecord:
+    """``record`` with its ``finished_at`` (now, to the millisecond the files keep), unless it has one."""
+    if record.finished_at is not None:
+        return record
+    now = datetime.now(timezone.utc)
+    return replace(record, finished_at=now.replace(microsecond=now.microsecond // 1000 * 1000))
+
+
+def _replaced(records: list[IndividualRecord], record: IndividualRecord) -> list[IndividualRecord]:
+    """``records`` with ``record`` in place of the one of its id (or added), in natural id order."""
+    kept = [r for r in records if r.individual_id != record.individual_id]
+    return sorted([*kept, record], key=lambda r: natural_key(r.individual_id))
