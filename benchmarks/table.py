@@ -215,6 +215,43 @@ def masked_training(d: dict) -> list[Row]:
     ]
 
 
+def population(d: dict) -> list[Row]:
+    """Per N offspring a generation: the figures of the latest label (``after``, else ``before``), with
+    the ``before`` ones beside them where both were measured."""
+    labels = [label for label in ("before", "after") if label in d]
+    now, then = d[labels[-1]]["summary"], d["before"]["summary"] if "before" in d else {}
+    rows = []
+    sizes = sorted({int(k.rsplit("_", 1)[1]) for k in now if k.startswith("driver_cpu_ms_per_offspring_local_")})
+
+    def was(key: str, fmt: str) -> str:
+        return f"; before: {format(then[key], fmt)}" if labels[-1] != "before" and key in then else ""
+
+    for n in sizes:
+        key = f"driver_cpu_ms_per_offspring_local_{n}"
+        rows.append(
+            (
+                f"{labels[-1]}: driver CPU per offspring, {n:,} offspring a generation",
+                f"{now[key]:.2f} ms",
+                f"peak RSS {now[f'driver_peak_rss_mb_local_{n}']:.0f} MB, {now[f'files_per_generation_local_{n}']:,} "
+                f"files a generation, the run's table in {now[f'load_population_s_local_{n}']:.2f} s"
+                + was(key, ".2f")
+                + was(f"files_per_generation_local_{n}", ",")
+                + was(f"load_population_s_local_{n}", ".2f"),
+            )
+        )
+        requests = f"s3_requests_per_generation_s3_{n}"
+        if requests in now:
+            rows.append(
+                (
+                    f"{labels[-1]}: S3 requests a generation, {n:,} offspring (moto)",
+                    f"{now[requests]:,}",
+                    f"the run's table in {now[f'load_population_s_s3_{n}']:.2f} s" + was(requests, ",")
+                    + was(f"load_population_s_s3_{n}", ".2f"),
+                )
+            )  # fmt: skip
+    return rows
+
+
 def procedural_data(d: dict) -> list[Row]:
     return [
         (
@@ -290,6 +327,7 @@ HEADLINES: dict[str, Callable] = {
     "bench_halving": halving,
     "bench_images": images,
     "bench_masked_training": masked_training,
+    "bench_population": population,
     "bench_procedural_data": procedural_data,
     "bench_synthesis": synthesis,
     "bench_zoo": zoo,

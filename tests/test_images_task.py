@@ -38,7 +38,7 @@ def write_images(folder: Path, per_class: int, size: int = 24, seed: int = 0, cl
 def split_folder(tmp_path) -> Path:
     """root/train, root/val and root/test, each with a class folder per class."""
     root = tmp_path / "pets"
-    write_images(root / "train", 30, seed=1)
+    write_images(root / "train", 60, seed=1)  # 228 PNGs in all
     write_images(root / "val", 8, seed=2)
     write_images(root / "test", 6, seed=3)
     return root
@@ -62,7 +62,7 @@ def test_a_folder_with_train_val_and_test_splits(split_folder):
     (split_folder / "train" / "cat" / "README.txt").write_text("not an image")
     splits = image_folder_splits(split_folder)
     assert splits.classes == list(CLASSES)
-    assert (len(splits.train), len(splits.val), len(splits.test)) == (90, 24, 18)
+    assert (len(splits.train), len(splits.val), len(splits.test)) == (180, 24, 18)
     assert splits.skipped == [str(split_folder / "train" / "cat" / "README.txt")]
     assert splits.describe() == "3 classes: train 90, val 24, test 18 images; skipped 1 files that are not images"
     task = ImagesTask(str(split_folder), image_size=32)

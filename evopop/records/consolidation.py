@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import io
 import posixpath
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -30,15 +30,19 @@ from .storage import Storage
 CONSOLIDATED = "part-all.parquet"
 
 
-def consolidate(storage: Storage, folder: str, keys: Sequence[str]) -> int:
+def consolidate(storage: Storage, folder: str, keys: Sequence[str], known: Mapping[str, pa.Table] | None = None) -> int:
     """Fold the per-individual parts of ``folder`` (one generation of one dataset) into `CONSOLIDATED`,
-    one row per ``keys`` (a part's row over an older folded one); returns how many parts it folded."""
+    one row per ``keys`` (a part's row over an older folded one); returns how many parts it folded.
+    ``known``: part name -> its rows, for the parts this process wrote itself: those are not read back
+    (at thousands of offspring, reading back the one-row files would cost more than writing them)."""
+    known = known or {}
     names = storage.list(folder, ".parquet")
     parts = [name for name in names if name != CONSOLIDATED]
     if not parts:
         return 0
-    ordered = ([CONSOLIDATED] if CONSOLIDATED in names else []) + parts
-    tables = [pq.read_table(io.BytesIO(storage.read_bytes(posixpath.join(folder, name)))) for name in ordered]
+    unread = ([CONSOLIDATED] if CONSOLIDATED in names else []) + [name for name in parts if name not in known]
+    tables = [pq.read_table(io.BytesIO(storage.read_bytes(posixpath.join(folder, name)))) for name in unread]
+    tables += [known[name] for name in parts if name in known]
     table = unique_rows(concatenated(tables), keys, keep="last")
     storage.write_bytes(posixpath.join(folder, CONSOLIDATED), parquet_bytes(table))
     for name in parts:  # only once the folded file is durable

@@ -111,7 +111,9 @@ class RunRecords:
         self.storage = Storage(uri)
         self.uri = str(uri)
         # the driver's reads of what it wrote itself: a generation's records are read once per decision
-        self._individuals: dict[int, list[IndividualRecord]] = {}
+        self._individuals: dict[int, dict[str, IndividualRecord]] = {}  # generation -> id -> record
+        # the parts this object wrote, as tables, until their generation is folded (never read back)
+        self._written: dict[str, dict[str, pa.Table]] = {}  # folder -> part name -> its rows
         self._metadata: RunMetadata | None = None
         if fence_token is not None:
             self.storage.fence = TokenFence(Storage(uri), fence_token).check
@@ -187,7 +189,7 @@ class RunRecords:
         self._write_record(self._part(POPULATION, generation, individual_id), generation, record, layers, schema)
         known = self._individuals.get(int(generation))
         if known is not None:  # kept as written: the decision reads its generation from memory, not N files
-            self._individuals[int(generation)] = _replaced(known, _as_read_back(record))
+            known[record.individual_id] = _as_read_back(record)
         if self._metadata is None or not self._metadata.metric_columns:
             self._metadata = None
 
@@ -204,9 +206,14 @@ class RunRecords:
     ) -> None:
         if layers:
             table = pa.Table.from_pylist([dataclasses.asdict(r) for r in layers], schema=layer_schema())
-            self.storage.write_bytes(self._part(LAYERS, generation, record.individual_id), parquet_bytes(table))
+            self._write_part(self._part(LAYERS, generation, record.individual_id), table)
         row = _stamped(record).row()
-        self.storage.write_bytes(part, parquet_bytes(pa.Table.from_pylist([row], schema=schema)))
+        self._write_part(part, pa.Table.from_pylist([row], schema=schema))
+
+    def _write_part(self, part: str, table: pa.Table) -> None:
+        self.storage.write_bytes(part, parquet_bytes(table))
+        folder, name = posixpath.split(part)
+        self._written.setdefault(folder, {})[name] = table
 
     def write_promotion(self, generation: int, rung: int, rows: list[PromotionRecord]) -> None:
         """A rung's decision, in one file: written before it is acted on, it is what a resumed run replays."""
@@ -218,19 +225,18 @@ class RunRecords:
         self.storage.write_bytes(self._part(SELECTION, generation), parquet_bytes(table))
         known = self._individuals.get(int(generation))
         if known is not None:
-            chosen = {row.individual_id: row.selected for row in rows}
-            self._individuals[int(generation)] = [
-                replace(r, selected=_selected((chosen[r.individual_id], None), r.kind) if r.individual_id in chosen
-                        else r.selected)
-                for r in known
-            ]  # fmt: skip
+            for row in rows:
+                if row.individual_id in known:
+                    record = known[row.individual_id]
+                    known[row.individual_id] = replace(record, selected=_selected((row.selected, None), record.kind))
 
     def consolidate(self, generation: int) -> int:
         """Fold the generation's per-individual parts into one file per dataset (it is decided: nothing
         rewrites them); returns how many parts were folded. Idempotent, and safe for concurrent readers."""
         folded = 0
         for dataset, keys in FOLDED.items():
-            folded += consolidate(self.storage, f"{dataset}/generation={int(generation)}", keys)
+            folder = f"{dataset}/generation={int(generation)}"
+            folded += consolidate(self.storage, folder, keys, self._written.pop(folder, None))
         return folded
 
     # -- an early stop (evolution.stop) ------------------------------------------------------
@@ -353,8 +359,9 @@ class RunRecords:
         """One generation's records as typed values (read through Arrow: integers stay exact); read once,
         then kept up to date with what this object writes (the driver writes every record of its run)."""
         if int(generation) not in self._individuals:
-            self._individuals[int(generation)] = self._read_individuals(int(generation))
-        return list(self._individuals[int(generation)])
+            read = self._read_individuals(int(generation))
+            self._individuals[int(generation)] = {r.individual_id: r for r in read}
+        return sorted(self._individuals[int(generation)].values(), key=lambda r: natural_key(r.individual_id))
 
     def _read_individuals(self, generation: int) -> list[IndividualRecord]:
         table = self._table(POPULATION, generation)
@@ -551,9 +558,3 @@ def _stamped(record: IndividualRecord) -> IndividualRecord:
         return record
     now = datetime.now(timezone.utc)
     return replace(record, finished_at=now.replace(microsecond=now.microsecond // 1000 * 1000))
-
-
-def _replaced(records: list[IndividualRecord], record: IndividualRecord) -> list[IndividualRecord]:
-    """``records`` with ``record`` in place of the one of its id (or added), in natural id order."""
-    kept = [r for r in records if r.individual_id != record.individual_id]
-    return sorted([*kept, record], key=lambda r: natural_key(r.individual_id))

@@ -43,17 +43,39 @@ def alive_nodes() -> dict[str, str]:
 
 
 class NodeWatch:
-    """Says, in one plain line each, when a node is lost or joins: looked at when a trainer fails (a
-    lost node's trainers fail together), never polled. How soon Ray declares a silent node dead (power
-    lost, partitioned) is its health check's business: ``RAY_health_check_period_ms`` x
-    ``RAY_health_check_failure_threshold`` (+ ``RAY_health_check_timeout_ms``), set on ``ray start``
-    (the cluster's README and `evopop.cluster.LocalCluster` set it to about 10 s)."""
+    """Says, in one plain line each, when a node is lost or joins: looked at when a trainer starts or
+    fails, and every `SUSPECT_POLL_S` for `SUSPECT_S` after a failure (a trainer's connection breaks a
+    few seconds before Ray declares its node dead), never otherwise. How soon Ray declares a silent node
+    dead (power lost, partitioned) is its health check's business: ``RAY_health_check_period_ms`` x
+    ``RAY_health_check_failure_threshold`` (+ ``RAY_health_check_timeout_ms``), set on ``ray start``:
+    about 65 s with Ray's defaults, about 10 s as `evopop.local_cluster.LocalCluster` sets them."""
+
+    SUSPECT_S = 90.0
+    SUSPECT_POLL_S = 1.0
 
     def __init__(self, log: Log = print_line):
         self.log = log
         self.nodes = alive_nodes()
+        self.suspect_until = 0.0  # a trainer failed: look again now and then until then
+        self.looked = time.monotonic()
+
+    def suspect(self) -> None:
+        """A trainer failed: its node may be going; look now, and keep looking for a while."""
+        self.suspect_until = time.monotonic() + self.SUSPECT_S
+        self.look()
+
+    def next_look(self) -> float:
+        """When (monotonic) to look again; inf when nothing is suspected."""
+        if time.monotonic() > self.suspect_until:
+            return math.inf
+        return self.looked + self.SUSPECT_POLL_S
+
+    def look_if_due(self) -> None:
+        if time.monotonic() >= self.next_look():
+            self.look()
 
     def look(self) -> None:
+        self.looked = time.monotonic()
         now = alive_nodes()
         for node, address in self.nodes.items():
             if node not in now:

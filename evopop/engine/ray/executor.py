@@ -131,6 +131,8 @@ class RayExecutor:
             stalled = not running  # work waits, but no trainer has answered
             if stalled:
                 deadline = min(deadline, now + cluster.POLL_S)
+            if self._nodes is not None:
+                deadline = min(deadline, self._nodes.next_look())
             timeout = None if deadline == math.inf else max(0.0, deadline - now)
             done, _ = ray.wait(list(running) + list(self._starting), num_returns=1, timeout=timeout)
             for ref in done:
@@ -139,6 +141,8 @@ class RayExecutor:
                 else:
                     yield from self._finished(ref, running.pop(ref), queue)
             yield from self._time_out(running, queue)
+            if self._nodes is not None:
+                self._nodes.look_if_due()
             now = time.monotonic()
             if self._starting and queue and now - reported >= cluster.REPORT_EVERY_S:
                 ready = len(self.actors) - len(self._starting)
@@ -176,13 +180,15 @@ class RayExecutor:
         except RayError as exc:  # its process died before it answered (the task failed to build, node lost)
             self._discard(actor)
             if self._nodes is not None:
-                self._nodes.look()
+                self._nodes.suspect()
             if queue:  # charged to the next individual, as if the trainer had died running it: never a loop
                 job = queue.popleft()
                 job.attempts += 1
                 yield from self._retry(job, queue, f"trainer process could not start: {_first_line(exc)}")
             return
         self._idle.append(actor)
+        if self._nodes is not None:
+            self._nodes.look()  # a trainer placed: on a node that joined, perhaps
 
     def _finished(self, future, run: _Running, queue: deque) -> Iterator[Result]:
         try:
@@ -190,7 +196,7 @@ class RayExecutor:
         except RayActorError as exc:  # the process died: replace it, retry the individual
             self._discard(run.actor)
             if self._nodes is not None:
-                self._nodes.look()
+                self._nodes.suspect()
             yield from self._retry(run.job, queue, f"trainer process died: {_first_line(exc)}")
             return
         except RayTaskError as exc:  # raised outside the Developer's own handling (a parent that did not load)
