@@ -49,39 +49,44 @@ def write_folder(root: Path, classes: int, per_class: int, size: int) -> None:
             Image.fromarray(pixels).save(folder / f"{i:04d}.jpg", quality=90)
 
 
-def loader(dataset, batch: int, workers: int, seed: int) -> DataLoader:
+def loader(dataset, batch: int, workers: int, seed: int, pin: bool = False) -> DataLoader:
     return DataLoader(
         dataset,
         batch_size=batch,
         shuffle=True,
         num_workers=workers,
+        pin_memory=pin,
         persistent_workers=workers > 0,
         generator=torch.Generator().manual_seed(seed),
     )
 
 
-def bare_epoch(task: ImagesTask, root: str, batch: int, workers: int, seed: int) -> float:
-    """Images/s of one epoch of a plain loop over torchvision's ImageFolder with the task's transforms."""
+def bare_epoch(task: ImagesTask, root: str, batch: int, workers: int, seed: int, device: str = "cpu") -> float:
+    """Images/s of one epoch of a plain loop over torchvision's ImageFolder with the task's transforms (on a
+    GPU: pinned memory and non-blocking copies, as a careful bare loop does)."""
     torch.manual_seed(seed)
-    model = task.build_model()
+    model = task.build_model().to(device)
     optimizer = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9, weight_decay=5e-4)
-    data = loader(ImageFolder(root, transform=task.transforms.train()), batch, workers, seed)
+    data = loader(ImageFolder(root, transform=task.transforms.train()), batch, workers, seed, device != "cpu")
     model.train()
     start, seen = time.perf_counter(), 0
     for inputs, targets in data:
+        inputs, targets = inputs.to(device, non_blocking=True), targets.to(device, non_blocking=True)
         optimizer.zero_grad(set_to_none=True)
         F.cross_entropy(model(inputs), targets).backward()
         optimizer.step()
         seen += inputs.shape[0]
+    if device != "cpu":
+        torch.cuda.synchronize()
     return seen / (time.perf_counter() - start)
 
 
-def evopop_epoch(task: ImagesTask, masks: dict, batch: int, workers: int, seed: int) -> float:
+def evopop_epoch(task: ImagesTask, masks: dict, batch: int, workers: int, seed: int, device: str = "cpu") -> float:
     """Images/s of one epoch of evopop's training loop on the task's own data sets, as a run records it."""
     torch.manual_seed(seed)
     model = task.build_model()
     recipe = Recipe(epochs=1, batch_size=batch, lr=0.01, schedule="constant", num_workers=workers)
-    result = train_and_evaluate(model, _TrainOnly(task), recipe, seed, masks, torch.device("cpu"))
+    result = train_and_evaluate(model, _TrainOnly(task), recipe, seed, masks, torch.device(device))
     return result.samples_per_second
 
 
@@ -117,6 +122,7 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=32)
     parser.add_argument("--workers", type=int, default=2, help="DataLoader worker processes")
     parser.add_argument("--rounds", type=int, default=5, help="epochs per side (median reported)")
+    parser.add_argument("--device", default="cpu", help="cpu, or cuda: the GPU (then the data path is what is tested)")
     args = parser.parse_args()
     classes, per_class, rounds = (3, 16, 2) if args.quick else (args.classes, args.per_class, args.rounds)
     clock = RunClock()
@@ -130,14 +136,15 @@ def main() -> None:
         arch = trace_architecture(task.build_model(), task.example_input())
         masks = parameter_masks(arch, Genome.full(arch))  # every synapse alive: the masking's cost alone
         sides = {
-            "bare": lambda r: bare_epoch(task, root, args.batch, args.workers, r),
-            "evopop": lambda r: evopop_epoch(task, masks, args.batch, args.workers, r),
+            "bare": lambda r: bare_epoch(task, root, args.batch, args.workers, r, args.device),
+            "evopop": lambda r: evopop_epoch(task, masks, args.batch, args.workers, r, args.device),
             "data": lambda r: data_only_epoch(task, args.batch, args.workers, r),
         }
         rates = take_turns(sides, rounds, warmup=1)
     bare, evopop, data = (median(rates[side]) for side in ("bare", "evopop", "data"))
     summary = {
         "model": args.model,
+        "device": args.device,
         "images": len(task.train_set()),
         "image_size": args.image_size,
         "batch": args.batch,

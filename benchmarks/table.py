@@ -203,6 +203,53 @@ def images(d: dict) -> list[Row]:
     ]
 
 
+def images_on_gpu(d: dict) -> list[Row]:
+    rows = images(d)
+    return [(f"{figure} on {d['summary'].get('device', 'cuda')}", *rest) for figure, *rest in rows]
+
+
+def gpu_check(d: dict) -> list[Row]:
+    s, gpu = d["summary"], d.get("machine", {}).get("name", "GPU")
+    rows = []
+    for mode in ("fp32", "bf16"):
+        rows.append(
+            (
+                f"{gpu}: trainer images/s, {mode} (resnet18, 64 px, batch 128)",
+                f"{s[f'throughput_{mode}_evopop_images_per_s']:,.0f}/s",
+                f"{s[f'throughput_{mode}_evopop_vs_bare']:.3f}x a bare PyTorch loop; channels_last (no evopop option) "
+                f"would give {s[f'throughput_channels_last_gap_{mode}']:.2f}x",
+            )
+        )
+    for n in (2, 4):
+        rows.append(
+            (
+                f"{gpu}: {n} trainers packed on one GPU (gpus_per_trainer {1 / n:g})",
+                f"{s[f'packing_trainers_{n}_generation_speedup']:.2f}x",
+                f"generation wall time against 1 trainer ({s['packing_trainers_1_generation_s']:.2f} s -> "
+                f"{s[f'packing_trainers_{n}_generation_s']:.2f} s); peak memory "
+                f"{s[f'memory_trainers_{n}_peak_mib_max']:.0f} MiB per trainer",
+            )
+        )
+    for model in ("resnet18", "resnet50"):
+        rows.append(
+            (
+                f"{gpu}: compacted {model} (clusters 0.5) latency, batch 64, 224 px",
+                f"{s[f'compaction_{model}_compact_ms']:.2f} ms",
+                f"{s[f'compaction_{model}_speedup']:.2f}x the dense ({s[f'compaction_{model}_dense_ms']:.2f} ms); "
+                f"{s[f'compaction_{model}_macs_reduction']:.2f}x fewer MACs",
+            )
+        )
+    rows.append(
+        (
+            f"{gpu}: VGG16 offspring synthesis (budget C=0.5), weights on the GPU",
+            f"{s['synthesis_budget_gpu_s']:.2f} s",
+            f"{s['synthesis_budget_gpu_speedup']:.2f}x on the CPU ({s['synthesis_budget_cpu_s']:.2f} s); "
+            f"{s['synthesis_budget_decisions_differing']} synapse decisions differ",
+        )
+    )
+    return rows
+
+
 def masked_training(d: dict) -> list[Row]:
     return [
         (
@@ -326,6 +373,8 @@ HEADLINES: dict[str, Callable] = {
     "bench_engine": engine,
     "bench_halving": halving,
     "bench_images": images,
+    "bench_images_gpu": images_on_gpu,
+    "gpu_check": gpu_check,
     "bench_masked_training": masked_training,
     "bench_population": population,
     "bench_procedural_data": procedural_data,

@@ -77,21 +77,14 @@ def drawn_survival(config: Config) -> str:
     if not arch.layers:
         return ""
     evolution = config.evolution
-    with torch.random.fork_rng(devices=[]):
+    with torch.random.fork_rng(devices=[]):  # the run's own random state is left as it was
         torch.manual_seed(config.run.seed)
         model = task.build_model()
-    patterns = head_layers(task, arch) if evolution.protect_head else ()
-    synapses = with_frozen(schedule_of(evolution).at(2), patterns)
-    clusters = with_frozen(cluster_environment(evolution, 2), patterns)
-    genome = synthesize(
-        arch,
-        synaptic_weights(model, arch),
-        Genome.full(arch),
-        synapses,
-        config.run.seed,
-        evolution.normalizer,
-        clusters,
-    )
+        patterns = head_layers(task, arch) if evolution.protect_head else ()
+        synapses = with_frozen(schedule_of(evolution).at(2), patterns)
+        clusters = with_frozen(cluster_environment(evolution, 2), patterns)
+        weights = synaptic_weights(model, arch)
+        genome = synthesize(arch, weights, Genome.full(arch), synapses, config.run.seed, evolution.normalizer, clusters)
     kept = count(arch, genome)
     fewer = kept.dense_synapses / max(1, kept.synapses)
     scaled = "scale" in {env.mode for env in (synapses, clusters) if env is not None}
