@@ -353,9 +353,16 @@ class LocalCluster:
         node.signal(signal.SIGCONT)
         node.frozen = False
 
-    def node_id(self, name: str) -> str | None:
-        """Ray's id (hex) of node ``name`` as it runs now (what evopop records as ``node_id``)."""
-        return self._node(name).ray_node_id()
+    def node_id(self, name: str, timeout_s: float | None = None) -> str | None:
+        """Ray's id (hex) of node ``name`` as it runs now (what evopop records as ``node_id``), read from its
+        raylet's log: waited for (a loaded machine flushes that log after the node has registered)."""
+        node = self._node(name)
+        deadline = time.monotonic() + (self.timeout_s if timeout_s is None else timeout_s)
+        while True:
+            found = node.ray_node_id()
+            if found is not None or time.monotonic() > deadline:
+                return found
+            time.sleep(0.2)
 
     def node_of(self, pid: int) -> str | None:
         """The name of the worker node process ``pid`` runs on (None: none of them)."""

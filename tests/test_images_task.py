@@ -64,7 +64,7 @@ def test_a_folder_with_train_val_and_test_splits(split_folder):
     assert splits.classes == list(CLASSES)
     assert (len(splits.train), len(splits.val), len(splits.test)) == (180, 24, 18)
     assert splits.skipped == [str(split_folder / "train" / "cat" / "README.txt")]
-    assert splits.describe() == "3 classes: train 90, val 24, test 18 images; skipped 1 files that are not images"
+    assert splits.describe() == "3 classes: train 180, val 24, test 18 images; skipped 1 files that are not images"
     task = ImagesTask(str(split_folder), image_size=32)
     assert task.eval_set_names() == ["val", "test"] and task.num_classes == 3
     image, label = task.train_set()[0]
@@ -194,7 +194,7 @@ def test_a_torchvision_resnet_evolves_on_an_image_folder_on_ray(ray_cluster, spl
     assert len(population) == 3 and (population["status"] == "ok").all()
     for column in ("val_accuracy", "val_top5", "test_accuracy", "test_top5"):
         assert population[column].between(0, 1).all(), column
-    assert np.isfinite(population["val_loss"]).all() and (population["val_loss"] > 0).all()
+    assert np.isfinite(population["val_loss"]).all() and (population["val_loss"] >= 0).all()
     assert (population["val_top5"] == 1.0).all(), "three classes: the top five hold the right one"
     offspring = population[population["generation"] == 2]
     assert (offspring["synapses"] < population.loc[population["generation"] == 1, "synapses"].iloc[0]).all()
