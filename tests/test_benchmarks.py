@@ -191,3 +191,37 @@ def test_population_benchmark_quick_mode(tmp_path):
     block = result.stdout.split("\nsummary\n", 1)[1].splitlines()
     printed = dict(line.split(": ", 1) for line in block if ": " in line)
     assert set(before["summary"]) <= set(printed)
+
+
+@pytest.mark.slow
+def test_scheduling_benchmark_quick_mode(tmp_path):
+    """bench_scheduling runs a generation of offspring of very different sizes through the real engine at 1 and 4
+    trainers (identical and of different speeds), handed out as listed and longest first, and prints T1 / (n Tn)."""
+    import json
+
+    out = tmp_path / "scheduling.json"
+    result = subprocess.run(
+        benchmark("bench_scheduling", "--quick", "--json", str(out)),
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=400,
+    )
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-5000:]
+    figures = json.loads(out.read_text())
+    table = figures["tables"]["long"]
+    assert set(table) == {
+        "identical/1/longest_first",
+        "identical/4/as_listed",
+        "identical/4/longest_first",
+        "heterogeneous/4/as_listed",
+        "heterogeneous/4/longest_first",
+    }
+    assert table["identical/1/longest_first"]["efficiency"] == pytest.approx(1.0)
+    for row in table.values():
+        assert row["seconds"] > 0 and row["over_bound"] >= 0.9  # never faster than the simulated work allows
+    jobs = figures["runs"]["long"]["identical"]["1"]["longest_first"]
+    assert jobs["jobs"] == 8 and jobs["longest_s"] > 10 * jobs["shortest_s"]  # sizes that differ, as designed
+    block = result.stdout.split("\nsummary\n", 1)[1].splitlines()
+    printed = dict(line.split(": ", 1) for line in block if ": " in line)
+    assert set(figures["summary"]) <= set(printed)

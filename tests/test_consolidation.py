@@ -64,21 +64,33 @@ def test_a_part_written_after_the_fold_is_read_beside_it_and_folded_next_time(tm
     assert len(RunRecords(records.uri).population(2)) == 4
 
 
+def test_a_part_written_again_after_the_fold_replaces_its_folded_row_for_every_reader(tmp_path):
+    """A resumed run runs a failed baseline of a folded generation again: its new part is read, once,
+    over the folded row, before the next fold and after it."""
+    records = written(tmp_path, 3)
+    records.consolidate(2)
+    records.write_individual(2, record(1, accuracy=0.9), layer(1), SCHEMA)
+    for reader in (RunRecords(records.uri), records):
+        population = reader.population(2)
+        assert sorted(population["individual_id"]) == ["g2-0", "g2-1", "g2-2"]
+        assert population.set_index("individual_id").loc["g2-1", "val_accuracy"] == 0.9
+    assert {r.individual_id: r.metric("val_accuracy") for r in RunRecords(records.uri).individuals(2)}["g2-1"] == 0.9
+    assert records.consolidate(2) == 2 and files(records, "population") == [CONSOLIDATED]
+    assert RunRecords(records.uri).population(2).set_index("individual_id").loc["g2-1", "val_accuracy"] == 0.9
+
+
 def test_a_crash_between_the_fold_and_the_deletes_leaves_no_row_twice(tmp_path):
     records = written(tmp_path, 5)
     storage = records.storage
-    deletes = []
 
-    def crash(rel: str) -> None:
-        deletes.append(rel)
-        if len(deletes) == 3:
-            raise OSError("the driver died here")
-        type(storage).delete(storage, rel)
+    def crash(rels) -> None:  # two deleted, then the driver dies
+        type(storage).delete_many(storage, list(rels)[:2])
+        raise OSError("the driver died here")
 
-    storage.delete = crash
+    storage.delete_many = crash
     with pytest.raises(OSError, match="died"):
         consolidate(storage, "population/generation=2", ("individual_id",))
-    del storage.delete
+    del storage.delete_many
     fresh = RunRecords(records.uri)
     assert len(files(fresh, "population")) == 1 + 3, "the folded file and three parts left"
     population = fresh.population(2)

@@ -37,11 +37,18 @@ SMALL = ["evolution.generations=3", "evolution.offspring=2", "train.epochs=1", "
 
 
 @pytest.fixture(scope="module")
-def s3():
-    """(base URI of the bucket, boto3 client) of a moto S3 server on 127.0.0.1."""
+def moto():
+    """A moto S3 server on 127.0.0.1."""
     server = moto_server.ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
     server.start()
-    host, port = server.get_host_and_port()
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="module")
+def s3(moto):
+    """(base URI of the bucket, boto3 client) of the moto S3 server on 127.0.0.1."""
+    host, port = moto.get_host_and_port()
     client = boto3.client(
         "s3",
         endpoint_url=f"http://{host}:{port}",
@@ -50,8 +57,7 @@ def s3():
         region_name="us-east-1",
     )
     client.create_bucket(Bucket=BUCKET)
-    yield f"s3://testing:testing@{BUCKET}?endpoint_override={host}:{port}&scheme=http&region=us-east-1", client
-    server.stop()
+    return f"s3://testing:testing@{BUCKET}?endpoint_override={host}:{port}&scheme=http&region=us-east-1", client
 
 
 def _keys(client, prefix: str, bucket: str = BUCKET) -> list[str]:
@@ -309,3 +315,142 @@ def test_a_store_that_goes_away_mid_run_stops_it_clearly_and_it_resumes_without_
         assert population["status"].eq("ok").all()
     finally:
         server.stop()
+
+
+class _Requests:
+    """WSGI middleware around moto's app: the method of every request it serves."""
+
+    def __init__(self, app):
+        self.app, self.methods = app, []
+
+    def __call__(self, environ, start_response):
+        self.methods.append(environ["REQUEST_METHOD"])
+        return self.app(environ, start_response)
+
+
+def test_objects_on_s3_cost_one_request_a_write_and_a_read_and_deletes_go_by_the_batch(moto, s3, monkeypatch):
+    """Through boto3 (`evopop.records.s3`): a write is 1 PUT (pyarrow's multipart upload is 3 requests),
+    a read 1 GET (pyarrow's is 2), and deletes go by the batch (1,000 a request on S3, 10 here; pyarrow's
+    are 3 requests each); a missing object reads as FileNotFoundError and a fold leaves one file."""
+    import pyarrow as pa
+
+    from evopop.records import s3 as s3_objects
+    from evopop.records.consolidation import CONSOLIDATED, consolidate, parquet_bytes
+    from evopop.records.storage import Storage
+
+    monkeypatch.setattr(s3_objects, "DELETE_BATCH", 10)
+    base, client = s3
+    server = moto._server  # moto's werkzeug server (a private attribute)
+    counter = _Requests(server.app)
+    server.app = counter
+    try:
+        storage = Storage(join(base, "requests"))
+        storage.write_bytes("a/x.bin", b"x" * 1000)
+        storage.read_bytes("a/x.bin")
+        assert counter.methods == ["PUT", "GET"]
+        with pytest.raises(FileNotFoundError):
+            storage.read_bytes("a/missing.bin")
+        names = [f"d/k{i}.bin" for i in range(15)]
+        for name in names:
+            storage.write_bytes(name, b"")
+        counter.methods.clear()
+        storage.delete_many(names + ["d/never-written.bin"])
+        assert counter.methods == ["POST", "POST"]  # DeleteObjects, 10 keys each
+        assert _keys(client, "requests/d/") == []
+        for i in range(3):
+            storage.write_bytes(f"g/part-i{i}.parquet", parquet_bytes(pa.table({"individual_id": [f"i{i}"]})))
+        counter.methods.clear()
+        assert consolidate(storage, "g", ["individual_id"]) == 3
+        assert counter.methods.count("POST") == 1 and counter.methods.count("PUT") == 1  # one delete, one fold
+        assert _keys(client, "requests/g/") == [f"requests/g/{CONSOLIDATED}"]
+    finally:
+        server.app = counter.app
+
+
+@pytest.mark.parametrize("storage", ["local", "s3"])
+def test_a_driver_whose_renewals_hang_stops_writing_once_its_lease_runs_out(storage, s3, tmp_path, monkeypatch):
+    """The renewing thread is stuck (a store that hangs, a frozen process): the driver's own check reads
+    the clock, and its first write after the lease (less a margin) is refused, before another driver
+    could take the run over; its trainers refuse a lease that lapsed by their clock too."""
+    from evopop.records.locks import RunFencedError, TokenFence
+    from evopop.records.storage import Storage
+
+    run_dir, write, read = _lock_path(storage, s3[0], tmp_path, f"hang-{storage}")
+    records = RunRecords(run_dir)
+    stuck = __import__("threading").Event()
+    with records.lock(lease_s=2.0) as lease:
+        monkeypatch.setattr(lease.lock, "renew", lambda: stuck.wait(30) or True)
+        records.storage.write_bytes("population/a.parquet", b"ok")
+        time.sleep(2.0)
+        assert lease.lost is None, "the renewing thread has not noticed: it hangs"
+        with pytest.raises(RunFencedError, match="lease ran out"):
+            records.storage.write_bytes("population/b.parquet", b"late")
+        trainer = TokenFence(Storage(run_dir), lease.token)
+        with pytest.raises(RunFencedError, match="lapsed"):
+            trainer.check()
+        stuck.set()
+    assert not records.storage.exists("population/b.parquet")
+
+
+def test_a_driver_in_another_pid_namespace_of_the_same_host_is_not_judged_by_its_pid(tmp_path):
+    """Containers sharing a host name (``--network host``) do not share pids: a lock from another pid
+    namespace is a live lease to wait out, not a dead local pid to take over at once."""
+    from evopop.records.locks import PID_NAMESPACE, is_stale, same_pid_space
+
+    here = {"host": socket.gethostname(), "pid": 999_999_999, "token": "t", "lease_s": 60.0, "renewed": time.time()}
+    assert same_pid_space(here) and is_stale(here), "an old-style lock (no namespace): judged by its pid"
+    if PID_NAMESPACE is None:
+        pytest.skip("no /proc/self/ns/pid here")
+    other = {**here, "pidns": "pid:[4026531836-other]"}
+    assert not same_pid_space(other) and not is_stale(other), "another namespace: its lease decides"
+    assert is_stale({**other, "renewed": time.time() - 61}), "and once that lapses, it is stale"
+
+
+def test_the_s3_lock_is_where_pyarrow_and_the_trainers_look_for_it_and_survives_its_own_late_answer(s3):
+    """A run directory whose path needs decoding (a space): the lock's key is pyarrow's; and a renewal whose
+    request was retried after it had landed (a 412 against its own write) keeps the lock."""
+    from evopop.records.locks import TokenFence
+    from evopop.records.storage import Storage
+
+    base, client = s3
+    run_dir = join(base, "runs", "my%20run")
+    records = RunRecords(run_dir)
+    with records.lock(lease_s=30.0) as lease:
+        assert "runs/my run/.lock" in _keys(client, "runs/")
+        TokenFence(Storage(run_dir), lease.token).check()  # the trainers find it
+        lock = lease.lock
+        real_put = lock._put
+
+        def landed_then_refused(body, **condition):
+            real_put(body, **condition)  # it lands; the answer is lost, and the retry is refused
+            from evopop.records.locks import _PreconditionFailed
+
+            raise _PreconditionFailed("PreconditionFailed")
+
+        lock._put = landed_then_refused
+        assert lock.renew(), "its own renewal: still its lock"
+        lock._put = real_put
+        assert (
+            lock.renew()
+            and json.loads(client.get_object(Bucket=BUCKET, Key="runs/my run/.lock")["Body"].read())["token"]
+            == lease.token
+        )
+
+
+def test_deletes_fall_back_to_one_at_a_time_on_a_store_that_refuses_the_batch(s3, monkeypatch):
+    """Older MinIO and Ceph want a Content-MD5 header on DeleteObjects that boto3 no longer sends."""
+    from botocore.exceptions import ClientError
+
+    from evopop.records.storage import Storage
+
+    base, client = s3
+    storage = Storage(join(base, "refusing"))
+    for i in range(3):
+        storage.write_bytes(f"p/{i}.bin", b"x")
+    objects = storage._objects
+    refused = ClientError(
+        {"Error": {"Code": "MissingContentMD5", "Message": "Missing required header"}}, "DeleteObjects"
+    )
+    monkeypatch.setattr(objects.client, "delete_objects", lambda **kwargs: (_ for _ in ()).throw(refused))
+    storage.delete_many([f"p/{i}.bin" for i in range(3)])
+    assert _keys(client, "refusing/") == []

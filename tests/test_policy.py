@@ -312,3 +312,24 @@ def test_show_reads_the_records_alone_without_the_task_or_its_data(tmp_path, cap
     assert main(["show", run_dir]) == 0
     out = capsys.readouterr().out
     assert "followed lineage:" in out and "g2-1" in out and "0.9000" in out
+
+
+def test_jobs_are_handed_out_longest_expected_first_siblings_and_unknowns_in_their_listed_order():
+    """`longest_first`: a job's expected length is its parent's measured training seconds per epoch times
+    the epochs it trains; the longest go first, siblings keep their order, unmeasured parents go first."""
+    from evopop.engine.policy.order import expected_seconds, longest_first
+
+    def parent(individual_id, train_seconds, epochs=2):
+        return IndividualRecord(individual_id=individual_id, train_seconds=train_seconds, epochs=epochs)
+
+    def job(individual_id, parent_id, epochs=4, train_until=None):
+        return Spec(2, individual_id, parent_id, (parent_id, individual_id), 0, 1, 1, None, epochs,
+                    train_until=train_until)  # fmt: skip
+
+    parents = {"small": parent("small", 1.0), "large": parent("large", 30.0), "loaded": parent("loaded", 0.0, None)}
+    specs = [job("a0", "small"), job("a1", "small"), job("b0", "large"), job("b1", "large"), job("c0", "loaded")]
+    assert [s.individual_id for s in longest_first(specs, parents)] == ["c0", "b0", "b1", "a0", "a1"]
+    assert expected_seconds(specs[2], parents["large"]) == pytest.approx(30.0 / 2 * 4)
+    assert expected_seconds(job("r", "large", train_until=1), parents["large"]) == pytest.approx(15.0)
+    assert expected_seconds(specs[4], parents["loaded"]) is None and expected_seconds(specs[0], None) is None
+    assert longest_first([], parents) == []

@@ -12,7 +12,7 @@ must never fail the run it analyses: errors become warnings.
 from __future__ import annotations
 
 import warnings
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 
 from ..config import Config
 from ..engine.hooks import Batch, Hook
@@ -27,6 +27,7 @@ class DiversityRecorder(Hook):
         self._developed: set[int] = set()  # generations with offspring developed by this process
         self._probe: TaskProbe | None = None
         self._worker: ThreadPoolExecutor | None = None  # one generation at a time, in order
+        self._pending: dict[int, Future] = {}  # generation -> its diversity, being recorded in the background
         self._deferred: list[int] = []  # generations the background could not do: outputs to compute
 
     def batch_started(self, batch: Batch) -> None:
@@ -43,7 +44,14 @@ class DiversityRecorder(Hook):
         built = built_task(self.config.task.name, self.config.task.args, self.config.task.paths)
         if self._worker is None:
             self._worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="evopop-diversity")
-        self._worker.submit(self._record, generation, built, background=True)
+        self._pending[generation] = self._worker.submit(self._record, generation, built, background=True)
+
+    def releasing(self, generation: int) -> None:
+        """The generation's checkpoints are about to go: finish its diversity first, and what the
+        background could not do (outputs computed from checkpoints), in the driver's thread."""
+        for g in [g for g in self._pending if g <= generation]:
+            self._pending.pop(g).result()  # never raises: `_record` turns errors into warnings
+        self._record_deferred()
 
     def run_finished(self, completed: bool) -> None:
         """Wait for the generations' diversity still being recorded; a run stopped by an error or an
@@ -51,6 +59,7 @@ class DiversityRecorder(Hook):
         if self._worker is not None:
             self._worker.shutdown(wait=True, cancel_futures=not completed)
             self._worker = None
+        self._pending.clear()
         if completed:
             self._record_deferred()
 

@@ -37,6 +37,7 @@ from .jobs import PARENT_SEPARATOR, ParentState, Spec
 from .plan import Plan
 from .policy.adaptation import Adaptation
 from .policy.halving import promote
+from .policy.order import longest_first
 from .policy.selection import LatencyRule, select
 from .policy.specs import ROOT_ID, baseline_specs, offspring_specs, root_spec
 
@@ -79,6 +80,8 @@ class EvolutionController:
                     self.executor.shutdown()
                 finally:
                     self._notify("run_finished", completed)
+            if completed and self.config.storage.checkpoints == "lineage":
+                self.drop_checkpoints(generation)  # the hooks are done with the last generation
         return self.records.population()
 
     def generation(self, generation: int, ancestors: list[IndividualRecord]) -> list[IndividualRecord]:
@@ -104,21 +107,27 @@ class EvolutionController:
                 generation, self.develop_and_record(generation, baselines, parents, baselines=True)
             )
         self.records.consolidate(generation)  # decided: its records fold into one file per dataset
-        if self.config.storage.checkpoints == "lineage":
-            self.drop_checkpoints(generation)
+        if self.config.storage.checkpoints == "lineage" and generation > 1:
+            # a generation late: what still reads the previous generation's checkpoints in the background
+            # (its diversity study) has had a generation's time to finish
+            self.drop_checkpoints(generation - 1)
         return selected
 
     def drop_checkpoints(self, generation: int) -> None:
         """Under ``storage.checkpoints: lineage``, delete the checkpoints of the decided generation's
         offspring that no later step reads: neither selected (a parent, and an ancestor of all that
-        follows) nor among its best ``keep_top``. Their records, genome files and diversity stay."""
+        follows) nor among its best ``keep_top``. Their records, genome files and diversity stay.
+        The hooks first finish what reads them (`Hook.releasing`)."""
+        self._notify("releasing", generation)
         keep_top = self.config.storage.keep_top
         ranks = self.records.ranks(generation)
+        dropped = []
         for record in self.records.individuals(generation):
             rank = ranks.get(record.individual_id)
             kept = record.selected or (rank is not None and rank < keep_top)
             if record.kind == OFFSPRING and record.checkpoint and not kept:
-                self.records.delete_checkpoint(record.individual_id)
+                dropped.append(record.individual_id)
+        self.records.delete_checkpoints(dropped)
 
     def adapted_factors(self, generation: int, ancestors: list[IndividualRecord]) -> dict[str, float] | None:
         """Ancestor id -> its offspring's C where ``evolution.environment.adapt`` is set, else None."""
@@ -237,7 +246,7 @@ class EvolutionController:
         self._notify("batch_started", batch)
         parent_of = {p.individual_id: p for p in parents}
         infrastructure_failed = []
-        for result in self.executor.run(pending, self._load_parent):
+        for result in self.executor.run(longest_first(pending, parent_of), self._load_parent):
             spec = result.spec
             earlier = retry.get(spec.individual_id, 0)
             record = result.record(

@@ -64,6 +64,10 @@ class Hook:
     def stopped(self, generation: int, reason: str) -> None:
         """``evolution.stop`` ends the run after ``generation`` (its selection is recorded)."""
 
+    def releasing(self, generation: int) -> None:
+        """The decided ``generation``'s checkpoints that no later step reads are about to be deleted
+        (``storage.checkpoints: lineage``): a hook still reading them finishes here."""
+
     def run_finished(self, completed: bool) -> None:
         """A hook that works in the background finishes here (the run's lock is still held);
         ``completed``: every generation ran, rather than the run stopping on an error or interrupt."""

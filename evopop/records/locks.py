@@ -40,8 +40,9 @@ import threading
 import time
 import uuid
 from datetime import datetime, timezone
-from urllib.parse import parse_qs, unquote, urlsplit
+from urllib.parse import urlsplit
 
+from .s3 import client_for
 from .storage import Storage
 
 TAKEOVER_GUARD_STALE_S = 60.0  # a take-over guard older than this was left by a driver that died in it
@@ -69,10 +70,45 @@ def holder_text(holder: dict, where: str) -> str:
     )
 
 
+def _read_text(path: str) -> str | None:
+    try:
+        with open(path) as f:
+            return f.read().strip()
+    except OSError:
+        return None
+
+
+def _pid_namespace() -> str | None:
+    try:
+        return os.readlink("/proc/self/ns/pid")
+    except OSError:
+        return None
+
+
+# what makes a pid on "this host" the same process space as ours: containers sharing a host name
+# (``--network host``) do not share pids, and a rebooted host reuses them
+BOOT_ID = _read_text("/proc/sys/kernel/random/boot_id")
+PID_NAMESPACE = _pid_namespace()
+
+
+def same_pid_space(holder: dict) -> bool:
+    """Whether ``holder``'s pid can be looked up here: the same host name, and (where the lock says)
+    the same boot and pid namespace."""
+    if holder.get("host") != socket.gethostname():
+        return False
+    for key, ours in (("boot", BOOT_ID), ("pidns", PID_NAMESPACE)):
+        theirs = holder.get(key)
+        if theirs is not None and ours is not None and theirs != ours:
+            return False
+    return True
+
+
 def new_claim(lease_s: float = DEFAULT_LEASE_S) -> dict:
     """What a driver writes into the lock: who it is, a token no other driver has, and its lease."""
     return {
         "host": socket.gethostname(),
+        "boot": BOOT_ID,
+        "pidns": PID_NAMESPACE,
         "pid": os.getpid(),
         "since": datetime.now(timezone.utc).isoformat(),
         "token": uuid.uuid4().hex,
@@ -95,7 +131,7 @@ def lease_left(holder: dict) -> float | None:
 
 def is_stale(holder: dict) -> bool:
     """A lock left by a driver that died on this host, or whose lease lapsed (its driver, anywhere, gone)."""
-    if holder.get("host") == socket.gethostname() and not pid_alive(holder.get("pid")):
+    if same_pid_space(holder) and not pid_alive(holder.get("pid")):
         return True
     left = lease_left(holder)
     return left is not None and left < 0
@@ -109,29 +145,47 @@ def stale_holder(found: tuple[dict | None, object], read, uri: str, where: str) 
     if holder is None or is_stale(holder):
         return found
     left = lease_left(holder)
-    alive_here = holder.get("host") == socket.gethostname() and pid_alive(holder.get("pid"))
+    alive_here = same_pid_space(holder) and pid_alive(holder.get("pid"))
     if alive_here or left is None:
         raise RunLockedError(f"{uri} {holder_text(holder, where)}")
+    wait = min(left, float(holder["lease_s"]))  # a holder whose clock runs ahead is not waited for beyond a lease
     print(
-        f"{uri}: its lock is held by pid {holder.get('pid')} on {holder.get('host')}; waiting {left:.0f} s "
+        f"{uri}: its lock is held by pid {holder.get('pid')} on {holder.get('host')}; waiting {wait:.0f} s "
         "for its lease to lapse (it does if that driver is gone)",
         flush=True,
     )
-    time.sleep(left + 0.5)
+    time.sleep(wait + 0.5)
     again = read()
     if again[0] is None or (again[0] == holder and is_stale(again[0])):
         return again
     raise RunLockedError(f"{uri} {holder_text(again[0], where)}")
 
 
+def boot_clock() -> float:
+    """Seconds on a clock that runs through a suspended machine (CLOCK_BOOTTIME; monotonic elsewhere):
+    a lease lapses while its holder is frozen or suspended too."""
+    try:
+        return time.clock_gettime(time.CLOCK_BOOTTIME)
+    except (AttributeError, OSError):
+        return time.monotonic()
+
+
+class NotRenewed(RuntimeError):
+    """A renewal that did not happen this time (a take-over under way decides who holds the lock)."""
+
+
 class LeaseKeeper:
     """Renews a held lock every quarter of its lease, in a daemon thread; `check` raises
-    `RunFencedError` once the lock is lost: taken over by another driver, or not renewed for a whole
-    lease (the storage unreachable), after which another driver may take it."""
+    `RunFencedError` once the lock is lost (taken over by another driver) or its lease ran out: no
+    renewal that started less than a lease ago (less a margin) succeeded, so another driver may take
+    it now. `check` reads the clock itself, so a driver that was frozen, or whose renewals hang,
+    stops at its next write, whether or not the renewing thread has noticed yet."""
 
     def __init__(self, lock, lease_s: float):
         self.lock, self.lease_s = lock, float(lease_s)
+        self.margin = min(5.0, self.lease_s / 10)  # the time a write takes to land, and the hosts' clocks' skew
         self.lost: str | None = None
+        self.valid_until = boot_clock() + self.lease_s  # the lock was taken a moment ago
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._renew_until_stopped, name="evopop-lease", daemon=True)
 
@@ -148,19 +202,21 @@ class LeaseKeeper:
         self._thread.join(timeout=self.lease_s)
 
     def check(self) -> None:
+        if not self.lost and boot_clock() > self.valid_until - self.margin:
+            self.lost = f"its lease ran out: not renewed for {self.lease_s:g} s (storage.lock_lease_s)"
         if self.lost:
             raise RunFencedError(f"{self.lock.uri}: this driver no longer holds the run ({self.lost}); it stops")
 
     def _renew_until_stopped(self) -> None:
-        last = time.monotonic()
         while not self._stop.wait(self.lease_s / 4):
+            started = boot_clock()  # the lease runs from before the write: the lock may land at once
             try:
                 if not self.lock.renew():
                     self.lost = "another driver took its lock over"
                     return
-                last = time.monotonic()
+                self.valid_until = started + self.lease_s
             except Exception as exc:  # the storage unreachable: retried until the lease is spent
-                if time.monotonic() - last > self.lease_s:
+                if boot_clock() > self.valid_until:
                     self.lost = f"its lock could not be renewed for {self.lease_s:g} s: {type(exc).__name__}: {exc}"
                     return
 
@@ -183,6 +239,12 @@ class TokenFence:
                 f"{self.storage.uri}: the driver this trainer works for no longer holds the run (now: {now}); "
                 "nothing written"
             )
+        left = lease_left(holder)
+        if left is not None and left < 0:  # its driver is gone: another may take the run over at any moment
+            raise RunFencedError(
+                f"{self.storage.uri}: the lease of the driver this trainer works for lapsed {-left:.0f} s ago; "
+                "nothing written"
+            )
 
 
 def pid_alive(pid) -> bool:
@@ -202,7 +264,7 @@ def lock_for(storage: Storage, uri: str, lease_s: float = DEFAULT_LEASE_S):
     if storage.is_local:
         return LocalLock(storage.path(".lock"), uri, lease_s)
     if urlsplit(uri).scheme == "s3":
-        return S3Lock(uri, lease_s)
+        return S3Lock(storage, uri, lease_s)
     return LeaseLock(storage, uri, lease_s)
 
 
@@ -232,8 +294,8 @@ class LocalLock:
         if self.claim is None:
             return False
         with self._guarded(self.claim, "renew") as held:
-            if not held:
-                return True  # a take-over is under way: the next renewal sees who won
+            if not held:  # a take-over is under way: the next renewal sees who won
+                raise NotRenewed(f"{self.path}: another driver is taking it over")
             if _read_json_file(self.path).get("token") != self.claim["token"]:
                 return False
             self.claim = renewed(self.claim)
@@ -287,9 +349,11 @@ class LocalLock:
 class S3Lock:
     """Conditional writes: S3 (since 2024) and S3-compatible stores that implement them."""
 
-    def __init__(self, uri: str, lease_s: float = DEFAULT_LEASE_S):
+    def __init__(self, storage: Storage, uri: str, lease_s: float = DEFAULT_LEASE_S):
         self.uri, self.lease_s = uri, lease_s
-        self.client, self.bucket, self.key = _s3_client(uri)
+        self.client = _s3_client(uri)
+        # where pyarrow, and so every reader and every trainer's fence, finds it (percent-decoded, as given)
+        self.bucket, _, self.key = storage.path(".lock").partition("/")
         self.etag: str | None = None
         self.token: str | None = None
         self.claim: dict | None = None
@@ -299,15 +363,17 @@ class S3Lock:
         body = json.dumps(claim).encode()
         try:
             self.etag = self._put(body, IfNoneMatch="*")
-        except self._precondition_failed:
-            holder, etag = stale_holder(self._read(), self._read, self.uri, self._where)
-            if holder is None:  # released in between: try once more, as a fresh create
-                self.etag = self._put(body, IfNoneMatch="*")
+        except _PreconditionFailed:
+            found = self._read()
+            if (found[0] or {}).get("token") == claim["token"]:  # our own write, answered late (a retried request)
+                self.etag = found[1]
             else:
+                holder, etag = stale_holder(found, self._read, self.uri, self._where)
                 try:
-                    self.etag = self._put(body, IfMatch=etag)  # only if it is still the stale lock
-                except self._precondition_failed:
-                    raise RunLockedError(f"{self.uri}: another driver took over its stale lock") from None
+                    # released in between: a fresh create; else only if it is still the stale lock
+                    self.etag = self._put(body, IfNoneMatch="*") if holder is None else self._put(body, IfMatch=etag)
+                except _PreconditionFailed:
+                    raise RunLockedError(f"{self.uri}: another driver took the run at the same moment") from None
         self.token, self.claim = claim["token"], claim
 
     def renew(self) -> bool:
@@ -317,8 +383,11 @@ class S3Lock:
         claim = renewed(self.claim)
         try:
             self.etag = self._put(json.dumps(claim).encode(), IfMatch=self.etag)
-        except self._precondition_failed:
-            return False
+        except _PreconditionFailed:
+            holder, etag = self._read()
+            if holder != claim:  # another driver's now
+                return False
+            self.etag = etag  # our own renewal, answered late (its request retried after it had landed)
         self.claim = claim
         return True
 
@@ -335,25 +404,35 @@ class S3Lock:
     def _where(self) -> str:
         return f"s3://{self.bucket}/{self.key}"
 
-    @property
-    def _precondition_failed(self):
-        return self.client.exceptions.ClientError
-
     def _put(self, body: bytes, **condition) -> str:
+        from botocore.exceptions import BotoCoreError, ClientError
+
         try:
             return self.client.put_object(Bucket=self.bucket, Key=self.key, Body=body, **condition)["ETag"]
-        except self.client.exceptions.ClientError as exc:
+        except ClientError as exc:
             code = exc.response.get("Error", {}).get("Code", "")
-            if code in ("PreconditionFailed", "ConditionalRequestConflict"):
-                raise
+            if code in ("PreconditionFailed", "ConditionalRequestConflict", "412"):
+                raise _PreconditionFailed(code) from None
+            raise OSError(f"cannot write the run lock {self._where}: {exc}") from None
+        except BotoCoreError as exc:  # no connection, no credentials
             raise OSError(f"cannot write the run lock {self._where}: {exc}") from None
 
     def _read(self) -> tuple[dict | None, str | None]:
+        from botocore.exceptions import BotoCoreError, ClientError
+
         try:
             got = self.client.get_object(Bucket=self.bucket, Key=self.key)
-        except self.client.exceptions.NoSuchKey:
-            return None, None
-        return _parse(got["Body"].read()), got["ETag"]
+            return _parse(got["Body"].read()), got["ETag"]
+        except ClientError as exc:
+            if exc.response.get("Error", {}).get("Code", "") in ("NoSuchKey", "404", "NotFound"):
+                return None, None
+            raise OSError(f"cannot read the run lock {self._where}: {exc}") from None
+        except BotoCoreError as exc:
+            raise OSError(f"cannot read the run lock {self._where}: {exc}") from None
+
+
+class _PreconditionFailed(Exception):
+    """A conditional write of the S3 lock refused: the lock is not what the write assumed."""
 
 
 class LeaseLock:
@@ -393,28 +472,13 @@ class LeaseLock:
 
 
 def _s3_client(uri: str):
-    """A boto3 client for the bucket of ``uri``, configured as pyarrow reads the same URI."""
+    """A boto3 client for ``uri``, configured as pyarrow reads it."""
     try:
-        import boto3
+        return client_for(uri)
     except ImportError:
         raise RunLockedError(
             f"{uri}: the run lock on S3 needs boto3 (pip install 'evopop[s3]'), which is not installed"
         ) from None
-    parts = urlsplit(uri)
-    query = {k: v[-1] for k, v in parse_qs(parts.query).items()}
-    endpoint = query.get("endpoint_override")
-    if endpoint and "://" not in endpoint:
-        endpoint = f"{query.get('scheme', 'https')}://{endpoint}"
-    credentials = {}
-    if parts.username:  # s3://KEY:SECRET@bucket/..., as pyarrow reads it
-        credentials = {
-            "aws_access_key_id": unquote(parts.username),
-            "aws_secret_access_key": unquote(parts.password or ""),
-        }
-    endpoint = endpoint or os.environ.get("AWS_ENDPOINT_URL")
-    client = boto3.client("s3", endpoint_url=endpoint, region_name=query.get("region"), **credentials)
-    key = "/".join(p for p in (parts.path.strip("/"), ".lock") if p)
-    return client, parts.hostname, key
 
 
 def _parse(data: bytes) -> dict:

@@ -51,7 +51,7 @@ from .checkpoints import (
     NetworkCard,
     RungState,
 )
-from .consolidation import CONSOLIDATED, consolidate, files_to_read, parquet_bytes, unique_rows
+from .consolidation import CONSOLIDATED, Written, consolidate, files_to_read, parquet_bytes, unique_rows
 from .ids import check_individual_id, natural_key, natural_order
 from .locks import DEFAULT_LEASE_S, LeaseKeeper, TokenFence, lock_for
 from .schema import (
@@ -113,7 +113,7 @@ class RunRecords:
         # the driver's reads of what it wrote itself: a generation's records are read once per decision
         self._individuals: dict[int, dict[str, IndividualRecord]] = {}  # generation -> id -> record
         # the parts this object wrote, as tables, until their generation is folded (never read back)
-        self._written: dict[str, dict[str, pa.Table]] = {}  # folder -> part name -> its rows
+        self._written: dict[str, Written] = {}  # folder -> the rows of each part written there
         self._metadata: RunMetadata | None = None
         if fence_token is not None:
             self.storage.fence = TokenFence(Storage(uri), fence_token).check
@@ -205,15 +205,14 @@ class RunRecords:
         self, part: str, generation: int, record: IndividualRecord, layers: list[LayerRecord], schema: pa.Schema
     ) -> None:
         if layers:
-            table = pa.Table.from_pylist([dataclasses.asdict(r) for r in layers], schema=layer_schema())
-            self._write_part(self._part(LAYERS, generation, record.individual_id), table)
-        row = _stamped(record).row()
-        self._write_part(part, pa.Table.from_pylist([row], schema=schema))
+            rows = [dataclasses.asdict(r) for r in layers]
+            self._write_part(self._part(LAYERS, generation, record.individual_id), rows, layer_schema())
+        self._write_part(part, [_stamped(record).row()], schema)
 
-    def _write_part(self, part: str, table: pa.Table) -> None:
-        self.storage.write_bytes(part, parquet_bytes(table))
+    def _write_part(self, part: str, rows: list[dict], schema: pa.Schema) -> None:
+        self.storage.write_bytes(part, parquet_bytes(pa.Table.from_pylist(rows, schema=schema)))
         folder, name = posixpath.split(part)
-        self._written.setdefault(folder, {})[name] = table
+        self._written.setdefault(folder, Written(schema)).rows[name] = rows
 
     def write_promotion(self, generation: int, rung: int, rows: list[PromotionRecord]) -> None:
         """A rung's decision, in one file: written before it is acted on, it is what a resumed run replays."""
@@ -237,6 +236,11 @@ class RunRecords:
         for dataset, keys in FOLDED.items():
             folder = f"{dataset}/generation={int(generation)}"
             folded += consolidate(self.storage, folder, keys, self._written.pop(folder, None))
+        # the driver's memory stays flat over a run: the generations the next decisions read (this one, its
+        # parents', the root's) stay in memory; an older one is read again from its folded file if asked for
+        kept = {1, int(generation) - 1, int(generation)}
+        for old in [g for g in self._individuals if g not in kept]:
+            del self._individuals[old]
         return folded
 
     # -- an early stop (evolution.stop) ------------------------------------------------------
@@ -302,7 +306,7 @@ class RunRecords:
                     raise
         if table is None or dataset not in FOLDED:
             return table
-        return unique_rows(table, ("generation", *FOLDED[dataset]))
+        return unique_rows(table, ("generation", *FOLDED[dataset]), keep="last")  # a part read after its fold wins
 
     def _read_table(self, dataset: str, generation: int | None, schema: pa.Schema | None) -> pa.Table | None:
         rel = dataset if generation is None else f"{dataset}/generation={int(generation)}"
@@ -379,8 +383,9 @@ class RunRecords:
         """Id -> rank (0 best; None: failed) of a decided generation's individuals."""
         return {i: rank for (_, i), (_, rank) in self._decisions(generation).items()}
 
-    def delete_checkpoint(self, individual_id: str) -> None:
-        self.storage.delete(self.checkpoint_path(individual_id))
+    def delete_checkpoints(self, individual_ids: Iterable[str]) -> None:
+        """Remove these individuals' checkpoints (those that exist), in as few requests as the storage allows."""
+        self.storage.delete_many(self.checkpoint_path(i) for i in individual_ids)
 
     def _decisions(self, generation: int | None = None) -> dict[tuple[int, str], tuple[bool, int | None]]:
         """(generation, id) -> (selected, rank) of every recorded selection (one generation's, or all)."""
@@ -438,13 +443,11 @@ class RunRecords:
         generation is decided: none continues)."""
         ids = [check_individual_id(i) for i in individual_ids]
         if rung is not None:
-            for individual_id in ids:
-                self.storage.delete(self.training_state_path(individual_id, rung))  # a no-op where absent
+            self.storage.delete_many(self.training_state_path(i, rung) for i in ids)  # a no-op where absent
             return
         prefixes = tuple(f"{i}-r" for i in ids)
-        for name in self.storage.list(TRAINING, ".pt"):
-            if name.startswith(prefixes):
-                self.storage.delete(f"{TRAINING}/{name}")
+        names = [name for name in self.storage.list(TRAINING, ".pt") if name.startswith(prefixes)]
+        self.storage.delete_many(f"{TRAINING}/{name}" for name in names)
 
     def diversity_pairs(self) -> pd.DataFrame:
         """Every recorded pair of every generation (typed, empty if none)."""

@@ -112,18 +112,7 @@ class RayExecutor:
         running: dict = {}  # future -> _Running
         reported = time.monotonic()  # the last line on trainers not ready
         while queue or running:
-            while queue and len(self.actors) < r.trainers:  # replace the trainers lost, now that work waits
-                self._launch()
-            passed_over = []  # idle trainers whose every waiting job last failed on them
-            while queue and self._idle:
-                actor = self._idle.pop()
-                job = self._next_job(actor, queue)
-                if job is None:
-                    passed_over.append(actor)
-                    continue
-                job.attempts += 1
-                running[actor.develop.remote(job.spec, job.parent.ref())] = _Running(actor, job, time.monotonic())
-            self._idle.extend(passed_over)
+            self._hand_out(queue, running)
             now = time.monotonic()
             deadline = min((run.started + r.timeout_s for run in running.values()), default=math.inf)
             if self._starting and queue:
@@ -135,12 +124,19 @@ class RayExecutor:
                 deadline = min(deadline, self._nodes.next_look())
             timeout = None if deadline == math.inf else max(0.0, deadline - now)
             done, _ = ray.wait(list(running) + list(self._starting), num_returns=1, timeout=timeout)
+            results = []
             for ref in done:
                 if ref in self._starting:
-                    yield from self._answered(ref, queue)
+                    results.extend(self._answered(ref, queue))
                 else:
-                    yield from self._finished(ref, running.pop(ref), queue)
-            yield from self._time_out(running, queue)
+                    results.extend(self._finished(ref, running.pop(ref), queue))
+            results.extend(self._time_out(running, queue))
+            # the trainers that came free get their next jobs before the driver records the results:
+            # they train while it writes, instead of waiting for it at every job
+            try:
+                self._hand_out(queue, running)
+            finally:  # a parent that cannot be loaded fails the run, but never the results already in
+                yield from results
             if self._nodes is not None:
                 self._nodes.look_if_due()
             now = time.monotonic()
@@ -159,6 +155,22 @@ class RayExecutor:
                     self.log,
                     f"{_count(len(queue))} waiting, but no trainer can be placed any more: ",
                 )
+
+    def _hand_out(self, queue: deque, running: dict) -> None:
+        """Give every idle trainer the next job it may take (`_next_job`), in the queue's order; launch
+        replacements for the trainers lost while work waits."""
+        while queue and len(self.actors) < self.config.resources.trainers:
+            self._launch()
+        passed_over = []  # idle trainers whose every waiting job last failed on them
+        while queue and self._idle:
+            actor = self._idle.pop()
+            job = self._next_job(actor, queue)
+            if job is None:
+                passed_over.append(actor)
+                continue
+            job.attempts += 1
+            running[actor.develop.remote(job.spec, job.parent.ref())] = _Running(actor, job, time.monotonic())
+        self._idle.extend(passed_over)
 
     def _next_job(self, actor, queue: deque) -> _Job | None:
         """The first job waiting that did not last fail on ``actor`` (a retry goes to another trainer);
