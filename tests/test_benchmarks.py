@@ -84,7 +84,8 @@ def test_cluster_benchmark_quick_mode(tmp_path):
     except ImportError:
         return
     assert summary["record_writes_per_s_s3"] > 0 and summary["checkpoint_writes_per_s_s3"] > 0
-    assert summary["requests_per_record_s3"] >= summary["requests_per_record_s3_bare_files"] > 0
+    # through boto3 a record is fewer requests than pyarrow's bare writes of the same two files (1 PUT each, not 3)
+    assert 0 < summary["requests_per_record_s3"] <= summary["requests_per_record_s3_bare_files"]
 
 
 @pytest.mark.slow

@@ -186,3 +186,22 @@ def test_the_driver_reads_each_generation_once_and_keeps_what_it_writes(tmp_path
     assert sorted(per_generation) == ["population/generation=1", "population/generation=2", "population/generation=3"]
     for generation in (1, 2, 3):
         assert run.records.individuals(generation) == RunRecords(run.records.uri).individuals(generation)
+
+
+def test_layers_a_trainer_wrote_are_folded_from_the_drivers_memory_not_read_back(tmp_path, monkeypatch):
+    """The trainer writes an individual's per-layer rows (`write_layers`); the driver only notes them with
+    the population row, and folds them without reading a part back."""
+    run = str(tmp_path / "run")
+    trainer, driver = RunRecords(run), RunRecords(run)
+    for i in range(3):
+        trainer.write_layers(2, f"g2-{i}", layer(i))
+        driver.note_layers(2, f"g2-{i}", layer(i))
+        driver.write_individual(2, record(i), [], SCHEMA)
+    before = RunRecords(run).layers()
+    assert sorted(before["individual_id"]) == ["g2-0", "g2-1", "g2-2"]
+    reads = []
+    real = type(driver.storage).read_bytes
+    monkeypatch.setattr(driver.storage, "read_bytes", lambda rel: reads.append(rel) or real(driver.storage, rel))
+    assert driver.consolidate(2) == 6
+    assert not [r for r in reads if "part-g2" in r], reads
+    assert RunRecords(run).layers().equals(before) and files(driver, "layers") == [CONSOLIDATED]

@@ -225,13 +225,19 @@ def _other_host(lease_s: float, renewed_ago: float, token: str = "theirs") -> di
 
 @pytest.mark.parametrize("storage", ["local", "s3"])
 def test_a_dead_heads_lock_is_taken_over_once_its_lease_lapses(storage, s3, tmp_path, capsys):
+    from evopop.records.locks import TokenFence, boot_clock, lease_left
+    from evopop.records.storage import Storage
+
     run_dir, write, read = _lock_path(storage, s3[0], tmp_path, f"lapse-{storage}")
     write(_other_host(lease_s=2.0, renewed_ago=0.5))
     started = time.monotonic()
-    with RunRecords(run_dir).lock(lease_s=5.0) as lease:
+    with RunRecords(run_dir).lock(lease_s=2.0) as lease:
         waited = time.monotonic() - started
         assert read()["token"] == lease.token and read()["host"] == socket.gethostname()
+        assert lease_left(read()) > 1.0 and lease.valid_until - boot_clock() > 1.0
+        TokenFence(Storage(run_dir), lease.token).check()  # its trainers may write
     assert 1.0 <= waited < 6.0, waited  # the lease's remaining 1.5 s, not forever, not at once
+    # taken over after a wait: the lease it holds runs from its write, not from before the wait
     assert re.search(
         r"held by pid 4242 on old-head-7f9c; waiting \d+ s for its lease to lapse", capsys.readouterr().out
     )
@@ -381,7 +387,7 @@ def test_a_driver_whose_renewals_hang_stops_writing_once_its_lease_runs_out(stor
     with records.lock(lease_s=2.0) as lease:
         monkeypatch.setattr(lease.lock, "renew", lambda: stuck.wait(30) or True)
         records.storage.write_bytes("population/a.parquet", b"ok")
-        time.sleep(2.0)
+        time.sleep(2.3)
         assert lease.lost is None, "the renewing thread has not noticed: it hangs"
         with pytest.raises(RunFencedError, match="lease ran out"):
             records.storage.write_bytes("population/b.parquet", b"late")
@@ -454,3 +460,26 @@ def test_deletes_fall_back_to_one_at_a_time_on_a_store_that_refuses_the_batch(s3
     monkeypatch.setattr(objects.client, "delete_objects", lambda **kwargs: (_ for _ in ()).throw(refused))
     storage.delete_many([f"p/{i}.bin" for i in range(3)])
     assert _keys(client, "refusing/") == []
+
+
+def test_a_trainers_fence_check_stands_for_an_individuals_writes_and_no_longer(tmp_path):
+    """One read of the lock serves the writes of the next second (an individual's files, back to back)
+    while the lease it saw has longer to run; a take-over is seen by the first check after that."""
+    from evopop.records.locks import RunFencedError, TokenFence
+    from evopop.records.storage import Storage
+
+    run_dir, write, _ = _lock_path("local", "", tmp_path, "reuse")
+    with RunRecords(run_dir).lock(lease_s=30.0) as lease:
+        storage = Storage(run_dir)
+        reads = []
+        real = storage.read_bytes
+        storage.read_bytes = lambda rel: reads.append(rel) or real(rel)
+        fence = TokenFence(storage, lease.token, reuse_s=0.5)
+        fence.check()
+        fence.check()
+        assert reads == [".lock"], "the second check within reuse_s reads nothing"
+        write(_other_host(lease_s=60.0, renewed_ago=0.0, token="new-driver"))
+        time.sleep(0.6)
+        with pytest.raises(RunFencedError, match="no longer holds the run"):
+            fence.check()
+        write({**json.loads(Path(run_dir, ".lock").read_text()), "token": lease.token})  # back, for a clean release

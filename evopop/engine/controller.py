@@ -253,6 +253,9 @@ class EvolutionController:
                 self.records.run_id, self.plan.metric_columns, parent_of.get(spec.parent_id), earlier
             )
             layers = list(result.outcome.layers)
+            if result.outcome.layers_written:  # by its trainer: the driver only notes them, for the fold
+                self.records.note_layers(generation, spec.individual_id, layers)
+                layers = []
             if rung is not None:
                 self.records.write_rung(generation, record, layers, self.schema)
             if interim:

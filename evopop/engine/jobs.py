@@ -130,6 +130,7 @@ class Outcome:
     effective_macs: int | None = None
     compact: Compaction | None = None  # the compacted network's size and measured latency
     layers: tuple[LayerRecord, ...] = ()
+    layers_written: bool = False  # the trainer wrote ``layers`` to the records itself (`RunRecords.write_layers`)
     epochs: int | None = None  # epochs trained (over every rung); None for a loaded ancestor
     train_loss: tuple[float, ...] = ()  # the mean training loss of each of those epochs
     train_seconds: float | None = None

@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import math
 import os
 import socket
 import threading
@@ -121,6 +122,18 @@ def renewed(claim: dict) -> dict:
     return {**claim, "renewed": time.time()}
 
 
+class _Stamps:
+    """What every lock keeps of the claim it last wrote: ``stamped_at``, the boot-time clock just before
+    its ``renewed`` time was taken, from which the lease this driver holds runs (`LeaseKeeper`)."""
+
+    stamped_at: float | None = None
+
+    def _stamp(self, claim: dict) -> dict:
+        """``claim`` renewed now, just before it is written (a claim made before a wait would land lapsed)."""
+        self.stamped_at = boot_clock()
+        return renewed(claim)
+
+
 def lease_left(holder: dict) -> float | None:
     """Seconds until ``holder``'s lease lapses (negative: lapsed); None for a lock without a lease."""
     lease, at = holder.get("lease_s"), holder.get("renewed")
@@ -185,7 +198,8 @@ class LeaseKeeper:
         self.lock, self.lease_s = lock, float(lease_s)
         self.margin = min(5.0, self.lease_s / 10)  # the time a write takes to land, and the hosts' clocks' skew
         self.lost: str | None = None
-        self.valid_until = boot_clock() + self.lease_s  # the lock was taken a moment ago
+        stamped = getattr(lock, "stamped_at", None)  # when the claim it took was stamped
+        self.valid_until = (stamped if stamped is not None else boot_clock()) + self.lease_s
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._renew_until_stopped, name="evopop-lease", daemon=True)
 
@@ -222,13 +236,20 @@ class LeaseKeeper:
 
 
 class TokenFence:
-    """What a trainer checks before each file it writes: the run's lock still holds its driver's token.
-    One small read a write; a lock that cannot be read (the storage down) lets the write fail on its own."""
+    """What a trainer checks before each file it writes: the run's lock still holds its driver's token,
+    under a lease that has not lapsed. One small read, reused for the writes of the next ``reuse_s`` (an
+    individual's files, written back to back) while the lease it saw has longer than that to run: no
+    driver may take the run over before then, but for one whose holder died on its own host, at once
+    (the same window a write already has between its check and its landing). A lock that cannot be
+    read (the storage down) lets the write fail on its own."""
 
-    def __init__(self, storage: Storage, token: str):
-        self.storage, self.token = storage, token
+    def __init__(self, storage: Storage, token: str, reuse_s: float = 1.0):
+        self.storage, self.token, self.reuse_s = storage, token, reuse_s
+        self._good_until = -math.inf  # boot_clock() until which the last check stands
 
     def check(self) -> None:
+        if boot_clock() < self._good_until:
+            return
         try:
             holder = _parse(self.storage.read_bytes(".lock"))
         except FileNotFoundError:
@@ -245,6 +266,8 @@ class TokenFence:
                 f"{self.storage.uri}: the lease of the driver this trainer works for lapsed {-left:.0f} s ago; "
                 "nothing written"
             )
+        if left is not None and left > 2 * self.reuse_s:
+            self._good_until = boot_clock() + self.reuse_s
 
 
 def pid_alive(pid) -> bool:
@@ -268,7 +291,7 @@ def lock_for(storage: Storage, uri: str, lease_s: float = DEFAULT_LEASE_S):
     return LeaseLock(storage, uri, lease_s)
 
 
-class LocalLock:
+class LocalLock(_Stamps):
     def __init__(self, path: str, uri: str, lease_s: float = DEFAULT_LEASE_S):
         self.path, self.uri, self.lease_s = path, uri, lease_s
         self.claim: dict | None = None
@@ -279,12 +302,13 @@ class LocalLock:
 
     def acquire(self) -> None:
         os.makedirs(os.path.dirname(self.path), exist_ok=True)
-        claim = new_claim(self.lease_s)
+        claim = self._stamp(new_claim(self.lease_s))
         if self._create(self.path, claim):
             self.claim = claim
             return
         read = lambda: (_read_json_file(self.path) or None, None)  # noqa: E731
         holder, _ = stale_holder(read(), read, self.uri, self.path)
+        claim = self._stamp(claim)  # after the wait
         self._take_over(holder or {}, claim)
         self.claim = claim
 
@@ -314,7 +338,10 @@ class LocalLock:
     def _guarded(self, claim: dict, why: str):
         """Hold the lock's guard file (``.lock.takeover``) if no one else does; yields whether held."""
         guard = self.path + ".takeover"
-        if os.path.exists(guard) and time.time() - os.path.getmtime(guard) > TAKEOVER_GUARD_STALE_S:
+        # held for the milliseconds of a read and a replace: one older than a quarter of the lease was left
+        # by a driver that died in it (waiting longer would fence the live holder, whose renewals it blocks)
+        stale_after = min(TAKEOVER_GUARD_STALE_S, self.lease_s / 4)
+        if os.path.exists(guard) and time.time() - os.path.getmtime(guard) > stale_after:
             _unlink(guard)
         if not self._create(guard, {**claim, "why": why}):
             yield False
@@ -346,7 +373,7 @@ class LocalLock:
         self.claim = None
 
 
-class S3Lock:
+class S3Lock(_Stamps):
     """Conditional writes: S3 (since 2024) and S3-compatible stores that implement them."""
 
     def __init__(self, storage: Storage, uri: str, lease_s: float = DEFAULT_LEASE_S):
@@ -359,21 +386,25 @@ class S3Lock:
         self.claim: dict | None = None
 
     def acquire(self) -> None:
-        claim = new_claim(self.lease_s)
-        body = json.dumps(claim).encode()
+        claim = self._stamp(new_claim(self.lease_s))
         try:
-            self.etag = self._put(body, IfNoneMatch="*")
+            self.etag = self._put(json.dumps(claim).encode(), IfNoneMatch="*")
         except _PreconditionFailed:
             found = self._read()
             if (found[0] or {}).get("token") == claim["token"]:  # our own write, answered late (a retried request)
                 self.etag = found[1]
             else:
                 holder, etag = stale_holder(found, self._read, self.uri, self._where)
+                claim = self._stamp(claim)  # after the wait
+                body = json.dumps(claim).encode()
                 try:
                     # released in between: a fresh create; else only if it is still the stale lock
                     self.etag = self._put(body, IfNoneMatch="*") if holder is None else self._put(body, IfMatch=etag)
                 except _PreconditionFailed:
-                    raise RunLockedError(f"{self.uri}: another driver took the run at the same moment") from None
+                    again, etag = self._read()
+                    if (again or {}).get("token") != claim["token"]:
+                        raise RunLockedError(f"{self.uri}: another driver took the run at the same moment") from None
+                    self.etag = etag  # our own write, answered late
         self.token, self.claim = claim["token"], claim
 
     def renew(self) -> bool:
@@ -385,9 +416,12 @@ class S3Lock:
             self.etag = self._put(json.dumps(claim).encode(), IfMatch=self.etag)
         except _PreconditionFailed:
             holder, etag = self._read()
-            if holder != claim:  # another driver's now
+            if (holder or {}).get("token") != self.token:  # another driver's now
                 return False
-            self.etag = etag  # our own renewal, answered late (its request retried after it had landed)
+            self.etag = etag
+            if holder != claim:  # ours, not renewed: a conflicting write at the same moment (409); next time
+                raise NotRenewed(f"{self._where}: a concurrent conditional write; renewed at the next turn") from None
+            # else our own renewal, answered late (its request retried after it had landed)
         self.claim = claim
         return True
 
@@ -435,7 +469,7 @@ class _PreconditionFailed(Exception):
     """A conditional write of the S3 lock refused: the lock is not what the write assumed."""
 
 
-class LeaseLock:
+class LeaseLock(_Stamps):
     """Best effort where no conditional write is available: create if absent, then read back."""
 
     def __init__(self, storage: Storage, uri: str, lease_s: float = DEFAULT_LEASE_S):
@@ -450,7 +484,7 @@ class LeaseLock:
 
     def acquire(self) -> None:
         stale_holder(self._read(), self._read, self.uri, self.storage.path(".lock"))
-        claim = new_claim(self.lease_s)
+        claim = self._stamp(new_claim(self.lease_s))
         self.storage.write_bytes(".lock", json.dumps(claim).encode())
         time.sleep(LEASE_SETTLE_S)  # a driver that wrote at the same moment shows up now
         if _parse(self.storage.read_bytes(".lock")).get("token") != claim["token"]:

@@ -32,7 +32,7 @@ import io
 import json
 import os
 import posixpath
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timezone
@@ -97,6 +97,10 @@ class RunMetadata:
 
 # the datasets written a part per individual, folded per generation once it is decided; their row keys
 FOLDED = {POPULATION: ("individual_id",), LAYERS: ("individual_id", "layer"), RUNGS: ("individual_id", "rung")}
+
+
+def _layer_table(layers: Sequence[LayerRecord]) -> pa.Table:
+    return pa.Table.from_pylist([dataclasses.asdict(r) for r in layers], schema=layer_schema())
 
 
 def _frame_table(frame: pd.DataFrame, schema: pa.Schema) -> pa.Table:
@@ -181,7 +185,7 @@ class RunRecords:
         return f"{dataset}/generation={int(generation)}/part-{name}.parquet"
 
     def write_individual(
-        self, generation: int, record: IndividualRecord, layers: list[LayerRecord], schema: pa.Schema
+        self, generation: int, record: IndividualRecord, layers: Sequence[LayerRecord], schema: pa.Schema
     ) -> None:
         """Append one individual: its per-layer rows first, then the population row (the commit)."""
         individual_id = check_individual_id(record.individual_id)
@@ -194,23 +198,38 @@ class RunRecords:
             self._metadata = None
 
     def write_rung(
-        self, generation: int, record: IndividualRecord, layers: list[LayerRecord], schema: pa.Schema
+        self, generation: int, record: IndividualRecord, layers: Sequence[LayerRecord], schema: pa.Schema
     ) -> None:
         """One rung's result of an offspring under successive halving (``record.rung``), in the
         population's schema; its per-layer rows too (its genome is the same at every rung)."""
         name = f"{check_individual_id(record.individual_id)}-r{int(record.rung)}"
         self._write_record(self._part(RUNGS, generation, name), generation, record, layers, schema)
 
+    def write_layers(self, generation: int, individual_id: str, layers: Sequence[LayerRecord]) -> None:
+        """An individual's per-layer rows, written by its trainer: one file a trainer writes instead of
+        the driver, which then only notes them for the fold (`note_layers`)."""
+        if layers:
+            part = self._part(LAYERS, generation, check_individual_id(individual_id))
+            self.storage.write_bytes(part, parquet_bytes(_layer_table(layers), part=True))
+
+    def note_layers(self, generation: int, individual_id: str, layers: Sequence[LayerRecord]) -> None:
+        """Keep, for the fold, the per-layer rows another process wrote (`write_layers`): never read back."""
+        if layers:
+            part = self._part(LAYERS, generation, check_individual_id(individual_id))
+            self._write_part(part, [dataclasses.asdict(r) for r in layers], layer_schema(), written_already=True)
+
     def _write_record(
-        self, part: str, generation: int, record: IndividualRecord, layers: list[LayerRecord], schema: pa.Schema
+        self, part: str, generation: int, record: IndividualRecord, layers: Sequence[LayerRecord], schema: pa.Schema
     ) -> None:
         if layers:
             rows = [dataclasses.asdict(r) for r in layers]
             self._write_part(self._part(LAYERS, generation, record.individual_id), rows, layer_schema())
         self._write_part(part, [_stamped(record).row()], schema)
 
-    def _write_part(self, part: str, rows: list[dict], schema: pa.Schema) -> None:
-        self.storage.write_bytes(part, parquet_bytes(pa.Table.from_pylist(rows, schema=schema)))
+    def _write_part(self, part: str, rows: list[dict], schema: pa.Schema, written_already: bool = False) -> None:
+        """Write one part (unless another process wrote these very rows already), and keep its rows for the fold."""
+        if not written_already:
+            self.storage.write_bytes(part, parquet_bytes(pa.Table.from_pylist(rows, schema=schema), part=True))
         folder, name = posixpath.split(part)
         self._written.setdefault(folder, Written(schema)).rows[name] = rows
 

@@ -3,9 +3,9 @@ hdfs://), with the same code. Every write is atomic, so a crash never leaves a h
 for readers or resume to trip over: on a filesystem (and GCS), a temporary name then a rename; on
 S3, one upload, which is atomic there by itself (an object appears whole when its upload
 completes), without the copy, delete and directory markers a rename costs (22 requests a record
-against 6, measured in benchmarks/bench_cluster.py). On S3, objects are written, read and deleted
-through boto3 where it is installed (`evopop.records.s3`: 1 request a write instead of 3, 1,000
-deletes a request); pyarrow lists them and reads Parquet datasets.
+against 6 through pyarrow, measured in benchmarks/bench_cluster.py). On S3, objects are written, read
+and deleted through boto3 where it is installed (`evopop.records.s3`: 1 request a write instead of
+pyarrow's 3, 1,000 deletes a request); pyarrow lists them and reads Parquet datasets.
 """
 
 from __future__ import annotations
@@ -131,7 +131,10 @@ class Storage:
         if self._objects is not None:
             self._objects.delete(self.path(rel) for rel in rels)
             return
+        checked = not (self.is_local or self.uploads_atomically)  # what other stores do with a missing file is theirs
         for rel in rels:
+            if checked and not self.exists(rel):
+                continue
             try:
                 self.fs.delete_file(self.path(rel))
             except FileNotFoundError:

@@ -111,6 +111,8 @@ class Developer:
             meta["parent_ids"] = list(spec.parent_ids)
         genome_file = spec.kind in EVOLVED_KINDS and self.config.diversity.enabled  # not baselines'
         outputs, described = self._probe(model) if genome_file else (None, {})
+        counts = count(self.arch, genome)
+        layers = tuple(_layer_record(spec.individual_id, layer) for layer in counts.layers)
         try:
             if genome_file:  # read by the driver's diversity study instead of the checkpoint
                 self.records.write_genome(
@@ -121,10 +123,14 @@ class Developer:
             )
         except OSError as exc:  # the storage's failure, not the individual's: retried
             raise StorageError(f"could not write the checkpoint to {self.records.uri}: {exc}") from exc
-        counts = count(self.arch, genome)
         living = effective_genome(self.arch, genome)
         effective = count(self.arch, living)
         compacted = self._compaction(model, genome, living) if self.config.compaction.enabled else None
+        try:  # last: a failed individual has no layer rows. Here rather than on the driver, whose time per
+            # offspring is what limits a population's size
+            self.records.write_layers(spec.generation, spec.individual_id, layers)
+        except OSError as exc:
+            raise StorageError(f"could not write the layer rows to {self.records.uri}: {exc}") from exc
         sizes = {name: getattr(counts, name) for name in SIZES}
         sizes |= {name: getattr(effective, name.removeprefix("effective_")) for name in EFFECTIVE_SIZES}
         return Outcome(
@@ -133,7 +139,8 @@ class Developer:
             metrics=result.metrics,
             **sizes,
             compact=compacted,
-            layers=tuple(_layer_record(spec.individual_id, layer) for layer in counts.layers),
+            layers=layers,
+            layers_written=bool(layers),
             epochs=result.epochs,
             train_loss=tuple(result.history),
             train_seconds=result.train_seconds,
