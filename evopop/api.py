@@ -58,8 +58,12 @@ def evolution(
     # the hooks (trackers) are set up before a new run directory is written: one that cannot be leaves none
     hooks = default_hooks(config, records, plan, stream) if hooks is None else list(hooks)
     if not resumed:
-        records.write_network(network_card(config))  # before config.yaml: a run directory is whole once that exists
-        records.write_config(config.to_yaml())
+        with records.lock(config.storage.lock_lease_s):  # two drivers starting one new run: one writes it
+            if records.exists():  # the other was first: this is its run, resumed only with the same config
+                check_same_run(config, load_config(yaml.safe_load(records.read_config())), run_dir)
+            else:
+                records.write_network(network_card(config))  # before config.yaml: whole once that exists
+                records.write_config(config.to_yaml())
     executor = executor or make_executor(config, run_dir)
     return EvolutionController(config, records, plan, executor, hooks)
 

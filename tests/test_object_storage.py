@@ -483,3 +483,20 @@ def test_a_trainers_fence_check_stands_for_an_individuals_writes_and_no_longer(t
         with pytest.raises(RunFencedError, match="no longer holds the run"):
             fence.check()
         write({**json.loads(Path(run_dir, ".lock").read_text()), "token": lease.token})  # back, for a clean release
+
+
+def test_a_new_run_directory_is_written_under_the_lock(tmp_path):
+    """A driver holds the run: another `evopop run` with another config on the same (new) directory is refused
+    before it writes anything, so the run's config.yaml is never the loser's."""
+    from evopop.api import evolution
+
+    run_dir = str(tmp_path / "contested")
+    first = load_config(TINY, ["resources.executor=local"])
+    with RunRecords(run_dir).lock(lease_s=30.0):
+        with pytest.raises(RunLockedError):
+            evolution(load_config(TINY, ["resources.executor=local", "evolution.offspring=5"]), run_dir)
+    assert not RunRecords(run_dir).exists(), "the refused driver wrote no config"
+    evolution(first, run_dir)
+    assert load_config(__import__("yaml").safe_load(RunRecords(run_dir).read_config())).evolution.offspring == (
+        first.evolution.offspring
+    )
