@@ -40,14 +40,10 @@ import tempfile
 import time
 from pathlib import Path
 
-import torch
 from torch import nn
-from torch.nn import functional as F
-from torch.utils.data import TensorDataset
 
-from benchmarks.bench_population import MeanError
+from benchmarks.bench_population import Tiny
 from benchmarks.harness import LoadSampler, arguments, print_summary, write_json
-from evopop.tasks.base import Task
 
 ROOT = Path(__file__).resolve().parents[1]
 UNIT_S = 0.6  # the seconds of one training step of the whole network on a trainer of speed 1
@@ -59,24 +55,18 @@ SPEEDS_AT_2 = {"identical": (1.0, 1.0), "heterogeneous": (1.0, 0.5)}
 
 
 # == the simulated task ==============================================================================
-class Sleeper(Task):
-    """An MLP whose training steps sleep for a time that follows its live synapses and its trainer's speed."""
-
-    default_metric = "holdout_mae"
-    default_direction = "min"
+class Sleeper(Tiny):
+    """bench_population's tiny MLP task (16-64-1 here), whose training steps sleep for a time that follows its
+    live synapses and its trainer's speed."""
 
     def __init__(self, slots: str, speeds: list[float], unit_s: float = UNIT_S, features: int = 16, hidden: int = 64):
-        g = torch.Generator().manual_seed(0)
-        self.features, self.hidden, self.unit_s = features, hidden, unit_s
-        self.slots, self.speeds = Path(slots), list(speeds)
-        x = torch.randn(48, features, generator=g)
-        y = x[:, :2].sum(dim=1, keepdim=True)
-        self._train, self._holdout = TensorDataset(x[:32], y[:32]), TensorDataset(x[32:], y[32:])
+        super().__init__(features, hidden, n=32)  # 2 steps of 16 an epoch
+        self.unit_s, self.slots, self.speeds = unit_s, Path(slots), list(speeds)
         self._model: nn.Module | None = None
         self._speed: float | None = None
 
     def build_model(self):
-        self._model = nn.Sequential(nn.Linear(self.features, self.hidden), nn.Tanh(), nn.Linear(self.hidden, 1))
+        self._model = super().build_model()
         return self._model
 
     def speed(self) -> float:
@@ -101,22 +91,7 @@ class Sleeper(Task):
     def loss(self, output, target):
         if self._model is not None and self._model.training:  # one training step: its simulated cost
             time.sleep(self.unit_s * self.live_share() / self.speed())
-        return F.mse_loss(output, target)
-
-    def example_input(self):
-        return torch.zeros(1, self.features)
-
-    def train_set(self):
-        return self._train
-
-    def eval_sets(self):
-        return {"holdout": self._holdout}
-
-    def metrics(self):
-        return MeanError()
-
-    def metric_names(self):
-        return ["mae"]
+        return super().loss(output, target)
 
 
 def sleeper(**kwargs) -> Sleeper:
@@ -322,7 +297,8 @@ def main(argv=None) -> None:
     unit_s = 0.1 if args.quick else UNIT_S
     import ray
 
-    ray.init(num_cpus=2, include_dashboard=False, logging_level="ERROR", log_to_driver=False)
+    # a cluster of its own, never one already running (RAY_ADDRESS, a test session): its CPUs and its load
+    ray.init(address="local", num_cpus=2, include_dashboard=False, logging_level="ERROR", log_to_driver=False)
     load = LoadSampler()
     load.start()
     started = time.perf_counter()

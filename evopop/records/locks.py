@@ -43,7 +43,7 @@ import uuid
 from datetime import datetime, timezone
 from urllib.parse import urlsplit
 
-from .s3 import client_for
+from .s3 import bucket_and_key, client_for
 from .storage import Storage
 
 TAKEOVER_GUARD_STALE_S = 60.0  # a take-over guard older than this was left by a driver that died in it
@@ -380,7 +380,7 @@ class S3Lock(_Stamps):
         self.uri, self.lease_s = uri, lease_s
         self.client = _s3_client(uri)
         # where pyarrow, and so every reader and every trainer's fence, finds it (percent-decoded, as given)
-        self.bucket, _, self.key = storage.path(".lock").partition("/")
+        self.bucket, self.key = bucket_and_key(storage.path(".lock"))
         self.etag: str | None = None
         self.token: str | None = None
         self.claim: dict | None = None

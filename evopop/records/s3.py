@@ -72,7 +72,7 @@ class S3Objects:
 
     def put(self, path: str, data: bytes) -> None:
         """One object, whole or not at all (S3 uploads are atomic)."""
-        bucket, key = _split(path)
+        bucket, key = bucket_and_key(path)
         with _as_os_error(path):
             if len(data) <= MULTIPART_ABOVE:
                 self.client.put_object(Bucket=bucket, Key=key, Body=data)
@@ -80,7 +80,7 @@ class S3Objects:
                 self.client.upload_fileobj(io.BytesIO(data), bucket, key)
 
     def get(self, path: str) -> bytes:
-        bucket, key = _split(path)
+        bucket, key = bucket_and_key(path)
         with _as_os_error(path):
             return self.client.get_object(Bucket=bucket, Key=key)["Body"].read()
 
@@ -88,7 +88,7 @@ class S3Objects:
         """Delete every object of ``paths`` (missing ones are no error), 1,000 a request."""
         by_bucket: dict[str, list[str]] = {}
         for path in paths:
-            bucket, key = _split(path)
+            bucket, key = bucket_and_key(path)
             by_bucket.setdefault(bucket, []).append(key)
         for bucket, keys in by_bucket.items():
             for start in range(0, len(keys), DELETE_BATCH):
@@ -128,7 +128,8 @@ class _BatchRefused(OSError):
     pass
 
 
-def _split(path: str) -> tuple[str, str]:
+def bucket_and_key(path: str) -> tuple[str, str]:
+    """(bucket, key) of a path as pyarrow names S3 objects (``bucket/key``)."""
     bucket, _, key = path.partition("/")
     return bucket, key
 
