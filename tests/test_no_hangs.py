@@ -196,6 +196,22 @@ def test_trainer_no_single_node_holds_is_refused(ray_cluster, small_node, tmp_pa
     assert RunRecords(run_dir).population().empty
 
 
+def test_trainer_asking_more_gpus_than_any_node_has_is_refused(ray_cluster, tmp_path):
+    """Beside the head's 2 GPUs, two nodes of 1 GPU each (declared: Ray counts them, no GPU needed): 3 GPUs per
+    trainer fit the cluster (4) but no node, and the run is refused before any work, naming the field."""
+    nodes = [ray_cluster.add_node(num_cpus=1, num_gpus=1) for _ in range(2)]
+    ray_cluster.wait_for_nodes()
+    try:
+        config, run_dir = new_run(tmp_path, "resources.gpus_per_trainer=3", "resources.wait_for_nodes_s=0")
+        message = "resources.gpus_per_trainer: 3.0 GPUs per trainer, but no node of the cluster has that many"
+        with pytest.raises(ConfigError, match=re.escape(message)):
+            evolve(config, run_dir)
+        assert RunRecords(run_dir).population().empty
+    finally:
+        for node in nodes:
+            ray_cluster.remove_node(node)
+
+
 def test_cluster_that_may_add_nodes_is_waited_for(ray_cluster, small_node, monkeypatch, quick_reports):
     from evopop.engine.ray.cluster import check_resources
 
